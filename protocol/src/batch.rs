@@ -1,0 +1,642 @@
+//! The packed record batch: Ferry's one data format, built by clients, checked and stored as it is by brokers,
+//! served as it is to consumers. All fields are little-endian and fixed width; docs/design.md has the diagram.
+//!
+//! ```text
+//! offset size field              CRC  set by
+//!      0    8 base_offset u64     no   broker (offset of the first record)
+//!      8    8 raft_term u64       no   broker (Raft term of the entry)
+//!     16    8 raft_index u64      no   broker (Raft index of the entry)
+//!     24    4 batch_len u32       no   client (whole batch, header included)
+//!     28    4 crc u32             -    client (crc32 of bytes 32..batch_len)
+//!     32    1 magic u8 = 1        yes
+//!     33    1 reserved u8 = 0     yes
+//!     34    2 attributes u16      yes  bits 0-2 compression (0 = none), bit 4 control batch
+//!     36    4 record_count u32    yes
+//!     40    8 base_timestamp i64  yes  (ms since the Unix epoch)
+//!     48    8 max_timestamp i64   yes
+//!     56    8 producer_id i64     yes  (-1: none)
+//!     64    2 producer_epoch i16  yes
+//!     66    4 base_sequence i32   yes  (-1: none)
+//!     70      records             yes
+//! ```
+//!
+//! The broker stamps `base_offset`, `raft_term` and `raft_index` when it appends, which the CRC does not cover
+//! (as Kafka's base offset), so appending never re-encodes and the client's CRC is checked end to end.
+//!
+//! Each record:
+//! ```text
+//!      0    4 record_len u32      bytes after this field
+//!      4    4 offset_delta u32    offset - base_offset
+//!      8    4 timestamp_delta i32 timestamp - base_timestamp (ms)
+//!     12    4 key_len i32         -1: no key
+//!     16    k key
+//!   16+k    4 value_len u32
+//!           v value
+//!           2 header_count u16
+//!             per header: key_len u16, key (UTF-8), value_len u32, value
+//! ```
+//! A control batch (attribute bit 4) carries Ferry's and Raft's own entries; it holds no records, takes no
+//! offsets and is never shown to consumers. Its body is one entry-type byte followed by the entry's data.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Size of the fixed batch header (bytes).
+pub const HEADER_LEN: usize = 70;
+/// Bytes at the start of the header that the broker stamps and the CRC does not cover.
+pub const STAMP_LEN: usize = 24;
+/// Start of the CRC-covered region.
+const CRC_START: usize = 32;
+/// The batch format version this code reads and writes.
+pub const MAGIC: u8 = 1;
+/// Attribute bits that select the compression codec.
+pub const ATTR_COMPRESSION_MASK: u16 = 0b111;
+/// Attribute bit of a control batch.
+pub const ATTR_CONTROL: u16 = 1 << 4;
+/// Every attribute bit this version defines.
+const ATTR_KNOWN: u16 = ATTR_COMPRESSION_MASK | ATTR_CONTROL;
+/// Fixed bytes of one record besides key, value and headers.
+const RECORD_FIXED_LEN: usize = 4 + 4 + 4 + 4 + 4 + 2;
+
+/// Why bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch is {0} bytes, shorter than the {HEADER_LEN}-byte header")]
+    TooShort(usize),
+    #[error("batch header says {declared} bytes but {available} are present")]
+    LengthMismatch { declared: u32, available: usize },
+    #[error("unknown batch format version (magic {0}); this broker reads version {MAGIC}")]
+    BadMagic(u8),
+    #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("unknown batch attributes {0:#06x}")]
+    BadAttributes(u16),
+    #[error("compression codec {0} is not supported by this version")]
+    UnsupportedCompression(u16),
+    #[error("batch record {index} is malformed: {why}")]
+    BadRecord { index: u32, why: &'static str },
+    #[error("batch declares {declared} records but holds {found}")]
+    RecordCount { declared: u32, found: u32 },
+    #[error("batch has {0} records; the limit is {max}", max = crate::limits::BATCH_RECORDS_MAX)]
+    TooManyRecords(u32),
+    #[error("a data batch needs at least one record")]
+    Empty,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The decoded fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub raft_term: u64,
+    pub raft_index: u64,
+    pub batch_len: u32,
+    pub crc: u32,
+    pub magic: u8,
+    pub attributes: u16,
+    pub record_count: u32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header without checking the CRC (use [`validate`] for that).
+    pub fn parse(b: &[u8]) -> Result<Self, BatchError> {
+        if b.len() < HEADER_LEN {
+            return Err(BatchError::TooShort(b.len()));
+        }
+        Ok(BatchHeader {
+            base_offset: u64_at(b, 0),
+            raft_term: u64_at(b, 8),
+            raft_index: u64_at(b, 16),
+            batch_len: u32_at(b, 24),
+            crc: u32_at(b, 28),
+            magic: b[32],
+            attributes: u16_at(b, 34),
+            record_count: u32_at(b, 36),
+            base_timestamp: u64_at(b, 40) as i64,
+            max_timestamp: u64_at(b, 48) as i64,
+            producer_id: u64_at(b, 56) as i64,
+            producer_epoch: u16_at(b, 64) as i16,
+            base_sequence: u32_at(b, 66) as i32,
+        })
+    }
+
+    /// Whether this is a control batch (never shown to consumers).
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// The offset after the last record of this batch.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+}
+
+/// The CRC of a batch as it should be stored in its header.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32fast::hash(&batch[CRC_START..])
+}
+
+/// Checks that `b` is exactly one whole, intact batch of a known version: length, magic, attributes and CRC.
+/// Records are not walked (see [`validate_records`]).
+pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
+    let h = BatchHeader::parse(b)?;
+    if h.batch_len as usize != b.len() || (h.batch_len as usize) < HEADER_LEN {
+        return Err(BatchError::LengthMismatch {
+            declared: h.batch_len,
+            available: b.len(),
+        });
+    }
+    if h.magic != MAGIC {
+        return Err(BatchError::BadMagic(h.magic));
+    }
+    let computed = compute_crc(b);
+    if computed != h.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: h.crc,
+            computed,
+        });
+    }
+    if h.attributes & !ATTR_KNOWN != 0 {
+        return Err(BatchError::BadAttributes(h.attributes));
+    }
+    Ok(h)
+}
+
+/// Full check of a client batch before a broker accepts it: [`validate`], no control bit, no compression this
+/// version cannot read, and every record well formed and counted.
+pub fn validate_records(b: &Bytes) -> Result<BatchHeader, BatchError> {
+    let h = validate(b)?;
+    if h.is_control() {
+        return Err(BatchError::BadAttributes(h.attributes));
+    }
+    let codec = h.attributes & ATTR_COMPRESSION_MASK;
+    if codec != 0 {
+        return Err(BatchError::UnsupportedCompression(codec));
+    }
+    if h.record_count == 0 {
+        return Err(BatchError::Empty);
+    }
+    if h.record_count > crate::limits::BATCH_RECORDS_MAX {
+        return Err(BatchError::TooManyRecords(h.record_count));
+    }
+    let mut found = 0u32;
+    let mut it = Records::new(b.clone(), h);
+    for r in &mut it {
+        r?;
+        found += 1;
+    }
+    if found != h.record_count || it.pos != b.len() {
+        return Err(BatchError::RecordCount {
+            declared: h.record_count,
+            found,
+        });
+    }
+    Ok(h)
+}
+
+/// The 24 stamped bytes a broker writes in front of a client batch's remaining bytes (`batch[STAMP_LEN..]`).
+pub fn stamp(base_offset: u64, raft_term: u64, raft_index: u64) -> [u8; STAMP_LEN] {
+    let mut s = [0u8; STAMP_LEN];
+    s[0..8].copy_from_slice(&base_offset.to_le_bytes());
+    s[8..16].copy_from_slice(&raft_term.to_le_bytes());
+    s[16..24].copy_from_slice(&raft_index.to_le_bytes());
+    s
+}
+
+/// One header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: String,
+    pub value: Bytes,
+}
+
+/// One decoded record; key, value and header values are slices of the batch, not copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<RecordHeader>,
+}
+
+/// Iterator over the records of a validated batch.
+pub struct Records {
+    batch: Bytes,
+    header: BatchHeader,
+    pos: usize,
+    index: u32,
+}
+
+impl Records {
+    /// Iterates `batch`, whose header is `header` (from [`validate`]).
+    pub fn new(batch: Bytes, header: BatchHeader) -> Self {
+        let pos = if header.is_control() {
+            batch.len()
+        } else {
+            HEADER_LEN
+        };
+        Records {
+            batch,
+            header,
+            pos,
+            index: 0,
+        }
+    }
+
+    fn bad(&mut self, why: &'static str) -> Option<Result<Record, BatchError>> {
+        let index = self.index;
+        self.pos = self.batch.len();
+        Some(Err(BatchError::BadRecord { index, why }))
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.header.record_count || self.pos >= self.batch.len() {
+            return None;
+        }
+        let b = &self.batch;
+        let start = self.pos;
+        if b.len() - start < RECORD_FIXED_LEN {
+            return self.bad("truncated record header");
+        }
+        let record_len = u32_at(b, start) as usize;
+        let end = start + 4 + record_len;
+        if record_len < RECORD_FIXED_LEN - 4 || end > b.len() {
+            return self.bad("record length out of bounds");
+        }
+        let offset_delta = u32_at(b, start + 4);
+        let ts_delta = u32_at(b, start + 8) as i32;
+        let key_len = u32_at(b, start + 12) as i32;
+        let mut p = start + 16;
+        let key = if key_len < 0 {
+            None
+        } else {
+            let k = key_len as usize;
+            if p + k + 4 > end {
+                return self.bad("key out of bounds");
+            }
+            p += k;
+            Some(b.slice(p - k..p))
+        };
+        if p + 4 > end {
+            return self.bad("value length out of bounds");
+        }
+        let value_len = u32_at(b, p) as usize;
+        p += 4;
+        if p + value_len + 2 > end {
+            return self.bad("value out of bounds");
+        }
+        let value = b.slice(p..p + value_len);
+        p += value_len;
+        let header_count = u16_at(b, p);
+        p += 2;
+        let mut headers = Vec::with_capacity(usize::from(header_count));
+        for _ in 0..header_count {
+            if p + 2 > end {
+                return self.bad("header key length out of bounds");
+            }
+            let kl = usize::from(u16_at(b, p));
+            p += 2;
+            if p + kl + 4 > end {
+                return self.bad("header key out of bounds");
+            }
+            let Ok(key) = std::str::from_utf8(&b[p..p + kl]) else {
+                return self.bad("header key is not UTF-8");
+            };
+            let key = key.to_owned();
+            p += kl;
+            let vl = u32_at(b, p) as usize;
+            p += 4;
+            if p + vl > end {
+                return self.bad("header value out of bounds");
+            }
+            headers.push(RecordHeader {
+                key,
+                value: b.slice(p..p + vl),
+            });
+            p += vl;
+        }
+        if p != end {
+            return self.bad("record length does not match its fields");
+        }
+        if offset_delta != self.index {
+            return self.bad("offset deltas must count up from 0");
+        }
+        self.pos = end;
+        self.index += 1;
+        Some(Ok(Record {
+            offset: self.header.base_offset + u64::from(offset_delta),
+            timestamp_ms: self.header.base_timestamp.wrapping_add(i64::from(ts_delta)),
+            key,
+            value,
+            headers,
+        }))
+    }
+}
+
+/// Producer identity carried by a batch, for idempotent publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerStamp {
+    /// No producer identity: the batch is not deduplicated.
+    pub const NONE: ProducerStamp = ProducerStamp {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// Builds a batch record by record into one buffer; [`BatchBuilder::finish`] writes the header and CRC.
+pub struct BatchBuilder {
+    buf: BytesMut,
+    count: u32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    producer: ProducerStamp,
+}
+
+impl BatchBuilder {
+    /// A builder whose records' timestamps are stored relative to `base_timestamp` (ms).
+    pub fn new(base_timestamp: i64) -> Self {
+        Self::with_capacity(base_timestamp, 16 * 1024)
+    }
+
+    /// Like [`BatchBuilder::new`], reserving `bytes` up front.
+    pub fn with_capacity(base_timestamp: i64, bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes.max(HEADER_LEN));
+        buf.put_bytes(0, HEADER_LEN);
+        BatchBuilder {
+            buf,
+            count: 0,
+            base_timestamp,
+            max_timestamp: base_timestamp,
+            producer: ProducerStamp::NONE,
+        }
+    }
+
+    /// Sets the producer identity and first sequence number of this batch.
+    pub fn producer(&mut self, stamp: ProducerStamp) -> &mut Self {
+        self.producer = stamp;
+        self
+    }
+
+    /// Bytes the batch has so far, header included.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Number of records added.
+    pub fn record_count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether no record has been added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes one record with these parts takes in a batch.
+    pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[(&str, &[u8])]) -> usize {
+        RECORD_FIXED_LEN
+            + key.map_or(0, <[u8]>::len)
+            + value.len()
+            + headers
+                .iter()
+                .map(|(k, v)| 2 + k.len() + 4 + v.len())
+                .sum::<usize>()
+    }
+
+    /// Appends a record. Timestamps within ±24 days of the base fit; others are clamped.
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) {
+        let size = Self::record_size(key, value, headers);
+        let delta = timestamp_ms
+            .saturating_sub(self.base_timestamp)
+            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        self.max_timestamp = self
+            .max_timestamp
+            .max(self.base_timestamp + i64::from(delta));
+        let b = &mut self.buf;
+        b.reserve(size);
+        b.put_u32_le((size - 4) as u32);
+        b.put_u32_le(self.count);
+        b.put_i32_le(delta);
+        match key {
+            Some(k) => {
+                b.put_i32_le(k.len() as i32);
+                b.put_slice(k);
+            }
+            None => b.put_i32_le(-1),
+        }
+        b.put_u32_le(value.len() as u32);
+        b.put_slice(value);
+        b.put_u16_le(headers.len() as u16);
+        for (k, v) in headers {
+            b.put_u16_le(k.len() as u16);
+            b.put_slice(k.as_bytes());
+            b.put_u32_le(v.len() as u32);
+            b.put_slice(v);
+        }
+        self.count += 1;
+    }
+
+    /// Writes the header and CRC and returns the finished batch.
+    pub fn finish(self) -> Bytes {
+        let mut buf = self.buf;
+        write_header(
+            &mut buf,
+            0,
+            self.count,
+            self.base_timestamp,
+            self.max_timestamp,
+            self.producer,
+        );
+        buf.freeze()
+    }
+}
+
+fn write_header(
+    buf: &mut BytesMut,
+    attributes: u16,
+    record_count: u32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    producer: ProducerStamp,
+) {
+    let len = buf.len() as u32;
+    let h = &mut buf[..HEADER_LEN];
+    h[0..24].fill(0);
+    h[24..28].copy_from_slice(&len.to_le_bytes());
+    h[32] = MAGIC;
+    h[33] = 0;
+    h[34..36].copy_from_slice(&attributes.to_le_bytes());
+    h[36..40].copy_from_slice(&record_count.to_le_bytes());
+    h[40..48].copy_from_slice(&base_timestamp.to_le_bytes());
+    h[48..56].copy_from_slice(&max_timestamp.to_le_bytes());
+    h[56..64].copy_from_slice(&producer.producer_id.to_le_bytes());
+    h[64..66].copy_from_slice(&producer.producer_epoch.to_le_bytes());
+    h[66..70].copy_from_slice(&producer.base_sequence.to_le_bytes());
+    let crc = compute_crc(buf);
+    buf[28..32].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Builds a control batch holding one entry of type `entry_type` (a Raft entry type) with `data`.
+pub fn control_batch(entry_type: u8, data: &[u8], timestamp_ms: i64) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + 1 + data.len());
+    buf.put_bytes(0, HEADER_LEN);
+    buf.put_u8(entry_type);
+    buf.put_slice(data);
+    write_header(
+        &mut buf,
+        ATTR_CONTROL,
+        0,
+        timestamp_ms,
+        timestamp_ms,
+        ProducerStamp::NONE,
+    );
+    buf
+}
+
+/// The entry type and data of a control batch (`batch` validated, control bit set).
+pub fn control_payload(batch: &Bytes) -> Result<(u8, Bytes), BatchError> {
+    if batch.len() < HEADER_LEN + 1 {
+        return Err(BatchError::TooShort(batch.len()));
+    }
+    Ok((batch[HEADER_LEN], batch.slice(HEADER_LEN + 1..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Rec = (i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+    fn build(base_ts: i64, recs: &[Rec]) -> Bytes {
+        let mut b = BatchBuilder::new(base_ts);
+        for (ts, k, v, hs) in recs {
+            let hs: Vec<(&str, &[u8])> =
+                hs.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            b.push(*ts, k.as_deref(), v, &hs);
+        }
+        b.finish()
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            base_ts in 0i64..4_000_000_000_000,
+            recs in prop::collection::vec(
+                (0i64..1_000_000, prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+                 prop::collection::vec(any::<u8>(), 0..200),
+                 prop::collection::vec(("[a-z]{0,8}", prop::collection::vec(any::<u8>(), 0..16)), 0..3)),
+                1..20),
+            base_offset in 0u64..u64::MAX / 2,
+        ) {
+            let recs: Vec<Rec> = recs.into_iter().map(|(d, k, v, h)| (base_ts + d, k, v, h)).collect();
+            let batch = build(base_ts, &recs);
+            let h = validate_records(&batch).unwrap();
+            prop_assert_eq!(h.record_count as usize, recs.len());
+            // The broker's stamp does not disturb the CRC.
+            let mut stored = stamp(base_offset, 7, 9).to_vec();
+            stored.extend_from_slice(&batch[STAMP_LEN..]);
+            let stored = Bytes::from(stored);
+            let h = validate(&stored).unwrap();
+            prop_assert_eq!((h.base_offset, h.raft_term, h.raft_index), (base_offset, 7, 9));
+            let got: Vec<Record> = Records::new(stored.clone(), h).map(Result::unwrap).collect();
+            prop_assert_eq!(got.len(), recs.len());
+            for (i, (r, (ts, k, v, hs))) in got.iter().zip(&recs).enumerate() {
+                prop_assert_eq!(r.offset, base_offset + i as u64);
+                prop_assert_eq!(r.timestamp_ms, *ts);
+                prop_assert_eq!(r.key.as_deref(), k.as_deref());
+                prop_assert_eq!(&r.value[..], &v[..]);
+                prop_assert_eq!(r.headers.len(), hs.len());
+                for (a, (hk, hv)) in r.headers.iter().zip(hs) {
+                    prop_assert_eq!(&a.key, hk);
+                    prop_assert_eq!(&a.value[..], &hv[..]);
+                }
+            }
+        }
+
+        #[test]
+        fn any_flipped_covered_byte_is_caught(pos in CRC_START..200usize, bit in 0u8..8) {
+            let batch = build(1000, &[(1000, Some(b"k".to_vec()), vec![7u8; 150], vec![])]);
+            let mut bad = batch.to_vec();
+            let pos = pos.min(bad.len() - 1);
+            bad[pos] ^= 1 << bit;
+            prop_assert!(validate(&bad).is_err());
+        }
+
+        #[test]
+        fn decoder_never_panics(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            let b = Bytes::from(data);
+            if let Ok(h) = validate(&b) {
+                for r in Records::new(b.clone(), h) { let _ = r; }
+            }
+            let _ = validate_records(&b);
+        }
+    }
+
+    #[test]
+    fn control_batches_hold_no_records() {
+        let c = control_batch(2, b"conf", 5).freeze();
+        let h = validate(&c).unwrap();
+        assert!(h.is_control());
+        assert_eq!(h.record_count, 0);
+        assert_eq!(
+            control_payload(&c).unwrap(),
+            (2, Bytes::from_static(b"conf"))
+        );
+        assert_eq!(Records::new(c.clone(), h).count(), 0);
+        assert!(
+            validate_records(&c).is_err(),
+            "clients may not send control batches"
+        );
+    }
+
+    #[test]
+    fn length_and_crc_errors() {
+        let batch = build(1, &[(1, None, b"v".to_vec(), vec![])]);
+        assert!(matches!(
+            validate(&batch[..batch.len() - 1]),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            validate(&batch[..10]),
+            Err(BatchError::TooShort(10))
+        ));
+        let mut bad = batch.to_vec();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            validate(&bad),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,19 @@
+//! Ferry's wire types, shared by brokers, the client SDK and the CLI.
+//!
+//! # Layout
+//! - [`batch`]: the packed record batch, Ferry's one data format on the wire and on disk (docs/design.md).
+//! - [`partitioner`]: the stable key hash that maps a key to a partition (murmur2, as Kafka).
+//! - [`topic`]: topic name rules shared by every component.
+//! - [`v1`]: the generated `ferry.v1` gRPC messages and services.
+//! - [`limits`]: named protocol limits.
+
+pub mod batch;
+pub mod limits;
+pub mod partitioner;
+pub mod topic;
+
+/// Generated code of the `ferry.v1` gRPC package.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("ferry.v1");
+}
