@@ -1,0 +1,554 @@
+//! A partition's log: an ordered list of segments, the last one active. Appends go to the active segment
+//! (rolling by size and age), reads find the segment by offset or Raft index and return `Bytes` slices of its
+//! map, retention drops whole old segments, recovery rebuilds what a crash left unclean.
+//!
+//! The log knows nothing of Raft beyond the index and term stamped in each batch header; `raft_storage`
+//! builds Raft's view on top of it.
+
+use std::io::IoSlice;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_protocol::batch::{self, BatchHeader, STAMP_LEN};
+
+use super::checkpoint::Checkpoint;
+use super::disk::{Disk, DiskFile};
+use super::error::StorageError;
+use super::segment::{BatchMeta, Segment, SegmentLimits, TornTail};
+
+/// Settings of one partition log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogConfig {
+    pub limits: SegmentLimits,
+    /// Roll the active segment once its first batch is this old (ms); 0: never by age.
+    pub segment_ms: u64,
+    /// Delete old segments while the log is larger than this (bytes); 0: unlimited.
+    pub retention_bytes: u64,
+    /// Delete segments whose newest record is older than this (ms); 0: forever.
+    pub retention_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            limits: SegmentLimits {
+                segment_bytes: 256 * 1024 * 1024,
+                batch_bytes_max: ferry_protocol::limits::BATCH_BYTES_HARD_MAX + 1024,
+                index_interval_bytes: 4096,
+            },
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            retention_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// One batch to append: its 24-byte broker stamp and the rest of its bytes (`batch[STAMP_LEN..]`).
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stamp: [u8; STAMP_LEN],
+    pub rest: Bytes,
+    pub meta: BatchMeta,
+}
+
+impl Append {
+    /// Stamps a validated batch (its header `h`) with its offset and Raft position.
+    pub fn new(
+        data: &Bytes,
+        h: &BatchHeader,
+        base_offset: u64,
+        raft_term: u64,
+        raft_index: u64,
+    ) -> Self {
+        Append {
+            stamp: batch::stamp(base_offset, raft_term, raft_index),
+            rest: data.slice(STAMP_LEN..),
+            meta: BatchMeta {
+                base_offset,
+                record_count: h.record_count,
+                raft_index,
+                raft_term,
+                max_timestamp: h.max_timestamp,
+                len: h.batch_len,
+            },
+        }
+    }
+}
+
+/// A partition log.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    disk: Arc<dyn Disk>,
+    config: LogConfig,
+    segments: Vec<Segment>,
+    /// Wall clock (ms) when the active segment got its first batch.
+    active_since_ms: Option<i64>,
+}
+
+/// What opening a log found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub torn_tail: Option<TornTail>,
+    pub scanned_segments: usize,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`. `first_raft_index` is where Raft's log starts when the log holds
+    /// no batches (after a snapshot marker), and `start_offset` the offset it starts at then.
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: LogConfig,
+        first_raft_index: u64,
+        start_offset: u64,
+    ) -> Result<(Self, Recovery), StorageError> {
+        disk.create_dir_all(dir)
+            .map_err(|e| StorageError::io(dir, e))?;
+        let mut bases: Vec<u64> = disk
+            .list(dir)
+            .map_err(|e| StorageError::io(dir, e))?
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log").and_then(|s| s.parse().ok()))
+            .collect();
+        bases.sort_unstable();
+        let checkpoint = Checkpoint::read(disk.as_ref(), dir);
+        let mut recovery = Recovery::default();
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+        let mut expected_raft = first_raft_index;
+        for (i, &base) in bases.iter().enumerate() {
+            let active = i + 1 == bases.len();
+            let trusted = match checkpoint {
+                Some(c) if base < c.active_base_offset => Some(u32::MAX), // sealed: whole file
+                Some(c) if base == c.active_base_offset && c.clean => Some(c.clean_len),
+                _ => None,
+            };
+            let file_len_trust = match trusted {
+                Some(u32::MAX) => {
+                    let f = disk
+                        .open(&super::segment::paths(dir, base).0, false)
+                        .map_err(|e| StorageError::io(dir, e))?;
+                    Some(f.len().map_err(|e| StorageError::io(dir, e))? as u32)
+                }
+                t => t,
+            };
+            if file_len_trust.is_none() {
+                recovery.scanned_segments += 1;
+            }
+            let (seg, torn) = Segment::open(
+                disk.as_ref(),
+                dir,
+                base,
+                expected_raft,
+                config.limits,
+                file_len_trust,
+                active,
+            )?;
+            if let Some(prev) = segments.last() {
+                if seg.len > 0
+                    && (seg.base_raft_index != prev.next_raft_index
+                        || seg.base_offset != prev.next_offset)
+                {
+                    return Err(StorageError::Corrupt {
+                        path: seg.log_path().to_owned(),
+                        position: 0,
+                        why: format!(
+                            "segment starts at offset {} / raft index {} but the previous one ends at {} / {}",
+                            seg.base_offset, seg.base_raft_index, prev.next_offset, prev.next_raft_index
+                        ),
+                    });
+                }
+            }
+            expected_raft = seg.next_raft_index;
+            recovery.torn_tail = recovery.torn_tail.or(torn);
+            segments.push(seg);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(
+                disk.as_ref(),
+                dir,
+                start_offset,
+                first_raft_index,
+                config.limits,
+            )?);
+        }
+        // From here on the active segment is being written: only a clean close makes it trusted again.
+        let active = segments.last().expect("at least one segment");
+        let unclean = Checkpoint {
+            active_base_offset: active.base_offset,
+            clean_len: 0,
+            clean: false,
+        };
+        unclean.write(disk.as_ref(), dir)?;
+        let log = PartitionLog {
+            dir: dir.to_owned(),
+            disk,
+            config,
+            segments,
+            active_since_ms: None,
+        };
+        Ok((log, recovery))
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Settings in force.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Changes retention and roll settings.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config.segment_ms = config.segment_ms;
+        self.config.retention_bytes = config.retention_bytes;
+        self.config.retention_ms = config.retention_ms;
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    /// Offset after the last record.
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    /// First offset still stored.
+    pub fn start_offset(&self) -> u64 {
+        self.segments[0].base_offset
+    }
+
+    /// Raft index of the first stored batch (or the next one when none is stored).
+    pub fn first_raft_index(&self) -> u64 {
+        self.segments[0].base_raft_index
+    }
+
+    /// Raft index of the last stored batch (`first_raft_index() - 1` when none).
+    pub fn last_raft_index(&self) -> u64 {
+        self.active().next_raft_index - 1
+    }
+
+    /// Bytes stored.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| u64::from(s.len)).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Appends stamped batches, rolling segments as needed. Returns the files to fsync before the batches
+    /// count as durable (rolled segments are already fsynced).
+    pub fn append(&mut self, items: &[Append]) -> Result<Arc<dyn DiskFile>, StorageError> {
+        let mut start = 0;
+        while start < items.len() {
+            let first_len = items[start].meta.len;
+            let now = now_ms();
+            if self.must_roll(first_len, now) {
+                self.roll(items[start].meta.base_offset, items[start].meta.raft_index)?;
+            }
+            // Take as many items as fit in this segment.
+            let mut end = start;
+            let mut bytes = 0u64;
+            let room = u64::from(self.config.limits.segment_bytes)
+                .saturating_sub(u64::from(self.active().len));
+            while end < items.len()
+                && (end == start || bytes + u64::from(items[end].meta.len) <= room)
+            {
+                bytes += u64::from(items[end].meta.len);
+                end += 1;
+            }
+            let slices: Vec<IoSlice<'_>> = items[start..end]
+                .iter()
+                .flat_map(|a| [IoSlice::new(&a.stamp), IoSlice::new(&a.rest)])
+                .collect();
+            let metas: Vec<BatchMeta> = items[start..end].iter().map(|a| a.meta).collect();
+            self.active_mut().append(&slices, &metas)?;
+            if self.active_since_ms.is_none() {
+                self.active_since_ms = Some(now);
+            }
+            start = end;
+        }
+        Ok(self.active().file())
+    }
+
+    fn must_roll(&self, next_len: u32, now: i64) -> bool {
+        let a = self.active();
+        // Never roll a segment without records: segment names are base offsets and must stay unique.
+        if a.next_offset == a.base_offset {
+            return false;
+        }
+        let aged = self.config.segment_ms > 0
+            && self
+                .active_since_ms
+                .is_some_and(|t| now - t >= self.config.segment_ms as i64);
+        a.must_roll_before(next_len) || aged
+    }
+
+    fn roll(&mut self, base_offset: u64, raft_index: u64) -> Result<(), StorageError> {
+        self.active_mut().seal()?;
+        let seg = Segment::create(
+            self.disk.as_ref(),
+            &self.dir,
+            base_offset,
+            raft_index,
+            self.config.limits,
+        )?;
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?;
+        Checkpoint {
+            active_base_offset: base_offset,
+            clean_len: 0,
+            clean: false,
+        }
+        .write(self.disk.as_ref(), &self.dir)?;
+        self.segments.push(seg);
+        self.active_since_ms = None;
+        tracing::debug!(dir = %self.dir.display(), base_offset, "rolled segment");
+        Ok(())
+    }
+
+    fn segment_for_offset(&self, offset: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    fn segment_for_raft_index(&self, raft_index: u64) -> Option<usize> {
+        let i = self
+            .segments
+            .partition_point(|s| s.base_raft_index <= raft_index)
+            .checked_sub(1)?;
+        (raft_index < self.segments[i].next_raft_index).then_some(i)
+    }
+
+    /// Whole committed batches from `offset`, up to `max_bytes` (at least one batch when one is there),
+    /// never past `end_offset` (the high watermark). Control batches are skipped. Each batch is CRC-checked.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        end_offset: u64,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        let start = self.start_offset();
+        let end = end_offset.min(self.next_offset());
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let mut si = self.segment_for_offset(offset);
+        let mut pos = self.segments[si].position_of_offset(offset)?;
+        while si < self.segments.len() {
+            let seg = &self.segments[si];
+            if pos >= seg.len {
+                si += 1;
+                pos = 0;
+                continue;
+            }
+            // Check the CRC before trusting any header field.
+            let (h, bytes) = seg.batch_at(pos)?;
+            if h.base_offset >= end && h.record_count > 0 || h.next_offset() > end {
+                break;
+            }
+            if !h.is_control() && h.next_offset() > offset {
+                if !out.is_empty() && total + u64::from(h.batch_len) > u64::from(max_bytes) {
+                    break;
+                }
+                total += bytes.len() as u64;
+                out.push(bytes);
+            }
+            pos += h.batch_len;
+        }
+        Ok(out)
+    }
+
+    /// The batch with Raft index `raft_index`, CRC-checked.
+    pub fn batch_by_raft_index(
+        &self,
+        raft_index: u64,
+    ) -> Result<Option<(BatchHeader, Bytes)>, StorageError> {
+        let Some(si) = self.segment_for_raft_index(raft_index) else {
+            return Ok(None);
+        };
+        let seg = &self.segments[si];
+        let pos = seg.position_of_raft_index(raft_index)?;
+        seg.batch_at(pos).map(Some)
+    }
+
+    /// The header of the batch with Raft index `raft_index` (no CRC check: for terms and offsets).
+    pub fn header_by_raft_index(
+        &self,
+        raft_index: u64,
+    ) -> Result<Option<BatchHeader>, StorageError> {
+        let Some(si) = self.segment_for_raft_index(raft_index) else {
+            return Ok(None);
+        };
+        let seg = &self.segments[si];
+        let pos = seg.position_of_raft_index(raft_index)?;
+        seg.header_at(pos).map(Some)
+    }
+
+    /// Batches with Raft indexes `[low, high)`, stopping early after `max_bytes` (at least one) or at the end
+    /// of a segment: Raft accepts short reads.
+    pub fn batches_by_raft_index(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<(BatchHeader, Bytes)>, StorageError> {
+        let mut out = Vec::new();
+        let Some(si) = self.segment_for_raft_index(low) else {
+            return Ok(out);
+        };
+        let seg = &self.segments[si];
+        let mut pos = seg.position_of_raft_index(low)?;
+        let mut total = 0u64;
+        while pos < seg.len {
+            let (h, b) = seg.batch_at(pos)?;
+            if h.raft_index >= high || (!out.is_empty() && total + b.len() as u64 > max_bytes) {
+                break;
+            }
+            total += b.len() as u64;
+            pos += h.batch_len;
+            out.push((h, b));
+        }
+        Ok(out)
+    }
+
+    /// Removes every batch with Raft index `raft_index` or later (Raft replaced an uncommitted tail).
+    pub fn truncate_from_raft_index(&mut self, raft_index: u64) -> Result<(), StorageError> {
+        while self.segments.len() > 1 && self.active().base_raft_index >= raft_index {
+            let seg = self.segments.pop().expect("more than one segment");
+            seg.delete(self.disk.as_ref())?;
+        }
+        if raft_index >= self.active().next_raft_index {
+            return Ok(());
+        }
+        let seg = self.active_mut();
+        if raft_index <= seg.base_raft_index {
+            seg.truncate_at(0)?;
+            seg.base_raft_index = raft_index;
+            seg.next_raft_index = raft_index;
+        } else {
+            let pos = seg.position_of_raft_index(raft_index)?;
+            seg.truncate_at(pos)?;
+        }
+        Ok(())
+    }
+
+    /// Empties the log so it starts at `raft_index` and `offset` (a follower installing a snapshot).
+    pub fn reset(&mut self, raft_index: u64, offset: u64) -> Result<(), StorageError> {
+        for seg in self.segments.drain(..) {
+            seg.delete(self.disk.as_ref())?;
+        }
+        self.segments.push(Segment::create(
+            self.disk.as_ref(),
+            &self.dir,
+            offset,
+            raft_index,
+            self.config.limits,
+        )?);
+        Checkpoint {
+            active_base_offset: offset,
+            clean_len: 0,
+            clean: false,
+        }
+        .write(self.disk.as_ref(), &self.dir)?;
+        Ok(())
+    }
+
+    /// First offset with a record at or after `timestamp_ms`; the next offset when none is that new.
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, StorageError> {
+        for seg in &self.segments {
+            if seg.max_timestamp < timestamp_ms && seg.next_offset != self.next_offset() {
+                continue;
+            }
+            if let Some(o) = seg.offset_for_time(timestamp_ms)? {
+                return Ok(o);
+            }
+        }
+        Ok(self.next_offset())
+    }
+
+    /// Oldest segments retention would delete, keeping every batch with a Raft index above
+    /// `keep_from_raft_index - 1` (uncommitted or unapplied): returns the Raft index and term of the last
+    /// batch that would go, and how many segments. Nothing is deleted here (see [`PartitionLog::delete_prefix`]).
+    pub fn retention_plan(
+        &self,
+        now_ms: i64,
+        keep_from_raft_index: u64,
+    ) -> Result<Option<(usize, u64, u64)>, StorageError> {
+        let total = self.size_bytes();
+        let mut removed_bytes = 0u64;
+        let mut count = 0;
+        for seg in &self.segments[..self.segments.len() - 1] {
+            let too_big = self.config.retention_bytes > 0
+                && total - removed_bytes > self.config.retention_bytes;
+            let too_old = self.config.retention_ms > 0
+                && seg.max_timestamp != i64::MIN
+                && now_ms - seg.max_timestamp > self.config.retention_ms as i64;
+            if !(too_big || too_old) || seg.next_raft_index > keep_from_raft_index {
+                break;
+            }
+            removed_bytes += u64::from(seg.len);
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let last = &self.segments[count - 1];
+        let idx = last.next_raft_index - 1;
+        let term = self.header_by_raft_index(idx)?.map_or(0, |h| h.raft_term);
+        Ok(Some((count, idx, term)))
+    }
+
+    /// Deletes the `count` oldest segments (never the active one).
+    pub fn delete_prefix(&mut self, count: usize) -> Result<(), StorageError> {
+        assert!(
+            count < self.segments.len(),
+            "the active segment is never deleted"
+        );
+        for seg in self.segments.drain(..count) {
+            tracing::info!(path = %seg.log_path().display(), "retention deleted segment");
+            seg.delete(self.disk.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: fsync the active segment, flush its indexes and record a clean checkpoint so the next
+    /// open needs no scan.
+    pub fn close(&mut self) -> Result<(), StorageError> {
+        let a = self.active();
+        a.file()
+            .sync_data()
+            .map_err(|e| StorageError::io(a.log_path(), e))?;
+        a.flush_indexes()?;
+        let cp = Checkpoint {
+            active_base_offset: a.base_offset,
+            clean_len: a.len,
+            clean: true,
+        };
+        cp.write(self.disk.as_ref(), &self.dir)
+    }
+}
