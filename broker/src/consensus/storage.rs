@@ -1,0 +1,445 @@
+//! `raft::Storage` over a partition's segment log: the log IS the Raft log. A Raft entry is one batch; its
+//! index and term are stamped in the batch header. Entries that are not client data (election no-ops,
+//! configuration changes) are stored as control batches, which consumers never see.
+//!
+//! Recent entries are also kept in a small tail cache of the `Bytes` the leader proposed, so the commit path
+//! of a busy partition does not read back what it has just written.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_protocol::batch::{self, BatchHeader};
+use parking_lot::RwLock;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState as RaftInitial, StorageError as RaftStorageError};
+
+use super::state::RaftState;
+use crate::storage::log::Recovery;
+use crate::storage::{Append, Disk, DiskFile, LogConfig, PartitionLog, StorageError};
+
+/// Bytes of recent entries kept in the tail cache.
+const TAIL_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Entries kept in the tail cache.
+const TAIL_CACHE_ENTRIES_MAX: usize = 4096;
+
+/// Where a persisted entry landed in the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub raft_index: u64,
+    pub base_offset: u64,
+    pub record_count: u32,
+}
+
+/// The log and Raft state of one replica.
+#[derive(Debug)]
+pub struct Core {
+    pub log: PartitionLog,
+    state: RaftState,
+    /// Hard state as Raft last reported it (commit may be ahead of the file).
+    hard_state: HardState,
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    tail: VecDeque<Entry>,
+    tail_bytes: usize,
+}
+
+/// Shared handle: Raft reads through it, the replica driver writes through it.
+#[derive(Debug, Clone)]
+pub struct ReplicaStorage {
+    core: Arc<RwLock<Core>>,
+}
+
+fn to_raft_err(e: StorageError) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+impl ReplicaStorage {
+    /// Opens the replica in `dir`. A new replica starts with `initial_voters` as its configuration (every
+    /// initial replica must start with the same one).
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: LogConfig,
+        initial_voters: &[u64],
+    ) -> Result<(Self, Recovery), StorageError> {
+        disk.create_dir_all(dir)
+            .map_err(|e| StorageError::io(dir, e))?;
+        let state = match RaftState::read(disk.as_ref(), dir)? {
+            Some(s) => s,
+            None => {
+                let mut s = RaftState::default();
+                s.conf_state.voters = initial_voters.to_vec();
+                s.write(disk.as_ref(), dir)?;
+                s
+            }
+        };
+        let (log, recovery) = PartitionLog::open(
+            disk.clone(),
+            dir,
+            config,
+            state.marker_index + 1,
+            state.marker_offset,
+        )?;
+        if log.first_raft_index() != state.marker_index + 1 {
+            return Err(StorageError::Corrupt {
+                path: dir.join(super::state::FILE_NAME),
+                position: 0,
+                why: format!(
+                    "log starts at raft index {} but the state says {}",
+                    log.first_raft_index(),
+                    state.marker_index + 1
+                ),
+            });
+        }
+        if state.hard_state.commit > log.last_raft_index() {
+            // Committed entries are fsynced before they commit: missing ones mean lost or damaged data.
+            return Err(StorageError::Corrupt {
+                path: dir.to_owned(),
+                position: 0,
+                why: format!(
+                    "raft commit index {} is past the last stored entry {}: committed data is missing",
+                    state.hard_state.commit,
+                    log.last_raft_index()
+                ),
+            });
+        }
+        let core = Core {
+            log,
+            hard_state: state.hard_state.clone(),
+            state,
+            disk,
+            dir: dir.to_owned(),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+        };
+        Ok((
+            ReplicaStorage {
+                core: Arc::new(RwLock::new(core)),
+            },
+            recovery,
+        ))
+    }
+
+    /// Read access to the log and state.
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Core> {
+        self.core.read()
+    }
+
+    /// Write access (the replica driver only).
+    pub fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Core> {
+        self.core.write()
+    }
+}
+
+fn entry_type_byte(t: EntryType) -> u8 {
+    match t {
+        EntryType::EntryNormal => 0,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    }
+}
+
+fn entry_type_of(b: u8) -> Option<EntryType> {
+    match b {
+        0 => Some(EntryType::EntryNormal),
+        1 => Some(EntryType::EntryConfChange),
+        2 => Some(EntryType::EntryConfChangeV2),
+        _ => None,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Core {
+    /// The durable state.
+    pub fn state(&self) -> &RaftState {
+        &self.state
+    }
+
+    /// The hard state as last reported by Raft.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Writes Ready entries: truncates a replaced uncommitted tail, stamps and appends each entry. Returns the
+    /// file to fsync and where data entries landed. Not durable until that fsync.
+    pub fn append_entries(
+        &mut self,
+        entries: &[Entry],
+    ) -> Result<(Option<Arc<dyn DiskFile>>, Vec<Placed>), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok((None, Vec::new()));
+        };
+        if first.index <= self.log.last_raft_index() {
+            assert!(
+                first.index > self.hard_state.commit,
+                "raft never replaces committed entries"
+            );
+            self.log.truncate_from_raft_index(first.index)?;
+            while self.tail.back().is_some_and(|e| e.index >= first.index) {
+                let e = self.tail.pop_back().expect("checked");
+                self.tail_bytes -= e.data.len();
+            }
+        }
+        let mut next_offset = self.log.next_offset();
+        let mut appends = Vec::with_capacity(entries.len());
+        let mut placed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let data: Bytes = e.data.clone();
+            let (stored, h) = if e.get_entry_type() == EntryType::EntryNormal && !data.is_empty() {
+                let h = batch::validate(&data).map_err(|why| StorageError::Corrupt {
+                    path: self.dir.clone(),
+                    position: e.index,
+                    why: format!("raft entry {} is not a valid batch: {why}", e.index),
+                })?;
+                (data, h)
+            } else {
+                let c = batch::control_batch(entry_type_byte(e.get_entry_type()), &data, now_ms())
+                    .freeze();
+                let h = BatchHeader::parse(&c).expect("control batch has a header");
+                (c, h)
+            };
+            appends.push(Append::new(&stored, &h, next_offset, e.term, e.index));
+            placed.push(Placed {
+                raft_index: e.index,
+                base_offset: next_offset,
+                record_count: h.record_count,
+            });
+            next_offset += u64::from(h.record_count);
+        }
+        let file = self.log.append(&appends)?;
+        for e in entries {
+            self.tail_bytes += e.data.len();
+            self.tail.push_back(e.clone());
+        }
+        while self.tail.len() > TAIL_CACHE_ENTRIES_MAX || self.tail_bytes > TAIL_CACHE_BYTES_MAX {
+            let e = self.tail.pop_front().expect("non-empty");
+            self.tail_bytes -= e.data.len();
+        }
+        Ok((Some(file), placed))
+    }
+
+    /// Records Raft's hard state; writes the state file when term or vote changed (they must be durable
+    /// before any message that depends on them is sent). A commit-only change stays in memory until the next
+    /// write: commit can be re-learned, and is only ever persisted at or below what the log holds durably.
+    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
+        let must_write =
+            hs.term != self.state.hard_state.term || hs.vote != self.state.hard_state.vote;
+        self.hard_state = hs.clone();
+        if must_write {
+            self.state.hard_state = hs.clone();
+            self.state.write(self.disk.as_ref(), &self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (from a `LightReady`).
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    /// Persists a new configuration (applied conf change), with the current hard state.
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StorageError> {
+        self.state.conf_state = cs;
+        self.state.hard_state = self.hard_state.clone();
+        self.state.write(self.disk.as_ref(), &self.dir)
+    }
+
+    /// Offset after the batch with Raft index `raft_index` (the high watermark once it is committed).
+    pub fn next_offset_after(&self, raft_index: u64) -> Result<u64, StorageError> {
+        if raft_index == self.state.marker_index {
+            return Ok(self.state.marker_offset);
+        }
+        match self.log.header_by_raft_index(raft_index)? {
+            Some(h) => Ok(h.next_offset()),
+            None => Err(StorageError::Failed(format!(
+                "raft index {raft_index} is not in the log"
+            ))),
+        }
+    }
+
+    /// Applies retention: deletes old segments whose entries are all applied, moving the marker first.
+    pub fn apply_retention(&mut self, applied: u64) -> Result<usize, StorageError> {
+        let Some((count, idx, term)) = self.log.retention_plan(now_ms(), applied + 1)? else {
+            return Ok(0);
+        };
+        let next = self.next_offset_after(idx)?;
+        self.state.marker_index = idx;
+        self.state.marker_term = term;
+        self.state.marker_offset = next;
+        self.state.hard_state = self.hard_state.clone();
+        self.state.write(self.disk.as_ref(), &self.dir)?;
+        self.log.delete_prefix(count)?;
+        while self.tail.front().is_some_and(|e| e.index <= idx) {
+            let e = self.tail.pop_front().expect("checked");
+            self.tail_bytes -= e.data.len();
+        }
+        Ok(count)
+    }
+
+    /// Installs a data-less snapshot from the leader: the log restarts empty after the snapshot's index, at
+    /// the offset its data names (8 bytes, little-endian).
+    pub fn install_snapshot(&mut self, s: &Snapshot) -> Result<(), StorageError> {
+        let m = s.get_metadata();
+        let offset = s
+            .data
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        self.state.marker_index = m.index;
+        self.state.marker_term = m.term;
+        self.state.marker_offset = offset;
+        self.state.conf_state = m.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(m.index);
+        self.hard_state.term = self.hard_state.term.max(m.term);
+        self.state.hard_state = self.hard_state.clone();
+        self.log.reset(m.index + 1, offset)?;
+        self.tail.clear();
+        self.tail_bytes = 0;
+        self.state.write(self.disk.as_ref(), &self.dir)
+    }
+
+    /// Clean shutdown: the log's clean checkpoint and the latest commit index.
+    pub fn close(&mut self) -> Result<(), StorageError> {
+        self.log.close()?;
+        // Only a commit the log holds durably (everything written is fsynced by now).
+        self.state.hard_state = self.hard_state.clone();
+        self.state.hard_state.commit = self.state.hard_state.commit.min(self.log.last_raft_index());
+        self.state.write(self.disk.as_ref(), &self.dir)
+    }
+
+    fn entry_from_stored(h: &BatchHeader, stored: Bytes) -> Result<Entry, StorageError> {
+        let mut e = Entry::default();
+        e.index = h.raft_index;
+        e.term = h.raft_term;
+        if h.is_control() {
+            let (t, data) = batch::control_payload(&stored)
+                .map_err(|why| StorageError::Failed(why.to_string()))?;
+            let t = entry_type_of(t)
+                .ok_or_else(|| StorageError::Failed(format!("unknown entry type {t}")))?;
+            e.set_entry_type(t);
+            e.data = data;
+        } else {
+            e.set_entry_type(EntryType::EntryNormal);
+            e.data = stored;
+        }
+        Ok(e)
+    }
+
+    fn first_index(&self) -> u64 {
+        self.state.marker_index + 1
+    }
+}
+
+impl raft::Storage for ReplicaStorage {
+    fn initial_state(&self) -> raft::Result<RaftInitial> {
+        let c = self.core.read();
+        Ok(RaftInitial {
+            hard_state: c.state.hard_state.clone(),
+            conf_state: c.state.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let c = self.core.read();
+        if low < c.first_index() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        assert!(
+            high <= c.log.last_raft_index() + 1,
+            "entries({low}, {high}) past the last index"
+        );
+        let mut out: Vec<Entry> = Vec::new();
+        let mut size = 0u64;
+        let mut next = low;
+        // Entries older than the tail cache come from the log.
+        let cache_start = c.tail.front().map_or(u64::MAX, |e| e.index);
+        while next < high && next < cache_start {
+            let batches = c
+                .log
+                .batches_by_raft_index(next, high.min(cache_start), max_size)
+                .map_err(to_raft_err)?;
+            if batches.is_empty() {
+                return Err(raft::Error::Store(RaftStorageError::Unavailable));
+            }
+            for (h, b) in batches {
+                size += b.len() as u64;
+                next = h.raft_index + 1;
+                out.push(Core::entry_from_stored(&h, b).map_err(to_raft_err)?);
+                if size > max_size {
+                    return Ok(out);
+                }
+            }
+        }
+        if next < high {
+            let skip = (next - cache_start) as usize;
+            for e in c.tail.iter().skip(skip).take((high - next) as usize) {
+                size += e.data.len() as u64;
+                if !out.is_empty() && size > max_size {
+                    break;
+                }
+                out.push(e.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let c = self.core.read();
+        if idx == c.state.marker_index {
+            return Ok(c.state.marker_term);
+        }
+        if idx < c.state.marker_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > c.log.last_raft_index() {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if let Some(front) = c.tail.front() {
+            if idx >= front.index {
+                return Ok(c.tail[(idx - front.index) as usize].term);
+            }
+        }
+        match c.log.header_by_raft_index(idx).map_err(to_raft_err)? {
+            Some(h) => Ok(h.raft_term),
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().log.last_raft_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A data-less snapshot: "the log starts after the marker". The follower then catches up by append.
+        let c = self.core.read();
+        if c.state.marker_index == 0 {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut s = Snapshot::default();
+        let m = s.mut_metadata();
+        m.index = c.state.marker_index;
+        m.term = c.state.marker_term;
+        m.set_conf_state(c.state.conf_state.clone());
+        s.data = Bytes::copy_from_slice(&c.state.marker_offset.to_le_bytes());
+        Ok(s)
+    }
+}

@@ -1,0 +1,378 @@
+//! The replica task: owns the `RawNode`, turns proposals into Raft entries and drives each `Ready` in the
+//! order raft-rs documents: send the leader's messages, persist entries and hard state (one fsync for the
+//! whole Ready: group commit), send the messages that needed persistence, apply committed entries, advance.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::handle::{Ack, Durability, Proposal, Replica, ReplicaError, Shared};
+use super::transport::Transport;
+use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
+
+/// Proposals queued per replica before publishers wait (backpressure).
+const PROPOSAL_QUEUE_MAX: usize = 4096;
+/// Proposals taken into one Raft step (and so, at most, one group commit).
+const PROPOSALS_PER_STEP_MAX: usize = 1024;
+/// Ticks between two retention passes.
+const RETENTION_EVERY_TICKS: u64 = 50;
+
+/// Timing and sizing of a replica's Raft group.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaConfig {
+    pub node_id: u64,
+    /// One Raft tick (ms).
+    pub tick_ms: u64,
+    /// Ticks without a leader before an election.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Largest append message to a follower (bytes).
+    pub append_bytes_max: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            node_id: 1,
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            append_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// A state machine fed with committed data batches (the cluster metadata uses one).
+pub trait Apply: Send + 'static {
+    /// Applies the committed batch at Raft index `index`.
+    fn apply(&mut self, index: u64, batch: &Bytes);
+}
+
+struct Pending {
+    index: u64,
+    term: u64,
+    durability: Durability,
+    placed: Option<Placed>,
+    reply: Option<oneshot::Sender<Result<Ack, ReplicaError>>>,
+}
+
+impl Pending {
+    fn answer(&mut self, r: Result<Ack, ReplicaError>) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+struct Driver {
+    node: RawNode<ReplicaStorage>,
+    shared: Arc<Shared>,
+    transport: Arc<dyn Transport>,
+    apply: Option<Box<dyn Apply>>,
+    pending: VecDeque<Pending>,
+    group: u64,
+    ticks: u64,
+}
+
+/// Starts the replica of group `group` over `storage`. `applied` state machines see every committed data
+/// batch after those already in the log up to the persisted commit (the caller replays those).
+pub fn spawn(
+    group: u64,
+    name: String,
+    storage: ReplicaStorage,
+    config: ReplicaConfig,
+    transport: Arc<dyn Transport>,
+    apply: Option<Box<dyn Apply>>,
+    cancel: CancellationToken,
+) -> Result<(Replica, tokio::task::JoinHandle<()>), ReplicaError> {
+    let (commit, hw, voters) = {
+        let c = storage.read();
+        let commit = c.state().hard_state.commit;
+        let hw = c
+            .next_offset_after(commit)
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        (commit, hw, c.state().conf_state.voters.clone())
+    };
+    let raft_config = raft::Config {
+        id: config.node_id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied: commit,
+        max_size_per_msg: config.append_bytes_max,
+        max_inflight_msgs: 256,
+        max_uncommitted_size: 256 << 20,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    let mut node = RawNode::new(&raft_config, storage.clone(), &raft_logger(&name))
+        .map_err(|e| ReplicaError::Failed(format!("raft: {e}")))?;
+    if voters == [config.node_id] {
+        // A cluster of one: lead at once instead of waiting out an election timeout.
+        let _ = node.campaign();
+    }
+    let (hw_tx, _) = watch::channel(hw);
+    let shared = Arc::new(Shared {
+        group,
+        name,
+        storage,
+        high_watermark: hw_tx,
+        leader: Default::default(),
+        failed: Mutex::new(None),
+    });
+    let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+    let driver = Driver {
+        node,
+        shared: shared.clone(),
+        transport,
+        apply,
+        pending: VecDeque::new(),
+        group,
+        ticks: 0,
+    };
+    let task = tokio::spawn(driver.run(rx, config.tick_ms, cancel));
+    Ok((Replica { tx, shared }, task))
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Proposal>,
+        tick_ms: u64,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                n = rx.recv_many(&mut batch, PROPOSALS_PER_STEP_MAX) => {
+                    if n == 0 { break; }
+                    self.propose(std::mem::take(&mut batch));
+                }
+                _ = tick.tick() => self.tick(),
+            }
+            if let Err(why) = self.on_ready().await {
+                self.shared.fail(why.clone());
+                self.fail_all(ReplicaError::Failed(why));
+                return;
+            }
+        }
+        self.fail_all(ReplicaError::ShuttingDown);
+        if let Err(e) = self.shared.storage.write().close() {
+            tracing::error!(partition = %self.shared.name, "clean close failed: {e}");
+        }
+    }
+
+    fn tick(&mut self) {
+        self.node.tick();
+        self.ticks += 1;
+        if self.ticks % RETENTION_EVERY_TICKS == 0 {
+            let applied = self.node.raft.raft_log.applied;
+            if let Err(e) = self.shared.storage.write().apply_retention(applied) {
+                tracing::warn!(partition = %self.shared.name, "retention failed: {e}");
+            }
+        }
+    }
+
+    fn propose(&mut self, proposals: Vec<Proposal>) {
+        if self.node.raft.state != StateRole::Leader {
+            let leader = self.node.raft.leader_id;
+            for p in proposals {
+                let _ = p.reply.send(Err(ReplicaError::NotLeader { leader }));
+            }
+            return;
+        }
+        let before = self.node.raft.raft_log.last_index();
+        let mut entries = Vec::with_capacity(proposals.len());
+        for p in &proposals {
+            let mut e = Entry::default();
+            e.data = p.batch.clone();
+            entries.push(e);
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.node.raft.id;
+        m.entries = entries.into();
+        if let Err(e) = self.node.step(m) {
+            for p in proposals {
+                let _ = p.reply.send(Err(ReplicaError::Dropped(e.to_string())));
+            }
+            return;
+        }
+        let term = self.node.raft.term;
+        assert_eq!(
+            self.node.raft.raft_log.last_index(),
+            before + proposals.len() as u64
+        );
+        for (i, p) in proposals.into_iter().enumerate() {
+            self.pending.push_back(Pending {
+                index: before + 1 + i as u64,
+                term,
+                durability: p.durability,
+                placed: None,
+                reply: Some(p.reply),
+            });
+        }
+    }
+
+    async fn on_ready(&mut self) -> Result<(), String> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            self.shared.leader.store(ss.leader_id, Ordering::Relaxed);
+            if ss.raft_state != StateRole::Leader {
+                self.fail_all(ReplicaError::NotLeader {
+                    leader: ss.leader_id,
+                });
+            }
+        }
+        self.transport.send(self.group, rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            let s = rd.snapshot().clone();
+            self.shared
+                .storage
+                .write()
+                .install_snapshot(&s)
+                .map_err(|e| e.to_string())?;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply_committed(committed)?;
+        let (file, placed) = self
+            .shared
+            .storage
+            .write()
+            .append_entries(rd.entries())
+            .map_err(|e| e.to_string())?;
+        if let Some(hs) = rd.hs() {
+            self.shared
+                .storage
+                .write()
+                .set_hard_state(hs)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(file) = file {
+            // One fsync for every batch of this Ready; off the async threads.
+            match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("fsync failed, replica fenced: {e}")),
+                Err(e) => return Err(format!("fsync task failed: {e}")),
+            }
+            self.note_persisted(&placed);
+        }
+        self.transport
+            .send(self.group, rd.take_persisted_messages());
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.shared.storage.write().set_commit(commit);
+        }
+        self.transport.send(self.group, light.take_messages());
+        self.apply_committed(light.take_committed_entries())?;
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    /// Records where persisted proposals landed; acknowledges those that asked only for leader durability.
+    fn note_persisted(&mut self, placed: &[Placed]) {
+        let mut it = placed.iter().peekable();
+        for p in self.pending.iter_mut() {
+            while it.peek().is_some_and(|x| x.raft_index < p.index) {
+                it.next();
+            }
+            if let Some(x) = it.peek().filter(|x| x.raft_index == p.index) {
+                p.placed = Some(**x);
+                if p.durability == Durability::Leader {
+                    p.answer(Ok(Ack {
+                        base_offset: x.base_offset,
+                        record_count: x.record_count,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let last_index = last.index;
+        for e in &entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if let (Some(apply), false) = (self.apply.as_mut(), e.data.is_empty()) {
+                        apply.apply(e.index, &e.data);
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    cc.merge_from_bytes(&e.data)
+                        .map_err(|e| format!("bad conf change: {e}"))?;
+                    self.apply_conf_change(&cc)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    cc.merge_from_bytes(&e.data)
+                        .map_err(|e| format!("bad conf change: {e}"))?;
+                    self.apply_conf_change(&cc)?;
+                }
+            }
+        }
+        let hw = self
+            .shared
+            .storage
+            .read()
+            .next_offset_after(last_index)
+            .map_err(|e| e.to_string())?;
+        self.shared.high_watermark.send_replace(hw);
+        while self.pending.front().is_some_and(|p| p.index <= last_index) {
+            let mut p = self.pending.pop_front().expect("checked");
+            let term = entries
+                .iter()
+                .find(|e| e.index == p.index)
+                .map(|e| e.term)
+                .or_else(|| raft::Storage::term(&self.shared.storage, p.index).ok());
+            match (term == Some(p.term), p.placed) {
+                (true, Some(x)) => p.answer(Ok(Ack {
+                    base_offset: x.base_offset,
+                    record_count: x.record_count,
+                })),
+                _ => p.answer(Err(ReplicaError::Dropped(
+                    "the entry was replaced after a leader change".into(),
+                ))),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) -> Result<(), String> {
+        let cs = self
+            .node
+            .apply_conf_change(cc)
+            .map_err(|e| format!("conf change: {e}"))?;
+        self.shared
+            .storage
+            .write()
+            .set_conf_state(cs)
+            .map_err(|e| e.to_string())
+    }
+
+    fn fail_all(&mut self, err: ReplicaError) {
+        for mut p in self.pending.drain(..) {
+            p.answer(Err(err.clone()));
+        }
+    }
+}

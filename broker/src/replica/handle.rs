@@ -1,0 +1,193 @@
+//! The handle servers use to publish to and read from a replica.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_protocol::batch::BatchHeader;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::consensus::ReplicaStorage;
+use crate::storage::StorageError;
+
+/// Why a replica refused or could not finish a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("not leader for this partition (leader: broker {leader})")]
+    NotLeader { leader: u64 },
+    #[error("partition is fenced after a storage failure: {0}")]
+    Failed(String),
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("publish dropped, outcome unknown ({0}); retry")]
+    Dropped(String),
+    #[error("partition is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// A durable acknowledgement: where the batch's records are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub base_offset: u64,
+    pub record_count: u32,
+}
+
+/// How durable a publish must be before its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Committed: fsynced on a quorum.
+    Quorum,
+    /// Fsynced on the leader.
+    Leader,
+}
+
+/// A publish waiting for the driver.
+#[derive(Debug)]
+pub struct Proposal {
+    pub batch: Bytes,
+    pub header: BatchHeader,
+    pub durability: Durability,
+    pub reply: oneshot::Sender<Result<Ack, ReplicaError>>,
+}
+
+/// State the driver shares with readers.
+#[derive(Debug)]
+pub struct Shared {
+    pub group: u64,
+    pub name: String,
+    pub storage: ReplicaStorage,
+    /// Offset after the last committed record.
+    pub high_watermark: watch::Sender<u64>,
+    /// Broker id of the current leader (0: none known).
+    pub leader: AtomicU64,
+    /// Why the replica is fenced, once it is.
+    pub failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Fences the replica: it serves nothing more until restarted and repaired.
+    pub fn fail(&self, why: String) {
+        tracing::error!(partition = %self.name, "{why}");
+        self.failed.lock().get_or_insert(why);
+    }
+
+    fn check(&self) -> Result<(), ReplicaError> {
+        match &*self.failed.lock() {
+            Some(why) => Err(ReplicaError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A handle to a running replica.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub(crate) tx: mpsc::Sender<Proposal>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Committed data of a fetch.
+#[derive(Debug)]
+pub struct Fetched {
+    pub batches: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl Replica {
+    /// Proposes a validated batch and waits for it to be as durable as asked.
+    pub async fn publish(
+        &self,
+        batch: Bytes,
+        header: BatchHeader,
+        durability: Durability,
+    ) -> Result<Ack, ReplicaError> {
+        self.shared.check()?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Proposal {
+                batch,
+                header,
+                durability,
+                reply,
+            })
+            .await
+            .map_err(|_| ReplicaError::ShuttingDown)?;
+        rx.await
+            .map_err(|_| ReplicaError::Dropped("replica stopped".into()))?
+    }
+
+    /// Committed batches from `offset`, at most `max_bytes` (at least one batch when there is one).
+    pub fn fetch(&self, offset: u64, max_bytes: u32) -> Result<Fetched, ReplicaError> {
+        self.shared.check()?;
+        let hw = *self.shared.high_watermark.borrow();
+        let core = self.shared.storage.read();
+        let log_start_offset = core.log.start_offset();
+        match core.log.read(offset, max_bytes, hw) {
+            Ok(batches) => Ok(Fetched {
+                batches,
+                high_watermark: hw,
+                log_start_offset,
+            }),
+            Err(StorageError::OffsetOutOfRange { offset, start, end }) => {
+                Err(ReplicaError::OutOfRange(format!(
+                    "offset {offset} is out of range: the partition holds offsets {start} to {end}"
+                )))
+            }
+            Err(e) => {
+                drop(core);
+                let why = e.to_string();
+                self.shared.fail(why.clone());
+                Err(ReplicaError::Failed(why))
+            }
+        }
+    }
+
+    /// First offset with a record at or after `timestamp_ms` (the high watermark when none).
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, ReplicaError> {
+        self.shared.check()?;
+        let hw = *self.shared.high_watermark.borrow();
+        let o = self
+            .shared
+            .storage
+            .read()
+            .log
+            .offset_for_time(timestamp_ms)
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        Ok(o.min(hw))
+    }
+
+    /// Waits until the high watermark passes `offset` or `wait` elapses.
+    pub async fn wait_for(&self, offset: u64, wait: std::time::Duration) {
+        let mut rx = self.shared.high_watermark.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|hw| *hw > offset)).await;
+    }
+
+    /// Offset after the last committed record.
+    pub fn high_watermark(&self) -> u64 {
+        *self.shared.high_watermark.borrow()
+    }
+
+    /// First offset still stored.
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared.storage.read().log.start_offset()
+    }
+
+    /// Current leader (0: none).
+    pub fn leader(&self) -> u64 {
+        self.shared.leader.load(Ordering::Relaxed)
+    }
+
+    /// Why the replica is fenced, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().clone()
+    }
+
+    /// Bytes stored.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.storage.read().log.size_bytes()
+    }
+}

@@ -1,0 +1,16 @@
+//! A partition replica: one Raft group driven by one task. Publishes become proposals; each Ready is
+//! persisted with one write and one fsync for every batch it holds (group commit), then messages go out,
+//! committed entries advance the high watermark and acknowledge their publishers.
+//!
+//! Layers: [`transport`] (where Raft messages go) → [`driver`] (the task) → [`handle`] (what servers call).
+
+pub mod driver;
+pub mod handle;
+pub mod transport;
+
+pub use driver::{spawn, Apply, ReplicaConfig};
+pub use handle::{Ack, Replica, ReplicaError};
+pub use transport::{NoPeers, Transport};
+
+#[cfg(test)]
+mod tests;

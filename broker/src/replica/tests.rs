@@ -1,0 +1,131 @@
+//! Replica tests: a cluster of one over real files, publishing, group commit, restart, and a failed fsync.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ferry_protocol::batch::{self, BatchBuilder, Records};
+use tokio_util::sync::CancellationToken;
+
+use super::handle::Durability;
+use super::*;
+use crate::consensus::ReplicaStorage;
+use crate::storage::{Disk, Faults, FaultyDisk, LogConfig, OsDisk};
+
+fn start(
+    disk: Arc<dyn Disk>,
+    dir: &std::path::Path,
+) -> (Replica, tokio::task::JoinHandle<()>, CancellationToken) {
+    let (storage, _) = ReplicaStorage::open(disk, dir, LogConfig::default(), &[1]).unwrap();
+    let cancel = CancellationToken::new();
+    let (r, t) = spawn(
+        1,
+        "t-0".into(),
+        storage,
+        ReplicaConfig::default(),
+        Arc::new(NoPeers),
+        None,
+        cancel.clone(),
+    )
+    .unwrap();
+    (r, t, cancel)
+}
+
+async fn publish(r: &Replica, i: u64, d: Durability) -> Result<Ack, ReplicaError> {
+    let mut b = BatchBuilder::new(1);
+    b.push(1, None, format!("v{i}").as_bytes(), &[]);
+    let data = b.finish();
+    let h = batch::validate(&data).unwrap();
+    r.publish(data, h, d).await
+}
+
+async fn wait_leader(r: &Replica) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.leader() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+fn read_all(r: &Replica) -> Vec<String> {
+    let f = r.fetch(0, 1 << 24).unwrap();
+    f.batches
+        .into_iter()
+        .flat_map(|b| {
+            let h = batch::validate(&b).unwrap();
+            Records::new(b, h)
+                .map(|x| String::from_utf8(x.unwrap().value.to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn publishes_are_durable_ordered_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, task, cancel) = start(Arc::new(OsDisk), dir.path());
+    wait_leader(&r).await;
+    let futs: Vec<_> = (0..200)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move { publish(&r, i, Durability::Quorum).await })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for f in futs {
+        offsets.push(f.await.unwrap().unwrap().base_offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (0..200).collect::<Vec<_>>(),
+        "every publish gets its own offset"
+    );
+    assert_eq!(r.high_watermark(), 200);
+    assert_eq!(
+        publish(&r, 200, Durability::Leader)
+            .await
+            .unwrap()
+            .base_offset,
+        200
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    let (r, task, cancel) = start(Arc::new(OsDisk), dir.path());
+    wait_leader(&r).await;
+    // After restart everything written is committed again and readable, then appends continue.
+    assert_eq!(
+        publish(&r, 201, Durability::Quorum)
+            .await
+            .unwrap()
+            .base_offset,
+        201
+    );
+    let vals = read_all(&r);
+    assert_eq!(vals.len(), 202);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_fsync_fences_and_never_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (r, task, _cancel) = start(
+        Arc::new(FaultyDisk {
+            faults: faults.clone(),
+        }),
+        dir.path(),
+    );
+    wait_leader(&r).await;
+    publish(&r, 0, Durability::Quorum).await.unwrap();
+    faults.fail_fsync.store(true, Ordering::SeqCst);
+    let err = publish(&r, 1, Durability::Quorum).await.unwrap_err();
+    assert!(matches!(err, ReplicaError::Failed(_)), "{err}");
+    task.await.unwrap();
+    assert!(r.failure().is_some());
+    assert!(matches!(
+        publish(&r, 2, Durability::Quorum).await,
+        Err(ReplicaError::Failed(_))
+    ));
+    assert!(r.fetch(0, 100).is_err(), "a fenced replica serves nothing");
+}
