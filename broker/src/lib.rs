@@ -1,7 +1,17 @@
 //! The Ferry broker.
 //!
 //! # Layout (lower layers never import higher ones)
-//! - [`storage`]: the segment log of a partition, and the disk seam.
+//! - [`storage`]: the segment log of a partition (segments, indexes, recovery) and the disk seam.
+//! - [`consensus`]: Raft's view of a partition log (`raft::Storage`), its durable state file.
+//! - [`replica`]: one Raft group per partition, driven by one task with group commit.
+//! - [`metadata`]: the cluster metadata state machine of the controller group.
+//! - [`config`]: broker settings.
+//! - [`broker`]: the broker core: controller, local replicas, operations.
+//! - [`server`]: the gRPC services and the HTTP endpoints over the core.
+pub mod broker;
+pub mod config;
 pub mod consensus;
+pub mod metadata;
 pub mod replica;
+pub mod server;
 pub mod storage;

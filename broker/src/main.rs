@@ -1,1 +1,140 @@
-fn main() {}
+//! `ferryd`: the Ferry broker binary. Flags, each also an environment variable `FERRY_<NAME>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ferry_broker::broker::Broker;
+use ferry_broker::config::BrokerConfig;
+use ferry_broker::server;
+use ferry_broker::storage::OsDisk;
+use tokio_util::sync::CancellationToken;
+
+/// Ferry broker.
+#[derive(Debug, Parser)]
+#[command(name = "ferryd", version, about = "Ferry message broker")]
+struct Args {
+    /// Directory holding all of this broker's data.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
+    data_dir: PathBuf,
+    /// Client gRPC listener (host:port).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// HTTP listener for /healthz, /readyz and /metrics (host:port).
+    #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
+    http_listen: SocketAddr,
+    /// This broker's id (a positive integer).
+    #[arg(long, env = "FERRY_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: u64,
+    /// host:port clients are told to use (default: the listen address).
+    #[arg(long, env = "FERRY_ADVERTISE")]
+    advertise: Option<String>,
+    /// Largest record batch accepted (bytes).
+    #[arg(long, env = "FERRY_BATCH_BYTES_MAX", default_value_t = ferry_protocol::limits::BATCH_BYTES_DEFAULT_MAX)]
+    batch_bytes_max: u32,
+    /// Default segment size of new topics (bytes).
+    #[arg(long, env = "FERRY_SEGMENT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    segment_bytes: u32,
+    /// Default retention of new topics by size, per partition (bytes; 0: unlimited).
+    #[arg(long, env = "FERRY_RETENTION_BYTES", default_value_t = 0)]
+    retention_bytes: u64,
+    /// Default retention of new topics by age (ms; 0: forever).
+    #[arg(long, env = "FERRY_RETENTION_MS", default_value_t = 7 * 24 * 3600 * 1000)]
+    retention_ms: u64,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug`.
+    #[arg(long, env = "FERRY_LOG", default_value = "info,raft=warn")]
+    log: String,
+}
+
+fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
+    let hard = ferry_protocol::limits::BATCH_BYTES_HARD_MAX;
+    anyhow::ensure!(
+        args.batch_bytes_max >= 1024 && args.batch_bytes_max <= hard,
+        "--batch-bytes-max must be between 1024 and {hard}"
+    );
+    anyhow::ensure!(
+        args.segment_bytes >= 64 * 1024,
+        "--segment-bytes must be at least 65536"
+    );
+    let mut c = BrokerConfig::new(
+        args.node_id,
+        args.data_dir.clone(),
+        args.listen,
+        args.http_listen,
+    );
+    if let Some(a) = &args.advertise {
+        c.advertise = a.clone();
+    }
+    c.batch_bytes_max = args.batch_bytes_max;
+    c.log.limits.segment_bytes = args.segment_bytes;
+    c.log.retention_bytes = args.retention_bytes;
+    c.log.retention_ms = args.retention_ms;
+    Ok(c)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(args).await {
+        eprintln!("ferryd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    let cancel = CancellationToken::new();
+    let broker = Broker::start(config.clone(), Arc::new(OsDisk), cancel.child_token())
+        .await
+        .with_context(|| format!("starting the broker on {}", config.data_dir.display()))?;
+    tracing::info!(node_id = config.node_id, listen = %grpc.local_addr()?, http = %http.local_addr()?,
+        data_dir = %config.data_dir.display(), "ferryd serving");
+    let serve_cancel = CancellationToken::new();
+    let grpc_task = tokio::spawn(server::serve_grpc(
+        broker.clone(),
+        grpc,
+        serve_cancel.clone(),
+    ));
+    let router = server::http::router(broker.clone(), Some(prometheus));
+    let http_cancel = serve_cancel.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, router)
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+    });
+    shutdown_signal().await;
+    // Stop taking requests, then close every partition cleanly (fsync, clean checkpoints).
+    serve_cancel.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
+    broker.shutdown().await;
+    cancel.cancel();
+    tracing::info!("ferryd stopped cleanly");
+    Ok(())
+}

@@ -82,10 +82,12 @@ impl RaftState {
         }
         let conf_state = ConfState::parse_from_bytes(&b[60..60 + conf_len])
             .map_err(|_| bad("bad conf state"))?;
-        let mut hard_state = HardState::default();
-        hard_state.term = u64_at(8);
-        hard_state.vote = u64_at(16);
-        hard_state.commit = u64_at(24);
+        let hard_state = HardState {
+            term: u64_at(8),
+            vote: u64_at(16),
+            commit: u64_at(24),
+            ..Default::default()
+        };
         Ok(RaftState {
             hard_state,
             conf_state,

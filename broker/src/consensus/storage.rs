@@ -32,6 +32,9 @@ pub struct Placed {
     pub record_count: u32,
 }
 
+/// What [`Core::append_entries`] wrote: the file to fsync (if anything was written) and where entries landed.
+pub type Appended = (Option<Arc<dyn DiskFile>>, Vec<Placed>);
+
 /// The log and Raft state of one replica.
 #[derive(Debug)]
 pub struct Core {
@@ -169,10 +172,7 @@ impl Core {
 
     /// Writes Ready entries: truncates a replaced uncommitted tail, stamps and appends each entry. Returns the
     /// file to fsync and where data entries landed. Not durable until that fsync.
-    pub fn append_entries(
-        &mut self,
-        entries: &[Entry],
-    ) -> Result<(Option<Arc<dyn DiskFile>>, Vec<Placed>), StorageError> {
+    pub fn append_entries(&mut self, entries: &[Entry]) -> Result<Appended, StorageError> {
         let Some(first) = entries.first() else {
             return Ok((None, Vec::new()));
         };
@@ -314,9 +314,11 @@ impl Core {
     }
 
     fn entry_from_stored(h: &BatchHeader, stored: Bytes) -> Result<Entry, StorageError> {
-        let mut e = Entry::default();
-        e.index = h.raft_index;
-        e.term = h.raft_term;
+        let mut e = Entry {
+            index: h.raft_index,
+            term: h.raft_term,
+            ..Default::default()
+        };
         if h.is_control() {
             let (t, data) = batch::control_payload(&stored)
                 .map_err(|why| StorageError::Failed(why.to_string()))?;

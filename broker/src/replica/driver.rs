@@ -179,7 +179,7 @@ impl Driver {
     fn tick(&mut self) {
         self.node.tick();
         self.ticks += 1;
-        if self.ticks % RETENTION_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
             let applied = self.node.raft.raft_log.applied;
             if let Err(e) = self.shared.storage.write().apply_retention(applied) {
                 tracing::warn!(partition = %self.shared.name, "retention failed: {e}");
@@ -198,9 +198,10 @@ impl Driver {
         let before = self.node.raft.raft_log.last_index();
         let mut entries = Vec::with_capacity(proposals.len());
         for p in &proposals {
-            let mut e = Entry::default();
-            e.data = p.batch.clone();
-            entries.push(e);
+            entries.push(Entry {
+                data: p.batch.clone(),
+                ..Default::default()
+            });
         }
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);

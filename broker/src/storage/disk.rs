@@ -32,6 +32,7 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
 }
 
 /// One open file.
+#[allow(clippy::len_without_is_empty)] // a file's emptiness is an I/O question too: len() answers it
 pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Writes all of `bufs` at `offset`, or fails (a failed write may have written a prefix: a torn write).
     fn write_all_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()>;

@@ -257,7 +257,7 @@ impl TimeIndex {
 
     /// The last entry, if any.
     pub fn last(&self) -> Option<TimeEntry> {
-        (self.len() > 0).then(|| self.get(self.len() - 1))
+        (!self.is_empty()).then(|| self.get(self.len() - 1))
     }
 
     /// Adds an entry if its timestamp is newer than the last one; false when full.

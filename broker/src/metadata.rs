@@ -1,0 +1,192 @@
+//! Cluster metadata: topics, their settings and replica sets. It is the state machine of the controller Raft
+//! group (group 0), whose log is an internal partition: each command is one JSON record in a batch, applied
+//! in log order on every broker, so every broker derives the same metadata.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_protocol::batch::{self, BatchBuilder, Records};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::replica::Apply;
+
+/// Raft group id of the controller.
+pub const CONTROLLER_GROUP: u64 = 0;
+/// Bits of a partition group id that hold the partition number (the rest is the topic id).
+const PARTITION_BITS: u32 = 16;
+
+/// Per-topic settings; 0 means the broker default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSettings {
+    pub retention_bytes: u64,
+    pub retention_ms: u64,
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+}
+
+/// One topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub id: u64,
+    pub name: String,
+    pub partitions: u32,
+    /// Broker ids of each partition's replicas.
+    pub replica_sets: Vec<Vec<u64>>,
+    pub settings: TopicSettings,
+}
+
+impl TopicMeta {
+    /// Raft group id of partition `p`.
+    pub fn group_id(&self, p: u32) -> u64 {
+        (self.id << PARTITION_BITS) | u64::from(p)
+    }
+
+    /// Directory name of the topic under the data dir (the id keeps a re-created topic apart from remains
+    /// of a deleted one).
+    pub fn dir_name(&self) -> String {
+        format!("{:08}-{}", self.id, self.name)
+    }
+}
+
+/// A metadata command, as stored in the controller log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replica_sets: Vec<Vec<u64>>,
+        settings: TopicSettings,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+impl Command {
+    /// The command as a one-record batch.
+    pub fn to_batch(&self) -> Bytes {
+        let json = serde_json::to_vec(self).expect("commands serialize");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut b = BatchBuilder::new(now);
+        b.push(now, None, &json, &[]);
+        b.finish()
+    }
+}
+
+/// The metadata every broker derives from the controller log.
+#[derive(Debug, Default, Clone)]
+pub struct Metadata {
+    pub topics: BTreeMap<String, TopicMeta>,
+    pub next_topic_id: u64,
+    /// Raft index of the last applied command.
+    pub applied_index: u64,
+}
+
+impl Metadata {
+    /// Applies one command. Commands that no longer make sense (creating an existing topic, deleting a
+    /// missing one: a race between two admins) change nothing; the proposer checks the outcome.
+    pub fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::CreateTopic {
+                name,
+                partitions,
+                replica_sets,
+                settings,
+            } => {
+                if self.topics.contains_key(&name) {
+                    return;
+                }
+                self.next_topic_id += 1;
+                let t = TopicMeta {
+                    id: self.next_topic_id,
+                    name: name.clone(),
+                    partitions,
+                    replica_sets,
+                    settings,
+                };
+                self.topics.insert(name, t);
+            }
+            Command::DeleteTopic { name } => {
+                self.topics.remove(&name);
+            }
+        }
+    }
+}
+
+/// The controller's [`Apply`]: decodes committed batches into commands and applies them.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataMachine {
+    pub state: Arc<RwLock<Metadata>>,
+}
+
+impl MetadataMachine {
+    /// Applies every record of a committed batch.
+    pub fn apply_batch(&self, index: u64, data: &Bytes) {
+        let h = match batch::validate(data) {
+            Ok(h) if !h.is_control() => h,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(index, "controller entry is not a valid batch: {e}");
+                return;
+            }
+        };
+        let mut state = self.state.write();
+        for r in Records::new(data.clone(), h) {
+            match r.map_err(|e| e.to_string()).and_then(|r| {
+                serde_json::from_slice::<Command>(&r.value).map_err(|e| e.to_string())
+            }) {
+                Ok(cmd) => state.apply(cmd),
+                Err(e) => tracing::error!(index, "undecodable controller command: {e}"),
+            }
+        }
+        state.applied_index = index;
+    }
+}
+
+impl Apply for MetadataMachine {
+    fn apply(&mut self, index: u64, batch: &Bytes) {
+        self.apply_batch(index, batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_through_batches() {
+        let m = MetadataMachine::default();
+        let create = Command::CreateTopic {
+            name: "orders".into(),
+            partitions: 3,
+            replica_sets: vec![vec![1]; 3],
+            settings: TopicSettings::default(),
+        };
+        m.apply_batch(1, &create.to_batch());
+        m.apply_batch(2, &create.to_batch()); // duplicate create: no change
+        let s = m.state.read().clone();
+        assert_eq!(s.topics.len(), 1);
+        assert_eq!(s.topics["orders"].id, 1);
+        assert_eq!(s.topics["orders"].group_id(2), (1 << 16) | 2);
+        drop(s);
+        m.apply_batch(
+            3,
+            &Command::DeleteTopic {
+                name: "orders".into(),
+            }
+            .to_batch(),
+        );
+        assert!(m.state.read().topics.is_empty());
+        assert_eq!(m.state.read().applied_index, 3);
+        m.apply_batch(4, &create.to_batch());
+        assert_eq!(
+            m.state.read().topics["orders"].id,
+            2,
+            "a re-created topic gets a new id"
+        );
+    }
+}

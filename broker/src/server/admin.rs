@@ -1,0 +1,96 @@
+//! The `ferry.v1.Admin` service: topics and the cluster.
+
+use std::sync::Arc;
+
+use ferry_protocol::v1::{self, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use super::{brokers, topic_info};
+use crate::broker::Broker;
+use crate::metadata::TopicSettings;
+
+/// The admin service.
+#[derive(Debug)]
+pub struct AdminService {
+    broker: Arc<Broker>,
+}
+
+impl AdminService {
+    /// The service over `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        AdminService { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        req: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::TopicInfo>, Status> {
+        let req = req.into_inner();
+        let c = req.config.unwrap_or_default();
+        let settings = TopicSettings {
+            retention_bytes: c.retention_bytes,
+            retention_ms: c.retention_ms,
+            segment_bytes: c.segment_bytes,
+            segment_ms: c.segment_ms,
+        };
+        let t = self
+            .broker
+            .create_topic(&req.name, req.partitions, req.replicas, settings)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(topic_info(&self.broker, &t)))
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let req = req.into_inner();
+        ferry_protocol::topic::validate_topic_name(&req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.broker
+            .delete_topic(&req.name)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(v1::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _req: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let meta = self.broker.metadata();
+        let topics = meta
+            .topics
+            .values()
+            .map(|t| topic_info(&self.broker, t))
+            .collect();
+        Ok(Response::new(v1::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        req: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::TopicInfo>, Status> {
+        let req = req.into_inner();
+        ferry_protocol::topic::validate_topic_name(&req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let t = self.broker.topic(&req.name).map_err(to_status)?;
+        Ok(Response::new(topic_info(&self.broker, &t)))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _req: Request<v1::DescribeClusterRequest>,
+    ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
+        Ok(Response::new(v1::DescribeClusterResponse {
+            brokers: brokers(&self.broker),
+            controller: self.broker.controller().leader(),
+            node_id: self.broker.config.node_id,
+        }))
+    }
+}

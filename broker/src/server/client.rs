@@ -1,0 +1,367 @@
+//! The `ferry.v1.Ferry` service: publish, fetch, subscribe, metadata.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_protocol::batch::{self, BatchBuilder, Records};
+use ferry_protocol::limits::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
+use ferry_protocol::partitioner::partition_for_key;
+use ferry_protocol::v1::{self, ferry_server::Ferry, publish_request::Payload};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use super::topic_info;
+use crate::broker::{Broker, BrokerError};
+use crate::replica::handle::Durability;
+use crate::replica::Replica;
+
+/// Default bytes of a fetch response when the request says 0.
+const FETCH_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// Longest a subscribe stream waits for new data before checking that its client is still there (ms).
+const SUBSCRIBE_POLL_MS: u64 = 1_000;
+/// Responses a subscribe stream buffers ahead of its client.
+const SUBSCRIBE_BUFFER: usize = 8;
+
+/// The client service.
+#[derive(Debug)]
+pub struct ClientService {
+    broker: Arc<Broker>,
+    round_robin: AtomicU64,
+}
+
+impl ClientService {
+    /// The service over `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        ClientService {
+            broker,
+            round_robin: AtomicU64::new(0),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn durability(acks: i32) -> Result<Durability, Status> {
+    match v1::Acks::try_from(acks) {
+        Ok(v1::Acks::All) => Ok(Durability::Quorum),
+        Ok(v1::Acks::Leader) => Ok(Durability::Leader),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown acks value {acks}"
+        ))),
+    }
+}
+
+fn check_format(f: i32) -> Result<v1::Format, Status> {
+    v1::Format::try_from(f)
+        .map_err(|_| Status::invalid_argument(format!("unknown format value {f}")))
+}
+
+fn check_topic(name: &str) -> Result<(), Status> {
+    ferry_protocol::topic::validate_topic_name(name)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Builds one batch per partition from plain records.
+fn batches_from_records(
+    records: Vec<v1::Record>,
+    place: impl Fn(&v1::Record) -> u32,
+) -> BTreeMap<u32, Bytes> {
+    let now = now_ms();
+    let mut builders: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
+    for r in &records {
+        let p = place(r);
+        let ts = if r.timestamp_ms == 0 {
+            now
+        } else {
+            r.timestamp_ms
+        };
+        let b = builders.entry(p).or_insert_with(|| BatchBuilder::new(ts));
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|h| (h.key.as_str(), &h.value[..]))
+            .collect();
+        let key = (r.has_key || !r.key.is_empty()).then_some(&r.key[..]);
+        b.push(ts, key, &r.value, &headers);
+    }
+    builders.into_iter().map(|(p, b)| (p, b.finish())).collect()
+}
+
+/// Decodes fetched batches into plain records, from `offset` on.
+fn to_records(partition: u32, offset: u64, batches: &[Bytes]) -> Result<Vec<v1::Record>, Status> {
+    let mut out = Vec::new();
+    for b in batches {
+        let h = batch::validate(b).map_err(|e| Status::data_loss(e.to_string()))?;
+        for r in Records::new(b.clone(), h) {
+            let r = r.map_err(|e| Status::data_loss(e.to_string()))?;
+            if r.offset < offset {
+                continue;
+            }
+            out.push(v1::Record {
+                has_key: r.key.is_some(),
+                key: r.key.unwrap_or_default(),
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|h| v1::Header {
+                        key: h.key,
+                        value: h.value,
+                    })
+                    .collect(),
+                timestamp_ms: r.timestamp_ms,
+                offset: r.offset,
+                partition,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn fetch_response(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    format: v1::Format,
+    f: crate::replica::handle::Fetched,
+) -> Result<v1::FetchResponse, Status> {
+    let next_offset = match f.batches.last() {
+        Some(b) => batch::BatchHeader::parse(b)
+            .map_err(|e| Status::data_loss(e.to_string()))?
+            .next_offset(),
+        None => offset,
+    };
+    let mut resp = v1::FetchResponse {
+        topic: topic.to_owned(),
+        partition,
+        high_watermark: f.high_watermark,
+        log_start_offset: f.log_start_offset,
+        next_offset,
+        ..Default::default()
+    };
+    match format {
+        v1::Format::Records => resp.records = to_records(partition, offset, &f.batches)?,
+        v1::Format::Batches => resp.batches = f.batches,
+    }
+    Ok(resp)
+}
+
+async fn fetch_once(
+    r: &Replica,
+    offset: u64,
+    max_bytes: u32,
+    wait: Duration,
+) -> Result<crate::replica::handle::Fetched, Status> {
+    let f = r
+        .fetch(offset, max_bytes)
+        .map_err(|e| to_status(e.into()))?;
+    if !f.batches.is_empty() || wait.is_zero() {
+        return Ok(f);
+    }
+    r.wait_for(offset, wait).await;
+    r.fetch(offset, max_bytes).map_err(|e| to_status(e.into()))
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ferry for ClientService {
+    async fn publish(
+        &self,
+        req: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        check_topic(&req.topic)?;
+        let durability = durability(req.acks)?;
+        let topic = self.broker.topic(&req.topic).map_err(to_status)?;
+        let max = self.broker.config.batch_bytes_max;
+        let batches: BTreeMap<u32, Bytes> = match req.payload {
+            None => return Err(Status::invalid_argument("publish needs records or a batch")),
+            Some(Payload::Batch(b)) => {
+                let p = req
+                    .partition
+                    .ok_or_else(|| Status::invalid_argument("a batch publish needs a partition"))?;
+                if b.len() > max as usize {
+                    return Err(Status::invalid_argument(format!(
+                        "batch is {} bytes; the limit is {max}",
+                        b.len()
+                    )));
+                }
+                BTreeMap::from([(p, b)])
+            }
+            Some(Payload::Records(list)) => {
+                if list.records.is_empty() {
+                    return Err(Status::invalid_argument("publish has no records"));
+                }
+                let n = topic.partitions;
+                if let Some(p) = req.partition.filter(|p| *p >= n) {
+                    return Err(to_status(BrokerError::UnknownPartition {
+                        topic: topic.name,
+                        partition: p,
+                        partitions: n,
+                    }));
+                }
+                let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                let out = batches_from_records(list.records, |r| match req.partition {
+                    Some(p) => p,
+                    None if r.has_key || !r.key.is_empty() => partition_for_key(&r.key, n),
+                    None => (rr % u64::from(n)) as u32,
+                });
+                if let Some((_, b)) = out.iter().find(|(_, b)| b.len() > max as usize) {
+                    return Err(Status::invalid_argument(format!(
+                        "records make a batch of {} bytes; the limit is {max}",
+                        b.len()
+                    )));
+                }
+                out
+            }
+        };
+        let timeout = match req.timeout_ms {
+            0 => Duration::from_millis(self.broker.config.publish_timeout_ms),
+            t => Duration::from_millis(u64::from(t)),
+        };
+        let bytes: usize = batches.values().map(Bytes::len).sum();
+        let work = futures::future::try_join_all(batches.into_iter().map(|(p, b)| {
+            let broker = self.broker.clone();
+            let topic = req.topic.clone();
+            async move {
+                let ack = broker
+                    .publish(&topic, p, b, durability)
+                    .await
+                    .map_err(to_status)?;
+                Ok::<_, Status>(v1::PartitionAck {
+                    partition: p,
+                    base_offset: ack.base_offset,
+                    record_count: ack.record_count,
+                })
+            }
+        }));
+        let acks = tokio::time::timeout(timeout, work).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "not durable within {} ms; outcome unknown",
+                timeout.as_millis()
+            ))
+        })??;
+        let records: u64 = acks.iter().map(|a| u64::from(a.record_count)).sum();
+        metrics::counter!("ferry_publish_records_total").increment(records);
+        metrics::counter!("ferry_publish_bytes_total").increment(bytes as u64);
+        metrics::histogram!("ferry_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(Response::new(v1::PublishResponse { acks }))
+    }
+
+    async fn fetch(
+        &self,
+        req: Request<v1::FetchRequest>,
+    ) -> Result<Response<v1::FetchResponse>, Status> {
+        let req = req.into_inner();
+        check_topic(&req.topic)?;
+        let format = check_format(req.format)?;
+        let replica = self
+            .broker
+            .partition(&req.topic, req.partition)
+            .map_err(to_status)?;
+        let max_bytes = match req.max_bytes {
+            0 => FETCH_BYTES_DEFAULT,
+            n => n.min(FETCH_BYTES_MAX),
+        };
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+        let f = fetch_once(&replica, req.offset, max_bytes, wait).await?;
+        let resp = fetch_response(&req.topic, req.partition, req.offset, format, f)?;
+        metrics::counter!("ferry_fetch_responses_total").increment(1);
+        Ok(Response::new(resp))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<SubscribeStream>, Status> {
+        let req = req.into_inner();
+        check_topic(&req.topic)?;
+        let format = check_format(req.format)?;
+        let replica = self
+            .broker
+            .partition(&req.topic, req.partition)
+            .map_err(to_status)?;
+        let max_bytes = match req.max_bytes {
+            0 => FETCH_BYTES_DEFAULT,
+            n => n.min(FETCH_BYTES_MAX),
+        };
+        // Check the start offset now so a bad one is an error, not an empty stream.
+        replica
+            .fetch(req.offset, 1)
+            .map_err(|e| to_status(e.into()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER);
+        tokio::spawn(async move {
+            let mut offset = req.offset;
+            loop {
+                let f = fetch_once(
+                    &replica,
+                    offset,
+                    max_bytes,
+                    Duration::from_millis(SUBSCRIBE_POLL_MS),
+                )
+                .await;
+                let item =
+                    f.and_then(|f| fetch_response(&req.topic, req.partition, offset, format, f));
+                match item {
+                    Ok(resp) if resp.next_offset == offset => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                    Ok(resp) => {
+                        offset = resp.next_offset;
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn metadata(
+        &self,
+        req: Request<v1::MetadataRequest>,
+    ) -> Result<Response<v1::MetadataResponse>, Status> {
+        let req = req.into_inner();
+        let meta = self.broker.metadata();
+        let mut topics = Vec::new();
+        for name in &req.topics {
+            check_topic(name)?;
+            if !meta.topics.contains_key(name) {
+                return Err(to_status(BrokerError::UnknownTopic(name.clone())));
+            }
+        }
+        for t in meta.topics.values() {
+            if req.topics.is_empty() || req.topics.contains(&t.name) {
+                topics.push(topic_info(&self.broker, t));
+            }
+        }
+        Ok(Response::new(v1::MetadataResponse {
+            brokers: super::brokers(&self.broker),
+            topics,
+            controller: self.broker.controller().leader(),
+        }))
+    }
+}

@@ -1,0 +1,97 @@
+//! The broker's servers: gRPC services on the client port and the HTTP endpoints.
+
+pub mod admin;
+pub mod client;
+pub mod http;
+pub mod status;
+
+use std::sync::Arc;
+
+use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
+use ferry_protocol::v1;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::metadata::TopicMeta;
+
+/// Most concurrent HTTP/2 streams per client connection.
+const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+/// The brokers clients can use (a cluster of one, this broker, until the cluster lands).
+pub fn brokers(b: &Broker) -> Vec<v1::BrokerInfo> {
+    vec![v1::BrokerInfo {
+        id: b.config.node_id,
+        address: b.config.advertise.clone(),
+        up: true,
+    }]
+}
+
+/// A topic as the API shows it.
+pub fn topic_info(b: &Broker, t: &TopicMeta) -> v1::TopicInfo {
+    let partition_info = (0..t.partitions)
+        .map(|p| {
+            let replicas = t.replica_sets[p as usize].clone();
+            match b.partition(&t.name, p) {
+                Ok(r) => {
+                    let error = r.failure().unwrap_or_default();
+                    let leader = r.leader();
+                    v1::PartitionInfo {
+                        partition: p,
+                        leader,
+                        in_sync: if error.is_empty() && leader != 0 {
+                            replicas.clone()
+                        } else {
+                            vec![]
+                        },
+                        replicas,
+                        high_watermark: r.high_watermark(),
+                        log_start_offset: r.log_start_offset(),
+                        error,
+                    }
+                }
+                Err(e) => v1::PartitionInfo {
+                    partition: p,
+                    replicas,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            }
+        })
+        .collect();
+    v1::TopicInfo {
+        name: t.name.clone(),
+        partitions: t.partitions,
+        replicas: t.replica_sets.first().map_or(0, |r| r.len() as u32),
+        partition_info,
+        config: Some(v1::TopicConfig {
+            retention_bytes: t.settings.retention_bytes,
+            retention_ms: t.settings.retention_ms,
+            segment_bytes: t.settings.segment_bytes,
+            segment_ms: t.settings.segment_ms,
+        }),
+    }
+}
+
+/// Serves the gRPC services on `listener` until `cancel` fires.
+pub async fn serve_grpc(
+    broker: Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let client = v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone()))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
+        .tcp_nodelay(true)
+        .add_service(client)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            cancel.cancelled_owned(),
+        )
+        .await
+}

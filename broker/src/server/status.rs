@@ -1,0 +1,27 @@
+//! Maps broker errors onto gRPC statuses with messages a user can act on.
+
+use tonic::Status;
+
+use crate::broker::BrokerError;
+use crate::replica::ReplicaError;
+
+/// The gRPC status of a broker error.
+pub fn to_status(e: BrokerError) -> Status {
+    match e {
+        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
+            Status::not_found(e.to_string())
+        }
+        BrokerError::TopicExists(_) => Status::already_exists(e.to_string()),
+        BrokerError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        BrokerError::Unsatisfiable(_) => Status::failed_precondition(e.to_string()),
+        BrokerError::Storage(e) => Status::internal(e.to_string()),
+        BrokerError::Replica(r) => match r {
+            ReplicaError::NotLeader { .. }
+            | ReplicaError::Dropped(_)
+            | ReplicaError::ShuttingDown => Status::unavailable(r.to_string()),
+            ReplicaError::DiskFull(_) => Status::resource_exhausted(r.to_string()),
+            ReplicaError::OutOfRange(_) => Status::out_of_range(r.to_string()),
+            ReplicaError::Failed(_) => Status::data_loss(r.to_string()),
+        },
+    }
+}
