@@ -42,6 +42,22 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
 }
 
+/// Longest a starting broker waits for its controller to re-commit its log.
+const CONTROLLER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Starts and stops local partitions whenever the controller applies new metadata.
+async fn follow_metadata(
+    broker: std::sync::Weak<Broker>,
+    mut hw: tokio::sync::watch::Receiver<u64>,
+) {
+    while hw.changed().await.is_ok() {
+        let Some(b) = broker.upgrade() else { return };
+        if let Err(e) = b.reconcile().await {
+            tracing::error!("applying metadata failed: {e}");
+        }
+    }
+}
+
 struct Running {
     replica: Replica,
     cancel: CancellationToken,
@@ -117,8 +133,19 @@ impl Broker {
             reconcile: tokio::sync::Mutex::new(()),
             cancel,
         });
+        // Commands past the persisted commit are applied once the controller commits them again: wait for
+        // that (bounded) so the partitions exist before clients are served.
+        let log_end = broker.controller.log_end_offset();
+        let mut hw = broker.controller.watch_high_watermark();
+        let caught_up = tokio::time::timeout(CONTROLLER_CATCH_UP, hw.wait_for(|hw| *hw >= log_end))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !caught_up {
+            tracing::warn!("controller has not caught up within {CONTROLLER_CATCH_UP:?}; serving what is known");
+        }
         broker.reconcile().await?;
         broker.remove_orphan_dirs();
+        tokio::spawn(follow_metadata(Arc::downgrade(&broker), hw));
         Ok(broker)
     }
 

@@ -91,6 +91,7 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(args).await {
         eprintln!("ferryd: error: {e:#}");
@@ -99,7 +100,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config(&args)?;
+    let mut config = config(&args)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -109,12 +110,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    // With port 0 the OS picks the ports: tell clients and the operator the real ones.
+    let (client_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    if args.advertise.is_none() {
+        config.advertise = client_addr.to_string();
+    }
     let cancel = CancellationToken::new();
     let broker = Broker::start(config.clone(), Arc::new(OsDisk), cancel.child_token())
         .await
         .with_context(|| format!("starting the broker on {}", config.data_dir.display()))?;
-    tracing::info!(node_id = config.node_id, listen = %grpc.local_addr()?, http = %http.local_addr()?,
+    tracing::info!(node_id = config.node_id, listen = %client_addr, http = %http_addr,
         data_dir = %config.data_dir.display(), "ferryd serving");
+    // One stable, machine-readable line on stdout (docs/operations.md): scripts and tests wait for it.
+    println!("ferryd listening client={client_addr} http={http_addr}");
     let serve_cancel = CancellationToken::new();
     let grpc_task = tokio::spawn(server::serve_grpc(
         broker.clone(),

@@ -1,1 +1,232 @@
-//! Support code for the integration tests.
+//! Support code for Ferry's integration tests: start real `ferryd` processes on 127.0.0.1 with ephemeral
+//! ports and temporary data dirs, run the real `ferry` CLI, and wait on conditions with deadlines.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which the README's test command does);
+//! they are found next to the test executable's directory (`target/<profile>/`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
+use ferry_protocol::v1;
+use tonic::transport::Channel;
+
+/// How long a broker may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary (`ferryd`, `ferry`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// A running `ferryd`.
+pub struct Ferryd {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    /// host:port of the client listener.
+    pub addr: String,
+    /// host:port of the HTTP listener.
+    pub http: String,
+    extra: Vec<String>,
+}
+
+impl Ferryd {
+    /// Starts a broker on `data_dir` with ephemeral ports and waits until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Ferryd {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut child = Command::new(bin("ferryd"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(&extra)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ferryd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.starts_with("ferryd listening") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(START_TIMEOUT)
+            .expect("ferryd did not start listening in time");
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .expect("listening line field")
+                .to_owned()
+        };
+        Ferryd {
+            addr: field("client="),
+            http: field("http="),
+            child,
+            data_dir: data_dir.to_owned(),
+            extra,
+        }
+    }
+
+    /// Kills the broker with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the broker with SIGTERM and waits for it to exit (bounded); returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a broker again on the same data dir (with new ports).
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        *self = Ferryd::start(&self.data_dir.clone(), &extra);
+    }
+
+    /// A gRPC channel to the client port.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// The client service.
+    pub async fn client(&self) -> v1::ferry_client::FerryClient<Channel> {
+        v1::ferry_client::FerryClient::new(self.channel().await)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// The admin service.
+    pub async fn admin(&self) -> v1::admin_client::AdminClient<Channel> {
+        v1::admin_client::AdminClient::new(self.channel().await)
+    }
+
+    /// Runs the `ferry` CLI against this broker.
+    pub fn ferry(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        run_ferry(&self.addr, args, stdin)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        wait_until(Duration::from_secs(20), "broker ready", || {
+            http_get(&self.http, "/readyz").0 == 200
+        });
+    }
+}
+
+impl Drop for Ferryd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ferry` with `--bootstrap addr`, feeding `stdin`.
+pub fn run_ferry(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("ferry"))
+        .args(["--bootstrap", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.map(<[u8]>::to_vec).unwrap_or_default();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("ferry output");
+    let _ = writer.join();
+    out
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `cond` until it holds or `timeout` passes (then panics naming `what`).
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `.log` files of a partition directory, oldest first.
+pub fn segment_files(data_dir: &Path, topic: &str, partition: u32) -> Vec<PathBuf> {
+    let topics = data_dir.join("topics");
+    let topic_dir = std::fs::read_dir(&topics)
+        .expect("topics dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.split_once('-').is_some_and(|(_, t)| t == topic))
+        })
+        .expect("topic dir");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(topic_dir.join(partition.to_string()))
+        .expect("partition dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs
+}

@@ -166,6 +166,16 @@ impl Replica {
         let _ = tokio::time::timeout(wait, rx.wait_for(|hw| *hw > offset)).await;
     }
 
+    /// A receiver that sees every new high watermark.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.shared.high_watermark.subscribe()
+    }
+
+    /// Offset after the last record stored (committed or not).
+    pub fn log_end_offset(&self) -> u64 {
+        self.shared.storage.read().log.next_offset()
+    }
+
     /// Offset after the last committed record.
     pub fn high_watermark(&self) -> u64 {
         *self.shared.high_watermark.borrow()
