@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ferry_broker::broker::Broker;
 use ferry_broker::config::BrokerConfig;
+use ferry_broker::replica::FsyncPolicy;
 use ferry_broker::server;
 use ferry_broker::storage::OsDisk;
 use tokio_util::sync::CancellationToken;
@@ -43,9 +44,25 @@ struct Args {
     /// Default retention of new topics by age (ms; 0: forever).
     #[arg(long, env = "FERRY_RETENTION_MS", default_value_t = 7 * 24 * 3600 * 1000)]
     retention_ms: u64,
+    /// When to fsync: `batch` (default: before every acknowledgement, one fsync per group commit) or
+    /// `interval:MS` (acknowledge after the write, fsync every MS ms: a power loss can lose acknowledged data).
+    #[arg(long, env = "FERRY_FSYNC", default_value = "batch", value_parser = parse_fsync)]
+    fsync: FsyncPolicy,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug`.
     #[arg(long, env = "FERRY_LOG", default_value = "info,raft=warn")]
     log: String,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    match s {
+        "batch" => Ok(FsyncPolicy::PerBatch),
+        _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(FsyncPolicy::IntervalMs(ms)),
+            _ => Err(format!(
+                "expected `batch` or `interval:MS` (MS > 0), got `{s}`"
+            )),
+        },
+    }
 }
 
 fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
@@ -68,6 +85,7 @@ fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
         c.advertise = a.clone();
     }
     c.batch_bytes_max = args.batch_bytes_max;
+    c.replica.fsync = args.fsync;
     c.log.limits.segment_bytes = args.segment_bytes;
     c.log.retention_bytes = args.retention_bytes;
     c.log.retention_ms = args.retention_ms;

@@ -26,6 +26,16 @@ const PROPOSALS_PER_STEP_MAX: usize = 1024;
 /// Ticks between two retention passes.
 const RETENTION_EVERY_TICKS: u64 = 50;
 
+/// When appended batches are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before anything is acknowledged or voted on, one fsync per Ready for all its batches (group commit).
+    PerBatch,
+    /// Every this many ms: acknowledgements go out after the write only, so a power loss can lose
+    /// acknowledged data. Opt-in, for data that may be lost.
+    IntervalMs(u64),
+}
+
 /// Timing and sizing of a replica's Raft group.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaConfig {
@@ -38,6 +48,7 @@ pub struct ReplicaConfig {
     pub heartbeat_ticks: usize,
     /// Largest append message to a follower (bytes).
     pub append_bytes_max: u64,
+    pub fsync: FsyncPolicy,
 }
 
 impl Default for ReplicaConfig {
@@ -48,6 +59,7 @@ impl Default for ReplicaConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             append_bytes_max: 1 << 20,
+            fsync: FsyncPolicy::PerBatch,
         }
     }
 }
@@ -56,6 +68,16 @@ impl Default for ReplicaConfig {
 pub trait Apply: Send + 'static {
     /// Applies the committed batch at Raft index `index`.
     fn apply(&mut self, index: u64, batch: &Bytes);
+}
+
+/// fsyncs `file` on the blocking pool. A failure is fatal for the replica: after a failed fsync the kernel
+/// may have dropped the dirty pages, so what the file holds is unknown.
+async fn sync(file: Arc<dyn crate::storage::DiskFile>) -> Result<(), String> {
+    match tokio::task::spawn_blocking(move || file.sync_data()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("fsync failed, replica fenced: {e}")),
+        Err(e) => Err(format!("fsync task failed: {e}")),
+    }
 }
 
 struct Pending {
@@ -82,6 +104,10 @@ struct Driver {
     pending: VecDeque<Pending>,
     group: u64,
     ticks: u64,
+    fsync: FsyncPolicy,
+    /// With an interval policy: the file written since the last fsync, and when that fsync was.
+    unsynced: Option<Arc<dyn crate::storage::DiskFile>>,
+    last_sync: std::time::Instant,
 }
 
 /// Starts the replica of group `group` over `storage`. `applied` state machines see every committed data
@@ -139,6 +165,9 @@ pub fn spawn(
         pending: VecDeque::new(),
         group,
         ticks: 0,
+        fsync: config.fsync,
+        unsynced: None,
+        last_sync: std::time::Instant::now(),
     };
     let task = tokio::spawn(driver.run(rx, config.tick_ms, cancel));
     Ok((Replica { tx, shared }, task))
@@ -162,7 +191,14 @@ impl Driver {
                     if n == 0 { break; }
                     self.propose(std::mem::take(&mut batch));
                 }
-                _ = tick.tick() => self.tick(),
+                _ = tick.tick() => {
+                    self.tick();
+                    if let Err(why) = self.sync_on_interval().await {
+                        self.shared.fail(why.clone());
+                        self.fail_all(ReplicaError::Failed(why));
+                        return;
+                    }
+                }
             }
             if let Err(why) = self.on_ready().await {
                 self.shared.fail(why.clone());
@@ -267,11 +303,10 @@ impl Driver {
                 .map_err(|e| e.to_string())?;
         }
         if let Some(file) = file {
-            // One fsync for every batch of this Ready; off the async threads.
-            match tokio::task::spawn_blocking(move || file.sync_data()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("fsync failed, replica fenced: {e}")),
-                Err(e) => return Err(format!("fsync task failed: {e}")),
+            match self.fsync {
+                // One fsync for every batch of this Ready; off the async threads.
+                FsyncPolicy::PerBatch => sync(file).await?,
+                FsyncPolicy::IntervalMs(_) => self.unsynced = Some(file),
             }
             self.note_persisted(&placed);
         }
@@ -285,6 +320,20 @@ impl Driver {
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
         Ok(())
+    }
+
+    async fn sync_on_interval(&mut self) -> Result<(), String> {
+        let FsyncPolicy::IntervalMs(ms) = self.fsync else {
+            return Ok(());
+        };
+        if self.last_sync.elapsed() < Duration::from_millis(ms) {
+            return Ok(());
+        }
+        self.last_sync = std::time::Instant::now();
+        match self.unsynced.take() {
+            Some(file) => sync(file).await,
+            None => Ok(()),
+        }
     }
 
     /// Records where persisted proposals landed; acknowledges those that asked only for leader durability.

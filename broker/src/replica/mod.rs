@@ -8,7 +8,7 @@ pub mod driver;
 pub mod handle;
 pub mod transport;
 
-pub use driver::{spawn, Apply, ReplicaConfig};
+pub use driver::{spawn, Apply, FsyncPolicy, ReplicaConfig};
 pub use handle::{Ack, Replica, ReplicaError};
 pub use transport::{NoPeers, Transport};
 
