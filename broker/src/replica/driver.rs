@@ -70,6 +70,29 @@ pub trait Apply: Send + 'static {
     fn apply(&mut self, index: u64, batch: &Bytes);
 }
 
+/// Why a replica had to stop: it is fenced either way; a full disk is told apart so clients see
+/// RESOURCE_EXHAUSTED rather than DATA_LOSS.
+#[derive(Debug)]
+enum Fatal {
+    DiskFull(String),
+    Other(String),
+}
+
+impl From<String> for Fatal {
+    fn from(why: String) -> Self {
+        Fatal::Other(why)
+    }
+}
+
+impl Fatal {
+    fn into_error(self) -> (String, ReplicaError) {
+        match self {
+            Fatal::DiskFull(why) => (why.clone(), ReplicaError::DiskFull(why)),
+            Fatal::Other(why) => (why.clone(), ReplicaError::Failed(why)),
+        }
+    }
+}
+
 /// fsyncs `file` on the blocking pool. A failure is fatal for the replica: after a failed fsync the kernel
 /// may have dropped the dirty pages, so what the file holds is unknown.
 async fn sync(file: Arc<dyn crate::storage::DiskFile>) -> Result<(), String> {
@@ -200,9 +223,10 @@ impl Driver {
                     }
                 }
             }
-            if let Err(why) = self.on_ready().await {
-                self.shared.fail(why.clone());
-                self.fail_all(ReplicaError::Failed(why));
+            if let Err(fatal) = self.on_ready().await {
+                let (why, err) = fatal.into_error();
+                self.shared.fail(why);
+                self.fail_all(err);
                 return;
             }
         }
@@ -265,7 +289,7 @@ impl Driver {
         }
     }
 
-    async fn on_ready(&mut self) -> Result<(), String> {
+    async fn on_ready(&mut self) -> Result<(), Fatal> {
         if !self.node.has_ready() {
             return Ok(());
         }
@@ -294,7 +318,13 @@ impl Driver {
             .storage
             .write()
             .append_entries(rd.entries())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if e.is_disk_full() {
+                    Fatal::DiskFull(e.to_string())
+                } else {
+                    Fatal::Other(e.to_string())
+                }
+            })?;
         if let Some(hs) = rd.hs() {
             self.shared
                 .storage

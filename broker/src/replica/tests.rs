@@ -129,3 +129,100 @@ async fn failed_fsync_fences_and_never_acknowledges() {
     ));
     assert!(r.fetch(0, 100).is_err(), "a fenced replica serves nothing");
 }
+
+#[tokio::test]
+async fn full_disk_refuses_without_acknowledging() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (r, task, _cancel) = start(
+        Arc::new(FaultyDisk {
+            faults: faults.clone(),
+        }),
+        dir.path(),
+    );
+    wait_leader(&r).await;
+    publish(&r, 0, Durability::Quorum).await.unwrap();
+    faults.space_left_bytes.store(10, Ordering::SeqCst);
+    let err = publish(&r, 1, Durability::Quorum).await.unwrap_err();
+    assert!(matches!(err, ReplicaError::DiskFull(_)), "{err}");
+    task.await.unwrap();
+    // After a restart with room again, exactly the acknowledged data is there.
+    let (r, task, cancel) = start(Arc::new(OsDisk), dir.path());
+    wait_leader(&r).await;
+    publish(&r, 2, Durability::Quorum).await.unwrap();
+    assert_eq!(read_all(&r), vec!["v0", "v2"]);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn interval_policy_fsyncs_on_its_timer_not_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
+        faults: faults.clone(),
+    });
+    let (storage, _) = ReplicaStorage::open(disk, dir.path(), LogConfig::default(), &[1]).unwrap();
+    let cancel = CancellationToken::new();
+    let config = ReplicaConfig {
+        fsync: FsyncPolicy::IntervalMs(60_000),
+        tick_ms: 10,
+        ..ReplicaConfig::default()
+    };
+    let (r, task) = spawn(
+        1,
+        "t-0".into(),
+        storage,
+        config,
+        Arc::new(NoPeers),
+        None,
+        cancel.clone(),
+    )
+    .unwrap();
+    wait_leader(&r).await;
+    let before = faults.fsyncs.load(Ordering::SeqCst);
+    for i in 0..20 {
+        publish(&r, i, Durability::Quorum).await.unwrap();
+    }
+    assert_eq!(
+        faults.fsyncs.load(Ordering::SeqCst),
+        before,
+        "no fsync per batch with an interval policy"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    assert!(
+        faults.fsyncs.load(Ordering::SeqCst) > before,
+        "a clean close fsyncs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (r, task, cancel) = start(
+        Arc::new(FaultyDisk {
+            faults: faults.clone(),
+        }),
+        dir.path(),
+    );
+    wait_leader(&r).await;
+    let before = faults.fsyncs.load(Ordering::SeqCst);
+    let futs: Vec<_> = (0..500)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move { publish(&r, i, Durability::Quorum).await })
+        })
+        .collect();
+    for f in futs {
+        f.await.unwrap().unwrap();
+    }
+    let fsyncs = faults.fsyncs.load(Ordering::SeqCst) - before;
+    assert!(
+        fsyncs >= 1 && fsyncs < 500,
+        "group commit: {fsyncs} fsyncs for 500 acknowledged publishes"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
