@@ -177,7 +177,7 @@ pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Full check of a client batch before a broker accepts it: [`validate`], no control bit, no compression this
 /// version cannot read, and every record well formed and counted.
-pub fn validate_records(b: &Bytes) -> Result<BatchHeader, BatchError> {
+pub fn validate_records(b: &[u8]) -> Result<BatchHeader, BatchError> {
     let h = validate(b)?;
     if h.is_control() {
         return Err(BatchError::BadAttributes(h.attributes));
@@ -192,13 +192,8 @@ pub fn validate_records(b: &Bytes) -> Result<BatchHeader, BatchError> {
     if h.record_count > crate::limits::BATCH_RECORDS_MAX {
         return Err(BatchError::TooManyRecords(h.record_count));
     }
-    let mut found = 0u32;
-    let mut it = Records::new(b.clone(), h);
-    for r in &mut it {
-        r?;
-        found += 1;
-    }
-    if found != h.record_count || it.pos != b.len() {
+    let (found, end) = walk_records(b, h.record_count)?;
+    if found != h.record_count || end != b.len() {
         return Err(BatchError::RecordCount {
             declared: h.record_count,
             found,
@@ -264,6 +259,104 @@ impl Records {
     }
 }
 
+/// Where the parts of one record lie in its batch (byte ranges), found without copying or slicing.
+struct RecordSpan {
+    offset_delta: u32,
+    timestamp_delta: i32,
+    key: Option<(usize, usize)>,
+    value: (usize, usize),
+    header_count: u16,
+    headers_start: usize,
+    end: usize,
+}
+
+/// Checks the record starting at `start` and returns where its parts are.
+fn scan_record(b: &[u8], start: usize) -> Result<RecordSpan, &'static str> {
+    if b.len() - start < RECORD_FIXED_LEN {
+        return Err("truncated record header");
+    }
+    let record_len = u32_at(b, start) as usize;
+    let end = start + 4 + record_len;
+    if record_len < RECORD_FIXED_LEN - 4 || end > b.len() {
+        return Err("record length out of bounds");
+    }
+    let key_len = u32_at(b, start + 12) as i32;
+    let mut p = start + 16;
+    let key = if key_len < 0 {
+        None
+    } else {
+        let k = key_len as usize;
+        if p + k + 4 > end {
+            return Err("key out of bounds");
+        }
+        p += k;
+        Some((p - k, p))
+    };
+    if p + 4 > end {
+        return Err("value length out of bounds");
+    }
+    let value_len = u32_at(b, p) as usize;
+    p += 4;
+    if p + value_len + 2 > end {
+        return Err("value out of bounds");
+    }
+    let value = (p, p + value_len);
+    p += value_len;
+    let header_count = u16_at(b, p);
+    p += 2;
+    let headers_start = p;
+    for _ in 0..header_count {
+        if p + 2 > end {
+            return Err("header key length out of bounds");
+        }
+        let kl = usize::from(u16_at(b, p));
+        p += 2;
+        if p + kl + 4 > end {
+            return Err("header key out of bounds");
+        }
+        if std::str::from_utf8(&b[p..p + kl]).is_err() {
+            return Err("header key is not UTF-8");
+        }
+        p += kl;
+        let vl = u32_at(b, p) as usize;
+        p += 4;
+        if p + vl > end {
+            return Err("header value out of bounds");
+        }
+        p += vl;
+    }
+    if p != end {
+        return Err("record length does not match its fields");
+    }
+    Ok(RecordSpan {
+        offset_delta: u32_at(b, start + 4),
+        timestamp_delta: u32_at(b, start + 8) as i32,
+        key,
+        value,
+        header_count,
+        headers_start,
+        end,
+    })
+}
+
+/// Walks every record of a data batch without building any: (records found, end position).
+fn walk_records(b: &[u8], declared: u32) -> Result<(u32, usize), BatchError> {
+    let mut pos = HEADER_LEN;
+    let mut index = 0u32;
+    while index < declared && pos < b.len() {
+        let span = scan_record(b, pos).map_err(|why| BatchError::BadRecord { index, why })?;
+        if span.offset_delta != index {
+            return Err(BatchError::BadRecord {
+                index,
+                why: "offset deltas must count up from 0",
+            });
+        }
+        pos = span.end;
+        index += 1;
+    }
+    Ok((index, pos))
+}
+
 impl Iterator for Records {
     type Item = Result<Record, BatchError>;
 
@@ -271,83 +364,43 @@ impl Iterator for Records {
         if self.index >= self.header.record_count || self.pos >= self.batch.len() {
             return None;
         }
-        let b = &self.batch;
-        let start = self.pos;
-        if b.len() - start < RECORD_FIXED_LEN {
-            return self.bad("truncated record header");
-        }
-        let record_len = u32_at(b, start) as usize;
-        let end = start + 4 + record_len;
-        if record_len < RECORD_FIXED_LEN - 4 || end > b.len() {
-            return self.bad("record length out of bounds");
-        }
-        let offset_delta = u32_at(b, start + 4);
-        let ts_delta = u32_at(b, start + 8) as i32;
-        let key_len = u32_at(b, start + 12) as i32;
-        let mut p = start + 16;
-        let key = if key_len < 0 {
-            None
-        } else {
-            let k = key_len as usize;
-            if p + k + 4 > end {
-                return self.bad("key out of bounds");
-            }
-            p += k;
-            Some(b.slice(p - k..p))
+        let span = match scan_record(&self.batch, self.pos) {
+            Ok(span) => span,
+            Err(why) => return self.bad(why),
         };
-        if p + 4 > end {
-            return self.bad("value length out of bounds");
-        }
-        let value_len = u32_at(b, p) as usize;
-        p += 4;
-        if p + value_len + 2 > end {
-            return self.bad("value out of bounds");
-        }
-        let value = b.slice(p..p + value_len);
-        p += value_len;
-        let header_count = u16_at(b, p);
-        p += 2;
-        let mut headers = Vec::with_capacity(usize::from(header_count));
-        for _ in 0..header_count {
-            if p + 2 > end {
-                return self.bad("header key length out of bounds");
-            }
-            let kl = usize::from(u16_at(b, p));
-            p += 2;
-            if p + kl + 4 > end {
-                return self.bad("header key out of bounds");
-            }
-            let Ok(key) = std::str::from_utf8(&b[p..p + kl]) else {
-                return self.bad("header key is not UTF-8");
-            };
-            let key = key.to_owned();
-            p += kl;
-            let vl = u32_at(b, p) as usize;
-            p += 4;
-            if p + vl > end {
-                return self.bad("header value out of bounds");
-            }
-            headers.push(RecordHeader {
-                key,
-                value: b.slice(p..p + vl),
-            });
-            p += vl;
-        }
-        if p != end {
-            return self.bad("record length does not match its fields");
-        }
-        if offset_delta != self.index {
+        if span.offset_delta != self.index {
             return self.bad("offset deltas must count up from 0");
         }
-        self.pos = end;
-        self.index += 1;
-        Some(Ok(Record {
-            offset: self.header.base_offset + u64::from(offset_delta),
-            timestamp_ms: self.header.base_timestamp.wrapping_add(i64::from(ts_delta)),
-            key,
-            value,
+        let b = &self.batch;
+        let mut headers = Vec::with_capacity(usize::from(span.header_count));
+        let mut p = span.headers_start;
+        for _ in 0..span.header_count {
+            // Bounds and UTF-8 were checked by scan_record.
+            let kl = usize::from(u16_at(b, p));
+            let key = std::str::from_utf8(&b[p + 2..p + 2 + kl])
+                .unwrap_or_default()
+                .to_owned();
+            p += 2 + kl;
+            let vl = u32_at(b, p) as usize;
+            headers.push(RecordHeader {
+                key,
+                value: b.slice(p + 4..p + 4 + vl),
+            });
+            p += 4 + vl;
+        }
+        let record = Record {
+            offset: self.header.base_offset + u64::from(span.offset_delta),
+            timestamp_ms: self
+                .header
+                .base_timestamp
+                .wrapping_add(i64::from(span.timestamp_delta)),
+            key: span.key.map(|(s, e)| b.slice(s..e)),
+            value: b.slice(span.value.0..span.value.1),
             headers,
-        }))
+        };
+        self.pos = span.end;
+        self.index += 1;
+        Some(Ok(record))
     }
 }
 
