@@ -340,6 +340,38 @@ impl Ferry for ClientService {
         )))
     }
 
+    async fn list_offsets(
+        &self,
+        req: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        use v1::list_offsets_request::Spec;
+        let req = req.into_inner();
+        check_topic(&req.topic)?;
+        let replica = self
+            .broker
+            .partition(&req.topic, req.partition)
+            .map_err(to_status)?;
+        let high_watermark = replica.high_watermark();
+        let log_start_offset = replica.log_start_offset();
+        let offset = match req.spec {
+            Some(Spec::Earliest(_)) => log_start_offset,
+            Some(Spec::Latest(_)) => high_watermark,
+            Some(Spec::TimestampMs(ts)) => replica
+                .offset_for_time(ts)
+                .map_err(|e| to_status(e.into()))?,
+            None => {
+                return Err(Status::invalid_argument(
+                    "list offsets needs earliest, latest or timestamp_ms",
+                ))
+            }
+        };
+        Ok(Response::new(v1::ListOffsetsResponse {
+            offset,
+            high_watermark,
+            log_start_offset,
+        }))
+    }
+
     async fn metadata(
         &self,
         req: Request<v1::MetadataRequest>,
