@@ -359,6 +359,7 @@ impl PartitionLog {
         let mut total = 0u64;
         let mut si = self.segment_for_offset(offset);
         let mut pos = self.segments[si].position_of_offset(offset)?;
+        let mut expected: Option<u64> = None;
         while si < self.segments.len() {
             let seg = &self.segments[si];
             if pos >= seg.len {
@@ -368,6 +369,18 @@ impl PartitionLog {
             }
             // Check the CRC before trusting any header field.
             let (h, bytes) = seg.batch_at(pos)?;
+            // The stamp is outside the CRC: consecutive batches must continue each other's offsets.
+            if expected.is_some_and(|e| e != h.base_offset) {
+                return Err(StorageError::Corrupt {
+                    path: seg.log_path().to_owned(),
+                    position: u64::from(pos),
+                    why: format!(
+                        "batch stamp says offset {} but the log is at {expected:?}",
+                        h.base_offset
+                    ),
+                });
+            }
+            expected = Some(h.next_offset());
             if h.base_offset >= end && h.record_count > 0 || h.next_offset() > end {
                 break;
             }

@@ -252,7 +252,22 @@ impl Segment {
         let mut first = true;
         let mut torn = None;
         while pos < file_len {
-            match self.check_batch_at(pos, file_len) {
+            // The stamp is outside the CRC: check that it continues the log.
+            let checked = self.check_batch_at(pos, file_len).map_err(|e| e.to_string()).and_then(|h| {
+                let (want_offset, want_index) = if first {
+                    (self.base_offset, None)
+                } else {
+                    (self.next_offset, Some(self.next_raft_index))
+                };
+                if h.base_offset != want_offset || want_index.is_some_and(|i| i != h.raft_index) {
+                    return Err(format!(
+                        "batch stamp says offset {} / raft index {} but the log is at {want_offset} / {want_index:?}",
+                        h.base_offset, h.raft_index
+                    ));
+                }
+                Ok(h)
+            });
+            match checked {
                 Ok(h) => {
                     if first {
                         self.base_raft_index = h.raft_index;

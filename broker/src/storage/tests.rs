@@ -298,3 +298,22 @@ fn failed_fsync_and_full_disk_are_errors() {
     assert_eq!(log.last_raft_index(), 4);
     assert_eq!(values(&log, 0).len(), 8);
 }
+
+#[test]
+fn a_damaged_stamp_outside_the_crc_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 10, 3);
+    drop(log);
+    let path = active_segment_path(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Byte 2 of the second batch's base_offset (batches here are 139 bytes).
+    let second = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+    bytes[second + 2] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Corrupt { position, .. } if *position == second as u64),
+        "{err}"
+    );
+}
