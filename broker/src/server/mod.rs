@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Broker;
 use crate::metadata::TopicMeta;
 
+/// HTTP/2 flow-control window of one stream (bytes): room for a whole batch in flight.
+const GRPC_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// HTTP/2 flow-control window of one connection (bytes): several partitions' batches in flight.
+const GRPC_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Most concurrent HTTP/2 streams per client connection.
 const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
@@ -86,6 +90,9 @@ pub async fn serve_grpc(
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
+        // HTTP/2's default 64 KiB windows would stall every large batch on window updates.
+        .initial_stream_window_size(Some(GRPC_STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW_BYTES))
         .tcp_nodelay(true)
         .add_service(client)
         .add_service(admin)
