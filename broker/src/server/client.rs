@@ -50,6 +50,14 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The byte limit of a fetch: the default for 0, capped at the protocol limit.
+fn fetch_bytes(requested: u32) -> u32 {
+    match requested {
+        0 => FETCH_BYTES_DEFAULT,
+        n => n.min(FETCH_BYTES_MAX),
+    }
+}
+
 fn durability(acks: i32) -> Result<Durability, Status> {
     match v1::Acks::try_from(acks) {
         Ok(v1::Acks::All) => Ok(Durability::Quorum),
@@ -271,10 +279,7 @@ impl Ferry for ClientService {
             .broker
             .partition(&req.topic, req.partition)
             .map_err(to_status)?;
-        let max_bytes = match req.max_bytes {
-            0 => FETCH_BYTES_DEFAULT,
-            n => n.min(FETCH_BYTES_MAX),
-        };
+        let max_bytes = fetch_bytes(req.max_bytes);
         let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
         let f = fetch_once(&replica, req.offset, max_bytes, wait).await?;
         let resp = fetch_response(&req.topic, req.partition, req.offset, format, f)?;
@@ -295,10 +300,7 @@ impl Ferry for ClientService {
             .broker
             .partition(&req.topic, req.partition)
             .map_err(to_status)?;
-        let max_bytes = match req.max_bytes {
-            0 => FETCH_BYTES_DEFAULT,
-            n => n.min(FETCH_BYTES_MAX),
-        };
+        let max_bytes = fetch_bytes(req.max_bytes);
         // Check the start offset now so a bad one is an error, not an empty stream.
         replica
             .fetch(req.offset, 1)

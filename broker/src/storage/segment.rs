@@ -67,6 +67,15 @@ impl BatchMeta {
     }
 }
 
+/// The open files of a segment.
+struct Files {
+    log_path: PathBuf,
+    file: Arc<dyn DiskFile>,
+    map: Arc<memmap2::Mmap>,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+}
+
 /// One segment.
 #[derive(Debug)]
 pub struct Segment {
@@ -120,22 +129,19 @@ impl Segment {
         let time_index = TimeIndex::open(disk, &time_path, 0, cap)
             .map_err(|e| StorageError::io(&time_path, e))?;
         let map = Arc::new(file.map_read(limits.map_len()).map_err(io)?);
-        Ok(Segment {
+        Ok(Segment::assemble(
             base_offset,
             base_raft_index,
-            next_offset: base_offset,
-            next_raft_index: base_raft_index,
-            max_timestamp: i64::MIN,
-            len: 0,
-            log_path,
-            file,
-            map,
-            index,
-            time_index,
-            bytes_since_index: 0,
             limits,
-            sealed: false,
-        })
+            false,
+            Files {
+                log_path,
+                file,
+                map,
+                index,
+                time_index,
+            },
+        ))
     }
 
     /// Opens an existing segment. With `trusted_len`, the log is known clean up to there (a checkpoint) and
@@ -170,22 +176,19 @@ impl Segment {
             .map_err(|e| StorageError::io(&index_path, e))?;
         let time_index = TimeIndex::open(disk, &time_path, n_time, cap.max(n_time))
             .map_err(|e| StorageError::io(&time_path, e))?;
-        let mut seg = Segment {
+        let mut seg = Segment::assemble(
             base_offset,
-            base_raft_index: expected_raft_index,
-            next_offset: base_offset,
-            next_raft_index: expected_raft_index,
-            max_timestamp: i64::MIN,
-            len: 0,
-            log_path,
-            file,
-            map,
-            index,
-            time_index,
-            bytes_since_index: 0,
+            expected_raft_index,
             limits,
-            sealed: !active,
-        };
+            !active,
+            Files {
+                log_path,
+                file,
+                map,
+                index,
+                time_index,
+            },
+        );
         let torn = match trusted_len.filter(|&t| u64::from(t) == file_len) {
             Some(len) if seg.index.is_sane(len.max(1)) && seg.time_index.is_sane() => {
                 seg.load_trusted(len)?;
@@ -194,6 +197,32 @@ impl Segment {
             _ => seg.rebuild(disk, file_len, active)?,
         };
         Ok((seg, torn))
+    }
+
+    /// An empty segment over its open files.
+    fn assemble(
+        base_offset: u64,
+        base_raft_index: u64,
+        limits: SegmentLimits,
+        sealed: bool,
+        f: Files,
+    ) -> Self {
+        Segment {
+            base_offset,
+            base_raft_index,
+            next_offset: base_offset,
+            next_raft_index: base_raft_index,
+            max_timestamp: i64::MIN,
+            len: 0,
+            log_path: f.log_path,
+            file: f.file,
+            map: f.map,
+            index: f.index,
+            time_index: f.time_index,
+            bytes_since_index: 0,
+            limits,
+            sealed,
+        }
     }
 
     /// Loads bookkeeping of a clean segment from its indexes and its last batches.
