@@ -1,1 +1,74 @@
-fn main() {}
+//! `ferry`, the command line of the Ferry message broker: topic administration, cluster status, producing
+//! from stdin, consuming to stdout and a producer benchmark. A thin shell over `ferry-client`.
+//!
+//! # Layout
+//! - [`args`]: the command line (clap).
+//! - [`output`]: stdout buffering, text tables, JSON lines, broken-pipe handling.
+//! - [`json`]: the JSON shapes of `-o json`, a contract for scripts.
+//! - [`topic`], [`cluster`], [`produce`], [`consume`], [`bench`]: one module per command group.
+//!
+//! Exit codes: 0 success (also when stdout's reader goes away), 1 any failure, with one line
+//! `error: <message>` on stderr, 2 a usage error (from clap).
+
+mod args;
+mod bench;
+mod cluster;
+mod consume;
+mod json;
+mod output;
+mod produce;
+mod topic;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use ferry_client::Client;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Fetch loops may still be long-polling; the command is over, so do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = Client::connect(cli.bootstrap).await?;
+    let format = cli.output;
+    match cli.command {
+        Command::Topic { command } => topic::run(&client, command, format).await,
+        Command::Cluster { command } => cluster::run(&client, command, format).await,
+        Command::Produce(args) => produce::run(client, args).await,
+        Command::Consume(args) => consume::run(client, args, format).await,
+        Command::Bench { command } => bench::run(client, command, format).await,
+    }
+}
+
+/// Logs go to stderr, and only when `RUST_LOG` asks for them: by default stderr carries just the
+/// command's own messages.
+fn init_tracing() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}

@@ -1,0 +1,246 @@
+//! The command line, as clap types. docs/cli.md documents every flag; keep the two in step.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_client::v1::Acks;
+
+/// Default bootstrap address: a broker's client listener on this machine.
+pub const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:7400";
+
+/// Ferry's command line: topics, cluster status, producing and consuming.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Brokers to bootstrap from, tried in order.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_BOOTSTRAP",
+        value_delimiter = ',',
+        default_value = BOOTSTRAP_DEFAULT,
+        value_name = "HOST:PORT[,HOST:PORT...]"
+    )]
+    pub bootstrap: Vec<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text and aligned tables.
+    Text,
+    /// JSON, one document (or one object per line for streams and lists).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Cluster-wide information.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Publish stdin to a topic, one message per line.
+    Produce(ProduceArgs),
+    /// Print a topic's messages.
+    Consume(ConsumeArgs),
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create(CreateArgs),
+    /// List topics.
+    List,
+    /// Show a topic's settings and partitions.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic and all its messages.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Topic name: 1 to 249 characters of a-z A-Z 0-9 . _ -
+    pub name: String,
+    /// Number of partitions.
+    #[arg(long)]
+    pub partitions: u32,
+    /// Replicas per partition (default: the broker's default).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Keep at most this many bytes per partition (default: the broker's default).
+    #[arg(long)]
+    pub retention_bytes: Option<u64>,
+    /// Keep messages at least this long, in milliseconds (default: the broker's default).
+    #[arg(long)]
+    pub retention_ms: Option<u64>,
+    /// Size at which a partition's log segment is rolled, in bytes (default: the broker's default).
+    #[arg(long)]
+    pub segment_bytes: Option<u64>,
+    /// Age at which a partition's log segment is rolled, in milliseconds (default: the broker's default).
+    #[arg(long)]
+    pub segment_ms: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Brokers, whether each is up, and how many partitions each leads.
+    Status,
+}
+
+/// Durability a publish waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcksArg {
+    /// Durable on a quorum of replicas.
+    All,
+    /// Durable on the partition leader only.
+    Leader,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(acks: AcksArg) -> Acks {
+        match acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Topic to publish to.
+    pub topic: String,
+    /// Key of every message (or of lines without the key separator).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Split each line at the first SEP: the part before is the key, the rest the value.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// Publish every message to this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Durability to wait for.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+}
+
+/// Where consumption starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The first message still stored.
+    Beginning,
+    /// After the last message committed when the command starts.
+    End,
+    /// This offset.
+    Offset(u64),
+}
+
+fn parse_start_from(text: &str) -> Result<StartFrom, String> {
+    match text {
+        "beginning" => Ok(StartFrom::Beginning),
+        "end" => Ok(StartFrom::End),
+        _ => text
+            .parse()
+            .map(StartFrom::Offset)
+            .map_err(|_| format!("expected 'beginning', 'end' or an offset, not '{text}'")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    pub topic: String,
+    /// Where to start in each partition: beginning, end, or an offset.
+    #[arg(long, value_name = "beginning|end|OFFSET", default_value = "end", value_parser = parse_start_from)]
+    pub from: StartFrom,
+    /// Read only this partition (default: all).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Stop after printing this many messages.
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Stop once every partition is read up to its end as of the start.
+    #[arg(long)]
+    pub exit_at_end: bool,
+    /// In text output, print `key<TAB>value` instead of the value alone.
+    #[arg(long)]
+    pub print_key: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Publish generated messages as fast as the producer allows and report throughput and latency.
+    Produce(BenchProduceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchProduceArgs {
+    /// Topic to publish to (it must exist).
+    #[arg(long)]
+    pub topic: String,
+    /// Number of messages.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Value size of each message (bytes).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Publish every message to this partition (default: round robin over all).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Durability to wait for.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+    /// Producer linger (milliseconds).
+    #[arg(long, default_value_t = ferry_client::producer::LINGER_MS_DEFAULT)]
+    pub linger_ms: u64,
+    /// Producer batch limit (bytes).
+    #[arg(long, default_value_t = ferry_client::producer::BATCH_BYTES_MAX_DEFAULT)]
+    pub batch_bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(parse_start_from("beginning"), Ok(StartFrom::Beginning));
+        assert_eq!(parse_start_from("end"), Ok(StartFrom::End));
+        assert_eq!(parse_start_from("42"), Ok(StartFrom::Offset(42)));
+        assert!(parse_start_from("-1").is_err());
+        assert!(parse_start_from("start").is_err());
+    }
+
+    #[test]
+    fn bootstrap_splits_on_commas() {
+        let cli =
+            Cli::try_parse_from(["ferry", "--bootstrap", "a:1,b:2", "topic", "list"]).unwrap();
+        assert_eq!(cli.bootstrap, vec!["a:1".to_owned(), "b:2".to_owned()]);
+        assert_eq!(cli.output, OutputFormat::Text);
+    }
+}

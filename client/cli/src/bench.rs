@@ -1,0 +1,112 @@
+//! `ferry bench produce`: a load generator over the real producer. It reports throughput and the
+//! acknowledgement latency of each message (from the moment `send` accepted it to its acknowledgement).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use ferry_client::{Client, Producer, ProducerConfig, ProducerRecord};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+
+use crate::args::{BenchCommand, BenchProduceArgs, OutputFormat};
+use crate::json;
+use crate::output;
+use crate::produce::Tally;
+
+/// Longest latency the histogram records (microseconds); longer ones are clamped to it.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// Runs one bench command.
+pub async fn run(client: Client, command: BenchCommand, format: OutputFormat) -> Result<()> {
+    match command {
+        BenchCommand::Produce(args) => produce(client, args, format).await,
+    }
+}
+
+async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -> Result<()> {
+    if args.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    client.partition_count(&args.topic).await?;
+    let config = ProducerConfig {
+        acks: args.acks.into(),
+        linger_ms: args.linger_ms,
+        batch_bytes_max: args.batch_bytes,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config)?;
+    let value = Bytes::from(vec![b'x'; args.size]);
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut tally = Tally::default();
+    let mut pending = FuturesUnordered::new();
+    let started = Instant::now();
+    for _ in 0..args.messages {
+        let record = ProducerRecord {
+            partition: args.partition,
+            ..ProducerRecord::new(args.topic.clone(), value.clone())
+        };
+        let delivery = producer.send(record).await;
+        let accepted = Instant::now();
+        pending.push(delivery.map(move |result| (result, accepted.elapsed())));
+        tally.sent += 1;
+        while let Some(Some((result, waited))) = pending.next().now_or_never() {
+            note(&mut tally, &mut latency_us, result, waited);
+        }
+    }
+    producer.flush().await;
+    while let Some((result, waited)) = pending.next().await {
+        note(&mut tally, &mut latency_us, result, waited);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    producer.close().await;
+    let bytes = args.messages * args.size as u64;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let report = json::BenchReport {
+        messages: args.messages,
+        failed: tally.failed,
+        bytes,
+        seconds,
+        messages_per_sec: args.messages as f64 / seconds,
+        mb_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
+        latency_ms: json::Latency {
+            p50: ms(latency_us.value_at_quantile(0.50)),
+            p99: ms(latency_us.value_at_quantile(0.99)),
+            max: ms(latency_us.max()),
+        },
+    };
+    let mut out = output::stdout();
+    match format {
+        OutputFormat::Json => output::json_line(&mut out, &report)?,
+        OutputFormat::Text => writeln!(
+            out,
+            "{} messages of {} bytes in {:.2} s: {:.0} msg/s, {:.1} MiB/s; \
+             ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            report.messages,
+            args.size,
+            report.seconds,
+            report.messages_per_sec,
+            report.mb_per_sec,
+            report.latency_ms.p50,
+            report.latency_ms.p99,
+            report.latency_ms.max
+        )?,
+    }
+    out.flush()?;
+    tally.check()
+}
+
+fn note(
+    tally: &mut Tally,
+    latency_us: &mut Histogram<u64>,
+    result: ferry_client::DeliveryResult,
+    waited: Duration,
+) {
+    if result.is_ok() {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        latency_us.saturating_record(us.clamp(1, LATENCY_US_MAX));
+    }
+    tally.record(result);
+}

@@ -1,0 +1,448 @@
+//! The producer's batching core, pure: records go in, sealed batches come out, in the order they may be
+//! sent. The producer task ([`producer_task`](crate::producer_task)) owns one and does the I/O.
+//!
+//! Per partition there is at most one open batch (being filled), a queue of sealed batches, and at most
+//! one batch in flight, so a partition's batches are stored in the order they were sent. Different
+//! partitions are independent and run in parallel.
+//!
+//! A batch is sealed when the next record would not fit in `batch_bytes_max`, when its linger time has
+//! passed since its first record, or on flush. Linger is fixed, so open batches reach their deadlines in
+//! the order they were opened, and one queue sorted by opening time serves as the timer wheel.
+//!
+//! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
+//! batch with an id below the next one is unfinished.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_protocol::batch::{BatchBuilder, HEADER_LEN};
+use ferry_protocol::limits::BATCH_RECORDS_MAX;
+
+/// A record bound for a known partition, with whatever the caller wants back when it is acknowledged.
+#[derive(Debug)]
+pub struct PendingRecord<A> {
+    /// Key, if any.
+    pub key: Option<Bytes>,
+    /// Payload.
+    pub value: Bytes,
+    /// Headers, in order.
+    pub headers: Vec<(String, Bytes)>,
+    /// Timestamp (milliseconds since the Unix epoch).
+    pub timestamp_ms: i64,
+    /// Handed back in the sealed batch, in record order.
+    pub ack: A,
+}
+
+impl<A> PendingRecord<A> {
+    /// Bytes this record takes in a batch.
+    pub fn size_bytes(&self) -> usize {
+        record_size(self.key.as_deref(), &self.value, &self.headers)
+    }
+}
+
+/// Bytes a record with these parts takes in a batch.
+pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[(String, Bytes)]) -> usize {
+    // Collecting no headers does not allocate, so the common case costs nothing extra.
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+    BatchBuilder::record_size(key, value, &headers)
+}
+
+/// Largest record (bytes, as [`record_size`] counts) that fits in a batch of `batch_bytes_max` bytes.
+pub fn record_bytes_max(batch_bytes_max: usize) -> usize {
+    batch_bytes_max.saturating_sub(HEADER_LEN)
+}
+
+/// A finished batch, ready to publish.
+#[derive(Debug)]
+pub struct SealedBatch<A> {
+    /// Opening order; see the module docs on flush.
+    pub id: u64,
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: u32,
+    /// The encoded batch.
+    pub bytes: Bytes,
+    /// The records' acks in record order: the `i`-th gets offset `base_offset + i`.
+    pub acks: Vec<A>,
+    /// Sum of the records' sizes, as counted against the producer's in-flight limit.
+    pub records_bytes: usize,
+}
+
+struct OpenBatch<A> {
+    id: u64,
+    builder: BatchBuilder,
+    base_timestamp_ms: i64,
+    acks: Vec<A>,
+    records_bytes: usize,
+}
+
+impl<A> OpenBatch<A> {
+    /// Whether a record of `size` bytes stamped `timestamp_ms` may join this batch.
+    fn fits(&self, size: usize, timestamp_ms: i64, batch_bytes_max: usize) -> bool {
+        let delta = timestamp_ms.saturating_sub(self.base_timestamp_ms);
+        self.builder.len() + size <= batch_bytes_max
+            && self.builder.record_count() < BATCH_RECORDS_MAX
+            // Timestamps are stored as i32 deltas from the batch's base; one that does not fit starts
+            // a new batch rather than being clamped.
+            && i32::try_from(delta).is_ok()
+    }
+}
+
+struct PartitionState<A> {
+    open: Option<OpenBatch<A>>,
+    ready: VecDeque<SealedBatch<A>>,
+    in_flight: bool,
+}
+
+impl<A> Default for PartitionState<A> {
+    fn default() -> Self {
+        PartitionState {
+            open: None,
+            ready: VecDeque::new(),
+            in_flight: false,
+        }
+    }
+}
+
+/// Open, sealed and in-flight batches of every partition a producer writes to.
+pub struct Accumulator<A> {
+    batch_bytes_max: usize,
+    linger: Duration,
+    topics: HashMap<Arc<str>, HashMap<u32, PartitionState<A>>>,
+    /// Open batches in opening order, each with its linger deadline. Entries of batches sealed early
+    /// are left in place and ignored when they come up.
+    lingering: VecDeque<(Instant, Arc<str>, u32, u64)>,
+    /// Partitions that may have a batch to send; checked (and duplicates ignored) by `take_dispatchable`.
+    dispatchable: VecDeque<(Arc<str>, u32)>,
+    /// Ids of batches opened and not yet completed.
+    unfinished: BTreeSet<u64>,
+    next_batch_id: u64,
+}
+
+impl<A> Accumulator<A> {
+    /// An accumulator building batches of at most `batch_bytes_max` bytes, sealed `linger` after their
+    /// first record at the latest.
+    pub fn new(batch_bytes_max: usize, linger: Duration) -> Self {
+        assert!(
+            batch_bytes_max > HEADER_LEN + record_size(None, &[], &[]),
+            "a batch must have room for a record"
+        );
+        Accumulator {
+            batch_bytes_max,
+            linger,
+            topics: HashMap::new(),
+            lingering: VecDeque::new(),
+            dispatchable: VecDeque::new(),
+            unfinished: BTreeSet::new(),
+            next_batch_id: 0,
+        }
+    }
+
+    /// Adds `record` to the open batch of `partition` of `topic`, sealing batches as they fill.
+    pub fn append(&mut self, topic: &str, partition: u32, record: PendingRecord<A>, now: Instant) {
+        let size = record.size_bytes();
+        assert!(
+            size <= record_bytes_max(self.batch_bytes_max),
+            "the producer refuses records larger than a batch"
+        );
+        let topic = self.topic_key(topic);
+        let state = partition_state(&mut self.topics, &topic, partition);
+        if let Some(open) = &state.open {
+            if !open.fits(size, record.timestamp_ms, self.batch_bytes_max) {
+                seal(state, &topic, partition, &mut self.dispatchable);
+            }
+        }
+        let open = state.open.get_or_insert_with(|| {
+            let id = self.next_batch_id;
+            self.next_batch_id += 1;
+            self.unfinished.insert(id);
+            self.lingering
+                .push_back((now + self.linger, topic.clone(), partition, id));
+            OpenBatch {
+                id,
+                builder: BatchBuilder::new(record.timestamp_ms),
+                base_timestamp_ms: record.timestamp_ms,
+                acks: Vec::new(),
+                records_bytes: 0,
+            }
+        });
+        push_record(open, record, size);
+        // Seal at once when not even an empty record would fit any more.
+        if !open.fits(
+            record_size(None, &[], &[]),
+            open.base_timestamp_ms,
+            self.batch_bytes_max,
+        ) {
+            seal(state, &topic, partition, &mut self.dispatchable);
+        }
+    }
+
+    /// Seals every open batch whose linger deadline is at or before `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((deadline, _, _, _)) = self.lingering.front() {
+            if *deadline > now {
+                break;
+            }
+            let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
+            let state = partition_state(&mut self.topics, &topic, partition);
+            if state.open.as_ref().is_some_and(|open| open.id == id) {
+                seal(state, &topic, partition, &mut self.dispatchable);
+            }
+        }
+    }
+
+    /// The earliest linger deadline, if any batch is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.lingering.front().map(|(deadline, _, _, _)| *deadline)
+    }
+
+    /// Seals every open batch (flush and close). Returns the flush target: once
+    /// [`Accumulator::finished_below`] says so for it, every record appended so far is done.
+    pub fn seal_all(&mut self) -> u64 {
+        for (topic, partitions) in &mut self.topics {
+            for (partition, state) in partitions.iter_mut() {
+                if state.open.is_some() {
+                    seal(state, topic, *partition, &mut self.dispatchable);
+                }
+            }
+        }
+        self.lingering.clear();
+        self.next_batch_id
+    }
+
+    /// Sealed batches that may be sent now, at most one per partition; each is marked in flight until
+    /// [`Accumulator::complete`] is called for it.
+    pub fn take_dispatchable(&mut self) -> Vec<SealedBatch<A>> {
+        let mut out = Vec::new();
+        while let Some((topic, partition)) = self.dispatchable.pop_front() {
+            let state = partition_state(&mut self.topics, &topic, partition);
+            if state.in_flight {
+                continue;
+            }
+            if let Some(batch) = state.ready.pop_front() {
+                state.in_flight = true;
+                out.push(batch);
+            }
+        }
+        out
+    }
+
+    /// Marks the in-flight batch `id` of `partition` of `topic` as done (acknowledged or failed).
+    pub fn complete(&mut self, topic: &str, partition: u32, id: u64) {
+        let topic = self.topic_key(topic);
+        let state = partition_state(&mut self.topics, &topic, partition);
+        assert!(state.in_flight, "completing a batch that is not in flight");
+        state.in_flight = false;
+        if !state.ready.is_empty() {
+            self.dispatchable.push_back((topic, partition));
+        }
+        let removed = self.unfinished.remove(&id);
+        assert!(removed, "batch {id} completed twice");
+    }
+
+    /// Whether every batch opened before `target` (from [`Accumulator::seal_all`]) is done.
+    pub fn finished_below(&self, target: u64) -> bool {
+        match self.unfinished.first() {
+            None => true,
+            Some(&oldest) => oldest >= target,
+        }
+    }
+
+    /// Whether nothing is open, queued or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+
+    /// The shared name of `topic`, so per-batch bookkeeping clones a pointer, not the string.
+    fn topic_key(&mut self, topic: &str) -> Arc<str> {
+        match self.topics.get_key_value(topic) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key: Arc<str> = Arc::from(topic);
+                self.topics.insert(key.clone(), HashMap::new());
+                key
+            }
+        }
+    }
+}
+
+fn partition_state<'a, A>(
+    topics: &'a mut HashMap<Arc<str>, HashMap<u32, PartitionState<A>>>,
+    topic: &Arc<str>,
+    partition: u32,
+) -> &'a mut PartitionState<A> {
+    topics
+        .entry(topic.clone())
+        .or_default()
+        .entry(partition)
+        .or_default()
+}
+
+fn push_record<A>(open: &mut OpenBatch<A>, record: PendingRecord<A>, size: usize) {
+    let headers: Vec<(&str, &[u8])> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), &v[..]))
+        .collect();
+    open.builder.push(
+        record.timestamp_ms,
+        record.key.as_deref(),
+        &record.value,
+        &headers,
+    );
+    open.acks.push(record.ack);
+    open.records_bytes += size;
+}
+
+/// Moves the open batch of `state` to its ready queue.
+fn seal<A>(
+    state: &mut PartitionState<A>,
+    topic: &Arc<str>,
+    partition: u32,
+    dispatchable: &mut VecDeque<(Arc<str>, u32)>,
+) {
+    let open = state.open.take().expect("sealing an open batch");
+    debug_assert!(!open.acks.is_empty(), "open batches hold a record");
+    state.ready.push_back(SealedBatch {
+        id: open.id,
+        topic: topic.clone(),
+        partition,
+        bytes: open.builder.finish(),
+        acks: open.acks,
+        records_bytes: open.records_bytes,
+    });
+    if !state.in_flight {
+        dispatchable.push_back((topic.clone(), partition));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::batch::{validate_records, Records};
+
+    fn record(ack: u32, value: &[u8]) -> PendingRecord<u32> {
+        PendingRecord {
+            key: None,
+            value: Bytes::copy_from_slice(value),
+            headers: vec![],
+            timestamp_ms: 1_000,
+            ack,
+        }
+    }
+
+    fn values(batch: &SealedBatch<u32>) -> Vec<Bytes> {
+        let h = validate_records(&batch.bytes).unwrap();
+        Records::new(batch.bytes.clone(), h)
+            .map(|r| r.unwrap().value)
+            .collect()
+    }
+
+    #[test]
+    fn record_size_matches_the_builder() {
+        let headers = vec![("trace".to_owned(), Bytes::from_static(b"abc"))];
+        assert_eq!(
+            record_size(Some(b"key"), b"value", &headers),
+            BatchBuilder::record_size(Some(b"key"), b"value", &[("trace", b"abc")])
+        );
+        let mut acc = Accumulator::new(4096, Duration::ZERO);
+        let now = Instant::now();
+        let r = PendingRecord {
+            key: Some(Bytes::from_static(b"key")),
+            value: Bytes::from_static(b"value"),
+            headers,
+            timestamp_ms: 5,
+            ack: 0u32,
+        };
+        let size = r.size_bytes();
+        acc.append("t", 0, r, now);
+        acc.seal_all();
+        let batch = acc.take_dispatchable().pop().unwrap();
+        assert_eq!(batch.bytes.len(), HEADER_LEN + size);
+        assert_eq!(batch.records_bytes, size);
+    }
+
+    #[test]
+    fn seals_when_full_and_keeps_one_batch_in_flight_per_partition() {
+        let one = record_size(None, &[0; 100], &[]);
+        let mut acc = Accumulator::new(HEADER_LEN + 2 * one, Duration::from_secs(60));
+        let now = Instant::now();
+        for i in 0..5 {
+            acc.append("t", 0, record(i, &[i as u8; 100]), now);
+        }
+        // Two full batches sealed; the fifth record waits in an open batch.
+        let first = acc.take_dispatchable();
+        assert_eq!(first.len(), 1, "one in flight per partition");
+        assert_eq!(first[0].acks, vec![0, 1]);
+        assert_eq!(values(&first[0]).len(), 2);
+        assert!(acc.take_dispatchable().is_empty());
+        acc.complete("t", 0, first[0].id);
+        let second = acc.take_dispatchable();
+        assert_eq!(second[0].acks, vec![2, 3]);
+        acc.complete("t", 0, second[0].id);
+        assert!(acc.take_dispatchable().is_empty(), "the open batch lingers");
+        assert!(!acc.is_idle());
+    }
+
+    #[test]
+    fn linger_seals_in_opening_order() {
+        let mut acc = Accumulator::new(1 << 20, Duration::from_millis(5));
+        let t0 = Instant::now();
+        acc.append("t", 0, record(0, b"a"), t0);
+        acc.append("t", 1, record(1, b"b"), t0 + Duration::from_millis(3));
+        assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(5)));
+        acc.expire(t0 + Duration::from_millis(4));
+        assert!(acc.take_dispatchable().is_empty());
+        acc.expire(t0 + Duration::from_millis(5));
+        let sent = acc.take_dispatchable();
+        assert_eq!((sent.len(), sent[0].partition), (1, 0));
+        acc.expire(t0 + Duration::from_millis(8));
+        let sent = acc.take_dispatchable();
+        assert_eq!((sent.len(), sent[0].partition), (1, 1));
+        assert_eq!(acc.next_deadline(), None);
+    }
+
+    #[test]
+    fn flush_waits_only_for_batches_opened_before_it() {
+        let mut acc = Accumulator::new(1 << 20, Duration::from_secs(60));
+        let now = Instant::now();
+        acc.append("a", 0, record(0, b"x"), now);
+        acc.append("b", 0, record(1, b"y"), now);
+        let target = acc.seal_all();
+        let sent = acc.take_dispatchable();
+        assert_eq!(sent.len(), 2, "partitions go in parallel");
+        // A record appended after the flush does not hold it up.
+        acc.append("a", 0, record(2, b"z"), now);
+        assert!(!acc.finished_below(target));
+        acc.complete(&sent[1].topic, sent[1].partition, sent[1].id);
+        assert!(!acc.finished_below(target));
+        acc.complete(&sent[0].topic, sent[0].partition, sent[0].id);
+        assert!(acc.finished_below(target));
+        assert!(!acc.is_idle());
+    }
+
+    #[test]
+    fn far_apart_timestamps_start_a_new_batch() {
+        let mut acc = Accumulator::new(1 << 20, Duration::from_secs(60));
+        let now = Instant::now();
+        let mut late = record(1, b"late");
+        late.timestamp_ms = 1_000 + i64::from(i32::MAX) + 1;
+        acc.append("t", 0, record(0, b"early"), now);
+        acc.append("t", 0, late, now);
+        acc.seal_all();
+        let first = acc.take_dispatchable().pop().unwrap();
+        assert_eq!(first.acks, vec![0]);
+        acc.complete("t", 0, first.id);
+        let second = acc.take_dispatchable().pop().unwrap();
+        assert_eq!(second.acks, vec![1]);
+        let h = validate_records(&second.bytes).unwrap();
+        let r = Records::new(second.bytes.clone(), h)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.timestamp_ms, 1_000 + i64::from(i32::MAX) + 1);
+    }
+}

@@ -1,0 +1,246 @@
+//! The producer's background task: the I/O shell around the [`Accumulator`]. It takes commands from
+//! [`Producer`](crate::Producer) handles, seals batches on size, linger or flush, publishes them (one in
+//! flight per partition, partitions in parallel), and resolves each record's [`Delivery`](crate::Delivery).
+//!
+//! Work is paced on the task's own loop rather than per record: each turn takes up to
+//! [`COMMANDS_PER_TURN_MAX`] queued commands before dispatching, so bursts become full batches.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_protocol::v1::{Acks, PartitionAck};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::accumulator::{Accumulator, PendingRecord, SealedBatch};
+use crate::client::Client;
+use crate::delivery::DeliverySender;
+use crate::error::ClientError;
+use crate::publish::record_offset;
+
+/// Commands taken per loop turn before batches are dispatched.
+pub const COMMANDS_PER_TURN_MAX: usize = 1024;
+
+/// What a [`Producer`](crate::Producer) handle asks of the task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Add a record to a partition's open batch.
+    Append {
+        topic: String,
+        partition: u32,
+        record: PendingRecord<DeliverySender>,
+    },
+    /// Seal everything and answer once all records sent so far are done.
+    Flush(oneshot::Sender<()>),
+    /// Stop taking commands; finish what is queued, then exit.
+    Close,
+}
+
+/// A publish that finished.
+struct Published {
+    topic: Arc<str>,
+    partition: u32,
+    id: u64,
+    result: Result<PartitionAck, ClientError>,
+}
+
+/// What the task keeps of a batch while it is published.
+struct InFlight {
+    deliveries: Vec<DeliverySender>,
+    records_bytes: usize,
+}
+
+enum Event {
+    Command(Option<Command>),
+    Published(Published),
+    LingerExpired,
+}
+
+/// The task's state.
+pub(crate) struct ProducerTask {
+    client: Client,
+    acks: Acks,
+    accumulator: Accumulator<DeliverySender>,
+    commands: mpsc::Receiver<Command>,
+    /// Released as batches finish; [`Producer::send`](crate::Producer::send) acquires.
+    in_flight_bytes: Arc<Semaphore>,
+    publishing: FuturesUnordered<BoxFuture<'static, Published>>,
+    in_flight: HashMap<u64, InFlight>,
+    flush_waiters: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Set once no command can arrive any more: everything is sealed and the task ends when idle.
+    draining: bool,
+    /// Dropped when the task ends, which is how handles learn it did.
+    _finished: watch::Sender<()>,
+}
+
+impl ProducerTask {
+    pub(crate) fn new(
+        client: Client,
+        acks: Acks,
+        accumulator: Accumulator<DeliverySender>,
+        commands: mpsc::Receiver<Command>,
+        in_flight_bytes: Arc<Semaphore>,
+        finished: watch::Sender<()>,
+    ) -> Self {
+        ProducerTask {
+            client,
+            acks,
+            accumulator,
+            commands,
+            in_flight_bytes,
+            publishing: FuturesUnordered::new(),
+            in_flight: HashMap::new(),
+            flush_waiters: VecDeque::new(),
+            draining: false,
+            _finished: finished,
+        }
+    }
+
+    /// Runs until every handle is dropped or closed and every record is done.
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.dispatch();
+            self.answer_flushes();
+            if self.draining && self.accumulator.is_idle() {
+                break;
+            }
+            match self.next_event().await {
+                Event::Command(command) => {
+                    self.on_command(command, Instant::now());
+                    self.take_queued_commands();
+                }
+                Event::Published(published) => self.on_published(published),
+                Event::LingerExpired => self.accumulator.expire(Instant::now()),
+            }
+        }
+        // Senders blocked on backpressure learn the producer is gone.
+        self.in_flight_bytes.close();
+        tracing::debug!("producer task finished");
+    }
+
+    async fn next_event(&mut self) -> Event {
+        // A deadline in the far future stands in for "no open batch"; that branch is disabled then.
+        let deadline = self.accumulator.next_deadline();
+        let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            command = self.commands.recv(), if !self.draining => Event::Command(command),
+            Some(published) = self.publishing.next(), if !self.publishing.is_empty() => {
+                Event::Published(published)
+            }
+            () = tokio::time::sleep_until(sleep_until.into()), if deadline.is_some() => {
+                Event::LingerExpired
+            }
+        }
+    }
+
+    /// Takes commands already queued, up to a bound so publishes and timers are not starved.
+    fn take_queued_commands(&mut self) {
+        let now = Instant::now();
+        for _ in 0..COMMANDS_PER_TURN_MAX {
+            match self.commands.try_recv() {
+                Ok(command) => self.on_command(Some(command), now),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.on_command(None, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Option<Command>, now: Instant) {
+        match command {
+            Some(Command::Append {
+                topic,
+                partition,
+                record,
+            }) => self.accumulator.append(&topic, partition, record, now),
+            Some(Command::Flush(waiter)) => {
+                let target = self.accumulator.seal_all();
+                self.flush_waiters.push_back((target, waiter));
+            }
+            // Queued commands are still received; `None` follows them.
+            Some(Command::Close) => self.commands.close(),
+            None => {
+                self.draining = true;
+                self.accumulator.seal_all();
+            }
+        }
+    }
+
+    /// Starts publishing every batch that may go now.
+    fn dispatch(&mut self) {
+        for batch in self.accumulator.take_dispatchable() {
+            let SealedBatch {
+                id,
+                topic,
+                partition,
+                bytes,
+                acks: deliveries,
+                records_bytes,
+            } = batch;
+            self.in_flight.insert(
+                id,
+                InFlight {
+                    deliveries,
+                    records_bytes,
+                },
+            );
+            let client = self.client.clone();
+            let acks = self.acks;
+            self.publishing.push(Box::pin(async move {
+                let result = client.publish_batch(&topic, partition, acks, bytes).await;
+                Published {
+                    topic,
+                    partition,
+                    id,
+                    result,
+                }
+            }));
+        }
+    }
+
+    fn on_published(&mut self, published: Published) {
+        let Published {
+            topic,
+            partition,
+            id,
+            result,
+        } = published;
+        let in_flight = self
+            .in_flight
+            .remove(&id)
+            .expect("every published batch was in flight");
+        match result {
+            Ok(ack) => {
+                for (index, delivery) in in_flight.deliveries.into_iter().enumerate() {
+                    let offset = record_offset(&ack, index as u32);
+                    // The caller may have dropped its Delivery; that is allowed.
+                    let _ = delivery.send(Ok((partition, offset)));
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%topic, partition, %err, "publish failed");
+                for delivery in in_flight.deliveries {
+                    let _ = delivery.send(Err(err.clone()));
+                }
+            }
+        }
+        self.in_flight_bytes.add_permits(in_flight.records_bytes);
+        self.accumulator.complete(&topic, partition, id);
+    }
+
+    /// Answers flushes whose batches are all done. Targets never decrease, so waiters finish in order.
+    fn answer_flushes(&mut self) {
+        while let Some((target, _)) = self.flush_waiters.front() {
+            if !self.accumulator.finished_below(*target) {
+                break;
+            }
+            let (_, waiter) = self.flush_waiters.pop_front().expect("front exists");
+            let _ = waiter.send(());
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Publishing one packed batch to one partition, and mapping the broker's acknowledgement back to record
+//! offsets: the broker assigns a batch consecutive offsets from `base_offset`, in record order.
+
+use bytes::Bytes;
+use ferry_protocol::batch::BatchHeader;
+use ferry_protocol::v1::publish_request::Payload;
+use ferry_protocol::v1::{Acks, PartitionAck, PublishRequest, PublishResponse};
+
+use crate::channels::ferry_client;
+use crate::client::{Client, Route};
+use crate::error::ClientError;
+
+impl Client {
+    /// Publishes `batch` (built with [`BatchBuilder`](ferry_protocol::batch::BatchBuilder)) to `partition`
+    /// of `topic` and waits until it is as durable as `acks` asks. Retried on an unreachable or moved
+    /// leader, so in rare cases (answer lost after the write) the batch is stored twice.
+    pub async fn publish_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        batch: Bytes,
+    ) -> Result<PartitionAck, ClientError> {
+        let header = BatchHeader::parse(&batch)
+            .map_err(|e| ClientError::InvalidArgument(format!("not a record batch: {e}")))?;
+        let request = PublishRequest {
+            topic: topic.to_owned(),
+            partition: Some(partition),
+            acks: acks as i32,
+            payload: Some(Payload::Batch(batch)),
+            // The broker's own durability deadline applies.
+            timeout_ms: 0,
+        };
+        let timeout = self.config().request_timeout();
+        let route = Route::Leader { topic, partition };
+        let response = self
+            .call(route, true, timeout, |channel| {
+                let request = request.clone();
+                async move { ferry_client(channel).publish(request).await }
+            })
+            .await?;
+        check_ack(&response, partition, header.record_count)
+    }
+}
+
+/// The acknowledgement of a one-batch publish to `partition` of `record_count` records. Anything else in
+/// the answer would make the computed offsets wrong, so it is a protocol error.
+pub fn check_ack(
+    response: &PublishResponse,
+    partition: u32,
+    record_count: u32,
+) -> Result<PartitionAck, ClientError> {
+    let ack = match response.acks.as_slice() {
+        [ack] if ack.partition == partition => *ack,
+        acks => {
+            return Err(ClientError::Protocol(format!(
+                "publish to partition {partition} was acknowledged as {acks:?}"
+            )))
+        }
+    };
+    if ack.record_count != record_count {
+        return Err(ClientError::Protocol(format!(
+            "published {record_count} records to partition {partition}; broker acknowledged {}",
+            ack.record_count
+        )));
+    }
+    Ok(ack)
+}
+
+/// Offset of the record at `index` (0-based, in push order) of an acknowledged batch.
+pub fn record_offset(ack: &PartitionAck, index: u32) -> u64 {
+    assert!(
+        index < ack.record_count,
+        "record index {index} outside a batch of {}",
+        ack.record_count
+    );
+    ack.base_offset + u64::from(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
+        PartitionAck {
+            partition,
+            base_offset,
+            record_count,
+        }
+    }
+
+    #[test]
+    fn offsets_count_up_from_the_base() {
+        let a = ack(3, 100, 3);
+        let offsets: Vec<u64> = (0..3).map(|i| record_offset(&a, i)).collect();
+        assert_eq!(offsets, vec![100, 101, 102]);
+    }
+
+    #[test]
+    fn a_wrong_acknowledgement_is_refused() {
+        let ok = PublishResponse {
+            acks: vec![ack(3, 7, 2)],
+        };
+        assert_eq!(check_ack(&ok, 3, 2).unwrap(), ack(3, 7, 2));
+        assert!(check_ack(&ok, 4, 2).is_err(), "other partition");
+        assert!(check_ack(&ok, 3, 5).is_err(), "other count");
+        let none = PublishResponse { acks: vec![] };
+        assert!(check_ack(&none, 3, 2).is_err());
+    }
+}
