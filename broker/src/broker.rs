@@ -42,6 +42,9 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
 }
 
+/// Longest a topic creation waits for its partitions to serve before it answers anyway.
+const NEW_PARTITION_SERVING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest a starting broker waits for its controller to re-commit its log.
 const CONTROLLER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -332,6 +335,12 @@ impl Broker {
         })
         .await?;
         self.reconcile().await?;
+        // Answer once the new partitions serve, so a client may use the topic at once.
+        for p in 0..partitions {
+            if let Ok(r) = self.partition(name, p) {
+                r.wait_serving(NEW_PARTITION_SERVING_WAIT).await;
+            }
+        }
         self.topic(name)
     }
 
@@ -361,15 +370,15 @@ impl Broker {
 
     /// Whether the broker can serve: the controller and every local partition have a leader and none is fenced.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.controller.leader() == 0 {
-            return Err("controller has no leader yet".into());
+        if !self.controller.is_serving() {
+            return Err("controller has not caught up yet".into());
         }
         for ((t, p), r) in self.partitions.read().iter() {
             if let Some(why) = r.replica.failure() {
                 return Err(format!("partition {t}-{p} is fenced: {why}"));
             }
-            if r.replica.leader() == 0 {
-                return Err(format!("partition {t}-{p} has no leader yet"));
+            if !r.replica.is_serving() {
+                return Err(format!("partition {t}-{p} has not caught up yet"));
             }
         }
         Ok(())

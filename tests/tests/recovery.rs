@@ -196,6 +196,7 @@ async fn torn_tails_are_truncated_and_corruption_is_never_served() {
     bytes[150] ^= 0x04;
     std::fs::write(old, &bytes).unwrap();
     broker.restart();
+    broker.wait_ready();
     let mut client = broker.client().await;
     let err = read_partition(&mut client, "tails", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");

@@ -177,6 +177,7 @@ pub fn spawn(
         storage,
         high_watermark: hw_tx,
         leader: Default::default(),
+        serving: watch::channel(false).0,
         failed: Mutex::new(None),
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
@@ -349,6 +350,11 @@ impl Driver {
         self.transport.send(self.group, light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
+        let serving =
+            self.node.raft.state == StateRole::Leader && self.node.raft.apply_to_current_term();
+        self.shared
+            .serving
+            .send_if_modified(|s| std::mem::replace(s, serving) != serving);
         Ok(())
     }
 

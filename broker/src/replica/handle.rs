@@ -63,6 +63,9 @@ pub struct Shared {
     pub high_watermark: watch::Sender<u64>,
     /// Broker id of the current leader (0: none known).
     pub leader: AtomicU64,
+    /// This replica leads and has applied an entry of its own term, so its high watermark is current:
+    /// only then does it serve reads (a new leader's high watermark can lag what was committed before).
+    pub serving: watch::Sender<bool>,
     /// Why the replica is fenced, once it is.
     pub failed: Mutex<Option<String>>,
 }
@@ -120,9 +123,31 @@ impl Replica {
             .map_err(|_| ReplicaError::Dropped("replica stopped".into()))?
     }
 
+    fn check_serving(&self) -> Result<(), ReplicaError> {
+        self.shared.check()?;
+        if !self.is_serving() {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this replica serves reads (see [`Shared::serving`]).
+    pub fn is_serving(&self) -> bool {
+        *self.shared.serving.borrow()
+    }
+
+    /// Waits until this replica serves reads, or `wait` elapses; returns whether it serves.
+    pub async fn wait_serving(&self, wait: std::time::Duration) -> bool {
+        let mut rx = self.shared.serving.subscribe();
+        let served = tokio::time::timeout(wait, rx.wait_for(|s| *s)).await;
+        matches!(served, Ok(Ok(_)))
+    }
+
     /// Committed batches from `offset`, at most `max_bytes` (at least one batch when there is one).
     pub fn fetch(&self, offset: u64, max_bytes: u32) -> Result<Fetched, ReplicaError> {
-        self.shared.check()?;
+        self.check_serving()?;
         let hw = *self.shared.high_watermark.borrow();
         let core = self.shared.storage.read();
         let log_start_offset = core.log.start_offset();
@@ -148,7 +173,7 @@ impl Replica {
 
     /// First offset with a record at or after `timestamp_ms` (the high watermark when none).
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, ReplicaError> {
-        self.shared.check()?;
+        self.check_serving()?;
         let hw = *self.shared.high_watermark.borrow();
         let o = self
             .shared

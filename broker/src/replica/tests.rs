@@ -40,7 +40,7 @@ async fn publish(r: &Replica, i: u64, d: Durability) -> Result<Ack, ReplicaError
 
 async fn wait_leader(r: &Replica) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while r.leader() == 0 {
+    while !r.is_serving() {
         assert!(tokio::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
