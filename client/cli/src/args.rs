@@ -215,6 +215,10 @@ pub struct BenchProduceArgs {
     /// Producer batch limit (bytes).
     #[arg(long, default_value_t = ferry_client::producer::BATCH_BYTES_MAX_DEFAULT)]
     pub batch_bytes: usize,
+    /// Wait for each message's acknowledgement before sending the next (one in flight: measures the
+    /// latency of a single durable publish rather than throughput).
+    #[arg(long)]
+    pub sync: bool,
 }
 
 #[cfg(test)]

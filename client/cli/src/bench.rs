@@ -48,8 +48,13 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
             partition: args.partition,
             ..ProducerRecord::new(args.topic.clone(), value.clone())
         };
+        let before_send = Instant::now();
         let delivery = producer.send(record).await;
-        let accepted = Instant::now();
+        // Latency counts from acceptance (throughput mode) or from the call (sync mode, one in flight).
+        let accepted = if args.sync { before_send } else { Instant::now() };
+        if args.sync {
+            producer.flush().await;
+        }
         pending.push(delivery.map(move |result| (result, accepted.elapsed())));
         tally.sent += 1;
         while let Some(Some((result, waited))) = pending.next().now_or_never() {
