@@ -5,6 +5,7 @@
 //! - [`consensus`]: Raft's view of a partition log (`raft::Storage`), its durable state file.
 //! - [`replica`]: one Raft group per partition, driven by one task with group commit.
 //! - [`metadata`]: the cluster metadata state machine of the controller group.
+//! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
 //! - [`config`]: broker settings.
 //! - [`broker`]: the broker core: controller, local replicas, operations.
 //! - [`server`]: the gRPC services and the HTTP endpoints over the core.
@@ -12,6 +13,7 @@ pub mod broker;
 pub mod config;
 pub mod consensus;
 pub mod metadata;
+pub mod peer;
 pub mod replica;
 pub mod server;
 pub mod storage;

@@ -23,6 +23,10 @@ use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Proposals taken into one Raft step (and so, at most, one group commit).
 const PROPOSALS_PER_STEP_MAX: usize = 1024;
+/// Raft messages from peers queued per replica (more are dropped: Raft retransmits).
+const INBOX_MAX: usize = 4096;
+/// Raft messages stepped before the next Ready.
+const MESSAGES_PER_STEP_MAX: usize = 1024;
 /// Ticks between two retention passes.
 const RETENTION_EVERY_TICKS: u64 = 50;
 
@@ -181,6 +185,7 @@ pub fn spawn(
         failed: Mutex::new(None),
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let driver = Driver {
         node,
         shared: shared.clone(),
@@ -193,17 +198,26 @@ pub fn spawn(
         unsynced: None,
         last_sync: std::time::Instant::now(),
     };
-    let task = tokio::spawn(driver.run(rx, config.tick_ms, cancel));
-    Ok((Replica { tx, shared }, task))
+    let task = tokio::spawn(driver.run(rx, inbox_rx, config.tick_ms, cancel));
+    Ok((
+        Replica {
+            tx,
+            inbox: inbox_tx,
+            shared,
+        },
+        task,
+    ))
 }
 
 impl Driver {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Proposal>,
+        mut inbox: mpsc::Receiver<Message>,
         tick_ms: u64,
         cancel: CancellationToken,
     ) {
+        let mut incoming = Vec::with_capacity(64);
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(64);
@@ -214,6 +228,15 @@ impl Driver {
                 n = rx.recv_many(&mut batch, PROPOSALS_PER_STEP_MAX) => {
                     if n == 0 { break; }
                     self.propose(std::mem::take(&mut batch));
+                }
+                n = inbox.recv_many(&mut incoming, MESSAGES_PER_STEP_MAX) => {
+                    if n == 0 { break; }
+                    for m in incoming.drain(..) {
+                        // Messages from unknown or removed peers are refused by Raft: not our failure.
+                        if let Err(e) = self.node.step(m) {
+                            tracing::debug!(partition = %self.shared.name, "raft step: {e}");
+                        }
+                    }
                 }
                 _ = tick.tick() => {
                     self.tick();

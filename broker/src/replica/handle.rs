@@ -89,6 +89,8 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Replica {
     pub(crate) tx: mpsc::Sender<Proposal>,
+    /// Raft messages from peers.
+    pub(crate) inbox: mpsc::Sender<raft::eraftpb::Message>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -199,6 +201,11 @@ impl Replica {
     /// Offset after the last record stored (committed or not).
     pub fn log_end_offset(&self) -> u64 {
         self.shared.storage.read().log.next_offset()
+    }
+
+    /// Where the peer router delivers this group's Raft messages.
+    pub fn inbox(&self) -> mpsc::Sender<raft::eraftpb::Message> {
+        self.inbox.clone()
     }
 
     /// Offset after the last committed record.

@@ -1,0 +1,168 @@
+//! Three replicas of one group on three "brokers" in this process, talking over the real peer transport on
+//! 127.0.0.1: replication, leader failover, and no acknowledged publish lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_protocol::batch::{self, BatchBuilder, Records};
+use tokio_util::sync::CancellationToken;
+
+use super::{serve_peer, PeerNetwork, Router};
+use crate::consensus::ReplicaStorage;
+use crate::replica::handle::Durability;
+use crate::replica::{spawn, Replica, ReplicaConfig, ReplicaError};
+use crate::storage::{LogConfig, OsDisk};
+
+const GROUP: u64 = 7;
+
+struct Node {
+    replica: Replica,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
+    let mut listeners = HashMap::new();
+    let mut peers = HashMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.insert(id, l.local_addr().unwrap().to_string());
+        listeners.insert(id, l);
+    }
+    let mut nodes = HashMap::new();
+    for id in 1..=3u64 {
+        let cancel = CancellationToken::new();
+        let router = Arc::new(Router::default());
+        tokio::spawn(serve_peer(
+            id,
+            router.clone(),
+            listeners.remove(&id).unwrap(),
+            cancel.clone(),
+        ));
+        let network = PeerNetwork::start(id, &peers, cancel.clone());
+        let dir = dirs[id as usize - 1].path();
+        let (storage, _) =
+            ReplicaStorage::open(Arc::new(OsDisk), dir, LogConfig::default(), &[1, 2, 3]).unwrap();
+        let config = ReplicaConfig {
+            node_id: id,
+            tick_ms: 20,
+            ..ReplicaConfig::default()
+        };
+        let (replica, task) = spawn(
+            GROUP,
+            format!("n{id}"),
+            storage,
+            config,
+            network,
+            None,
+            cancel.clone(),
+        )
+        .unwrap();
+        router.register(GROUP, replica.inbox());
+        nodes.insert(
+            id,
+            Node {
+                replica,
+                cancel,
+                task,
+            },
+        );
+    }
+    nodes
+}
+
+async fn wait_for_leader(nodes: &HashMap<u64, Node>, deadline: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        if let Some((id, _)) = nodes.iter().find(|(_, n)| n.replica.is_serving()) {
+            return *id;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "no leader within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn publish(r: &Replica, v: &str) -> Result<u64, ReplicaError> {
+    let mut b = BatchBuilder::new(1);
+    b.push(1, None, v.as_bytes(), &[]);
+    let data = b.finish();
+    let h = batch::validate(&data).unwrap();
+    r.publish(data, h, Durability::Quorum)
+        .await
+        .map(|a| a.base_offset)
+}
+
+fn values(r: &Replica) -> Vec<String> {
+    r.fetch(0, 1 << 24)
+        .unwrap()
+        .batches
+        .into_iter()
+        .flat_map(|b| {
+            let h = batch::validate(&b).unwrap();
+            Records::new(b, h)
+                .map(|x| String::from_utf8(x.unwrap().value.to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_and_fails_over_without_losing_acknowledged_data() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs).await;
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let v = format!("a{i}");
+        let offset = publish(&nodes[&leader].replica, &v).await.unwrap();
+        acked.push((offset, v));
+    }
+    // Followers hold the committed data too (quorum = 2 of 3, so at least one of them does).
+    let followers_with_all = nodes
+        .iter()
+        .filter(|(id, n)| **id != leader && n.replica.log_end_offset() >= 100)
+        .count();
+    assert!(followers_with_all >= 1);
+    // A follower refuses reads and names the leader.
+    let follower = nodes.keys().copied().find(|id| *id != leader).unwrap();
+    match nodes[&follower].replica.fetch(0, 100) {
+        Err(ReplicaError::NotLeader { .. }) => {}
+        other => panic!("follower served a read: {other:?}"),
+    }
+
+    // Kill the leader: a new one takes over within a few election timeouts, and has everything acked.
+    let old = nodes.remove(&leader).unwrap();
+    old.cancel.cancel();
+    let _ = old.task.await;
+    let killed_at = Instant::now();
+    let new_leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    let offset = loop {
+        match publish(&nodes[&new_leader].replica, "after").await {
+            Ok(o) => break o,
+            Err(ReplicaError::NotLeader { .. } | ReplicaError::Dropped(_)) => {
+                assert!(killed_at.elapsed() < Duration::from_secs(10));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3),
+        "failover took {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(offset, 100);
+    let got = values(&nodes[&new_leader].replica);
+    for (o, v) in &acked {
+        assert_eq!(&got[*o as usize], v, "acknowledged {v} lost");
+    }
+    assert_eq!(got.last().map(String::as_str), Some("after"));
+    for n in nodes.values() {
+        n.cancel.cancel();
+    }
+}
