@@ -15,8 +15,9 @@ use crate::consensus::ReplicaStorage;
 use crate::metadata::{
     Command, Metadata, MetadataMachine, TopicMeta, TopicSettings, CONTROLLER_GROUP,
 };
+use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
-use crate::replica::{self, Ack, NoPeers, Replica, ReplicaError};
+use crate::replica::{self, Ack, NoPeers, Replica, ReplicaError, Transport};
 use crate::storage::{Disk, LogConfig, StorageError};
 
 /// Why a broker operation failed.
@@ -36,6 +37,10 @@ pub enum BrokerError {
     Invalid(String),
     #[error("{0}")]
     Unsatisfiable(String),
+    #[error("not the leader of this partition; the leader is broker {leader} at {address}")]
+    NotLeader { leader: u64, address: String },
+    #[error("no leader is known for this partition yet; retry")]
+    NoLeader,
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error(transparent)]
@@ -61,6 +66,40 @@ async fn follow_metadata(
     }
 }
 
+/// How long a controller command may take, forwarding and retries included.
+const CONTROLLER_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Pause between two attempts at a controller command while no leader is known (ms).
+const CONTROLLER_RETRY_MS: u64 = 50;
+
+/// Announces this broker's client address to the controller until it is in the metadata.
+async fn register(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
+    let mut backoff_ms = 100;
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let (id, addr) = (b.config.node_id, b.config.advertise.clone());
+        if b.metadata.state.read().brokers.get(&id) == Some(&addr) {
+            return;
+        }
+        let cmd = Command::RegisterBroker {
+            id,
+            client_address: addr.clone(),
+        };
+        match b
+            .propose_command(&cmd, |m| m.brokers.get(&id) == Some(&addr))
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("registering with the controller: {e}"),
+        }
+        drop(b);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)) => {}
+        }
+        backoff_ms = (backoff_ms * 2).min(2_000);
+    }
+}
+
 struct Running {
     replica: Replica,
     cancel: CancellationToken,
@@ -75,6 +114,9 @@ pub struct Broker {
     metadata: MetadataMachine,
     controller: Replica,
     controller_task: parking_lot::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    router: Arc<Router>,
+    transport: Arc<dyn Transport>,
+    network: Option<Arc<PeerNetwork>>,
     partitions: RwLock<HashMap<(String, u32), Running>>,
     reconcile: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
@@ -93,12 +135,19 @@ impl Broker {
     pub async fn start(
         config: BrokerConfig,
         disk: Arc<dyn Disk>,
+        router: Arc<Router>,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
-        let node = config.node_id;
+        let voters = config.voters();
         let ctl_dir = config.data_dir.join("__cluster");
         let (storage, _) =
-            ReplicaStorage::open(disk.clone(), &ctl_dir, LogConfig::default(), &[node])?;
+            ReplicaStorage::open(disk.clone(), &ctl_dir, LogConfig::default(), &voters)?;
+        let network = (voters.len() > 1)
+            .then(|| PeerNetwork::start(config.node_id, &config.peers, cancel.child_token()));
+        let transport: Arc<dyn Transport> = match &network {
+            Some(n) => n.clone(),
+            None => Arc::new(NoPeers),
+        };
         let metadata = MetadataMachine::default();
         // Replay the commands up to the persisted commit; Raft delivers the rest as they commit.
         {
@@ -122,16 +171,20 @@ impl Broker {
             "__cluster".into(),
             storage,
             config.replica,
-            Arc::new(NoPeers),
+            transport.clone(),
             Some(Box::new(metadata.clone())),
             ctl_cancel.clone(),
         )?;
+        router.register(CONTROLLER_GROUP, controller.inbox());
         let broker = Arc::new(Broker {
             config,
             disk,
             metadata,
             controller,
             controller_task: parking_lot::Mutex::new(Some((ctl_cancel, ctl_task))),
+            router,
+            transport,
+            network,
             partitions: RwLock::new(HashMap::new()),
             reconcile: tokio::sync::Mutex::new(()),
             cancel,
@@ -149,6 +202,7 @@ impl Broker {
         broker.reconcile().await?;
         broker.remove_orphan_dirs();
         tokio::spawn(follow_metadata(Arc::downgrade(&broker), hw));
+        tokio::spawn(register(Arc::downgrade(&broker), broker.cancel.clone()));
         Ok(broker)
     }
 
@@ -164,6 +218,31 @@ impl Broker {
     /// The controller replica.
     pub fn controller(&self) -> &Replica {
         &self.controller
+    }
+
+    /// Where incoming Raft messages are delivered.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
+    }
+
+    /// Whether broker `id` is reachable from here (this broker always is).
+    pub fn is_up(&self, id: u64) -> bool {
+        id == self.config.node_id || self.network.as_ref().is_some_and(|n| n.is_connected(id))
+    }
+
+    /// A replica error for clients: a not-leader error names the leader's client address.
+    pub fn replica_error(&self, e: ReplicaError) -> BrokerError {
+        match e {
+            ReplicaError::NotLeader { leader: 0 } => BrokerError::NoLeader,
+            ReplicaError::NotLeader { leader } => {
+                let address = self.metadata.state.read().brokers.get(&leader).cloned();
+                match address {
+                    Some(address) => BrokerError::NotLeader { leader, address },
+                    None => BrokerError::NoLeader,
+                }
+            }
+            other => BrokerError::Replica(other),
+        }
     }
 
     fn log_config(&self, s: &TopicSettings) -> LogConfig {
@@ -200,6 +279,7 @@ impl Broker {
         for key in gone {
             let running = self.partitions.write().remove(&key);
             if let Some(r) = running {
+                self.router.unregister(r.replica.group());
                 r.cancel.cancel();
                 let _ = r.task.await;
                 if let Some(topic_dir) = r.dir.parent() {
@@ -216,6 +296,7 @@ impl Broker {
                     continue;
                 }
                 let running = self.open_partition(t, p)?;
+                self.router.register(t.group_id(p), running.replica.inbox());
                 self.partitions.write().insert(key, running);
             }
         }
@@ -241,7 +322,7 @@ impl Broker {
             format!("{}-{p}", t.name),
             storage,
             self.config.replica,
-            Arc::new(NoPeers),
+            self.transport.clone(),
             None,
             cancel.clone(),
         )?;
@@ -292,11 +373,86 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
     }
 
-    async fn propose_command(&self, cmd: &Command) -> Result<Ack, BrokerError> {
-        let data = cmd.to_batch();
-        let h = ferry_protocol::batch::validate(&data)
-            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
-        Ok(self.controller.publish(data, h, Durability::Quorum).await?)
+    /// Proposes a command batch on this broker's controller replica, which must lead (forwarded commands
+    /// land here). Answers once it is committed and applied.
+    pub async fn propose_local(&self, batch: Bytes) -> Result<(), BrokerError> {
+        let h = ferry_protocol::batch::validate_records(&batch)
+            .map_err(|e| BrokerError::Invalid(format!("invalid controller command batch: {e}")))?;
+        let decodable = ferry_protocol::batch::Records::new(batch.clone(), h)
+            .all(|r| r.is_ok_and(|r| serde_json::from_slice::<Command>(&r.value).is_ok()));
+        if !decodable {
+            return Err(BrokerError::Invalid("not a controller command".into()));
+        }
+        self.controller
+            .publish(batch, h, Durability::Quorum)
+            .await
+            .map_err(|e| self.replica_error(e))?;
+        Ok(())
+    }
+
+    /// Sends a command batch to the controller leader's peer port.
+    async fn forward(&self, leader: u64, batch: Bytes) -> Result<(), BrokerError> {
+        let addr = self
+            .config
+            .peers
+            .get(&leader)
+            .ok_or(BrokerError::NoLeader)?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| BrokerError::Invalid(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|_| BrokerError::NoLeader)?;
+        let mut client = ferry_protocol::v1::peer_client::PeerClient::new(channel);
+        let req = ferry_protocol::v1::ForwardRequest { command: batch };
+        match client.forward(req).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(BrokerError::NoLeader),
+            Err(s) => Err(BrokerError::Invalid(s.message().to_owned())),
+        }
+    }
+
+    /// Runs a controller command wherever the controller leader is, retrying through leader changes, then
+    /// waits until this broker's metadata shows `applied`.
+    async fn propose_command(
+        &self,
+        cmd: &Command,
+        applied: impl Fn(&Metadata) -> bool,
+    ) -> Result<(), BrokerError> {
+        let batch = cmd.to_batch();
+        let deadline = tokio::time::Instant::now() + CONTROLLER_COMMAND_TIMEOUT;
+        loop {
+            let leader = self.controller.leader();
+            let attempt = if leader == self.config.node_id {
+                self.propose_local(batch.clone()).await
+            } else if leader != 0 {
+                self.forward(leader, batch.clone()).await
+            } else {
+                Err(BrokerError::NoLeader)
+            };
+            match attempt {
+                Ok(()) => break,
+                Err(
+                    BrokerError::NoLeader
+                    | BrokerError::NotLeader { .. }
+                    | BrokerError::Replica(ReplicaError::Dropped(_)),
+                ) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(CONTROLLER_RETRY_MS)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut hw = self.controller.watch_high_watermark();
+        let done = tokio::time::timeout_at(
+            deadline,
+            hw.wait_for(|_| applied(&self.metadata.state.read())),
+        )
+        .await;
+        match done {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(BrokerError::NoLeader),
+        }
     }
 
     /// Creates a topic through the controller and starts its local replicas.
@@ -315,8 +471,13 @@ impl Broker {
                 "a topic needs 1 to {max} partitions, not {partitions}"
             )));
         }
-        let brokers = [self.config.node_id];
-        let replicas = replicas.max(1);
+        let brokers = self.config.voters();
+        // Default replication: three copies where the cluster has three brokers.
+        let replicas = if replicas == 0 {
+            brokers.len().min(3) as u32
+        } else {
+            replicas
+        };
         if replicas as usize > brokers.len() {
             return Err(BrokerError::Unsatisfiable(format!(
                 "replication factor {replicas} needs {replicas} brokers; the cluster has {}",
@@ -326,19 +487,22 @@ impl Broker {
         if self.metadata.state.read().topics.contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_owned()));
         }
-        let replica_sets = (0..partitions).map(|_| brokers.to_vec()).collect();
-        self.propose_command(&Command::CreateTopic {
+        let start = self.metadata.state.read().next_topic_id;
+        let replica_sets = crate::metadata::place(&brokers, partitions, replicas, start);
+        let cmd = Command::CreateTopic {
             name: name.to_owned(),
             partitions,
             replica_sets,
             settings,
-        })
-        .await?;
+        };
+        self.propose_command(&cmd, |m| m.topics.contains_key(name))
+            .await?;
         self.reconcile().await?;
-        // Answer once the new partitions serve, so a client may use the topic at once.
+        // Answer once the new partitions have leaders, so a client may use the topic at once.
         for p in 0..partitions {
             if let Ok(r) = self.partition(name, p) {
-                r.wait_serving(NEW_PARTITION_SERVING_WAIT).await;
+                r.wait_settled(self.config.node_id, NEW_PARTITION_SERVING_WAIT)
+                    .await;
             }
         }
         self.topic(name)
@@ -347,10 +511,11 @@ impl Broker {
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         self.topic(name)?;
-        self.propose_command(&Command::DeleteTopic {
+        let cmd = Command::DeleteTopic {
             name: name.to_owned(),
-        })
-        .await?;
+        };
+        self.propose_command(&cmd, |m| !m.topics.contains_key(name))
+            .await?;
         self.reconcile().await
     }
 
@@ -365,20 +530,26 @@ impl Broker {
         let h = ferry_protocol::batch::validate_records(&data)
             .map_err(|e| BrokerError::Invalid(format!("invalid batch: {e}")))?;
         let replica = self.partition(topic, partition)?;
-        Ok(replica.publish(data, h, durability).await?)
+        replica
+            .publish(data, h, durability)
+            .await
+            .map_err(|e| self.replica_error(e))
     }
 
-    /// Whether the broker can serve: the controller and every local partition have a leader and none is fenced.
+    /// Whether the broker can serve: the controller and every local partition have a leader (this broker
+    /// serving, or another known) and none is fenced.
     pub fn readiness(&self) -> Result<(), String> {
-        if !self.controller.is_serving() {
-            return Err("controller has not caught up yet".into());
+        let settled =
+            |r: &Replica| r.is_serving() || (r.leader() != 0 && r.leader() != self.config.node_id);
+        if !settled(&self.controller) {
+            return Err("controller has no leader yet".into());
         }
         for ((t, p), r) in self.partitions.read().iter() {
             if let Some(why) = r.replica.failure() {
                 return Err(format!("partition {t}-{p} is fenced: {why}"));
             }
-            if !r.replica.is_serving() {
-                return Err(format!("partition {t}-{p} has not caught up yet"));
+            if !settled(&r.replica) {
+                return Err(format!("partition {t}-{p} has no leader yet"));
             }
         }
         Ok(())

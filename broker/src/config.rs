@@ -1,5 +1,6 @@
 //! Broker settings. `ferryd` fills them from flags and `FERRY_*` environment variables.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -24,6 +25,11 @@ pub struct BrokerConfig {
     pub replica: ReplicaConfig,
     /// How long a publish may wait for durability by default (ms).
     pub publish_timeout_ms: u64,
+    /// Peer listener (broker-to-broker Raft traffic).
+    pub peer_listen: SocketAddr,
+    /// The initial voters: broker id → host:port of its peer listener, this broker included. Empty: a
+    /// cluster of one.
+    pub peers: BTreeMap<u64, String>,
 }
 
 impl BrokerConfig {
@@ -47,6 +53,70 @@ impl BrokerConfig {
                 ..ReplicaConfig::default()
             },
             publish_timeout_ms: 30_000,
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            peers: BTreeMap::new(),
         }
+    }
+
+    /// Ids of the brokers that vote in the controller (and host partitions), sorted.
+    pub fn voters(&self) -> Vec<u64> {
+        if self.peers.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.peers.keys().copied().collect()
+        }
+    }
+}
+
+/// Parses `--peers`: `ID=HOST:PORT[,ID=HOST:PORT...]`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{id}` is not a broker id"))?;
+        if id == 0 {
+            return Err("broker ids start at 1".into());
+        }
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("`{addr}` is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("broker id {id} appears twice"));
+        }
+    }
+    Ok(peers)
+}
+
+/// The broker id a StatefulSet pod gets from its hostname: `ferry-N` → N + 1.
+pub fn node_id_from_hostname(hostname: &str) -> Option<u64> {
+    let (_, ordinal) = hostname.trim().rsplit_once('-')?;
+    ordinal.parse::<u64>().ok().map(|n| n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_and_hostnames() {
+        let p = parse_peers("1=127.0.0.1:7401, 2=b:7401,3=[::1]:9").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "b:7401");
+        assert!(parse_peers("1=x").is_err());
+        assert!(parse_peers("0=a:1").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("one=a:1").is_err());
+        assert_eq!(node_id_from_hostname("ferry-0"), Some(1));
+        assert_eq!(node_id_from_hostname("my-ferry-12\n"), Some(13));
+        assert_eq!(node_id_from_hostname("ferry"), None);
     }
 }

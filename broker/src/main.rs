@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use clap::Parser;
 use ferry_broker::broker::Broker;
 use ferry_broker::config::BrokerConfig;
+use ferry_broker::peer::Router;
 use ferry_broker::replica::FsyncPolicy;
 use ferry_broker::server;
 use ferry_broker::storage::OsDisk;
@@ -26,12 +27,20 @@ struct Args {
     /// HTTP listener for /healthz, /readyz and /metrics (host:port).
     #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
     http_listen: SocketAddr,
-    /// This broker's id (a positive integer).
-    #[arg(long, env = "FERRY_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    node_id: u64,
-    /// host:port clients are told to use (default: the listen address).
+    /// This broker's id (a positive integer). Default: from a hostname ending in `-N` (a StatefulSet pod
+    /// `ferry-N` is broker N+1), else 1.
+    #[arg(long, env = "FERRY_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
+    /// Host (or host:port) that clients are told to use for this broker (default: the listen address).
     #[arg(long, env = "FERRY_ADVERTISE")]
     advertise: Option<String>,
+    /// Broker-to-broker listener (host:port), used when --peers is given.
+    #[arg(long, env = "FERRY_PEER_LISTEN", default_value = "127.0.0.1:7401")]
+    peer_listen: SocketAddr,
+    /// The initial voters, this broker included: `ID=HOST:PORT[,ID=HOST:PORT...]` (peer ports). Empty: a
+    /// cluster of one.
+    #[arg(long, env = "FERRY_PEERS", default_value = "", value_parser = ferry_broker::config::parse_peers)]
+    peers: std::collections::BTreeMap<u64, String>,
     /// Largest record batch accepted (bytes).
     #[arg(long, env = "FERRY_BATCH_BYTES_MAX", default_value_t = ferry_protocol::limits::BATCH_BYTES_DEFAULT_MAX)]
     batch_bytes_max: u32,
@@ -75,15 +84,25 @@ fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
         args.segment_bytes >= 64 * 1024,
         "--segment-bytes must be at least 65536"
     );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let node_id = args
+        .node_id
+        .or_else(|| ferry_broker::config::node_id_from_hostname(&hostname))
+        .unwrap_or(1);
+    if !args.peers.is_empty() {
+        anyhow::ensure!(
+            args.peers.contains_key(&node_id),
+            "--peers does not list this broker's id {node_id}"
+        );
+    }
     let mut c = BrokerConfig::new(
-        args.node_id,
+        node_id,
         args.data_dir.clone(),
         args.listen,
         args.http_listen,
     );
-    if let Some(a) = &args.advertise {
-        c.advertise = a.clone();
-    }
+    c.peer_listen = args.peer_listen;
+    c.peers = args.peers.clone();
     c.batch_bytes_max = args.batch_bytes_max;
     c.replica.fsync = args.fsync;
     c.log.limits.segment_bytes = args.segment_bytes;
@@ -130,17 +149,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
     // With port 0 the OS picks the ports: tell clients and the operator the real ones.
     let (client_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    if args.advertise.is_none() {
-        config.advertise = client_addr.to_string();
-    }
+    config.advertise = match &args.advertise {
+        None => client_addr.to_string(),
+        Some(a)
+            if a.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+        {
+            a.clone()
+        }
+        Some(host) => format!("{host}:{}", client_addr.port()),
+    };
+    let peer = if config.peers.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(config.peer_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.peer_listen))?;
+        Some(l)
+    };
     let cancel = CancellationToken::new();
-    let broker = Broker::start(config.clone(), Arc::new(OsDisk), cancel.child_token())
-        .await
-        .with_context(|| format!("starting the broker on {}", config.data_dir.display()))?;
+    // The peer server runs before the broker starts: a starting broker waits for its controller to catch
+    // up, which needs the other brokers' Raft messages.
+    let router = Arc::new(Router::default());
+    let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
+    let peer_addr = match peer {
+        Some(l) => {
+            let addr = l.local_addr()?.to_string();
+            let serve = server::peer::serve_peer(
+                config.node_id,
+                router.clone(),
+                started.clone(),
+                l,
+                cancel.clone(),
+            );
+            tokio::spawn(serve);
+            addr
+        }
+        None => "-".to_owned(),
+    };
+    let broker = Broker::start(
+        config.clone(),
+        Arc::new(OsDisk),
+        router,
+        cancel.child_token(),
+    )
+    .await
+    .with_context(|| format!("starting the broker on {}", config.data_dir.display()))?;
     tracing::info!(node_id = config.node_id, listen = %client_addr, http = %http_addr,
         data_dir = %config.data_dir.display(), "ferryd serving");
     // One stable, machine-readable line on stdout (docs/operations.md): scripts and tests wait for it.
-    println!("ferryd listening client={client_addr} http={http_addr}");
+    let _ = started.set(broker.clone());
+    println!("ferryd listening client={client_addr} http={http_addr} peer={peer_addr}");
     let serve_cancel = CancellationToken::new();
     let grpc_task = tokio::spawn(server::serve_grpc(
         broker.clone(),

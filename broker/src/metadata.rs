@@ -62,6 +62,11 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
+    /// A broker announces (or changes) the address clients reach it at.
+    RegisterBroker {
+        id: u64,
+        client_address: String,
+    },
 }
 
 impl Command {
@@ -81,6 +86,8 @@ impl Command {
 #[derive(Debug, Default, Clone)]
 pub struct Metadata {
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Client addresses of the brokers that registered, by id.
+    pub brokers: BTreeMap<u64, String>,
     pub next_topic_id: u64,
     /// Raft index of the last applied command.
     pub applied_index: u64,
@@ -113,8 +120,29 @@ impl Metadata {
             Command::DeleteTopic { name } => {
                 self.topics.remove(&name);
             }
+            Command::RegisterBroker { id, client_address } => {
+                self.brokers.insert(id, client_address);
+            }
         }
     }
+}
+
+/// Replica sets for a new topic: partition `p` gets `replicas` consecutive brokers starting at
+/// `(start + p) % brokers`, so replicas and (since the first replica is the preferred leader) leaders
+/// spread evenly. `brokers` must hold at least `replicas` ids.
+pub fn place(brokers: &[u64], partitions: u32, replicas: u32, start: u64) -> Vec<Vec<u64>> {
+    assert!(
+        replicas as usize <= brokers.len() && replicas > 0,
+        "placement needs enough brokers"
+    );
+    let n = brokers.len() as u64;
+    (0..u64::from(partitions))
+        .map(|p| {
+            (0..u64::from(replicas))
+                .map(|i| brokers[((start + p + i) % n) as usize])
+                .collect()
+        })
+        .collect()
 }
 
 /// The controller's [`Apply`]: decodes committed batches into commands and applies them.
@@ -156,6 +184,23 @@ impl Apply for MetadataMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_spreads_replicas_and_preferred_leaders() {
+        let sets = place(&[1, 2, 3], 6, 3, 0);
+        assert_eq!(sets[0], vec![1, 2, 3]);
+        assert_eq!(sets[1], vec![2, 3, 1]);
+        let mut leaders = [0; 4];
+        for s in &sets {
+            leaders[s[0] as usize] += 1;
+            let mut u = s.clone();
+            u.sort_unstable();
+            u.dedup();
+            assert_eq!(u.len(), 3, "distinct replicas");
+        }
+        assert_eq!(&leaders[1..], &[2, 2, 2]);
+        assert_eq!(place(&[1, 2, 3, 4], 4, 2, 1)[0], vec![2, 3]);
+    }
 
     #[test]
     fn commands_round_trip_through_batches() {

@@ -1,7 +1,8 @@
 //! Outgoing Raft traffic: one link per peer broker, each a task that keeps one client stream open and sends
 //! every queued message of every group in batches (`RaftBatch`), reconnecting with bounded backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,22 +32,40 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 #[derive(Debug)]
 pub struct PeerNetwork {
     links: HashMap<u64, mpsc::Sender<(u64, Message)>>,
+    connected: HashMap<u64, Arc<AtomicBool>>,
 }
 
 impl PeerNetwork {
     /// Starts a link task per peer (`node id → host:port` of its peer listener, self excluded).
     pub fn start(
         node_id: u64,
-        peers: &HashMap<u64, String>,
+        peers: &BTreeMap<u64, String>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let mut links = HashMap::new();
+        let mut connected = HashMap::new();
         for (&id, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
             let (tx, rx) = mpsc::channel(LINK_QUEUE_MAX);
-            tokio::spawn(run_link(node_id, id, addr.clone(), rx, cancel.clone()));
+            let up = Arc::new(AtomicBool::new(false));
+            tokio::spawn(run_link(
+                node_id,
+                id,
+                addr.clone(),
+                rx,
+                up.clone(),
+                cancel.clone(),
+            ));
             links.insert(id, tx);
+            connected.insert(id, up);
         }
-        Arc::new(PeerNetwork { links })
+        Arc::new(PeerNetwork { links, connected })
+    }
+
+    /// Whether the link to `id` has an open stream (the peer was reachable at its last attempt).
+    pub fn is_connected(&self, id: u64) -> bool {
+        self.connected
+            .get(&id)
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -78,6 +97,7 @@ async fn run_link(
     to: u64,
     addr: String,
     mut rx: mpsc::Receiver<(u64, Message)>,
+    up: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let mut backoff_ms = BACKOFF_MS_MIN;
@@ -104,6 +124,7 @@ async fn run_link(
         let channel = match connected {
             Ok(c) => c,
             Err(e) => {
+                up.store(false, Ordering::Relaxed);
                 tracing::debug!(to, %addr, "peer unreachable: {e}");
                 // Raft messages go stale quickly: drop what piled up while the peer was away.
                 while rx.try_recv().is_ok() {}
@@ -122,6 +143,7 @@ async fn run_link(
                 .await
         });
         backoff_ms = BACKOFF_MS_MIN;
+        up.store(true, Ordering::Relaxed);
         // Pump: every wake-up sends everything queued for this peer as one batch.
         loop {
             pending.clear();
@@ -141,6 +163,7 @@ async fn run_link(
                 break;
             }
         }
+        up.store(false, Ordering::Relaxed);
         match call.await {
             Ok(Err(status)) => tracing::debug!(to, "peer stream ended: {status}"),
             Err(e) => tracing::debug!(to, "peer stream task failed: {e}"),

@@ -3,7 +3,6 @@
 //! whole Ready: group commit), send the messages that needed persistence, apply committed entries, advance.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::handle::{Ack, Durability, Proposal, Replica, ReplicaError, Shared};
+use super::handle::{Ack, Durability, Leadership, Proposal, Replica, ReplicaError, Shared};
 use super::transport::Transport;
 use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 
@@ -170,8 +169,11 @@ pub fn spawn(
     };
     let mut node = RawNode::new(&raft_config, storage.clone(), &raft_logger(&name))
         .map_err(|e| ReplicaError::Failed(format!("raft: {e}")))?;
-    if voters == [config.node_id] {
-        // A cluster of one: lead at once instead of waiting out an election timeout.
+    // A cluster of one leads at once instead of waiting out an election timeout; so does the preferred
+    // leader (first replica) of a brand-new group, which spreads leaders as placement spread replicas. If its
+    // peers are not up yet, the normal election timeout takes over.
+    let fresh = node.raft.term == 0 && node.raft.raft_log.last_index() == 0;
+    if voters == [config.node_id] || (fresh && voters.first() == Some(&config.node_id)) {
         let _ = node.campaign();
     }
     let (hw_tx, _) = watch::channel(hw);
@@ -180,8 +182,7 @@ pub fn spawn(
         name,
         storage,
         high_watermark: hw_tx,
-        leader: Default::default(),
-        serving: watch::channel(false).0,
+        leadership: watch::channel(Leadership::default()).0,
         failed: Mutex::new(None),
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
@@ -319,7 +320,6 @@ impl Driver {
         }
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
-            self.shared.leader.store(ss.leader_id, Ordering::Relaxed);
             if ss.raft_state != StateRole::Leader {
                 self.fail_all(ReplicaError::NotLeader {
                     leader: ss.leader_id,
@@ -373,11 +373,14 @@ impl Driver {
         self.transport.send(self.group, light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
-        let serving =
-            self.node.raft.state == StateRole::Leader && self.node.raft.apply_to_current_term();
+        let now = Leadership {
+            leader: self.node.raft.leader_id,
+            serving: self.node.raft.state == StateRole::Leader
+                && self.node.raft.apply_to_current_term(),
+        };
         self.shared
-            .serving
-            .send_if_modified(|s| std::mem::replace(s, serving) != serving);
+            .leadership
+            .send_if_modified(|l| std::mem::replace(l, now) != now);
         Ok(())
     }
 

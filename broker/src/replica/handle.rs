@@ -1,6 +1,5 @@
 //! The handle servers use to publish to and read from a replica.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,11 +60,8 @@ pub struct Shared {
     pub storage: ReplicaStorage,
     /// Offset after the last committed record.
     pub high_watermark: watch::Sender<u64>,
-    /// Broker id of the current leader (0: none known).
-    pub leader: AtomicU64,
-    /// This replica leads and has applied an entry of its own term, so its high watermark is current:
-    /// only then does it serve reads (a new leader's high watermark can lag what was committed before).
-    pub serving: watch::Sender<bool>,
+    /// Who leads, and whether this replica serves.
+    pub leadership: watch::Sender<Leadership>,
     /// Why the replica is fenced, once it is.
     pub failed: Mutex<Option<String>>,
 }
@@ -83,6 +79,16 @@ impl Shared {
             None => Ok(()),
         }
     }
+}
+
+/// Who leads a group, as this replica knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// Broker id of the current leader (0: none known).
+    pub leader: u64,
+    /// This replica leads and has applied an entry of its own term, so its high watermark is current:
+    /// only then does it serve reads (a new leader's high watermark can lag what was committed before).
+    pub serving: bool,
 }
 
 /// A handle to a running replica.
@@ -137,14 +143,16 @@ impl Replica {
 
     /// Whether this replica serves reads (see [`Shared::serving`]).
     pub fn is_serving(&self) -> bool {
-        *self.shared.serving.borrow()
+        self.shared.leadership.borrow().serving
     }
 
-    /// Waits until this replica serves reads, or `wait` elapses; returns whether it serves.
-    pub async fn wait_serving(&self, wait: std::time::Duration) -> bool {
-        let mut rx = self.shared.serving.subscribe();
-        let served = tokio::time::timeout(wait, rx.wait_for(|s| *s)).await;
-        matches!(served, Ok(Ok(_)))
+    /// Waits until the group has a leader that serves (this replica) or is known (another broker), or `wait`
+    /// elapses; returns whether it settled.
+    pub async fn wait_settled(&self, node_id: u64, wait: std::time::Duration) -> bool {
+        let mut rx = self.shared.leadership.subscribe();
+        let settled = |l: &Leadership| l.serving || (l.leader != 0 && l.leader != node_id);
+        let done = tokio::time::timeout(wait, rx.wait_for(settled)).await;
+        matches!(done, Ok(Ok(_)))
     }
 
     /// Committed batches from `offset`, at most `max_bytes` (at least one batch when there is one).
@@ -203,6 +211,11 @@ impl Replica {
         self.shared.storage.read().log.next_offset()
     }
 
+    /// The Raft group id.
+    pub fn group(&self) -> u64 {
+        self.shared.group
+    }
+
     /// Where the peer router delivers this group's Raft messages.
     pub fn inbox(&self) -> mpsc::Sender<raft::eraftpb::Message> {
         self.inbox.clone()
@@ -220,7 +233,7 @@ impl Replica {
 
     /// Current leader (0: none).
     pub fn leader(&self) -> u64 {
-        self.shared.leader.load(Ordering::Relaxed)
+        self.shared.leadership.borrow().leader
     }
 
     /// Why the replica is fenced, if it is.

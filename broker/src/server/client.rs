@@ -164,6 +164,7 @@ fn fetch_response(
 }
 
 async fn fetch_once(
+    broker: &Broker,
     r: &Replica,
     offset: u64,
     max_bytes: u32,
@@ -171,12 +172,13 @@ async fn fetch_once(
 ) -> Result<crate::replica::handle::Fetched, Status> {
     let f = r
         .fetch(offset, max_bytes)
-        .map_err(|e| to_status(e.into()))?;
+        .map_err(|e| to_status(broker.replica_error(e)))?;
     if !f.batches.is_empty() || wait.is_zero() {
         return Ok(f);
     }
     r.wait_for(offset, wait).await;
-    r.fetch(offset, max_bytes).map_err(|e| to_status(e.into()))
+    r.fetch(offset, max_bytes)
+        .map_err(|e| to_status(broker.replica_error(e)))
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
@@ -281,7 +283,7 @@ impl Ferry for ClientService {
             .map_err(to_status)?;
         let max_bytes = fetch_bytes(req.max_bytes);
         let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
-        let f = fetch_once(&replica, req.offset, max_bytes, wait).await?;
+        let f = fetch_once(&self.broker, &replica, req.offset, max_bytes, wait).await?;
         let resp = fetch_response(&req.topic, req.partition, req.offset, format, f)?;
         metrics::counter!("ferry_fetch_responses_total").increment(1);
         Ok(Response::new(resp))
@@ -304,12 +306,14 @@ impl Ferry for ClientService {
         // Check the start offset now so a bad one is an error, not an empty stream.
         replica
             .fetch(req.offset, 1)
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(|e| to_status(self.broker.replica_error(e)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER);
+        let broker = self.broker.clone();
         tokio::spawn(async move {
             let mut offset = req.offset;
             loop {
                 let f = fetch_once(
+                    &broker,
                     &replica,
                     offset,
                     max_bytes,
@@ -360,7 +364,7 @@ impl Ferry for ClientService {
             Some(Spec::Latest(_)) => high_watermark,
             Some(Spec::TimestampMs(ts)) => replica
                 .offset_for_time(ts)
-                .map_err(|e| to_status(e.into()))?,
+                .map_err(|e| to_status(self.broker.replica_error(e)))?,
             None => {
                 return Err(Status::invalid_argument(
                     "list offsets needs earliest, latest or timestamp_ms",

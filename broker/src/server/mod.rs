@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod client;
 pub mod http;
+pub mod peer;
 pub mod status;
 
 use std::sync::Arc;
@@ -21,13 +22,21 @@ const GRPC_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Most concurrent HTTP/2 streams per client connection.
 const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
-/// The brokers clients can use (a cluster of one, this broker, until the cluster lands).
+/// The brokers clients can use: every registered broker (this one at least), and whether it is reachable
+/// from here.
 pub fn brokers(b: &Broker) -> Vec<v1::BrokerInfo> {
-    vec![v1::BrokerInfo {
-        id: b.config.node_id,
-        address: b.config.advertise.clone(),
-        up: true,
-    }]
+    let mut known = b.metadata().brokers;
+    known
+        .entry(b.config.node_id)
+        .or_insert_with(|| b.config.advertise.clone());
+    known
+        .into_iter()
+        .map(|(id, address)| v1::BrokerInfo {
+            id,
+            address,
+            up: b.is_up(id),
+        })
+        .collect()
 }
 
 /// A topic as the API shows it.

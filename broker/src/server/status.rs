@@ -5,6 +5,9 @@ use tonic::Status;
 use crate::broker::BrokerError;
 use crate::replica::ReplicaError;
 
+/// Response metadata of a not-leader error: `ID=HOST:PORT` of the partition's leader.
+pub const LEADER_HEADER: &str = "ferry-leader";
+
 /// The gRPC status of a broker error.
 pub fn to_status(e: BrokerError) -> Status {
     match e {
@@ -15,6 +18,18 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::Invalid(_) => Status::invalid_argument(e.to_string()),
         BrokerError::Unsatisfiable(_) => Status::failed_precondition(e.to_string()),
         BrokerError::Storage(e) => Status::internal(e.to_string()),
+        BrokerError::NotLeader {
+            leader,
+            ref address,
+        } => {
+            // Clients redirect from the metadata without another round trip.
+            let mut s = Status::unavailable(e.to_string());
+            if let Ok(v) = format!("{leader}={address}").parse() {
+                s.metadata_mut().insert(LEADER_HEADER, v);
+            }
+            s
+        }
+        BrokerError::NoLeader => Status::unavailable(e.to_string()),
         BrokerError::Replica(r) => match r {
             ReplicaError::NotLeader { .. }
             | ReplicaError::Dropped(_)

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use ferry_protocol::batch::{self, BatchBuilder, Records};
 use tokio_util::sync::CancellationToken;
 
-use super::{serve_peer, PeerNetwork, Router};
+use super::serve_peer;
 use crate::consensus::ReplicaStorage;
+use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
 use crate::replica::{spawn, Replica, ReplicaConfig, ReplicaError};
 use crate::storage::{LogConfig, OsDisk};
@@ -24,7 +25,7 @@ struct Node {
 
 async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
     let mut listeners = HashMap::new();
-    let mut peers = HashMap::new();
+    let mut peers = std::collections::BTreeMap::new();
     for id in 1..=3u64 {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         peers.insert(id, l.local_addr().unwrap().to_string());
@@ -37,6 +38,7 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
         tokio::spawn(serve_peer(
             id,
             router.clone(),
+            Default::default(),
             listeners.remove(&id).unwrap(),
             cancel.clone(),
         ));

@@ -1,0 +1,107 @@
+//! The `ferry.v1.Peer` server on the peer port: Raft batches from other brokers go to the router; forwarded
+//! controller commands are proposed here when this broker leads the controller.
+
+use std::sync::{Arc, OnceLock};
+
+use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
+use ferry_protocol::v1::{self, peer_server::Peer};
+use raft::eraftpb::Message;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::to_status;
+use crate::broker::Broker;
+use crate::peer::Router;
+
+/// HTTP/2 windows of the peer port (bytes): room for whole Raft appends.
+const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
+/// The peer service of one broker.
+#[derive(Debug)]
+pub struct PeerService {
+    node_id: u64,
+    router: Arc<Router>,
+    /// Where forwarded controller commands go, once the broker has started (never set in replica-level
+    /// tests, which only replicate).
+    broker: Arc<OnceLock<Arc<Broker>>>,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(
+        &self,
+        req: Request<Streaming<v1::RaftBatch>>,
+    ) -> Result<Response<v1::RaftAck>, Status> {
+        let (node_id, router) = (self.node_id, &self.router);
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.to != node_id {
+                return Err(Status::failed_precondition(format!(
+                    "Raft batch for broker {} reached broker {node_id}: check --peers",
+                    batch.to
+                )));
+            }
+            for env in batch.messages {
+                // Zero-copy: entry data are slices of the received buffer.
+                let msg = <Message as protobuf::Message>::parse_from_carllerche_bytes(&env.message)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("undecodable Raft message: {e}"))
+                    })?;
+                if msg.to != node_id || msg.from != batch.from {
+                    return Err(Status::invalid_argument(
+                        "Raft message addressed inconsistently with its batch",
+                    ));
+                }
+                router.deliver(env.group_id, msg);
+            }
+        }
+        Ok(Response::new(v1::RaftAck {}))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<v1::ForwardRequest>,
+    ) -> Result<Response<v1::ForwardResponse>, Status> {
+        let batch = req.into_inner().command;
+        let broker = self
+            .broker
+            .get()
+            .ok_or_else(|| Status::unavailable("this broker is still starting"))?;
+        broker.propose_local(batch).await.map_err(to_status)?;
+        Ok(Response::new(v1::ForwardResponse {}))
+    }
+}
+
+/// Serves the peer service on `listener` until `cancel` fires.
+pub async fn serve_peer(
+    node_id: u64,
+    router: Arc<Router>,
+    broker: Arc<OnceLock<Arc<Broker>>>,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let svc = v1::peer_server::PeerServer::new(PeerService {
+        node_id,
+        router,
+        broker,
+    })
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            cancel.cancelled_owned(),
+        )
+        .await
+}
+
+#[cfg(test)]
+#[path = "peer_tests.rs"]
+mod tests;
