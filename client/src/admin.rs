@@ -91,6 +91,7 @@ impl Client {
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
         let request = DescribeTopicRequest {
             name: name.to_owned(),
+            local_only: false,
         };
         let timeout = self.config().request_timeout();
         self.call(Route::Any, true, timeout, |channel| {

@@ -168,6 +168,7 @@ async fn bad_input_is_refused_and_nothing_is_appended() {
     let info = admin
         .describe_topic(v1::DescribeTopicRequest {
             name: "good".into(),
+            local_only: false,
         })
         .await
         .unwrap()

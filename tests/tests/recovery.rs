@@ -212,6 +212,7 @@ async fn torn_tails_are_truncated_and_corruption_is_never_served() {
         .await
         .describe_topic(v1::DescribeTopicRequest {
             name: "tails".into(),
+            local_only: false,
         })
         .await
         .unwrap()

@@ -183,6 +183,7 @@ pub fn spawn(
         storage,
         high_watermark: hw_tx,
         leadership: watch::channel(Leadership::default()).0,
+        in_sync: Mutex::new(Vec::new()),
         failed: Mutex::new(None),
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
@@ -381,7 +382,26 @@ impl Driver {
         self.shared
             .leadership
             .send_if_modified(|l| std::mem::replace(l, now) != now);
+        self.note_in_sync(now.serving);
         Ok(())
+    }
+
+    fn note_in_sync(&mut self, leading: bool) {
+        let mut in_sync: Vec<u64> = if leading {
+            let committed = self.node.raft.raft_log.committed;
+            let prs = self.node.raft.prs();
+            prs.iter()
+                .filter(|(_, p)| p.matched >= committed)
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        in_sync.sort_unstable();
+        let mut current = self.shared.in_sync.lock();
+        if *current != in_sync {
+            *current = in_sync;
+        }
     }
 
     async fn sync_on_interval(&mut self) -> Result<(), String> {

@@ -62,6 +62,8 @@ pub struct Shared {
     pub high_watermark: watch::Sender<u64>,
     /// Who leads, and whether this replica serves.
     pub leadership: watch::Sender<Leadership>,
+    /// While this replica leads: the replicas whose log reaches the commit index, sorted.
+    pub in_sync: Mutex<Vec<u64>>,
     /// Why the replica is fenced, once it is.
     pub failed: Mutex<Option<String>>,
 }
@@ -229,6 +231,11 @@ impl Replica {
     /// First offset still stored.
     pub fn log_start_offset(&self) -> u64 {
         self.shared.storage.read().log.start_offset()
+    }
+
+    /// The replicas caught up to the commit index, as the leader sees them (empty unless this replica leads).
+    pub fn in_sync(&self) -> Vec<u64> {
+        self.shared.in_sync.lock().clone()
     }
 
     /// Current leader (0: none).

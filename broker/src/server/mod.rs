@@ -45,23 +45,16 @@ pub fn topic_info(b: &Broker, t: &TopicMeta) -> v1::TopicInfo {
         .map(|p| {
             let replicas = t.replica_sets[p as usize].clone();
             match b.partition(&t.name, p) {
-                Ok(r) => {
-                    let error = r.failure().unwrap_or_default();
-                    let leader = r.leader();
-                    v1::PartitionInfo {
-                        partition: p,
-                        leader,
-                        in_sync: if error.is_empty() && leader != 0 {
-                            replicas.clone()
-                        } else {
-                            vec![]
-                        },
-                        replicas,
-                        high_watermark: r.high_watermark(),
-                        log_start_offset: r.log_start_offset(),
-                        error,
-                    }
-                }
+                Ok(r) => v1::PartitionInfo {
+                    partition: p,
+                    leader: r.leader(),
+                    // Only the leader knows who is caught up; other brokers leave it empty.
+                    in_sync: r.in_sync(),
+                    replicas,
+                    high_watermark: r.high_watermark(),
+                    log_start_offset: r.log_start_offset(),
+                    error: r.failure().unwrap_or_default(),
+                },
                 Err(e) => v1::PartitionInfo {
                     partition: p,
                     replicas,
