@@ -47,6 +47,9 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
 }
 
+/// Longest a leadership transfer may take before the request answers with whoever leads then.
+const LEADER_TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest a topic creation waits for its partitions to serve before it answers anyway.
 const NEW_PARTITION_SERVING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -276,13 +279,25 @@ impl Broker {
                 .cloned()
                 .collect()
         };
+        // Stop every replica that goes, then remove the data of topics that are gone entirely (a topic's
+        // partitions share its directory).
+        let mut stopped = Vec::new();
         for key in gone {
             let running = self.partitions.write().remove(&key);
             if let Some(r) = running {
                 self.router.unregister(r.replica.group());
                 r.cancel.cancel();
                 let _ = r.task.await;
-                if let Some(topic_dir) = r.dir.parent() {
+                stopped.push(r.dir);
+            }
+        }
+        for dir in stopped {
+            if let Some(topic_dir) = dir.parent() {
+                let name = topic_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if !meta.topics.values().any(|t| t.dir_name() == name) {
                     let _ = self.disk.remove_dir_all(topic_dir);
                 }
             }
@@ -534,6 +549,59 @@ impl Broker {
             .publish(data, h, durability)
             .await
             .map_err(|e| self.replica_error(e))
+    }
+
+    /// Moves the leadership of a partition this broker leads to replica `to`; answers the leader after.
+    pub async fn transfer_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: u64,
+    ) -> Result<u64, BrokerError> {
+        let t = self.topic(topic)?;
+        let replicas =
+            t.replica_sets
+                .get(partition as usize)
+                .ok_or(BrokerError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    partitions: t.partitions,
+                })?;
+        if !replicas.contains(&to) {
+            return Err(BrokerError::Invalid(format!(
+                "broker {to} is not a replica of {topic}-{partition} (replicas: {replicas:?})"
+            )));
+        }
+        let replica = self.partition(topic, partition)?;
+        replica
+            .transfer_leader(to, self.config.node_id, LEADER_TRANSFER_WAIT)
+            .await
+            .map_err(|e| self.replica_error(e))
+    }
+
+    /// Hands every leadership this broker holds to a caught-up follower (graceful shutdown), waiting at most
+    /// `wait` in all. Groups without a caught-up follower keep their leader until it stops.
+    pub async fn hand_off_leadership(&self, wait: std::time::Duration) {
+        let me = self.config.node_id;
+        let mut replicas: Vec<Replica> = self
+            .local_partitions()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        replicas.push(self.controller.clone());
+        let moves = replicas
+            .into_iter()
+            .filter(|r| r.leader() == me)
+            .filter_map(|r| {
+                let to = r.in_sync().into_iter().find(|id| *id != me)?;
+                Some(async move { r.transfer_leader(to, me, wait).await })
+            });
+        let moved = futures::future::join_all(moves).await;
+        let done = moved
+            .iter()
+            .filter(|m| m.as_ref().is_ok_and(|l| *l != me))
+            .count();
+        tracing::info!(handed_off = done, of = moved.len(), "leadership hand-off");
     }
 
     /// Whether the broker can serve: the controller and every local partition have a leader (this broker

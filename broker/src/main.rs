@@ -111,6 +111,9 @@ fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
     Ok(c)
 }
 
+/// Longest a stopping broker spends handing off its leaderships.
+const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -215,6 +218,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     shutdown_signal().await;
     // Stop taking requests, then close every partition cleanly (fsync, clean checkpoints).
+    // Hand leaderships to caught-up followers first, so clients see a short redirect rather than an
+    // election timeout.
+    broker.hand_off_leadership(HAND_OFF_WAIT).await;
     serve_cancel.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;

@@ -74,6 +74,31 @@ impl Client {
         Ok(())
     }
 
+    /// Moves the leadership of one partition to replica `to`; answers the leader afterwards. Sent to the
+    /// partition's current leader (following redirects).
+    pub async fn transfer_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: u64,
+    ) -> Result<u64, ClientError> {
+        let request = ferry_protocol::v1::TransferLeaderRequest {
+            topic: topic.to_owned(),
+            partition,
+            to,
+        };
+        let timeout = self.config().request_timeout();
+        let route = Route::Leader { topic, partition };
+        let resp = self
+            .call(route, true, timeout, |channel| {
+                let request = request.clone();
+                async move { admin_client(channel).transfer_leader(request).await }
+            })
+            .await
+            .map_err(|e| unknown_topic_if_not_found(e, topic))?;
+        Ok(resp.leader)
+    }
+
     /// Every topic, with partition details.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
         let timeout = self.config().request_timeout();

@@ -93,7 +93,17 @@ impl Subscription {
     }
 
     fn may_retry(&self, err: &ClientError) -> bool {
-        retry::is_retriable(err) && self.retries < self.client.config().retries_max
+        // A subscription is a read that resumes from the next offset, so a transport failure in the middle
+        // of the stream (the broker died: h2 reports UNKNOWN or INTERNAL) is as safe to retry as UNAVAILABLE.
+        let broken_stream = matches!(
+            err,
+            ClientError::Status {
+                code: tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled,
+                ..
+            }
+        );
+        (retry::is_retriable(err) || broken_stream)
+            && self.retries < self.client.config().retries_max
     }
 
     /// Opens the stream if needed and takes in one response.

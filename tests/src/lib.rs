@@ -47,10 +47,15 @@ impl Ferryd {
     /// Starts a broker on `data_dir` with ephemeral ports and waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Ferryd {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Ferryd::spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// Starts `ferryd` on the given listeners and waits until it prints its listening line.
+    fn spawn(data_dir: &Path, listen: &str, http_listen: &str, extra: Vec<String>) -> Ferryd {
         let mut child = Command::new(bin("ferryd"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--http-listen", http_listen])
             .args(&extra)
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::piped())
@@ -114,6 +119,39 @@ impl Ferryd {
         *self = Ferryd::start(&self.data_dir.clone(), &extra);
     }
 
+    /// Starts the broker again on the same data dir and the same ports, as a restarted server would be:
+    /// clients that know its address can reconnect. Call after [`Ferryd::kill9`] or [`Ferryd::stop`].
+    pub fn restart_in_place(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "the old broker must have exited"
+        );
+        let (addr, http) = (self.addr.clone(), self.http.clone());
+        *self = Ferryd::spawn(&self.data_dir.clone(), &addr, &http, self.extra.clone());
+    }
+
+    /// Freezes the broker with SIGSTOP: it keeps its sockets but answers nothing until [`Ferryd::resume`].
+    pub fn pause(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) };
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+    }
+
+    /// The value of an unlabelled sample on `/metrics` (for a summary, `<name>_count` and `<name>_sum`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (status, body) = http_get(&self.http, "/metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        body.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
     /// A gRPC channel to the client port.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
@@ -161,6 +199,8 @@ pub fn run_ferry(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> std::proces
     let mut child = Command::new(bin("ferry"))
         .args(["--bootstrap", addr])
         .args(args)
+        // The SDK logs to stderr only when RUST_LOG asks, and tests assert on stderr.
+        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -174,6 +214,28 @@ pub fn run_ferry(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> std::proces
     let out = child.wait_with_output().expect("ferry output");
     let _ = writer.join();
     out
+}
+
+/// A loopback `host:port` nobody listens on (bound, noted and released), for unreachable-broker cases.
+pub fn unused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").to_string()
+}
+
+/// Waits up to `timeout` for `child` to exit, killing it and panicking if it does not.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A minimal HTTP/1.1 GET on loopback: (status, body).

@@ -262,3 +262,167 @@ async fn leader_kill9_and_restart_lose_nothing_acknowledged() {
         }
     }
 }
+
+/// `ferry topic describe -o json` through any of `brokers`.
+fn describe(brokers: &[String], topic: &str) -> serde_json::Value {
+    let out = ferry_tests::run_ferry(
+        &brokers.join(","),
+        &["topic", "describe", topic, "-o", "json"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn all_in_sync(d: &serde_json::Value) -> bool {
+    d["partition_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["in_sync"].as_array().is_some_and(|s| s.len() == 3))
+}
+
+fn leader_of(d: &serde_json::Value, p: usize) -> u64 {
+    d["partition_info"][p]["leader"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catch_up_transfer_and_rolling_restart() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    let mut brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let out = ferry_tests::run_ferry(
+        &brokers[0],
+        &[
+            "topic",
+            "create",
+            "r",
+            "--partitions",
+            "3",
+            "--replicas",
+            "3",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = describe(&brokers, "r");
+    let leader0 = leader_of(&d, 0);
+
+    // A follower of partition 0 misses 5,000 messages, then catches up by itself.
+    let follower = (1..=3u64).find(|id| *id != leader0).unwrap();
+    nodes[follower as usize - 1].kill9();
+    let live: Vec<String> = brokers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != follower)
+        .map(|(_, b)| b.clone())
+        .collect();
+    let mut input = String::new();
+    for i in 0..5000 {
+        input.push_str(&format!("k{i}:early-{i}\n"));
+    }
+    let out = ferry_tests::run_ferry(
+        &live.join(","),
+        &["produce", "r", "--key-separator", ":"],
+        Some(input.as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nodes[follower as usize - 1].restart();
+    brokers[follower as usize - 1] = nodes[follower as usize - 1].addr.clone();
+    ferry_tests::wait_until(
+        Duration::from_secs(20),
+        "every replica back in sync",
+        || all_in_sync(&describe(&brokers, "r")),
+    );
+
+    // Leadership moves on request.
+    let to = (1..=3u64)
+        .find(|id| *id != leader_of(&describe(&brokers, "r"), 0))
+        .unwrap();
+    let out = ferry_tests::run_ferry(
+        &brokers.join(","),
+        &["cluster", "transfer-leader", "r", "0", &to.to_string()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(leader_of(&describe(&brokers, "r"), 0), to);
+
+    // Rolling restart with SIGTERM: each broker hands off, exits cleanly, and comes back; publishes go on.
+    for i in 0..3 {
+        assert!(nodes[i].stop(), "broker {} exits cleanly on SIGTERM", i + 1);
+        let live: Vec<String> = brokers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, b)| b.clone())
+            .collect();
+        let lines: String = (0..500).map(|n| format!("k{n}:roll{i}-{n}\n")).collect();
+        let out = ferry_tests::run_ferry(
+            &live.join(","),
+            &["produce", "r", "--key-separator", ":"],
+            Some(lines.as_bytes()),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        nodes[i].restart();
+        brokers[i] = nodes[i].addr.clone();
+        nodes[i].wait_ready();
+    }
+    ferry_tests::wait_until(
+        Duration::from_secs(20),
+        "in sync after the rolling restart",
+        || all_in_sync(&describe(&brokers, "r")),
+    );
+    let out = ferry_tests::run_ferry(
+        &brokers.join(","),
+        &[
+            "consume",
+            "r",
+            "--from",
+            "beginning",
+            "--exit-at-end",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let values: HashSet<&String> = lines.iter().collect();
+    assert_eq!(values.len(), 5000 + 3 * 500, "every acknowledged message");
+    // Brokers hand off leadership before they stop, so no publish was retried into a duplicate (the
+    // producer is not idempotent yet: a retry after a lost acknowledgement would duplicate).
+    assert_eq!(lines.len(), values.len(), "no duplicates");
+}

@@ -14,7 +14,9 @@ use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::handle::{Ack, Durability, Leadership, Proposal, Replica, ReplicaError, Shared};
+use super::handle::{
+    Ack, Control, Durability, Leadership, Proposal, Replica, ReplicaError, Shared,
+};
 use super::transport::Transport;
 use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 
@@ -22,6 +24,8 @@ use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Proposals taken into one Raft step (and so, at most, one group commit).
 const PROPOSALS_PER_STEP_MAX: usize = 1024;
+/// Operator requests queued per replica.
+const CONTROL_QUEUE_MAX: usize = 16;
 /// Raft messages from peers queued per replica (more are dropped: Raft retransmits).
 const INBOX_MAX: usize = 4096;
 /// Raft messages stepped before the next Ready.
@@ -188,6 +192,7 @@ pub fn spawn(
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
     let driver = Driver {
         node,
         shared: shared.clone(),
@@ -200,11 +205,12 @@ pub fn spawn(
         unsynced: None,
         last_sync: std::time::Instant::now(),
     };
-    let task = tokio::spawn(driver.run(rx, inbox_rx, config.tick_ms, cancel));
+    let task = tokio::spawn(driver.run(rx, inbox_rx, control_rx, config.tick_ms, cancel));
     Ok((
         Replica {
             tx,
             inbox: inbox_tx,
+            control: control_tx,
             shared,
         },
         task,
@@ -216,6 +222,7 @@ impl Driver {
         mut self,
         mut rx: mpsc::Receiver<Proposal>,
         mut inbox: mpsc::Receiver<Message>,
+        mut control: mpsc::Receiver<Control>,
         tick_ms: u64,
         cancel: CancellationToken,
     ) {
@@ -231,6 +238,9 @@ impl Driver {
                     if n == 0 { break; }
                     self.propose(std::mem::take(&mut batch));
                 }
+                Some(c) = control.recv() => match c {
+                    Control::TransferLeader(to) => self.node.transfer_leader(to),
+                },
                 n = inbox.recv_many(&mut incoming, MESSAGES_PER_STEP_MAX) => {
                     if n == 0 { break; }
                     for m in incoming.drain(..) {

@@ -83,6 +83,13 @@ impl Shared {
     }
 }
 
+/// An operator request to a replica's driver.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    /// Hand leadership to this broker (a caught-up voter of the group).
+    TransferLeader(u64),
+}
+
 /// Who leads a group, as this replica knows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Leadership {
@@ -99,6 +106,8 @@ pub struct Replica {
     pub(crate) tx: mpsc::Sender<Proposal>,
     /// Raft messages from peers.
     pub(crate) inbox: mpsc::Sender<raft::eraftpb::Message>,
+    /// Operator requests.
+    pub(crate) control: mpsc::Sender<Control>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -211,6 +220,32 @@ impl Replica {
     /// Offset after the last record stored (committed or not).
     pub fn log_end_offset(&self) -> u64 {
         self.shared.storage.read().log.next_offset()
+    }
+
+    /// Asks the leader to hand leadership to `to` and waits (up to `wait`) until some broker other than
+    /// this one leads or `to` does; returns the leader then (0 if none yet).
+    pub async fn transfer_leader(
+        &self,
+        to: u64,
+        node_id: u64,
+        wait: std::time::Duration,
+    ) -> Result<u64, ReplicaError> {
+        self.shared.check()?;
+        if self.leader() != node_id {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if to == node_id {
+            return Ok(node_id);
+        }
+        self.control
+            .send(Control::TransferLeader(to))
+            .await
+            .map_err(|_| ReplicaError::ShuttingDown)?;
+        let mut rx = self.shared.leadership.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|l| l.leader == to)).await;
+        Ok(self.leader())
     }
 
     /// The Raft group id.

@@ -131,6 +131,21 @@ impl Admin for AdminService {
         Ok(Response::new(info))
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        let req = req.into_inner();
+        ferry_protocol::topic::validate_topic_name(&req.topic)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let leader = self
+            .broker
+            .transfer_leader(&req.topic, req.partition, req.to)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(v1::TransferLeaderResponse { leader }))
+    }
+
     async fn describe_cluster(
         &self,
         _req: Request<v1::DescribeClusterRequest>,

@@ -105,6 +105,15 @@ pub struct CreateArgs {
 pub enum ClusterCommand {
     /// Brokers, whether each is up, and how many partitions each leads.
     Status,
+    /// Move a partition's leadership to another of its replicas.
+    TransferLeader {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// Broker id of the replica that should lead.
+        to: u64,
+    },
 }
 
 /// Durability a publish waits for.

@@ -51,7 +51,11 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
         let before_send = Instant::now();
         let delivery = producer.send(record).await;
         // Latency counts from acceptance (throughput mode) or from the call (sync mode, one in flight).
-        let accepted = if args.sync { before_send } else { Instant::now() };
+        let accepted = if args.sync {
+            before_send
+        } else {
+            Instant::now()
+        };
         if args.sync {
             producer.flush().await;
         }

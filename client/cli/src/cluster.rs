@@ -16,6 +16,30 @@ use crate::output::{self, Table};
 pub async fn run(client: &Client, command: ClusterCommand, format: OutputFormat) -> Result<()> {
     match command {
         ClusterCommand::Status => status(client, format).await,
+        ClusterCommand::TransferLeader {
+            topic,
+            partition,
+            to,
+        } => {
+            let leader = client.transfer_leader(&topic, partition, to).await?;
+            anyhow::ensure!(
+                leader == to,
+                "partition {topic}-{partition} is still led by broker {leader}: broker {to} did not take over in time"
+            );
+            let mut out = output::stdout();
+            match format {
+                OutputFormat::Json => output::json_line(
+                    &mut out,
+                    &serde_json::json!({"topic": topic, "partition": partition, "leader": leader}),
+                )?,
+                OutputFormat::Text => writeln!(
+                    out,
+                    "partition {topic}-{partition} is now led by broker {leader}"
+                )?,
+            }
+            out.flush()?;
+            Ok(())
+        }
     }
 }
 

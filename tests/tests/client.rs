@@ -1,0 +1,398 @@
+//! The `ferry-client` SDK against real `ferryd` processes: producer batching, ordering, flush and
+//! backpressure; fetch and subscribe; administration and its errors; bootstrap fallback; and what a client
+//! sees when its broker is killed, restarted, paused or finds corruption on disk.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_client::v1::TopicConfig;
+use ferry_client::{Client, ClientConfig, ClientError, Producer, ProducerConfig, ProducerRecord};
+use ferry_protocol::partitioner::partition_for_key;
+use ferry_tests::{segment_files, unused_addr, Ferryd};
+use futures::StreamExt;
+
+/// Deadline for anything the tests wait on that should take milliseconds.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker in a temp dir with topic `t` of `partitions` partitions, and a client connected to it.
+async fn setup(partitions: u32) -> (tempfile::TempDir, Ferryd, Client) {
+    setup_with(partitions, ClientConfig::default()).await
+}
+
+async fn setup_with(partitions: u32, config: ClientConfig) -> (tempfile::TempDir, Ferryd, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Ferryd::start(dir.path(), &[]);
+    let client = Client::connect_with(vec![broker.addr.clone()], config)
+        .await
+        .unwrap();
+    client.create_topic("t", partitions, 0).await.unwrap();
+    (dir, broker, client)
+}
+
+/// A client that keeps retrying for about ten seconds: long enough for a broker to restart.
+fn patient() -> ClientConfig {
+    ClientConfig {
+        retries_max: 100,
+        retry_backoff_ms_max: 100,
+        ..ClientConfig::default()
+    }
+}
+
+/// Sends `records` and waits until all are acknowledged: `(partition, offset)` of each.
+async fn send_all(
+    producer: &Producer,
+    records: impl IntoIterator<Item = ProducerRecord>,
+) -> Vec<(u32, u64)> {
+    let mut deliveries = Vec::new();
+    for record in records {
+        deliveries.push(producer.send(record).await);
+    }
+    let acks = within(futures::future::join_all(deliveries)).await;
+    acks.into_iter().map(Result::unwrap).collect()
+}
+
+/// Records numbered by `range` (the number is the value) for topic `t`, placed round robin.
+fn numbered(range: std::ops::Range<u64>) -> impl Iterator<Item = ProducerRecord> {
+    range.map(|i| ProducerRecord::new("t", i.to_string()))
+}
+
+/// `fut`'s output, or a panic if it takes longer than [`WAIT`].
+async fn within<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(WAIT, fut).await.expect("in time")
+}
+
+/// Runs blocking harness code (process start and stop) without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produced_records_get_dense_offsets_and_read_back() {
+    let (_dir, broker, client) = setup(3).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..5_000u32 {
+        let key = format!("key-{}", i % 50);
+        let record = ProducerRecord::new("t", format!("value-{i}")).with_key(key.clone());
+        deliveries.push((key, i, producer.send(record).await));
+    }
+    let mut by_partition: HashMap<u32, Vec<(u64, u32)>> = HashMap::new();
+    for (key, i, delivery) in deliveries {
+        let (partition, offset) = delivery.await.unwrap();
+        assert_eq!(partition, partition_for_key(key.as_bytes(), 3));
+        by_partition.entry(partition).or_default().push((offset, i));
+    }
+    producer.close().await;
+    assert_eq!(by_partition.len(), 3, "50 keys cover every partition");
+    for (partition, sent) in by_partition {
+        // Send order is offset order within a partition, and offsets are dense from 0.
+        let offsets: Vec<u64> = sent.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..sent.len() as u64).collect::<Vec<_>>());
+        let mut read = Vec::new();
+        let mut offset = 0;
+        while read.len() < sent.len() {
+            let fetched = client
+                .fetch("t", partition, offset, 64 * 1024, 0)
+                .await
+                .unwrap();
+            offset = fetched.next_offset;
+            read.extend(fetched.records);
+        }
+        assert_eq!(read.len(), sent.len());
+        for (record, (offset, i)) in read.iter().zip(&sent) {
+            assert_eq!(record.offset, *offset);
+            assert_eq!(record.value, Bytes::from(format!("value-{i}")));
+            assert_eq!(record.partition, partition);
+        }
+    }
+    let publishes = broker.metric("ferry_publish_duration_seconds_count");
+    assert!(
+        publishes.is_some_and(|n| n < 100.0),
+        "records are batched, not sent one by one: {publishes:?} publishes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_for_acknowledgement() {
+    let (_dir, _broker, client) = setup(2).await;
+    let config = ProducerConfig {
+        linger_ms: 60_000,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config).unwrap();
+    let first = producer
+        .send(ProducerRecord::new("t", "a").with_partition(1))
+        .await;
+    let second = producer
+        .send(ProducerRecord::new("t", "b").with_partition(1))
+        .await;
+    tokio::time::timeout(Duration::from_secs(5), producer.flush())
+        .await
+        .expect("flush does not wait for the linger");
+    assert_eq!(client.end_offsets("t").await.unwrap(), vec![0, 2]);
+    assert_eq!(first.await.unwrap(), (1, 0));
+    assert_eq!(second.await.unwrap(), (1, 1));
+    producer.close().await;
+    let after = producer.send(ProducerRecord::new("t", "c")).await;
+    assert!(matches!(after.await, Err(ClientError::ProducerClosed)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_keyless_records() {
+    let (_dir, _broker, client) = setup(4).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    send_all(&producer, numbered(0..40)).await;
+    producer.close().await;
+    assert_eq!(client.end_offsets("t").await.unwrap(), vec![10, 10, 10, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_bounds_bytes_in_flight() {
+    let (_dir, broker, client) = setup(1).await;
+    let config = ProducerConfig {
+        batch_bytes_max: 4096,
+        in_flight_bytes_max: 8192,
+        linger_ms: 0,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config).unwrap();
+    // Warm up: metadata and connection, so the paused broker is only needed for acknowledgements.
+    send_all(&producer, [ProducerRecord::new("t", vec![0u8; 1000])]).await;
+    // A frozen broker acknowledges nothing, so sends are accepted only until 8 KiB are in flight.
+    broker.pause();
+    let mut deliveries = Vec::new();
+    let blocked = loop {
+        let mut send = Box::pin(producer.send(ProducerRecord::new("t", vec![0u8; 1000])));
+        match futures::poll!(&mut send) {
+            std::task::Poll::Ready(delivery) => deliveries.push(delivery),
+            std::task::Poll::Pending => break send,
+        }
+        assert!(deliveries.len() <= 8, "more than 8 KiB accepted in flight");
+    };
+    // 8 records of 1000 bytes and their framing fit in 8 KiB, or 7 while the warm-up's are given back.
+    let accepted = deliveries.len();
+    assert!(accepted >= 7, "accepted only {accepted}");
+    broker.resume();
+    deliveries.push(within(blocked).await);
+    for delivery in deliveries {
+        within(delivery).await.unwrap();
+    }
+    producer.close().await;
+    let stored = client.end_offsets("t").await.unwrap();
+    assert_eq!(stored, [accepted as u64 + 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_old_and_new_records_in_order() {
+    let (_dir, _broker, client) = setup(1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    send_all(&producer, numbered(0..10)).await;
+    let mut stream = Box::pin(client.subscribe("t", 0, 5));
+    send_all(&producer, numbered(10..15)).await;
+    for expected in 5..15u64 {
+        let record = within(stream.next()).await.unwrap().unwrap();
+        assert_eq!(record.offset, expected);
+        assert_eq!(record.value, Bytes::from(expected.to_string()));
+    }
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_and_admin() {
+    let (_dir, _broker, client) = setup(2).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    send_all(&producer, [ProducerRecord::new("t", "x").with_partition(1)]).await;
+    producer.close().await;
+    assert_eq!(client.end_offsets("t").await.unwrap(), vec![0, 1]);
+    assert_eq!(client.partition_count("t").await.unwrap(), 2);
+    let config = TopicConfig {
+        retention_ms: 60_000,
+        ..TopicConfig::default()
+    };
+    let info = client
+        .create_topic_with_config("u", 3, 0, config)
+        .await
+        .unwrap();
+    assert_eq!((info.partitions, info.replicas), (3, 1));
+    assert_eq!(
+        client.describe_topic("u").await.unwrap().config,
+        Some(config)
+    );
+    let err = client.create_topic("u", 1, 0).await.unwrap_err();
+    assert_eq!(err.to_string(), "topic 'u' already exists");
+    let mut names: Vec<String> = client
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["t", "u"]);
+    client.delete_topic("u").await.unwrap();
+    let err = client.describe_topic("u").await.unwrap_err();
+    assert_eq!(err.to_string(), "topic 'u' does not exist");
+    let err = client.partition_count("u").await.unwrap_err();
+    assert!(matches!(err, ClientError::UnknownTopic(_)));
+    let err = client.delete_topic("u").await.unwrap_err();
+    assert!(matches!(err, ClientError::UnknownTopic(_)), "{err}");
+    let err = client.create_topic("bad/name", 1, 0).await.unwrap_err();
+    assert!(matches!(err, ClientError::InvalidArgument(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_unknown_topics_and_partitions_fail() {
+    let (_dir, _broker, client) = setup(2).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let err = producer
+        .send(ProducerRecord::new("nope", "x"))
+        .await
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "topic 'nope' does not exist");
+    let err = producer
+        .send(ProducerRecord::new("t", "x").with_partition(2))
+        .await
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::UnknownPartition {
+            partition: 2,
+            partitions: 2,
+            ..
+        }
+    ));
+    let err = client.fetch("t", 5, 0, 1024, 0).await.unwrap_err();
+    assert!(matches!(err, ClientError::UnknownPartition { .. }));
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_names_every_address_tried_and_falls_back() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut dead = Ferryd::start(dir_a.path(), &[]);
+    let live = Ferryd::start(dir_b.path(), &[]);
+    blocking(|| dead.kill9());
+    let config = ClientConfig {
+        connect_timeout_ms: 1_000,
+        ..ClientConfig::default()
+    };
+    let bootstrap = vec![dead.addr.clone(), "not an address".into()];
+    let err = Client::connect_with(bootstrap, config.clone())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("could not reach any bootstrap broker: ")
+            && text.contains(&dead.addr)
+            && text.contains("not an address"),
+        "{text}"
+    );
+    // A later live address is found after dead ones.
+    let bootstrap = vec![unused_addr(), dead.addr.clone(), live.addr.clone()];
+    let client = Client::connect_with(bootstrap, config).await.unwrap();
+    let cluster = client.describe_cluster().await.unwrap();
+    assert_eq!(cluster.brokers[0].address, live.addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waits_out_a_broker_restart() {
+    let (_dir, mut broker, client) = setup_with(1, patient()).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    assert_eq!(
+        send_all(&producer, [ProducerRecord::new("t", "before")]).await,
+        [(0, 0)]
+    );
+    blocking(|| broker.kill9());
+    // Sent while nothing listens: the client retries until the broker is back on the same address.
+    let delivery = producer.send(ProducerRecord::new("t", "during")).await;
+    blocking(|| broker.restart_in_place());
+    let ack = within(delivery).await.unwrap();
+    assert_eq!(ack, (0, 1), "stored once, after the acknowledged one");
+    producer.close().await;
+    let fetched = client.fetch("t", 0, 0, 1024, 0).await.unwrap();
+    let values: Vec<&[u8]> = fetched.records.iter().map(|r| &r.value[..]).collect();
+    assert_eq!(values, [&b"before"[..], b"during"]);
+}
+
+// The contract of `Client::subscribe` (client/src/subscribe.rs): it resubscribes when the broker goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_after_a_broker_restart() {
+    let (_dir, mut broker, client) = setup_with(1, patient()).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    send_all(&producer, numbered(0..5)).await;
+    let mut stream = Box::pin(client.subscribe("t", 0, 0));
+    for expected in 0..5u64 {
+        let record = within(stream.next()).await.unwrap().unwrap();
+        assert_eq!(record.offset, expected);
+    }
+    blocking(|| {
+        broker.kill9();
+        broker.restart_in_place();
+    });
+    send_all(&producer, numbered(5..10)).await;
+    // Neither skipped nor repeated across the restart.
+    for expected in 5..10u64 {
+        let record = within(stream.next()).await.unwrap().unwrap();
+        assert_eq!(record.offset, expected);
+        assert_eq!(record.value, Bytes::from(expected.to_string()));
+    }
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_is_an_unavailable_error_once_retries_run_out() {
+    let config = ClientConfig {
+        retries_max: 2,
+        retry_backoff_ms_min: 10,
+        ..ClientConfig::default()
+    };
+    let (_dir, mut broker, client) = setup_with(1, config).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    send_all(&producer, [ProducerRecord::new("t", "x")]).await;
+    blocking(|| broker.kill9());
+    let delivery = producer.send(ProducerRecord::new("t", "y")).await;
+    let err = within(delivery).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert!(err.to_string().starts_with("broker unavailable"), "{err}");
+    let err = within(client.describe_cluster()).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_on_disk_reaches_the_client_as_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Ferryd::start(dir.path(), &[]);
+    let client = Client::connect(vec![broker.addr.clone()]).await.unwrap();
+    // Small segments, so the first one is sealed and read back (and checked) on restart.
+    let config = TopicConfig {
+        segment_bytes: 4096,
+        ..TopicConfig::default()
+    };
+    client
+        .create_topic_with_config("t", 1, 0, config)
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    for i in 0..40 {
+        let value = format!("{i}-{}", "x".repeat(200));
+        send_all(&producer, [ProducerRecord::new("t", value)]).await;
+    }
+    producer.close().await;
+    blocking(|| {
+        assert!(broker.stop(), "clean shutdown");
+        let first = &segment_files(dir.path(), "t", 0)[0];
+        let mut bytes = std::fs::read(first).unwrap();
+        bytes[150] ^= 0x04;
+        std::fs::write(first, &bytes).unwrap();
+        broker.restart_in_place();
+        broker.wait_ready();
+    });
+    // Never records with a gap, never retried as if the broker were away: the broker's reason, at once.
+    let err = within(client.fetch("t", 0, 0, 1 << 20, 0)).await;
+    let err = err.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::DataLoss), "{err}");
+}
