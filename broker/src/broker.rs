@@ -17,7 +17,7 @@ use crate::metadata::{
 };
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
-use crate::replica::{self, Ack, NoPeers, Replica, ReplicaError, Transport};
+use crate::replica::{self, Ack, Clock, NoPeers, Replica, ReplicaError, Transport, Wiring};
 use crate::storage::{Disk, LogConfig, StorageError};
 
 /// Why a broker operation failed.
@@ -120,6 +120,7 @@ pub struct Broker {
     router: Arc<Router>,
     transport: Arc<dyn Transport>,
     network: Option<Arc<PeerNetwork>>,
+    clock: Clock,
     partitions: RwLock<HashMap<(String, u32), Running>>,
     reconcile: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
@@ -152,6 +153,7 @@ impl Broker {
             None => Arc::new(NoPeers),
         };
         let metadata = MetadataMachine::default();
+        let clock = Clock::start(config.replica.tick_ms, cancel.clone());
         // Replay the commands up to the persisted commit; Raft delivers the rest as they commit.
         {
             let core = storage.read();
@@ -174,9 +176,12 @@ impl Broker {
             "__cluster".into(),
             storage,
             config.replica,
-            transport.clone(),
             Some(Box::new(metadata.clone())),
-            ctl_cancel.clone(),
+            Wiring {
+                transport: transport.clone(),
+                clock: clock.clone(),
+                cancel: ctl_cancel.clone(),
+            },
         )?;
         router.register(CONTROLLER_GROUP, controller.inbox());
         let broker = Arc::new(Broker {
@@ -188,6 +193,7 @@ impl Broker {
             router,
             transport,
             network,
+            clock,
             partitions: RwLock::new(HashMap::new()),
             reconcile: tokio::sync::Mutex::new(()),
             cancel,
@@ -337,9 +343,12 @@ impl Broker {
             format!("{}-{p}", t.name),
             storage,
             self.config.replica,
-            self.transport.clone(),
             None,
-            cancel.clone(),
+            Wiring {
+                transport: self.transport.clone(),
+                clock: self.clock.clone(),
+                cancel: cancel.clone(),
+            },
         )?;
         Ok(Running {
             replica,

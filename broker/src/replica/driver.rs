@@ -14,6 +14,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::clock::Clock;
 use super::handle::{
     Ack, Control, Durability, Leadership, Proposal, Replica, ReplicaError, Shared,
 };
@@ -24,6 +25,8 @@ use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Proposals taken into one Raft step (and so, at most, one group commit).
 const PROPOSALS_PER_STEP_MAX: usize = 1024;
+/// Most missed ticks a late driver replays at once.
+const TICKS_CATCH_UP_MAX: u64 = 10;
 /// Operator requests queued per replica.
 const CONTROL_QUEUE_MAX: usize = 16;
 /// Raft messages from peers queued per replica (more are dropped: Raft retransmits).
@@ -62,13 +65,21 @@ impl Default for ReplicaConfig {
     fn default() -> Self {
         ReplicaConfig {
             node_id: 1,
-            tick_ms: 100,
-            election_ticks: 10,
+            tick_ms: 200,
+            election_ticks: 5,
             heartbeat_ticks: 2,
             append_bytes_max: 1 << 20,
             fsync: FsyncPolicy::PerBatch,
         }
     }
+}
+
+/// What connects a replica to its broker: where its messages go, the shared tick, and its cancellation.
+#[derive(Clone)]
+pub struct Wiring {
+    pub transport: Arc<dyn Transport>,
+    pub clock: Clock,
+    pub cancel: CancellationToken,
 }
 
 /// A state machine fed with committed data batches (the cluster metadata uses one).
@@ -147,10 +158,14 @@ pub fn spawn(
     name: String,
     storage: ReplicaStorage,
     config: ReplicaConfig,
-    transport: Arc<dyn Transport>,
     apply: Option<Box<dyn Apply>>,
-    cancel: CancellationToken,
+    wiring: Wiring,
 ) -> Result<(Replica, tokio::task::JoinHandle<()>), ReplicaError> {
+    let Wiring {
+        transport,
+        clock,
+        cancel,
+    } = wiring;
     let (commit, hw, voters) = {
         let c = storage.read();
         let commit = c.state().hard_state.commit;
@@ -205,7 +220,7 @@ pub fn spawn(
         unsynced: None,
         last_sync: std::time::Instant::now(),
     };
-    let task = tokio::spawn(driver.run(rx, inbox_rx, control_rx, config.tick_ms, cancel));
+    let task = tokio::spawn(driver.run(rx, inbox_rx, control_rx, clock, cancel));
     Ok((
         Replica {
             tx,
@@ -223,24 +238,30 @@ impl Driver {
         mut rx: mpsc::Receiver<Proposal>,
         mut inbox: mpsc::Receiver<Message>,
         mut control: mpsc::Receiver<Control>,
-        tick_ms: u64,
+        mut clock: Clock,
         cancel: CancellationToken,
     ) {
         let mut incoming = Vec::with_capacity(64);
-        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = 0u64;
         let mut batch = Vec::with_capacity(64);
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                n = rx.recv_many(&mut batch, PROPOSALS_PER_STEP_MAX) => {
-                    if n == 0 { break; }
-                    self.propose(std::mem::take(&mut batch));
+                // Cheapest and most frequent first: with thousands of idle groups, a tick wake-up must
+                // not poll every channel.
+                passed = clock.next(&mut last_tick) => {
+                    let Some(passed) = passed else { break };
+                    // A driver that fell behind catches up on the ticks it missed (bounded).
+                    for _ in 0..passed.min(TICKS_CATCH_UP_MAX) {
+                        self.tick();
+                    }
+                    if let Err(why) = self.sync_on_interval().await {
+                        self.shared.fail(why.clone());
+                        self.fail_all(ReplicaError::Failed(why));
+                        return;
+                    }
                 }
-                Some(c) = control.recv() => match c {
-                    Control::TransferLeader(to) => self.node.transfer_leader(to),
-                },
                 n = inbox.recv_many(&mut incoming, MESSAGES_PER_STEP_MAX) => {
                     if n == 0 { break; }
                     for m in incoming.drain(..) {
@@ -250,14 +271,13 @@ impl Driver {
                         }
                     }
                 }
-                _ = tick.tick() => {
-                    self.tick();
-                    if let Err(why) = self.sync_on_interval().await {
-                        self.shared.fail(why.clone());
-                        self.fail_all(ReplicaError::Failed(why));
-                        return;
-                    }
+                n = rx.recv_many(&mut batch, PROPOSALS_PER_STEP_MAX) => {
+                    if n == 0 { break; }
+                    self.propose(std::mem::take(&mut batch));
                 }
+                Some(c) = control.recv() => match c {
+                    Control::TransferLeader(to) => self.node.transfer_leader(to),
+                },
             }
             if let Err(fatal) = self.on_ready().await {
                 let (why, err) = fatal.into_error();

@@ -4,11 +4,13 @@
 //!
 //! Layers: [`transport`] (where Raft messages go) → [`driver`] (the task) → [`handle`] (what servers call).
 
+pub mod clock;
 pub mod driver;
 pub mod handle;
 pub mod transport;
 
-pub use driver::{spawn, Apply, FsyncPolicy, ReplicaConfig};
+pub use clock::Clock;
+pub use driver::{spawn, Apply, FsyncPolicy, ReplicaConfig, Wiring};
 pub use handle::{Ack, Replica, ReplicaError};
 pub use transport::{NoPeers, Transport};
 

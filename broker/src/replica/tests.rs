@@ -11,6 +11,14 @@ use super::*;
 use crate::consensus::ReplicaStorage;
 use crate::storage::{Disk, Faults, FaultyDisk, LogConfig, OsDisk};
 
+fn wiring(cancel: &CancellationToken, tick_ms: u64) -> Wiring {
+    Wiring {
+        transport: Arc::new(NoPeers),
+        clock: Clock::start(tick_ms, cancel.clone()),
+        cancel: cancel.clone(),
+    }
+}
+
 fn start(
     disk: Arc<dyn Disk>,
     dir: &std::path::Path,
@@ -22,9 +30,8 @@ fn start(
         "t-0".into(),
         storage,
         ReplicaConfig::default(),
-        Arc::new(NoPeers),
         None,
-        cancel.clone(),
+        wiring(&cancel, ReplicaConfig::default().tick_ms),
     )
     .unwrap();
     (r, t, cancel)
@@ -174,9 +181,8 @@ async fn interval_policy_fsyncs_on_its_timer_not_per_batch() {
         "t-0".into(),
         storage,
         config,
-        Arc::new(NoPeers),
         None,
-        cancel.clone(),
+        wiring(&cancel, config.tick_ms),
     )
     .unwrap();
     wait_leader(&r).await;

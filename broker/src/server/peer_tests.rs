@@ -12,7 +12,7 @@ use super::serve_peer;
 use crate::consensus::ReplicaStorage;
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
-use crate::replica::{spawn, Replica, ReplicaConfig, ReplicaError};
+use crate::replica::{spawn, Clock, Replica, ReplicaConfig, ReplicaError, Wiring};
 use crate::storage::{LogConfig, OsDisk};
 
 const GROUP: u64 = 7;
@@ -56,9 +56,12 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
             format!("n{id}"),
             storage,
             config,
-            network,
             None,
-            cancel.clone(),
+            Wiring {
+                transport: network,
+                clock: Clock::start(config.tick_ms, cancel.clone()),
+                cancel: cancel.clone(),
+            },
         )
         .unwrap();
         router.register(GROUP, replica.inbox());
