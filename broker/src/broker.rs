@@ -103,6 +103,34 @@ async fn register(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
     }
 }
 
+/// How often a broker hands partitions back to their preferred leaders.
+const LEADER_BALANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Automatic leader balancing: a partition led here whose preferred leader (its first replica) is caught up
+/// gets its leadership back, so leaders return to the even spread placement gave them after failures and
+/// restarts.
+async fn balance_leaders(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LEADER_BALANCE_INTERVAL) => {}
+        }
+        let Some(b) = broker.upgrade() else { return };
+        let me = b.config.node_id;
+        let meta = b.metadata();
+        for ((topic, p), r) in b.local_partitions() {
+            let preferred = meta.topics.get(&topic).and_then(|t| t.replica_sets.get(p as usize)).and_then(|s| s.first());
+            let Some(&preferred) = preferred else { continue };
+            if r.leader() == me && preferred != me && r.in_sync().contains(&preferred) {
+                match r.transfer_leader(preferred, me, LEADER_TRANSFER_WAIT).await {
+                    Ok(l) if l == preferred => tracing::info!(%topic, partition = p, to = preferred, "leadership back to the preferred replica"),
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
 struct Running {
     replica: Replica,
     cancel: CancellationToken,
@@ -212,6 +240,9 @@ impl Broker {
         broker.remove_orphan_dirs();
         tokio::spawn(follow_metadata(Arc::downgrade(&broker), hw));
         tokio::spawn(register(Arc::downgrade(&broker), broker.cancel.clone()));
+        if broker.config.voters().len() > 1 {
+            tokio::spawn(balance_leaders(Arc::downgrade(&broker), broker.cancel.clone()));
+        }
         Ok(broker)
     }
 

@@ -353,7 +353,7 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         .unwrap();
     let out = ferry_tests::run_ferry(
         &brokers.join(","),
-        &["cluster", "transfer-leader", "r", "0", &to.to_string()],
+        &["cluster", "transfer-leader", "r", "0", &to.to_string(), "-o", "json"],
         None,
     );
     assert!(
@@ -361,7 +361,9 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(leader_of(&describe(&brokers, "r"), 0), to);
+    // (Read the answer, not a later describe: leader balancing may hand it back to the preferred replica.)
+    let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(moved["leader"].as_u64(), Some(to));
 
     // Rolling restart with SIGTERM: each broker hands off, exits cleanly, and comes back; publishes go on.
     for i in 0..3 {
@@ -425,4 +427,16 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
     // Brokers hand off leadership before they stop, so no publish was retried into a duplicate (the
     // producer is not idempotent yet: a retry after a lost acknowledgement would duplicate).
     assert_eq!(lines.len(), values.len(), "no duplicates");
+
+    // Leader balancing hands every partition back to its preferred (first) replica.
+    let preferred: Vec<u64> = describe(&brokers, "r")["partition_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["replicas"][0].as_u64().unwrap())
+        .collect();
+    ferry_tests::wait_until(Duration::from_secs(30), "leaders back on their preferred replicas", || {
+        let d = describe(&brokers, "r");
+        (0..3).all(|p| leader_of(&d, p) == preferred[p])
+    });
 }
