@@ -23,7 +23,31 @@ struct Node {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Links cut by a test: (from, to) pairs whose messages are dropped.
+type Cuts = Arc<parking_lot::Mutex<std::collections::HashSet<(u64, u64)>>>;
+
+/// A transport that drops the messages of cut links, then sends the rest over the real network: a network
+/// partition without touching the host's network.
+struct CuttableTransport {
+    from: u64,
+    inner: Arc<PeerNetwork>,
+    cuts: Cuts,
+}
+
+impl crate::replica::Transport for CuttableTransport {
+    fn send(&self, group: u64, mut msgs: Vec<raft::eraftpb::Message>) {
+        let cuts = self.cuts.lock();
+        msgs.retain(|m| !cuts.contains(&(self.from, m.to)));
+        drop(cuts);
+        self.inner.send(group, msgs);
+    }
+}
+
 async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
+    start_cluster_with_cuts(dirs, Cuts::default()).await
+}
+
+async fn start_cluster_with_cuts(dirs: &[tempfile::TempDir], cuts: Cuts) -> HashMap<u64, Node> {
     let mut listeners = HashMap::new();
     let mut peers = std::collections::BTreeMap::new();
     for id in 1..=3u64 {
@@ -58,7 +82,7 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
             config,
             None,
             Wiring {
-                transport: network,
+                transport: Arc::new(CuttableTransport { from: id, inner: network, cuts: cuts.clone() }),
                 clock: Clock::start(config.tick_ms, cancel.clone()),
                 cancel: cancel.clone(),
             },
@@ -167,6 +191,72 @@ async fn replicates_and_fails_over_without_losing_acknowledged_data() {
         assert_eq!(&got[*o as usize], v, "acknowledged {v} lost");
     }
     assert_eq!(got.last().map(String::as_str), Some("after"));
+    for n in nodes.values() {
+        n.cancel.cancel();
+    }
+}
+
+/// Cuts `node` off from the others in both directions (or heals it).
+fn isolate(cuts: &Cuts, node: u64, cut: bool) {
+    let mut c = cuts.lock();
+    for other in (1..=3u64).filter(|o| *o != node) {
+        for link in [(node, other), (other, node)] {
+            if cut {
+                c.insert(link);
+            } else {
+                c.remove(&link);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_never_acknowledges_and_the_majority_goes_on() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cuts = Cuts::default();
+    let nodes = start_cluster_with_cuts(&dirs, cuts.clone()).await;
+    let old = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let v = format!("before-{i}");
+        acked.push((publish(&nodes[&old].replica, &v).await.unwrap(), v));
+    }
+
+    // Cut the leader off. A publish to it can never be acknowledged: it either times out or fails when
+    // check_quorum makes it step down.
+    isolate(&cuts, old, true);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), publish(&nodes[&old].replica, "lost")).await;
+    assert!(!matches!(outcome, Ok(Ok(_))), "an isolated leader acknowledged a publish: {outcome:?}");
+
+    // The majority elects a new leader and takes publishes.
+    let started = Instant::now();
+    let new = loop {
+        if let Some((id, _)) = nodes.iter().find(|(id, n)| **id != old && n.replica.is_serving()) {
+            break *id;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for i in 0..50 {
+        let v = format!("after-{i}");
+        acked.push((publish(&nodes[&new].replica, &v).await.unwrap(), v));
+    }
+    assert!(!nodes[&old].replica.is_serving(), "the old leader stepped down");
+
+    // Heal: the old leader rejoins as a follower, drops its unacknowledged entry, and catches up.
+    isolate(&cuts, old, false);
+    let hw = nodes[&new].replica.high_watermark();
+    let started = Instant::now();
+    while nodes[&old].replica.high_watermark() < hw {
+        assert!(started.elapsed() < Duration::from_secs(10), "the old leader did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = values(&nodes[&new].replica);
+    assert!(!got.iter().any(|v| v == "lost"), "the unacknowledged publish was never committed");
+    for (o, v) in &acked {
+        assert_eq!(&got[*o as usize], v);
+    }
+    assert_eq!(nodes[&old].replica.log_end_offset(), nodes[&new].replica.log_end_offset());
     for n in nodes.values() {
         n.cancel.cancel();
     }
