@@ -119,15 +119,34 @@ async fn balance_leaders(broker: std::sync::Weak<Broker>, cancel: CancellationTo
         let me = b.config.node_id;
         let meta = b.metadata();
         for ((topic, p), r) in b.local_partitions() {
-            let preferred = meta.topics.get(&topic).and_then(|t| t.replica_sets.get(p as usize)).and_then(|s| s.first());
-            let Some(&preferred) = preferred else { continue };
+            let preferred = meta
+                .topics
+                .get(&topic)
+                .and_then(|t| t.replica_sets.get(p as usize))
+                .and_then(|s| s.first());
+            let Some(&preferred) = preferred else {
+                continue;
+            };
             if r.leader() == me && preferred != me && r.in_sync().contains(&preferred) {
                 match r.transfer_leader(preferred, me, LEADER_TRANSFER_WAIT).await {
-                    Ok(l) if l == preferred => tracing::info!(%topic, partition = p, to = preferred, "leadership back to the preferred replica"),
+                    Ok(l) if l == preferred => {
+                        tracing::info!(%topic, partition = p, to = preferred, "leadership back to the preferred replica")
+                    }
                     Ok(_) | Err(_) => {}
                 }
             }
         }
+    }
+}
+
+/// The controller's log keeps every command: metadata is rebuilt by replaying it from the start, so it
+/// must never be deleted by retention (it is small: one record per topic change).
+fn controller_log_config() -> LogConfig {
+    LogConfig {
+        retention_bytes: 0,
+        retention_ms: 0,
+        segment_ms: 0,
+        ..LogConfig::default()
     }
 }
 
@@ -173,7 +192,7 @@ impl Broker {
         let voters = config.voters();
         let ctl_dir = config.data_dir.join("__cluster");
         let (storage, _) =
-            ReplicaStorage::open(disk.clone(), &ctl_dir, LogConfig::default(), &voters)?;
+            ReplicaStorage::open(disk.clone(), &ctl_dir, controller_log_config(), &voters)?;
         let network = (voters.len() > 1)
             .then(|| PeerNetwork::start(config.node_id, &config.peers, cancel.child_token()));
         let transport: Arc<dyn Transport> = match &network {
@@ -241,7 +260,10 @@ impl Broker {
         tokio::spawn(follow_metadata(Arc::downgrade(&broker), hw));
         tokio::spawn(register(Arc::downgrade(&broker), broker.cancel.clone()));
         if broker.config.voters().len() > 1 {
-            tokio::spawn(balance_leaders(Arc::downgrade(&broker), broker.cancel.clone()));
+            tokio::spawn(balance_leaders(
+                Arc::downgrade(&broker),
+                broker.cancel.clone(),
+            ));
         }
         Ok(broker)
     }
@@ -686,5 +708,15 @@ impl Broker {
             cancel.cancel();
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_controller_log_is_never_deleted_by_retention() {
+        // Metadata is rebuilt by replaying the controller log from its start.
+        let c = super::controller_log_config();
+        assert_eq!((c.retention_bytes, c.retention_ms, c.segment_ms), (0, 0, 0));
     }
 }

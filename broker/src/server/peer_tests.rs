@@ -82,7 +82,11 @@ async fn start_cluster_with_cuts(dirs: &[tempfile::TempDir], cuts: Cuts) -> Hash
             config,
             None,
             Wiring {
-                transport: Arc::new(CuttableTransport { from: id, inner: network, cuts: cuts.clone() }),
+                transport: Arc::new(CuttableTransport {
+                    from: id,
+                    inner: network,
+                    cuts: cuts.clone(),
+                }),
                 clock: Clock::start(config.tick_ms, cancel.clone()),
                 cancel: cancel.clone(),
             },
@@ -225,38 +229,63 @@ async fn an_isolated_leader_never_acknowledges_and_the_majority_goes_on() {
     // Cut the leader off. A publish to it can never be acknowledged: it either times out or fails when
     // check_quorum makes it step down.
     isolate(&cuts, old, true);
-    let outcome = tokio::time::timeout(Duration::from_secs(5), publish(&nodes[&old].replica, "lost")).await;
-    assert!(!matches!(outcome, Ok(Ok(_))), "an isolated leader acknowledged a publish: {outcome:?}");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        publish(&nodes[&old].replica, "lost"),
+    )
+    .await;
+    assert!(
+        !matches!(outcome, Ok(Ok(_))),
+        "an isolated leader acknowledged a publish: {outcome:?}"
+    );
 
     // The majority elects a new leader and takes publishes.
     let started = Instant::now();
     let new = loop {
-        if let Some((id, _)) = nodes.iter().find(|(id, n)| **id != old && n.replica.is_serving()) {
+        if let Some((id, _)) = nodes
+            .iter()
+            .find(|(id, n)| **id != old && n.replica.is_serving())
+        {
             break *id;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the majority elected no leader");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the majority elected no leader"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     for i in 0..50 {
         let v = format!("after-{i}");
         acked.push((publish(&nodes[&new].replica, &v).await.unwrap(), v));
     }
-    assert!(!nodes[&old].replica.is_serving(), "the old leader stepped down");
+    assert!(
+        !nodes[&old].replica.is_serving(),
+        "the old leader stepped down"
+    );
 
     // Heal: the old leader rejoins as a follower, drops its unacknowledged entry, and catches up.
     isolate(&cuts, old, false);
     let hw = nodes[&new].replica.high_watermark();
     let started = Instant::now();
     while nodes[&old].replica.high_watermark() < hw {
-        assert!(started.elapsed() < Duration::from_secs(10), "the old leader did not catch up");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the old leader did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let got = values(&nodes[&new].replica);
-    assert!(!got.iter().any(|v| v == "lost"), "the unacknowledged publish was never committed");
+    assert!(
+        !got.iter().any(|v| v == "lost"),
+        "the unacknowledged publish was never committed"
+    );
     for (o, v) in &acked {
         assert_eq!(&got[*o as usize], v);
     }
-    assert_eq!(nodes[&old].replica.log_end_offset(), nodes[&new].replica.log_end_offset());
+    assert_eq!(
+        nodes[&old].replica.log_end_offset(),
+        nodes[&new].replica.log_end_offset()
+    );
     for n in nodes.values() {
         n.cancel.cancel();
     }
