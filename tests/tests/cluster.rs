@@ -353,7 +353,15 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         .unwrap();
     let out = ferry_tests::run_ferry(
         &brokers.join(","),
-        &["cluster", "transfer-leader", "r", "0", &to.to_string(), "-o", "json"],
+        &[
+            "cluster",
+            "transfer-leader",
+            "r",
+            "0",
+            &to.to_string(),
+            "-o",
+            "json",
+        ],
         None,
     );
     assert!(
@@ -435,8 +443,12 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         .iter()
         .map(|p| p["replicas"][0].as_u64().unwrap())
         .collect();
-    ferry_tests::wait_until(Duration::from_secs(30), "leaders back on their preferred replicas", || {
-        let d = describe(&brokers, "r");
-        (0..3).all(|p| leader_of(&d, p) == preferred[p])
-    });
+    ferry_tests::wait_until(
+        Duration::from_secs(30),
+        "leaders back on their preferred replicas",
+        || {
+            let d = describe(&brokers, "r");
+            (0..3).all(|p| leader_of(&d, p) == preferred[p])
+        },
+    );
 }
