@@ -48,6 +48,14 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> HashMap<u64, Node> {
 }
 
 async fn start_cluster_with_cuts(dirs: &[tempfile::TempDir], cuts: Cuts) -> HashMap<u64, Node> {
+    start_cluster_with(dirs, cuts, LogConfig::default()).await
+}
+
+async fn start_cluster_with(
+    dirs: &[tempfile::TempDir],
+    cuts: Cuts,
+    log: LogConfig,
+) -> HashMap<u64, Node> {
     let mut listeners = HashMap::new();
     let mut peers = std::collections::BTreeMap::new();
     for id in 1..=3u64 {
@@ -68,8 +76,7 @@ async fn start_cluster_with_cuts(dirs: &[tempfile::TempDir], cuts: Cuts) -> Hash
         ));
         let network = PeerNetwork::start(id, &peers, cancel.clone());
         let dir = dirs[id as usize - 1].path();
-        let (storage, _) =
-            ReplicaStorage::open(Arc::new(OsDisk), dir, LogConfig::default(), &[1, 2, 3]).unwrap();
+        let (storage, _) = ReplicaStorage::open(Arc::new(OsDisk), dir, log, &[1, 2, 3]).unwrap();
         let config = ReplicaConfig {
             node_id: id,
             tick_ms: 20,
@@ -286,6 +293,69 @@ async fn an_isolated_leader_never_acknowledges_and_the_majority_goes_on() {
         nodes[&old].replica.log_end_offset(),
         nodes[&new].replica.log_end_offset()
     );
+    for n in nodes.values() {
+        n.cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cuts = Cuts::default();
+    // Small segments and byte retention, so the leader deletes what the cut-off follower still needs.
+    let mut log = LogConfig::default();
+    log.limits.segment_bytes = 64 * 1024;
+    log.limits.index_interval_bytes = 1024;
+    log.retention_bytes = 128 * 1024;
+    let nodes = start_cluster_with(&dirs, cuts.clone(), log).await;
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let behind = nodes.keys().copied().find(|id| *id != leader).unwrap();
+    isolate(&cuts, behind, true);
+    let value = "x".repeat(1000);
+    let mut last = 0;
+    let started = Instant::now();
+    // Publish until retention (every 50 ticks of 20 ms) has moved the leader's log start past 0.
+    while nodes[&leader].replica.log_start_offset() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "retention never ran"
+        );
+        for _ in 0..50 {
+            last = publish(&nodes[&leader].replica, &value).await.unwrap();
+        }
+    }
+    let start = nodes[&leader].replica.log_start_offset();
+    assert!(start > 0);
+    assert_eq!(
+        nodes[&behind].replica.log_end_offset(),
+        0,
+        "the cut-off follower has nothing"
+    );
+
+    // Heal: the follower gets "the log starts at offset `start`" and catches up by appends from there.
+    isolate(&cuts, behind, false);
+    let started = Instant::now();
+    while nodes[&behind].replica.log_end_offset() <= last {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the follower did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        nodes[&behind].replica.log_end_offset(),
+        nodes[&leader].replica.log_end_offset()
+    );
+    assert!(nodes[&behind].replica.log_start_offset() >= start);
+    // It is a full member again: with the other follower cut off, it alone makes the quorum.
+    let other = (1..=3u64)
+        .find(|id| *id != leader && *id != behind)
+        .unwrap();
+    isolate(&cuts, other, true);
+    let after = publish(&nodes[&leader].replica, "after-catch-up")
+        .await
+        .unwrap();
+    assert_eq!(after, last + 1);
     for n in nodes.values() {
         n.cancel.cancel();
     }
