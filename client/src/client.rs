@@ -36,6 +36,9 @@ struct Inner {
     preferred: Mutex<String>,
 }
 
+/// Response metadata of a broker's not-leader error: `ID=HOST:PORT` of the partition's leader.
+pub const LEADER_HEADER: &str = "ferry-leader";
+
 /// Which broker a request must go to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Route<'a> {
@@ -194,19 +197,54 @@ impl Client {
         let mut retries = 0;
         loop {
             let channel = self.channel_for(route).await?;
+            let mut redirected = false;
             let err = match tokio::time::timeout(timeout, call(channel)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => ClientError::from(status),
+                Ok(Err(status)) => {
+                    redirected = self.follow_redirect(route, &status);
+                    ClientError::from(status)
+                }
                 Err(_) => timeout_error(timeout),
             };
             if !retriable || !retry::is_retriable(&err) || retries >= config.retries_max {
                 return Err(err);
             }
             retries += 1;
+            if redirected {
+                // The broker named the leader: go there at once, no metadata round trip.
+                tracing::debug!(%err, retries, ?route, "following a leader redirect");
+                continue;
+            }
             tracing::debug!(%err, retries, ?route, "retrying after a metadata refresh");
             tokio::time::sleep(retry::backoff(config, retries)).await;
             self.refresh_after_failure(route).await?;
         }
+    }
+
+    /// Takes in the `ferry-leader: ID=HOST:PORT` header a broker puts on a not-leader error; true when it
+    /// named a leader for the partition `route` addresses.
+    fn follow_redirect(&self, route: Route<'_>, status: &tonic::Status) -> bool {
+        let Route::Leader { topic, partition } = route else {
+            return false;
+        };
+        let Some(value) = status
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let Some((id, address)) = value.split_once('=') else {
+            return false;
+        };
+        let Ok(id) = id.parse::<u64>() else {
+            return false;
+        };
+        self.inner
+            .metadata
+            .write()
+            .note_leader(topic, partition, id, address);
+        true
     }
 
     /// Refreshes the metadata a failed call on `route` depends on. Only an unknown topic ends the retries:

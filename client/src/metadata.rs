@@ -77,6 +77,21 @@ impl MetadataCache {
         }
     }
 
+    /// Takes in a redirect: broker `leader`, at `address`, leads `partition` of `topic`.
+    pub fn note_leader(&mut self, topic: &str, partition: u32, leader: u64, address: &str) {
+        if leader == NO_LEADER {
+            return;
+        }
+        self.advertised.insert(leader, address.to_owned());
+        if let Some(slot) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.leaders.get_mut(partition as usize))
+        {
+            *slot = leader;
+        }
+    }
+
     /// Forgets a topic (after deleting it).
     pub fn forget_topic(&mut self, name: &str) {
         self.topics.remove(name);
@@ -165,6 +180,20 @@ mod tests {
             }],
             controller: 1,
         }
+    }
+
+    #[test]
+    fn a_redirect_moves_the_leader_at_once() {
+        let mut cache = MetadataCache::default();
+        cache.apply(&response(), &[]);
+        cache.note_leader("t", 0, 3, "b3:7400");
+        assert_eq!(cache.leader_address("t", 0), Some("b3:7400"));
+        cache.note_leader("t", 1, 0, "ignored:1");
+        assert_eq!(
+            cache.leader_address("t", 1),
+            None,
+            "no leader is no redirect"
+        );
     }
 
     #[test]

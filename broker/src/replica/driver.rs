@@ -66,7 +66,7 @@ impl Default for ReplicaConfig {
         ReplicaConfig {
             node_id: 1,
             tick_ms: 200,
-            election_ticks: 5,
+            election_ticks: 4,
             heartbeat_ticks: 2,
             append_bytes_max: 1 << 20,
             fsync: FsyncPolicy::PerBatch,
