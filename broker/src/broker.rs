@@ -169,7 +169,8 @@ pub struct Broker {
     network: Option<Arc<PeerNetwork>>,
     clock: Clock,
     partitions: RwLock<HashMap<(String, u32), Running>>,
-    reconcile: tokio::sync::Mutex<()>,
+    /// Serializes reconciliation; true once shutdown began.
+    reconcile: tokio::sync::Mutex<bool>,
     cancel: CancellationToken,
 }
 
@@ -242,7 +243,7 @@ impl Broker {
             network,
             clock,
             partitions: RwLock::new(HashMap::new()),
-            reconcile: tokio::sync::Mutex::new(()),
+            reconcile: tokio::sync::Mutex::new(false),
             cancel,
         });
         // Commands past the persisted commit are applied once the controller commits them again: wait for
@@ -326,7 +327,11 @@ impl Broker {
 
     /// Starts replicas of partitions the metadata places here and stops those it no longer lists.
     pub async fn reconcile(&self) -> Result<(), BrokerError> {
-        let _guard = self.reconcile.lock().await;
+        let guard = self.reconcile.lock().await;
+        if *guard {
+            // Shutting down: never start a partition again (two replicas would share one directory).
+            return Ok(());
+        }
         let meta = self.metadata();
         let node = self.config.node_id;
         // Stop and delete what is gone.
@@ -696,6 +701,8 @@ impl Broker {
 
     /// Stops every replica cleanly (fsync, clean checkpoints), then the controller.
     pub async fn shutdown(&self) {
+        // Stop reconciliation first, so no partition is reopened while these close.
+        *self.reconcile.lock().await = true;
         let running: Vec<Running> = self.partitions.write().drain().map(|(_, r)| r).collect();
         for r in &running {
             r.cancel.cancel();

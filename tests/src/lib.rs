@@ -50,8 +50,25 @@ impl Ferryd {
         Ferryd::spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
     }
 
+    /// Like [`Ferryd::start`], but a broker that exits before listening (a port taken meanwhile, say) is an
+    /// error rather than a panic.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Ferryd, String> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Ferryd::try_spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
     /// Starts `ferryd` on the given listeners and waits until it prints its listening line.
     fn spawn(data_dir: &Path, listen: &str, http_listen: &str, extra: Vec<String>) -> Ferryd {
+        Ferryd::try_spawn(data_dir, listen, http_listen, extra)
+            .expect("ferryd did not start listening in time")
+    }
+
+    fn try_spawn(
+        data_dir: &Path,
+        listen: &str,
+        http_listen: &str,
+        extra: Vec<String>,
+    ) -> Result<Ferryd, String> {
         let mut child = Command::new(bin("ferryd"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -72,22 +89,27 @@ impl Ferryd {
                 }
             }
         });
-        let line = rx
-            .recv_timeout(START_TIMEOUT)
-            .expect("ferryd did not start listening in time");
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("ferryd did not start listening: {e}"));
+            }
+        };
         let field = |k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
                 .expect("listening line field")
                 .to_owned()
         };
-        Ferryd {
+        Ok(Ferryd {
             addr: field("client="),
             http: field("http="),
             child,
             data_dir: data_dir.to_owned(),
             extra,
-        }
+        })
     }
 
     /// Kills the broker with SIGKILL (no clean shutdown) and reaps it.

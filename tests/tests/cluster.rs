@@ -27,6 +27,17 @@ fn free_port() -> u16 {
 }
 
 fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
+    // Free ports are picked by binding port 0 and letting go, so another test may take one meanwhile:
+    // then a broker exits before it listens, and the whole cluster starts again on new ports.
+    for _ in 0..5 {
+        if let Some(nodes) = try_start_cluster(dirs) {
+            return nodes;
+        }
+    }
+    panic!("could not start a three-broker cluster");
+}
+
+fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
     let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
     let peers: Vec<String> = ports
         .iter()
@@ -43,7 +54,7 @@ fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let listen = format!("127.0.0.1:{port}");
-                Ferryd::start(
+                Ferryd::try_start(
                     &dir,
                     &[
                         "--node-id",
@@ -57,7 +68,12 @@ fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let started: Vec<Result<Ferryd, String>> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    if started.iter().any(Result::is_err) {
+        return None; // the ones that started are killed on drop
+    }
+    Some(started.into_iter().map(Result::unwrap).collect())
 }
 
 async fn client(addr: &str) -> Option<FerryClient> {

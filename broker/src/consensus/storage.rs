@@ -46,6 +46,8 @@ pub struct Core {
     dir: PathBuf,
     tail: VecDeque<Entry>,
     tail_bytes: usize,
+    /// Last Raft index known fsynced: a commit index written to the state file never passes it.
+    durable_last: u64,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
@@ -108,6 +110,8 @@ impl ReplicaStorage {
                 ),
             });
         }
+        // What recovery found on disk is what is durable.
+        let durable_last = log.last_raft_index();
         let core = Core {
             log,
             hard_state: state.hard_state.clone(),
@@ -116,6 +120,7 @@ impl ReplicaStorage {
             dir: dir.to_owned(),
             tail: VecDeque::new(),
             tail_bytes: 0,
+            durable_last,
         };
         Ok((
             ReplicaStorage {
@@ -172,7 +177,11 @@ impl Core {
 
     /// Writes Ready entries: truncates a replaced uncommitted tail, stamps and appends each entry. Returns the
     /// file to fsync and where data entries landed. Not durable until that fsync.
-    pub fn append_entries(&mut self, entries: &[Entry]) -> Result<Appended, StorageError> {
+    pub fn append_entries(
+        &mut self,
+        entries: &[Entry],
+        cache: bool,
+    ) -> Result<Appended, StorageError> {
         let Some(first) = entries.first() else {
             return Ok((None, Vec::new()));
         };
@@ -214,6 +223,14 @@ impl Core {
             next_offset += u64::from(h.record_count);
         }
         let file = self.log.append(&appends)?;
+        // Only a leader caches: a follower's entries are slices of whole network receive buffers (shared by
+        // many groups), which the cache would pin. The cache must stay a contiguous suffix of the log, so a
+        // replica that stops caching empties it.
+        if !cache {
+            self.tail.clear();
+            self.tail_bytes = 0;
+            return Ok((Some(file), placed));
+        }
         for e in entries {
             self.tail_bytes += e.data.len();
             self.tail.push_back(e.clone());
@@ -233,10 +250,25 @@ impl Core {
             hs.term != self.state.hard_state.term || hs.vote != self.state.hard_state.vote;
         self.hard_state = hs.clone();
         if must_write {
-            self.state.hard_state = hs.clone();
+            self.state.hard_state = self.durable_hard_state();
             self.state.write(self.disk.as_ref(), &self.dir)?;
         }
         Ok(())
+    }
+
+    /// Records that the log is fsynced up to Raft index `upto`.
+    pub fn mark_durable(&mut self, upto: u64) {
+        self.durable_last = self.durable_last.max(upto).min(self.log.last_raft_index());
+    }
+
+    /// The hard state to write: Raft's, with the commit index clamped to the durable log (Raft re-learns a
+    /// higher commit; a state file claiming more than the log holds would refuse to start).
+    fn durable_hard_state(&self) -> HardState {
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs
+            .commit
+            .min(self.durable_last.max(self.state.marker_index));
+        hs
     }
 
     /// Records a new commit index (from a `LightReady`).
@@ -247,7 +279,7 @@ impl Core {
     /// Persists a new configuration (applied conf change), with the current hard state.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StorageError> {
         self.state.conf_state = cs;
-        self.state.hard_state = self.hard_state.clone();
+        self.state.hard_state = self.durable_hard_state();
         self.state.write(self.disk.as_ref(), &self.dir)
     }
 
@@ -273,7 +305,7 @@ impl Core {
         self.state.marker_index = idx;
         self.state.marker_term = term;
         self.state.marker_offset = next;
-        self.state.hard_state = self.hard_state.clone();
+        self.state.hard_state = self.durable_hard_state();
         self.state.write(self.disk.as_ref(), &self.dir)?;
         self.log.delete_prefix(count)?;
         while self.tail.front().is_some_and(|e| e.index <= idx) {
@@ -387,7 +419,18 @@ impl raft::Storage for ReplicaStorage {
         }
         if next < high {
             let skip = (next - cache_start) as usize;
-            for e in c.tail.iter().skip(skip).take((high - next) as usize) {
+            for (k, e) in c
+                .tail
+                .iter()
+                .skip(skip)
+                .take((high - next) as usize)
+                .enumerate()
+            {
+                assert_eq!(
+                    e.index,
+                    next + k as u64,
+                    "the tail cache is a contiguous suffix of the log"
+                );
                 size += e.data.len() as u64;
                 if !out.is_empty() && size > max_size {
                     break;

@@ -31,7 +31,7 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// The links to every peer of this broker.
 #[derive(Debug)]
 pub struct PeerNetwork {
-    links: HashMap<u64, mpsc::Sender<(u64, Message)>>,
+    links: HashMap<u64, mpsc::Sender<v1::RaftEnvelope>>,
     connected: HashMap<u64, Arc<AtomicBool>>,
 }
 
@@ -74,7 +74,9 @@ impl Transport for PeerNetwork {
         for m in msgs {
             match self.links.get(&m.to) {
                 Some(link) => {
-                    if link.try_send((group, m)).is_err() {
+                    // Encode now, on the replica's task: entry data may be slices of a segment map, which
+                    // must not be read later, after Raft may have truncated that file.
+                    if link.try_send(envelope(group, &m)).is_err() {
                         tracing::debug!(group, "peer link queue full; dropped a Raft message");
                     }
                 }
@@ -82,6 +84,27 @@ impl Transport for PeerNetwork {
             }
         }
     }
+}
+
+/// Largest `RaftBatch` built (bytes of encoded messages): half the gRPC message limit.
+const BATCH_BYTES_MAX: usize = ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX / 2;
+
+/// Groups envelopes into batches of at most `max` bytes each (a larger single envelope goes alone).
+fn split_by_size(envelopes: Vec<v1::RaftEnvelope>, max: usize) -> Vec<Vec<v1::RaftEnvelope>> {
+    let mut out: Vec<Vec<v1::RaftEnvelope>> = Vec::new();
+    let mut size = 0usize;
+    for e in envelopes {
+        let len = e.message.len() + 16;
+        match out.last_mut() {
+            Some(batch) if size + len <= max => batch.push(e),
+            _ => {
+                out.push(vec![e]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    out
 }
 
 fn envelope(group: u64, m: &Message) -> v1::RaftEnvelope {
@@ -96,12 +119,12 @@ async fn run_link(
     from: u64,
     to: u64,
     addr: String,
-    mut rx: mpsc::Receiver<(u64, Message)>,
+    mut rx: mpsc::Receiver<v1::RaftEnvelope>,
     up: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let mut backoff_ms = BACKOFF_MS_MIN;
-    let mut pending: Vec<(u64, Message)> = Vec::new();
+    let mut pending: Vec<v1::RaftEnvelope> = Vec::new();
     loop {
         if cancel.is_cancelled() {
             return;
@@ -154,12 +177,19 @@ async fn run_link(
             if n == 0 {
                 return;
             }
-            let messages = pending.iter().map(|(g, m)| envelope(*g, m)).collect();
-            if stream_tx
-                .send(v1::RaftBatch { from, to, messages })
-                .await
-                .is_err()
-            {
+            // Batches stay under the gRPC message limit: split by encoded size (one message always fits).
+            let mut sent_all = true;
+            for messages in split_by_size(std::mem::take(&mut pending), BATCH_BYTES_MAX) {
+                if stream_tx
+                    .send(v1::RaftBatch { from, to, messages })
+                    .await
+                    .is_err()
+                {
+                    sent_all = false;
+                    break;
+                }
+            }
+            if !sent_all {
                 break;
             }
         }
@@ -170,5 +200,26 @@ async fn run_link(
             Ok(Ok(_)) => {}
         }
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_under_the_limit() {
+        let env = |n: usize| v1::RaftEnvelope {
+            group_id: 1,
+            message: Bytes::from(vec![0u8; n]),
+        };
+        // Each envelope counts its message plus 16 bytes of framing.
+        let batches = split_by_size(vec![env(40), env(40), env(40), env(200), env(10)], 130);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            vec![2, 1, 1, 1],
+            "an oversized message travels alone"
+        );
     }
 }

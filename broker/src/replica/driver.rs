@@ -147,7 +147,7 @@ struct Driver {
     ticks: u64,
     fsync: FsyncPolicy,
     /// With an interval policy: the file written since the last fsync, and when that fsync was.
-    unsynced: Option<Arc<dyn crate::storage::DiskFile>>,
+    unsynced: Option<(Arc<dyn crate::storage::DiskFile>, u64)>,
     last_sync: std::time::Instant,
 }
 
@@ -252,6 +252,12 @@ impl Driver {
                 // not poll every channel.
                 passed = clock.next(&mut last_tick) => {
                     let Some(passed) = passed else { break };
+                    if self.shared.failed.lock().is_some() {
+                        // Fenced (e.g. corruption found by a read): stop leading and voting so healthy
+                        // replicas take over; no clean close over data known to be bad.
+                        self.fail_all(ReplicaError::Failed("partition fenced".into()));
+                        return;
+                    }
                     // A driver that fell behind catches up on the ticks it missed (bounded).
                     for _ in 0..passed.min(TICKS_CATCH_UP_MAX) {
                         self.tick();
@@ -366,13 +372,14 @@ impl Driver {
                 .install_snapshot(&s)
                 .map_err(|e| e.to_string())?;
         }
+        let leading = self.node.raft.state == StateRole::Leader;
         let committed = rd.take_committed_entries();
         self.apply_committed(committed)?;
         let (file, placed) = self
             .shared
             .storage
             .write()
-            .append_entries(rd.entries())
+            .append_entries(rd.entries(), leading)
             .map_err(|e| {
                 if e.is_disk_full() {
                     Fatal::DiskFull(e.to_string())
@@ -380,20 +387,29 @@ impl Driver {
                     Fatal::Other(e.to_string())
                 }
             })?;
+        let last_written = rd.entries().last().map(|e| e.index);
+        if let Some(file) = file {
+            match self.fsync {
+                // One fsync for every batch of this Ready; off the async threads.
+                FsyncPolicy::PerBatch => {
+                    sync(file).await?;
+                    if let Some(i) = last_written {
+                        self.shared.storage.write().mark_durable(i);
+                    }
+                }
+                FsyncPolicy::IntervalMs(_) => {
+                    self.unsynced = Some((file, last_written.unwrap_or(0)))
+                }
+            }
+            self.note_persisted(&placed);
+        }
+        // After the entries' fsync: the state file never records a commit past what the log holds durably.
         if let Some(hs) = rd.hs() {
             self.shared
                 .storage
                 .write()
                 .set_hard_state(hs)
                 .map_err(|e| e.to_string())?;
-        }
-        if let Some(file) = file {
-            match self.fsync {
-                // One fsync for every batch of this Ready; off the async threads.
-                FsyncPolicy::PerBatch => sync(file).await?,
-                FsyncPolicy::IntervalMs(_) => self.unsynced = Some(file),
-            }
-            self.note_persisted(&placed);
         }
         self.transport
             .send(self.group, rd.take_persisted_messages());
@@ -443,7 +459,11 @@ impl Driver {
         }
         self.last_sync = std::time::Instant::now();
         match self.unsynced.take() {
-            Some(file) => sync(file).await,
+            Some((file, last)) => {
+                sync(file).await?;
+                self.shared.storage.write().mark_durable(last);
+                Ok(())
+            }
             None => Ok(()),
         }
     }

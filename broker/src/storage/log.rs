@@ -139,9 +139,6 @@ impl PartitionLog {
                 }
                 t => t,
             };
-            if file_len_trust.is_none() {
-                recovery.scanned_segments += 1;
-            }
             let (seg, torn) = Segment::open(
                 disk.as_ref(),
                 dir,
@@ -168,6 +165,7 @@ impl PartitionLog {
             }
             expected_raft = seg.next_raft_index;
             recovery.torn_tail = recovery.torn_tail.or(torn);
+            recovery.scanned_segments += usize::from(seg.scanned);
             segments.push(seg);
         }
         if segments.is_empty() {
@@ -451,9 +449,24 @@ impl PartitionLog {
 
     /// Removes every batch with Raft index `raft_index` or later (Raft replaced an uncommitted tail).
     pub fn truncate_from_raft_index(&mut self, raft_index: u64) -> Result<(), StorageError> {
+        let mut popped = false;
         while self.segments.len() > 1 && self.active().base_raft_index >= raft_index {
             let seg = self.segments.pop().expect("more than one segment");
             seg.delete(self.disk.as_ref())?;
+            popped = true;
+        }
+        if popped {
+            // An older, sealed segment is active again: give its indexes room and say so in the checkpoint.
+            let disk = self.disk.clone();
+            self.active_mut().unseal(disk.as_ref())?;
+            self.active_since_ms = None;
+            let base = self.active().base_offset;
+            Checkpoint {
+                active_base_offset: base,
+                clean_len: 0,
+                clean: false,
+            }
+            .write(self.disk.as_ref(), &self.dir)?;
         }
         if raft_index >= self.active().next_raft_index {
             return Ok(());
@@ -552,11 +565,12 @@ impl PartitionLog {
     /// Clean shutdown: fsync the active segment, flush its indexes and record a clean checkpoint so the next
     /// open needs no scan.
     pub fn close(&mut self) -> Result<(), StorageError> {
-        let a = self.active();
+        let a = self.active_mut();
         a.file()
             .sync_data()
             .map_err(|e| StorageError::io(a.log_path(), e))?;
-        a.flush_indexes()?;
+        a.close_indexes()?;
+        let a = self.active();
         let cp = Checkpoint {
             active_base_offset: a.base_offset,
             clean_len: a.len,

@@ -98,6 +98,8 @@ pub struct Segment {
     bytes_since_index: u32,
     limits: SegmentLimits,
     sealed: bool,
+    /// Whether opening it needed a CRC scan (no clean checkpoint, or indexes not to be trusted).
+    pub scanned: bool,
 }
 
 /// The three file paths of a segment.
@@ -194,7 +196,10 @@ impl Segment {
                 seg.load_trusted(len)?;
                 None
             }
-            _ => seg.rebuild(disk, file_len, active)?,
+            _ => {
+                seg.scanned = true;
+                seg.rebuild(disk, file_len, active)?
+            }
         };
         Ok((seg, torn))
     }
@@ -222,6 +227,7 @@ impl Segment {
             bytes_since_index: 0,
             limits,
             sealed,
+            scanned: false,
         }
     }
 
@@ -579,14 +585,31 @@ impl Segment {
         Ok(())
     }
 
-    /// Flushes the indexes of the active segment (clean shutdown; the log itself is fsynced by the writer).
-    pub fn flush_indexes(&self) -> Result<(), StorageError> {
-        self.index
-            .flush()
-            .map_err(|e| StorageError::io(&self.log_path, e))?;
-        self.time_index
-            .flush()
-            .map_err(|e| StorageError::io(&self.log_path, e))
+    /// Clean shutdown of the active segment: indexes trimmed to their entries and fsynced, so the next open
+    /// trusts them without a scan. No append may follow.
+    pub fn close_indexes(&mut self) -> Result<(), StorageError> {
+        self.sealed = true;
+        self.seal_indexes()
+    }
+
+    /// Makes a sealed segment appendable again (Raft truncated back into it): indexes regain their room.
+    pub fn unseal(&mut self, disk: &dyn Disk) -> Result<(), StorageError> {
+        if !self.sealed {
+            return Ok(());
+        }
+        let dir = self
+            .log_path
+            .parent()
+            .expect("segment has a dir")
+            .to_owned();
+        let (_, ip, tp) = paths(&dir, self.base_offset);
+        let cap = self.limits.index_capacity();
+        let (n, nt) = (self.index.len(), self.time_index.len());
+        self.index = OffsetIndex::open(disk, &ip, n, cap).map_err(|e| StorageError::io(&ip, e))?;
+        self.time_index =
+            TimeIndex::open(disk, &tp, nt, cap).map_err(|e| StorageError::io(&tp, e))?;
+        self.sealed = false;
+        Ok(())
     }
 
     /// Removes the segment's files.

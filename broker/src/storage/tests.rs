@@ -317,3 +317,20 @@ fn a_damaged_stamp_outside_the_crc_is_caught() {
         "{err}"
     );
 }
+
+#[test]
+fn raft_truncation_back_into_a_sealed_segment_appends_on() {
+    // Found in review: truncating across a roll left a sealed segment active and the next append panicked.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 120, 2);
+    assert!(log.segment_count() > 2);
+    log.truncate_from_raft_index(41).unwrap();
+    assert_eq!(log.last_raft_index(), 40);
+    fill(&mut log, 100, 2);
+    assert_eq!(log.last_raft_index(), 140);
+    assert_eq!(values(&log, 0).len(), 280);
+    drop(log);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(values(&log, 0).len(), 280);
+}
