@@ -87,6 +87,11 @@ impl ReplicaStorage {
             state.marker_index + 1,
             state.marker_offset,
         )?;
+        let mut log = log;
+        if log.first_raft_index() < state.marker_index + 1 {
+            // The marker is written before segments are deleted or the log is reset: finish that work.
+            log.align_start(state.marker_index + 1, state.marker_offset)?;
+        }
         if log.first_raft_index() != state.marker_index + 1 {
             return Err(StorageError::Corrupt {
                 path: dir.join(super::state::FILE_NAME),
@@ -330,10 +335,13 @@ impl Core {
         self.hard_state.commit = self.hard_state.commit.max(m.index);
         self.hard_state.term = self.hard_state.term.max(m.term);
         self.state.hard_state = self.hard_state.clone();
+        // The marker first: a crash before the reset is finished at the next open (`align_start`).
+        self.state.write(self.disk.as_ref(), &self.dir)?;
         self.log.reset(m.index + 1, offset)?;
+        self.durable_last = m.index;
         self.tail.clear();
         self.tail_bytes = 0;
-        self.state.write(self.disk.as_ref(), &self.dir)
+        Ok(())
     }
 
     /// Clean shutdown: the log's clean checkpoint and the latest commit index.

@@ -559,6 +559,29 @@ impl PartitionLog {
             tracing::info!(path = %seg.log_path().display(), "retention deleted segment");
             seg.delete(self.disk.as_ref())?;
         }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))
+    }
+
+    /// Brings the log in line with a log-start marker that was made durable before a crash interrupted
+    /// what followed it: segments wholly below `first_raft_index` go (retention was deleting them), and a
+    /// log that ends before it restarts there, at `offset` (a snapshot was being installed).
+    pub fn align_start(&mut self, first_raft_index: u64, offset: u64) -> Result<(), StorageError> {
+        let below = self.segments[..self.segments.len() - 1]
+            .iter()
+            .take_while(|s| s.next_raft_index <= first_raft_index)
+            .count();
+        if below > 0 {
+            tracing::warn!(dir = %self.dir.display(), segments = below, "finishing an interrupted retention");
+            self.delete_prefix(below)?;
+        }
+        if self.last_raft_index() + 1 <= first_raft_index
+            && self.first_raft_index() != first_raft_index
+        {
+            tracing::warn!(dir = %self.dir.display(), "finishing an interrupted snapshot install");
+            self.reset(first_raft_index, offset)?;
+        }
         Ok(())
     }
 

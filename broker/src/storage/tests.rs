@@ -334,3 +334,31 @@ fn raft_truncation_back_into_a_sealed_segment_appends_on() {
     let log = open(dir.path()).unwrap();
     assert_eq!(values(&log, 0).len(), 280);
 }
+
+#[test]
+fn an_interrupted_retention_or_snapshot_install_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 200, 3);
+    let segs = log.segment_count();
+    assert!(segs > 3);
+    // Retention moved the marker past the first two segments, then crashed before deleting them.
+    let (count, idx, _) = {
+        let mut cfg = small_config();
+        cfg.retention_bytes = 1;
+        log.set_config(cfg);
+        log.retention_plan(0, u64::MAX).unwrap().unwrap()
+    };
+    assert!(count >= 2);
+    log.align_start(idx + 1, 0).unwrap();
+    assert_eq!(log.first_raft_index(), idx + 1);
+    assert_eq!(log.segment_count(), segs - count);
+    // A snapshot install wrote a marker past the whole log, then crashed before resetting it.
+    let end = log.last_raft_index();
+    log.align_start(end + 50, 9_999).unwrap();
+    assert_eq!(
+        (log.first_raft_index(), log.next_offset()),
+        (end + 50, 9_999)
+    );
+    assert_eq!(log.last_raft_index(), end + 49);
+}
