@@ -576,8 +576,7 @@ impl PartitionLog {
             tracing::warn!(dir = %self.dir.display(), segments = below, "finishing an interrupted retention");
             self.delete_prefix(below)?;
         }
-        if self.last_raft_index() + 1 <= first_raft_index
-            && self.first_raft_index() != first_raft_index
+        if self.last_raft_index() < first_raft_index && self.first_raft_index() != first_raft_index
         {
             tracing::warn!(dir = %self.dir.display(), "finishing an interrupted snapshot install");
             self.reset(first_raft_index, offset)?;
