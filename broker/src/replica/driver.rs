@@ -25,6 +25,8 @@ use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Proposals taken into one Raft step (and so, at most, one group commit).
 const PROPOSALS_PER_STEP_MAX: usize = 1024;
+/// Election timeouts a follower may sit in Snapshot state before the snapshot is sent again.
+const SNAPSHOT_RETRY_ELECTIONS: u64 = 3;
 /// Most missed ticks a late driver replays at once.
 const TICKS_CATCH_UP_MAX: u64 = 10;
 /// Operator requests queued per replica.
@@ -145,6 +147,8 @@ struct Driver {
     pending: VecDeque<Pending>,
     group: u64,
     ticks: u64,
+    /// Followers in raft-rs's Snapshot state, and the tick at which this leader first saw them there.
+    snapshot_since: std::collections::HashMap<u64, u64>,
     fsync: FsyncPolicy,
     /// With an interval policy: the file written since the last fsync, and when that fsync was.
     unsynced: Option<(Arc<dyn crate::storage::DiskFile>, u64)>,
@@ -216,6 +220,7 @@ pub fn spawn(
         pending: VecDeque::new(),
         group,
         ticks: 0,
+        snapshot_since: Default::default(),
         fsync: config.fsync,
         unsynced: None,
         last_sync: std::time::Instant::now(),
@@ -301,10 +306,40 @@ impl Driver {
     fn tick(&mut self) {
         self.node.tick();
         self.ticks += 1;
+        self.retry_stuck_snapshots();
         if self.ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
             let applied = self.node.raft.raft_log.applied;
             if let Err(e) = self.shared.storage.write().apply_retention(applied) {
                 tracing::warn!(partition = %self.shared.name, "retention failed: {e}");
+            }
+        }
+    }
+
+    /// raft-rs pauses a follower that was sent a snapshot until it answers; a snapshot message lost on the
+    /// way (full queue, group not created yet on the receiver) would pause it for good. After a few election
+    /// timeouts without progress, report the snapshot failed so the leader probes and sends it again.
+    fn retry_stuck_snapshots(&mut self) {
+        if self.node.raft.state != StateRole::Leader {
+            self.snapshot_since.clear();
+            return;
+        }
+        let now = self.ticks;
+        let patience = SNAPSHOT_RETRY_ELECTIONS * self.node.raft.election_timeout() as u64;
+        let in_snapshot: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_since.retain(|id, _| in_snapshot.contains(id));
+        for id in in_snapshot {
+            let since = *self.snapshot_since.entry(id).or_insert(now);
+            if now - since >= patience {
+                tracing::debug!(partition = %self.shared.name, to = id, "snapshot unanswered; sending it again");
+                self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+                self.snapshot_since.remove(&id);
             }
         }
     }

@@ -24,7 +24,16 @@ struct Node {
 }
 
 /// Links cut by a test: (from, to) pairs whose messages are dropped.
-type Cuts = Arc<parking_lot::Mutex<std::collections::HashSet<(u64, u64)>>>;
+type Cuts = Arc<Faults>;
+
+/// Network faults a test injects.
+#[derive(Default)]
+struct Faults {
+    /// (from, to) links whose messages are dropped.
+    links: parking_lot::Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// How many snapshot messages to drop (then let through).
+    drop_snapshots: std::sync::atomic::AtomicUsize,
+}
 
 /// A transport that drops the messages of cut links, then sends the rest over the real network: a network
 /// partition without touching the host's network.
@@ -36,9 +45,23 @@ struct CuttableTransport {
 
 impl crate::replica::Transport for CuttableTransport {
     fn send(&self, group: u64, mut msgs: Vec<raft::eraftpb::Message>) {
-        let cuts = self.cuts.lock();
+        let cuts = self.cuts.links.lock();
         msgs.retain(|m| !cuts.contains(&(self.from, m.to)));
         drop(cuts);
+        msgs.retain(|m| {
+            let snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+            let drop_it = snapshot
+                && self
+                    .cuts
+                    .drop_snapshots
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+            !drop_it
+        });
         self.inner.send(group, msgs);
     }
 }
@@ -209,7 +232,7 @@ async fn replicates_and_fails_over_without_losing_acknowledged_data() {
 
 /// Cuts `node` off from the others in both directions (or heals it).
 fn isolate(cuts: &Cuts, node: u64, cut: bool) {
-    let mut c = cuts.lock();
+    let mut c = cuts.links.lock();
     for other in (1..=3u64).filter(|o| *o != node) {
         for link in [(node, other), (other, node)] {
             if cut {
@@ -332,7 +355,11 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
         "the cut-off follower has nothing"
     );
 
-    // Heal: the follower gets "the log starts at offset `start`" and catches up by appends from there.
+    // Heal, losing the first snapshot message on the way: the leader must send it again (it would otherwise
+    // keep the follower paused for good). The follower gets "the log starts at offset `start`" and catches
+    // up by appends from there.
+    cuts.drop_snapshots
+        .store(1, std::sync::atomic::Ordering::SeqCst);
     isolate(&cuts, behind, false);
     let started = Instant::now();
     while nodes[&behind].replica.log_end_offset() <= last {
@@ -345,6 +372,12 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
     assert_eq!(
         nodes[&behind].replica.log_end_offset(),
         nodes[&leader].replica.log_end_offset()
+    );
+    assert_eq!(
+        cuts.drop_snapshots
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a snapshot message was lost on the way"
     );
     assert!(nodes[&behind].replica.log_start_offset() >= start);
     // It is a full member again: with the other follower cut off, it alone makes the quorum.
