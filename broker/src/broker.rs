@@ -1,5 +1,6 @@
 //! The broker core: the controller replica and metadata, the local partition replicas it follows from the
 //! metadata, and the operations servers call. No gRPC here: `server` maps requests onto this.
+//! The broker's background loops (following metadata, registering, balancing leaders) are in [`tasks`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod tasks;
 
 use crate::config::BrokerConfig;
 use crate::consensus::ReplicaStorage;
@@ -56,88 +59,10 @@ const NEW_PARTITION_SERVING_WAIT: std::time::Duration = std::time::Duration::fro
 /// Longest a starting broker waits for its controller to re-commit its log.
 const CONTROLLER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Starts and stops local partitions whenever the controller applies new metadata.
-async fn follow_metadata(
-    broker: std::sync::Weak<Broker>,
-    mut hw: tokio::sync::watch::Receiver<u64>,
-) {
-    while hw.changed().await.is_ok() {
-        let Some(b) = broker.upgrade() else { return };
-        if let Err(e) = b.reconcile().await {
-            tracing::error!("applying metadata failed: {e}");
-        }
-    }
-}
-
 /// How long a controller command may take, forwarding and retries included.
 const CONTROLLER_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Pause between two attempts at a controller command while no leader is known (ms).
 const CONTROLLER_RETRY_MS: u64 = 50;
-
-/// Announces this broker's client address to the controller until it is in the metadata.
-async fn register(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
-    let mut backoff_ms = 100;
-    loop {
-        let Some(b) = broker.upgrade() else { return };
-        let (id, addr) = (b.config.node_id, b.config.advertise.clone());
-        if b.metadata.state.read().brokers.get(&id) == Some(&addr) {
-            return;
-        }
-        let cmd = Command::RegisterBroker {
-            id,
-            client_address: addr.clone(),
-        };
-        match b
-            .propose_command(&cmd, |m| m.brokers.get(&id) == Some(&addr))
-            .await
-        {
-            Ok(()) => return,
-            Err(e) => tracing::debug!("registering with the controller: {e}"),
-        }
-        drop(b);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)) => {}
-        }
-        backoff_ms = (backoff_ms * 2).min(2_000);
-    }
-}
-
-/// How often a broker hands partitions back to their preferred leaders.
-const LEADER_BALANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Automatic leader balancing: a partition led here whose preferred leader (its first replica) is caught up
-/// gets its leadership back, so leaders return to the even spread placement gave them after failures and
-/// restarts.
-async fn balance_leaders(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(LEADER_BALANCE_INTERVAL) => {}
-        }
-        let Some(b) = broker.upgrade() else { return };
-        let me = b.config.node_id;
-        let meta = b.metadata();
-        for ((topic, p), r) in b.local_partitions() {
-            let preferred = meta
-                .topics
-                .get(&topic)
-                .and_then(|t| t.replica_sets.get(p as usize))
-                .and_then(|s| s.first());
-            let Some(&preferred) = preferred else {
-                continue;
-            };
-            if r.leader() == me && preferred != me && r.in_sync().contains(&preferred) {
-                match r.transfer_leader(preferred, me, LEADER_TRANSFER_WAIT).await {
-                    Ok(l) if l == preferred => {
-                        tracing::info!(%topic, partition = p, to = preferred, "leadership back to the preferred replica")
-                    }
-                    Ok(_) | Err(_) => {}
-                }
-            }
-        }
-    }
-}
 
 /// The controller's log keeps every command: metadata is rebuilt by replaying it from the start, so it
 /// must never be deleted by retention (it is small: one record per topic change).
@@ -258,10 +183,13 @@ impl Broker {
         }
         broker.reconcile().await?;
         broker.remove_orphan_dirs();
-        tokio::spawn(follow_metadata(Arc::downgrade(&broker), hw));
-        tokio::spawn(register(Arc::downgrade(&broker), broker.cancel.clone()));
+        tokio::spawn(tasks::follow_metadata(Arc::downgrade(&broker), hw));
+        tokio::spawn(tasks::register(
+            Arc::downgrade(&broker),
+            broker.cancel.clone(),
+        ));
         if broker.config.voters().len() > 1 {
-            tokio::spawn(balance_leaders(
+            tokio::spawn(tasks::balance_leaders(
                 Arc::downgrade(&broker),
                 broker.cancel.clone(),
             ));

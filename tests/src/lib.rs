@@ -314,3 +314,12 @@ pub fn segment_files(data_dir: &Path, topic: &str, partition: u32) -> Vec<PathBu
     logs.sort();
     logs
 }
+
+/// One keyless batch holding `values`, as a client builds it.
+pub fn batch_of(values: &[String]) -> bytes::Bytes {
+    let mut b = ferry_protocol::batch::BatchBuilder::new(1);
+    for v in values {
+        b.push(1, None, v.as_bytes(), &[]);
+    }
+    b.finish()
+}

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ferry_protocol::batch::{self, BatchBuilder, Records};
+use ferry_protocol::batch::{self, Records};
 use ferry_protocol::v1::{self, publish_request::Payload};
+use ferry_tests::batch_of;
 use ferry_tests::Ferryd;
 use tonic::transport::Channel;
 
@@ -110,14 +110,6 @@ async fn leaders(brokers: &[String], topic: &str) -> HashMap<u32, String> {
             .collect();
     }
     HashMap::new()
-}
-
-fn batch_of(values: &[String]) -> Bytes {
-    let mut b = BatchBuilder::new(1);
-    for v in values {
-        b.push(1, None, v.as_bytes(), &[]);
-    }
-    b.finish()
 }
 
 /// Publishes once to the partition's leader as known; no retry, so nothing is ever written twice.

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use bytes::Bytes;
-use ferry_protocol::batch::{self, BatchBuilder, Records};
+use ferry_protocol::batch::{self, Records};
 use ferry_protocol::v1::{self, publish_request::Payload};
+use ferry_tests::batch_of;
 use ferry_tests::{segment_files, Ferryd};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -27,14 +27,6 @@ async fn create(broker: &Ferryd, topic: &str, partitions: u32, segment_bytes: u6
         })
         .await
         .unwrap();
-}
-
-fn batch_of(values: &[String]) -> Bytes {
-    let mut b = BatchBuilder::new(1);
-    for v in values {
-        b.push(1, None, v.as_bytes(), &[]);
-    }
-    b.finish()
 }
 
 /// Every value in a partition, by offset.

@@ -35,6 +35,21 @@ pub struct ClientService {
 }
 
 impl ClientService {
+    /// What fetch and subscribe check first: the topic name, the format, the partition's replica here, and
+    /// the byte limit of one response.
+    fn read_target(
+        &self,
+        topic: &str,
+        partition: u32,
+        format: i32,
+        max_bytes: u32,
+    ) -> Result<(Replica, v1::Format, u32), Status> {
+        check_topic(topic)?;
+        let format = check_format(format)?;
+        let replica = self.broker.partition(topic, partition).map_err(to_status)?;
+        Ok((replica, format, fetch_bytes(max_bytes)))
+    }
+
     /// The service over `broker`.
     pub fn new(broker: Arc<Broker>) -> Self {
         ClientService {
@@ -275,13 +290,8 @@ impl Ferry for ClientService {
         req: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
         let req = req.into_inner();
-        check_topic(&req.topic)?;
-        let format = check_format(req.format)?;
-        let replica = self
-            .broker
-            .partition(&req.topic, req.partition)
-            .map_err(to_status)?;
-        let max_bytes = fetch_bytes(req.max_bytes);
+        let (replica, format, max_bytes) =
+            self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
         let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
         let f = fetch_once(&self.broker, &replica, req.offset, max_bytes, wait).await?;
         let resp = fetch_response(&req.topic, req.partition, req.offset, format, f)?;
@@ -296,13 +306,8 @@ impl Ferry for ClientService {
         req: Request<v1::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
         let req = req.into_inner();
-        check_topic(&req.topic)?;
-        let format = check_format(req.format)?;
-        let replica = self
-            .broker
-            .partition(&req.topic, req.partition)
-            .map_err(to_status)?;
-        let max_bytes = fetch_bytes(req.max_bytes);
+        let (replica, format, max_bytes) =
+            self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
         // Check the start offset now so a bad one is an error, not an empty stream.
         replica
             .fetch(req.offset, 1)

@@ -90,14 +90,6 @@ impl MappedEntries {
         }
         self.file.sync_data()
     }
-
-    /// Flushes the map to the file (for a clean shutdown of an active segment).
-    fn flush(&self) -> io::Result<()> {
-        match &self.map {
-            Some(m) => m.flush(),
-            None => Ok(()),
-        }
-    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -210,16 +202,6 @@ impl OffsetIndex {
     pub fn seal(&mut self) -> io::Result<()> {
         self.inner.seal()
     }
-
-    /// Flushes (clean shutdown).
-    pub fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
-    }
-
-    /// Trims the file to its entries without dropping the map (clean shutdown of the active segment).
-    pub fn close(mut self) -> io::Result<()> {
-        self.inner.seal()
-    }
 }
 
 /// The sparse time index of one segment.
@@ -310,16 +292,6 @@ impl TimeIndex {
 
     /// Trims to the written entries and fsyncs (segment sealed).
     pub fn seal(&mut self) -> io::Result<()> {
-        self.inner.seal()
-    }
-
-    /// Flushes (clean shutdown).
-    pub fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
-    }
-
-    /// Trims the file to its entries (clean shutdown of the active segment).
-    pub fn close(mut self) -> io::Result<()> {
         self.inner.seal()
     }
 }

@@ -195,16 +195,6 @@ impl PartitionLog {
         Ok((log, recovery))
     }
 
-    /// The directory of the log.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Settings in force.
-    pub fn config(&self) -> &LogConfig {
-        &self.config
-    }
-
     /// Changes retention and roll settings.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config.segment_ms = config.segment_ms;
