@@ -119,13 +119,20 @@ impl Broker {
         let ctl_dir = config.data_dir.join("__cluster");
         let (storage, _) =
             ReplicaStorage::open(disk.clone(), &ctl_dir, controller_log_config(), &voters)?;
-        let network = (voters.len() > 1)
-            .then(|| PeerNetwork::start(config.node_id, &config.peers, cancel.child_token()));
+        // A cluster (started with --peers) always has a network, so brokers can be added to it.
+        let network = (!config.peers.is_empty()).then(|| {
+            PeerNetwork::start(
+                config.node_id,
+                config.peer_advertise.clone(),
+                &config.peers,
+                cancel.child_token(),
+            )
+        });
         let transport: Arc<dyn Transport> = match &network {
             Some(n) => n.clone(),
             None => Arc::new(NoPeers),
         };
-        let metadata = MetadataMachine::default();
+        let metadata = MetadataMachine::new(&config.peers);
         let clock = Clock::start(config.replica.tick_ms, cancel.clone());
         // Replay the commands up to the persisted commit; Raft delivers the rest as they commit.
         {
@@ -188,8 +195,12 @@ impl Broker {
             Arc::downgrade(&broker),
             broker.cancel.clone(),
         ));
-        if broker.config.voters().len() > 1 {
+        if broker.network.is_some() {
             tokio::spawn(tasks::balance_leaders(
+                Arc::downgrade(&broker),
+                broker.cancel.clone(),
+            ));
+            tokio::spawn(tasks::membership(
                 Arc::downgrade(&broker),
                 broker.cancel.clone(),
             ));
@@ -214,6 +225,13 @@ impl Broker {
     /// Where incoming Raft messages are delivered.
     pub fn router(&self) -> Arc<Router> {
         self.router.clone()
+    }
+
+    /// Opens a link to a peer that wrote to this broker before the metadata named it.
+    pub fn learn_peer(&self, id: u64, address: &str) {
+        if let Some(n) = &self.network {
+            n.learn(id, address);
+        }
     }
 
     /// Whether broker `id` is reachable from here (this broker always is).
@@ -263,11 +281,23 @@ impl Broker {
         let meta = self.metadata();
         let node = self.config.node_id;
         // Stop and delete what is gone.
+        if let Some(n) = &self.network {
+            let peers = meta
+                .members
+                .iter()
+                .map(|(id, m)| (*id, m.peer_address.clone()))
+                .collect();
+            n.set_peers(&peers);
+        }
         let gone: Vec<(String, u32)> = {
             let parts = self.partitions.read();
             parts
                 .keys()
-                .filter(|(t, p)| meta.topics.get(t).is_none_or(|m| *p >= m.partitions))
+                .filter(|(t, p)| {
+                    meta.topics
+                        .get(t)
+                        .is_none_or(|m| *p >= m.partitions || !m.hosts(*p, node))
+                })
                 .cloned()
                 .collect()
         };
@@ -284,6 +314,9 @@ impl Broker {
             }
         }
         for dir in stopped {
+            // A replica moved away: its data goes (the topic's directory stays for the others).
+            tracing::info!(dir = %dir.display(), "replica stopped; removing its data");
+            let _ = self.disk.remove_dir_all(&dir);
             if let Some(topic_dir) = dir.parent() {
                 let name = topic_dir
                     .file_name()
@@ -297,9 +330,7 @@ impl Broker {
         for t in meta.topics.values() {
             for p in 0..t.partitions {
                 let key = (t.name.clone(), p);
-                if self.partitions.read().contains_key(&key)
-                    || !t.replica_sets[p as usize].contains(&node)
-                {
+                if self.partitions.read().contains_key(&key) || !t.hosts(p, node) {
                     continue;
                 }
                 let running = self.open_partition(t, p)?;
@@ -312,7 +343,13 @@ impl Broker {
 
     fn open_partition(&self, t: &TopicMeta, p: u32) -> Result<Running, BrokerError> {
         let dir = self.topics_dir().join(t.dir_name()).join(p.to_string());
-        let voters = t.replica_sets[p as usize].clone();
+        // A new replica starts from the partition's first configuration and replays its changes from the
+        // log (or receives the current one in a snapshot).
+        let voters = t
+            .initial_replica_sets
+            .get(p as usize)
+            .unwrap_or(&t.replica_sets[p as usize])
+            .clone();
         let (storage, recovery) = ReplicaStorage::open(
             self.disk.clone(),
             &dir,
@@ -403,9 +440,12 @@ impl Broker {
     /// Sends a command batch to the controller leader's peer port.
     async fn forward(&self, leader: u64, batch: Bytes) -> Result<(), BrokerError> {
         let addr = self
-            .config
-            .peers
+            .metadata
+            .state
+            .read()
+            .members
             .get(&leader)
+            .map(|m| m.peer_address.clone())
             .ok_or(BrokerError::NoLeader)?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| BrokerError::Invalid(format!("bad peer address {addr}: {e}")))?
@@ -481,7 +521,14 @@ impl Broker {
                 "a topic needs 1 to {max} partitions, not {partitions}"
             )));
         }
-        let brokers = self.config.voters();
+        let brokers = {
+            let active = self.metadata.state.read().active_members();
+            if active.is_empty() {
+                vec![self.config.node_id]
+            } else {
+                active
+            }
+        };
         // Default replication: three copies where the cluster has three brokers.
         let replicas = if replicas == 0 {
             brokers.len().min(3) as u32
@@ -544,6 +591,75 @@ impl Broker {
             .publish(data, h, durability)
             .await
             .map_err(|e| self.replica_error(e))
+    }
+
+    /// Adds broker `id`, reachable by peers at `peer_address`, to the cluster: it joins the controller once
+    /// it is up and caught up, then partitions move to it. Answers once the controller recorded it.
+    pub async fn add_broker(&self, id: u64, peer_address: &str) -> Result<(), BrokerError> {
+        if self.network.is_none() {
+            return Err(BrokerError::Unsatisfiable(
+                "this broker runs without --peers: brokers can only be added to a cluster started with --peers"
+                    .into(),
+            ));
+        }
+        if id == 0 {
+            return Err(BrokerError::Invalid("broker ids start at 1".into()));
+        }
+        let valid = peer_address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !valid {
+            return Err(BrokerError::Invalid(format!(
+                "peer address '{peer_address}' is not HOST:PORT"
+            )));
+        }
+        if let Some(m) = self.metadata.state.read().members.get(&id) {
+            if m.peer_address != peer_address {
+                return Err(BrokerError::Invalid(format!(
+                    "broker {id} is already a member, at {}",
+                    m.peer_address
+                )));
+            }
+        }
+        let cmd = Command::AddBroker {
+            id,
+            peer_address: peer_address.to_owned(),
+        };
+        self.propose_command(&cmd, |m| {
+            m.members
+                .get(&id)
+                .is_some_and(|m| !m.leaving && m.peer_address == peer_address)
+        })
+        .await
+    }
+
+    /// Removes broker `id`: its replicas move to the other brokers, then it leaves the controller and the
+    /// metadata. Answers once the removal is recorded (the moves follow; `ferry cluster status` shows them).
+    pub async fn remove_broker(&self, id: u64) -> Result<(), BrokerError> {
+        let (active, max_rf) = {
+            let m = self.metadata.state.read();
+            if !m.members.contains_key(&id) {
+                return Err(BrokerError::Invalid(format!(
+                    "broker {id} is not a member of the cluster"
+                )));
+            }
+            let max_rf = m
+                .topics
+                .values()
+                .flat_map(|t| t.replica_sets.iter().map(Vec::len))
+                .max()
+                .unwrap_or(0);
+            (m.active_members(), max_rf)
+        };
+        let remaining = active.iter().filter(|a| **a != id).count();
+        if remaining == 0 || remaining < max_rf {
+            return Err(BrokerError::Unsatisfiable(format!(
+                "removing broker {id} would leave {remaining} brokers, fewer than the largest replication factor ({max_rf})"
+            )));
+        }
+        let cmd = Command::RemoveBroker { id };
+        self.propose_command(&cmd, |m| m.members.get(&id).is_none_or(|m| m.leaving))
+            .await
     }
 
     /// Moves the leadership of a partition this broker leads to replica `to`; answers the leader after.

@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     /// The initial voters: broker id → host:port of its peer listener, this broker included. Empty: a
     /// cluster of one.
     pub peers: BTreeMap<u64, String>,
+    /// host:port other brokers reach this broker's peer listener at.
+    pub peer_advertise: String,
 }
 
 impl BrokerConfig {
@@ -55,10 +57,12 @@ impl BrokerConfig {
             publish_timeout_ms: 30_000,
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             peers: BTreeMap::new(),
+            peer_advertise: "127.0.0.1:7401".into(),
         }
     }
 
-    /// Ids of the brokers that vote in the controller (and host partitions), sorted.
+    /// Ids of the controller's initial voters, sorted. A broker not among them (one added later) starts
+    /// its controller replica from the same configuration and learns the rest from the log.
     pub fn voters(&self) -> Vec<u64> {
         if self.peers.is_empty() {
             vec![self.node_id]

@@ -37,8 +37,9 @@ struct Args {
     /// Broker-to-broker listener (host:port), used when --peers is given.
     #[arg(long, env = "FERRY_PEER_LISTEN", default_value = "127.0.0.1:7401")]
     peer_listen: SocketAddr,
-    /// The initial voters, this broker included: `ID=HOST:PORT[,ID=HOST:PORT...]` (peer ports). Empty: a
-    /// cluster of one.
+    /// The cluster's initial voters: `ID=HOST:PORT[,ID=HOST:PORT...]` (peer ports). Every broker gets the
+    /// same list, a broker added later (`ferry cluster add-broker`) too: it is not in the list and joins.
+    /// Empty: a cluster of one.
     #[arg(long, env = "FERRY_PEERS", default_value = "", value_parser = ferry_broker::config::parse_peers)]
     peers: std::collections::BTreeMap<u64, String>,
     /// Largest record batch accepted (bytes).
@@ -89,12 +90,6 @@ fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
         .node_id
         .or_else(|| ferry_broker::config::node_id_from_hostname(&hostname))
         .unwrap_or(1);
-    if !args.peers.is_empty() {
-        anyhow::ensure!(
-            args.peers.contains_key(&node_id),
-            "--peers does not list this broker's id {node_id}"
-        );
-    }
     let mut c = BrokerConfig::new(
         node_id,
         args.data_dir.clone(),
@@ -178,6 +173,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let peer_addr = match peer {
         Some(l) => {
             let addr = l.local_addr()?.to_string();
+            // What other brokers dial: the --peers entry of an initial voter, else the advertised host
+            // with the peer port.
+            config.peer_advertise = match config.peers.get(&config.node_id) {
+                Some(a) => a.clone(),
+                None => match &args.advertise {
+                    Some(a) => {
+                        let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+                        format!("{host}:{}", l.local_addr()?.port())
+                    }
+                    None => addr.clone(),
+                },
+            };
             let serve = server::peer::serve_peer(
                 config.node_id,
                 router.clone(),

@@ -32,15 +32,40 @@ pub struct TopicMeta {
     pub id: u64,
     pub name: String,
     pub partitions: u32,
-    /// Broker ids of each partition's replicas.
+    /// Broker ids of each partition's replicas: the assignment the partition is moving to (or has). The
+    /// first is the preferred leader.
     pub replica_sets: Vec<Vec<u64>>,
     pub settings: TopicSettings,
+    /// Each partition's replicas at creation: the configuration a brand-new replica starts from (it then
+    /// replays the group's configuration changes from the log, exactly as the first replicas did).
+    #[serde(default)]
+    pub initial_replica_sets: Vec<Vec<u64>>,
+    /// Each partition's voters as its leader last reported them matching `replica_sets`. A broker keeps its
+    /// replica while it is in either set: a replica being moved away serves until the move is finished.
+    #[serde(default)]
+    pub settled: Vec<Vec<u64>>,
 }
 
 impl TopicMeta {
     /// Raft group id of partition `p`.
     pub fn group_id(&self, p: u32) -> u64 {
         (self.id << PARTITION_BITS) | u64::from(p)
+    }
+
+    /// Whether broker `id` should run a replica of partition `p` (in its assignment or its settled voters).
+    pub fn hosts(&self, p: u32, id: u64) -> bool {
+        let p = p as usize;
+        self.replica_sets.get(p).is_some_and(|s| s.contains(&id))
+            || self.settled.get(p).is_some_and(|s| s.contains(&id))
+    }
+
+    /// Whether partition `p` is being moved (its voters do not match its assignment yet).
+    pub fn moving(&self, p: u32) -> bool {
+        let p = p as usize;
+        match (self.replica_sets.get(p), self.settled.get(p)) {
+            (Some(a), Some(b)) => !same_set(a, b),
+            _ => false,
+        }
     }
 
     /// Directory name of the topic under the data dir (the id keeps a re-created topic apart from remains
@@ -67,6 +92,46 @@ pub enum Command {
         id: u64,
         client_address: String,
     },
+    /// An operator adds a broker, reachable by peers at `peer_address`; it joins the controller and
+    /// partitions move to it.
+    AddBroker {
+        id: u64,
+        peer_address: String,
+    },
+    /// An operator removes a broker: it leaves once its replicas have moved to others.
+    RemoveBroker {
+        id: u64,
+    },
+    /// A removed broker has no replica left and is out of the controller: forget it.
+    ForgetBroker {
+        id: u64,
+    },
+    /// Move a partition to a new replica set (the controller's rebalancing).
+    MoveReplicas {
+        topic: String,
+        partition: u32,
+        replicas: Vec<u64>,
+    },
+    /// A partition's leader reports that its voters are `voters` (matching its assignment).
+    SettleReplicas {
+        topic: String,
+        partition: u32,
+        voters: Vec<u64>,
+    },
+}
+
+/// Whether two id lists hold the same ids, order aside.
+pub fn same_set(a: &[u64], b: &[u64]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// host:port of its peer listener.
+    pub peer_address: String,
+    /// Being removed: no new replicas; its replicas move away.
+    pub leaving: bool,
 }
 
 impl Command {
@@ -88,12 +153,49 @@ pub struct Metadata {
     pub topics: BTreeMap<String, TopicMeta>,
     /// Client addresses of the brokers that registered, by id.
     pub brokers: BTreeMap<u64, String>,
+    /// The cluster's brokers by id: the initial voters (`--peers`) plus those added, minus those forgotten.
+    pub members: BTreeMap<u64, Member>,
     pub next_topic_id: u64,
     /// Raft index of the last applied command.
     pub applied_index: u64,
 }
 
 impl Metadata {
+    /// Metadata before the first command: the initial voters (`--peers`, every broker is given the same).
+    pub fn new(initial_peers: &BTreeMap<u64, String>) -> Self {
+        let members = initial_peers
+            .iter()
+            .map(|(id, a)| {
+                let m = Member {
+                    peer_address: a.clone(),
+                    leaving: false,
+                };
+                (*id, m)
+            })
+            .collect();
+        Metadata {
+            members,
+            ..Metadata::default()
+        }
+    }
+
+    /// Brokers that take new replicas, by id.
+    pub fn active_members(&self) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.leaving)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Partitions (of any topic) with a replica on broker `id`, counting those being moved away.
+    pub fn replicas_on(&self, id: u64) -> usize {
+        self.topics
+            .values()
+            .map(|t| (0..t.partitions).filter(|p| t.hosts(*p, id)).count())
+            .sum()
+    }
+
     /// Applies one command. Commands that no longer make sense (creating an existing topic, deleting a
     /// missing one: a race between two admins) change nothing; the proposer checks the outcome.
     pub fn apply(&mut self, cmd: Command) {
@@ -112,6 +214,8 @@ impl Metadata {
                     id: self.next_topic_id,
                     name: name.clone(),
                     partitions,
+                    initial_replica_sets: replica_sets.clone(),
+                    settled: replica_sets.clone(),
                     replica_sets,
                     settings,
                 };
@@ -121,7 +225,57 @@ impl Metadata {
                 self.topics.remove(&name);
             }
             Command::RegisterBroker { id, client_address } => {
-                self.brokers.insert(id, client_address);
+                if self.members.is_empty() || self.members.contains_key(&id) {
+                    self.brokers.insert(id, client_address);
+                }
+            }
+            Command::AddBroker { id, peer_address } => {
+                let m = self.members.entry(id).or_insert(Member {
+                    peer_address: peer_address.clone(),
+                    leaving: false,
+                });
+                m.peer_address = peer_address;
+                m.leaving = false;
+            }
+            Command::RemoveBroker { id } => {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.leaving = true;
+                }
+            }
+            Command::ForgetBroker { id } => {
+                if self.members.get(&id).is_some_and(|m| m.leaving) && self.replicas_on(id) == 0 {
+                    self.members.remove(&id);
+                    self.brokers.remove(&id);
+                }
+            }
+            Command::MoveReplicas {
+                topic,
+                partition,
+                replicas,
+            } => {
+                if let Some(s) = self
+                    .topics
+                    .get_mut(&topic)
+                    .and_then(|t| t.replica_sets.get_mut(partition as usize))
+                {
+                    *s = replicas;
+                }
+            }
+            Command::SettleReplicas {
+                topic,
+                partition,
+                voters,
+            } => {
+                if let Some(t) = self.topics.get_mut(&topic) {
+                    let p = partition as usize;
+                    // Only a report that matches the current assignment settles it (a late report of an
+                    // earlier move changes nothing).
+                    if t.replica_sets.get(p).is_some_and(|s| same_set(s, &voters)) {
+                        if let Some(s) = t.settled.get_mut(p) {
+                            *s = voters;
+                        }
+                    }
+                }
             }
         }
     }
@@ -146,12 +300,19 @@ pub fn place(brokers: &[u64], partitions: u32, replicas: u32, start: u64) -> Vec
 }
 
 /// The controller's [`Apply`]: decodes committed batches into commands and applies them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MetadataMachine {
     pub state: Arc<RwLock<Metadata>>,
 }
 
 impl MetadataMachine {
+    /// A machine starting from the initial voters.
+    pub fn new(initial_peers: &BTreeMap<u64, String>) -> Self {
+        MetadataMachine {
+            state: Arc::new(RwLock::new(Metadata::new(initial_peers))),
+        }
+    }
+
     /// Applies every record of a committed batch.
     pub fn apply_batch(&self, index: u64, data: &Bytes) {
         let h = match batch::validate(data) {
@@ -204,7 +365,7 @@ mod tests {
 
     #[test]
     fn commands_round_trip_through_batches() {
-        let m = MetadataMachine::default();
+        let m = MetadataMachine::new(&BTreeMap::new());
         let create = Command::CreateTopic {
             name: "orders".into(),
             partitions: 3,

@@ -127,6 +127,32 @@ impl Client {
         .map_err(|e| unknown_topic_if_not_found(e, name))
     }
 
+    /// Adds broker `id` (its peer listener at `peer_address`) to the cluster.
+    pub async fn add_broker(&self, id: u64, peer_address: &str) -> Result<(), ClientError> {
+        let request = ferry_protocol::v1::AddBrokerRequest {
+            id,
+            peer_address: peer_address.to_owned(),
+        };
+        let timeout = self.config().request_timeout();
+        self.call(Route::Any, true, timeout, |channel| {
+            let request = request.clone();
+            async move { admin_client(channel).add_broker(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes broker `id` from the cluster (its partitions move to the others).
+    pub async fn remove_broker(&self, id: u64) -> Result<(), ClientError> {
+        let request = ferry_protocol::v1::RemoveBrokerRequest { id };
+        let timeout = self.config().request_timeout();
+        self.call(Route::Any, true, timeout, |channel| async move {
+            admin_client(channel).remove_broker(request).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The brokers, whether each is up, and the controller, as the answering broker sees them.
     pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse, ClientError> {
         let timeout = self.config().request_timeout();

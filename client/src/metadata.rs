@@ -153,11 +153,13 @@ mod tests {
                     id: 1,
                     address: "b1:7400".into(),
                     up: true,
+                    ..Default::default()
                 },
                 BrokerInfo {
                     id: 2,
                     address: "b2:7400".into(),
                     up: true,
+                    ..Default::default()
                 },
             ],
             topics: vec![TopicInfo {

@@ -13,6 +13,8 @@ use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
 use ferry_protocol::v1;
 use tonic::transport::Channel;
 
+pub mod cluster;
+
 /// How long a broker may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,6 +50,12 @@ impl Ferryd {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Ferryd {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         Ferryd::spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// The value of one of the flags it was started with (`--peers`, say).
+    pub fn flag(&self, name: &str) -> Option<String> {
+        let i = self.extra.iter().position(|a| a == name)?;
+        self.extra.get(i + 1).cloned()
     }
 
     /// Like [`Ferryd::start`], but a broker that exits before listening (a port taken meanwhile, say) is an

@@ -267,14 +267,18 @@ fn a_closed_pipe_ends_consume_quietly() {
 fn cluster_status_counts_leaders() {
     let (_dir, broker) = broker_with(&[("a", 3), ("b", 2)]);
     let out = ok(&broker, &["-o", "json", "cluster", "status"], b"");
-    let expected = json!({"controller": 1, "node_id": 1, "leaderless_partitions": 0,
-        "brokers": [{"id": 1, "address": broker.addr, "up": true, "leaders": 5}]});
+    let expected = json!({"controller": 1, "node_id": 1, "leaderless_partitions": 0, "moving_partitions": 0,
+        "brokers": [{"id": 1, "address": broker.addr, "up": true, "leaders": 5, "state": "active",
+            "peer_address": "", "replicas": 5}]});
     assert_eq!(json_lines(&out), [expected]);
     let out = ok(&broker, &["cluster", "status"], b"");
     let lines = stdout_lines(&out);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(row, ["1", &broker.addr, "up", "5", "controller,answered"]);
+    assert_eq!(
+        row,
+        ["1", &broker.addr, "up", "active", "5", "5", "controller,answered"]
+    );
 }
 
 #[test]

@@ -84,3 +84,103 @@ pub(super) async fn balance_leaders(broker: std::sync::Weak<Broker>, cancel: Can
         }
     }
 }
+
+/// How often membership work is checked: configuration steps of moving partitions, the controller's own
+/// membership, and new moves.
+const MEMBERSHIP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Carries out membership changes. On every broker: each partition this broker leads is moved, one Raft
+/// configuration step at a time, to the replicas the metadata assigns it, and reported settled to the
+/// controller once there. On the controller leader: the controller group follows the members, new moves
+/// are planned, and drained removed brokers are forgotten.
+pub(super) async fn membership(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
+    use crate::membership::{controller_voters, forgettable, plan_moves, settled};
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MEMBERSHIP_INTERVAL) => {}
+        }
+        let Some(b) = broker.upgrade() else { return };
+        let me = b.config.node_id;
+        // Partitions led here whose voters differ from their assignment, or that are not reported yet.
+        let work: Vec<(String, u32, Vec<u64>, bool, crate::replica::Replica)> = {
+            let meta = b.metadata.state.read();
+            b.local_partitions()
+                .into_iter()
+                .filter(|(_, r)| r.leader() == me && r.is_serving())
+                .filter_map(|((topic, p), r)| {
+                    let t = meta.topics.get(&topic)?;
+                    let target = t.replica_sets.get(p as usize)?.clone();
+                    let m = r.membership();
+                    let done = settled(&m.voters, &m.learners, &target);
+                    (!done || t.moving(p)).then_some((topic, p, target, done, r))
+                })
+                .collect()
+        };
+        for (topic, partition, target, done, r) in work {
+            if done {
+                let cmd = Command::SettleReplicas {
+                    topic: topic.clone(),
+                    partition,
+                    voters: target,
+                };
+                let reported = |m: &crate::metadata::Metadata| {
+                    m.topics.get(&topic).is_none_or(|t| !t.moving(partition))
+                };
+                if let Err(e) = b.propose_command(&cmd, reported).await {
+                    tracing::debug!(%topic, partition, "reporting a settled move: {e}");
+                }
+            } else {
+                match r.reconfigure(target).await {
+                    Ok(step) => tracing::debug!(%topic, partition, ?step, "moving replicas"),
+                    Err(e) => tracing::debug!(%topic, partition, "moving replicas: {e}"),
+                }
+            }
+        }
+        let ctl = &b.controller;
+        if ctl.leader() != me || !ctl.is_serving() {
+            continue;
+        }
+        let meta = b.metadata();
+        let target = controller_voters(&meta);
+        let m = ctl.membership();
+        if !settled(&m.voters, &m.learners, &target) {
+            match ctl.reconfigure(target).await {
+                Ok(step) => tracing::debug!(?step, "controller membership"),
+                Err(e) => tracing::debug!("controller membership: {e}"),
+            }
+            continue;
+        }
+        for id in forgettable(&meta, &m.voters) {
+            let cmd = Command::ForgetBroker { id };
+            match b
+                .propose_command(&cmd, |m| !m.members.contains_key(&id))
+                .await
+            {
+                Ok(()) => tracing::info!(broker = id, "removed broker left the cluster"),
+                Err(e) => tracing::debug!(broker = id, "forgetting a removed broker: {e}"),
+            }
+        }
+        for cmd in plan_moves(&meta, &m.voters) {
+            let Command::MoveReplicas {
+                topic,
+                partition,
+                replicas,
+            } = &cmd
+            else {
+                continue;
+            };
+            tracing::info!(%topic, partition, ?replicas, "moving a partition");
+            let moved = |m: &crate::metadata::Metadata| {
+                m.topics
+                    .get(topic)
+                    .and_then(|t| t.replica_sets.get(*partition as usize))
+                    .is_none_or(|s| s == replicas)
+            };
+            if let Err(e) = b.propose_command(&cmd, moved).await {
+                tracing::debug!(%topic, partition, "proposing a move: {e}");
+                break;
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
 use ferry_protocol::v1;
+use parking_lot::RwLock;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
@@ -28,55 +29,114 @@ const BACKOFF_MS_MAX: u64 = 2_000;
 /// How long a connection attempt may take (ms).
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
-/// The links to every peer of this broker.
+/// One outgoing link.
+#[derive(Debug)]
+struct Link {
+    address: String,
+    queue: mpsc::Sender<v1::RaftEnvelope>,
+    connected: Arc<AtomicBool>,
+    cancel: CancellationToken,
+}
+
+/// The links to every peer of this broker. Links come and go with the cluster's members.
 #[derive(Debug)]
 pub struct PeerNetwork {
-    links: HashMap<u64, mpsc::Sender<v1::RaftEnvelope>>,
-    connected: HashMap<u64, Arc<AtomicBool>>,
+    node_id: u64,
+    /// host:port of this broker's own peer listener, sent with every batch so that a broker that does not
+    /// know this one yet (it just joined) can answer.
+    own_address: String,
+    links: RwLock<HashMap<u64, Link>>,
+    cancel: CancellationToken,
 }
 
 impl PeerNetwork {
     /// Starts a link task per peer (`node id → host:port` of its peer listener, self excluded).
     pub fn start(
         node_id: u64,
+        own_address: String,
         peers: &BTreeMap<u64, String>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let mut links = HashMap::new();
-        let mut connected = HashMap::new();
-        for (&id, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
-            let (tx, rx) = mpsc::channel(LINK_QUEUE_MAX);
-            let up = Arc::new(AtomicBool::new(false));
-            tokio::spawn(run_link(
-                node_id,
-                id,
-                addr.clone(),
-                rx,
-                up.clone(),
-                cancel.clone(),
-            ));
-            links.insert(id, tx);
-            connected.insert(id, up);
+        let n = Arc::new(PeerNetwork {
+            node_id,
+            own_address,
+            links: RwLock::new(HashMap::new()),
+            cancel,
+        });
+        n.set_peers(peers);
+        n
+    }
+
+    fn link(&self, id: u64, address: &str) -> Link {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE_MAX);
+        let up = Arc::new(AtomicBool::new(false));
+        let cancel = self.cancel.child_token();
+        tokio::spawn(run_link(
+            (self.node_id, self.own_address.clone()),
+            id,
+            address.to_owned(),
+            rx,
+            up.clone(),
+            cancel.clone(),
+        ));
+        Link {
+            address: address.to_owned(),
+            queue: tx,
+            connected: up,
+            cancel,
         }
-        Arc::new(PeerNetwork { links, connected })
+    }
+
+    /// Makes the links match `peers` (this broker excluded): new peers get a link, a changed address a new
+    /// one, and peers no longer listed lose theirs.
+    pub fn set_peers(&self, peers: &BTreeMap<u64, String>) {
+        let mut links = self.links.write();
+        links.retain(|id, l| {
+            let keep = peers.get(id) == Some(&l.address);
+            if !keep {
+                l.cancel.cancel();
+            }
+            keep
+        });
+        for (&id, addr) in peers.iter().filter(|(id, _)| **id != self.node_id) {
+            links.entry(id).or_insert_with(|| self.link(id, addr));
+        }
+    }
+
+    /// Adds a link to `id` at `address` unless one exists: a peer that wrote to this broker before the
+    /// metadata named it (this broker just joined) gets its answers.
+    pub fn learn(&self, id: u64, address: &str) {
+        if id == self.node_id || self.links.read().contains_key(&id) {
+            return;
+        }
+        let mut links = self.links.write();
+        links.entry(id).or_insert_with(|| {
+            tracing::info!(peer = id, %address, "learned a peer from its messages");
+            self.link(id, address)
+        });
     }
 
     /// Whether the link to `id` has an open stream (the peer was reachable at its last attempt).
     pub fn is_connected(&self, id: u64) -> bool {
-        self.connected
+        self.links
+            .read()
             .get(&id)
-            .is_some_and(|c| c.load(Ordering::Relaxed))
+            .is_some_and(|l| l.connected.load(Ordering::Relaxed))
     }
 }
 
 impl Transport for PeerNetwork {
     fn send(&self, group: u64, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let links = self.links.read();
         for m in msgs {
-            match self.links.get(&m.to) {
+            match links.get(&m.to) {
                 Some(link) => {
                     // Encode now, on the replica's task: entry data may be slices of a segment map, which
                     // must not be read later, after Raft may have truncated that file.
-                    if link.try_send(envelope(group, &m)).is_err() {
+                    if link.queue.try_send(envelope(group, &m)).is_err() {
                         tracing::debug!(group, "peer link queue full; dropped a Raft message");
                     }
                 }
@@ -116,7 +176,7 @@ fn envelope(group: u64, m: &Message) -> v1::RaftEnvelope {
 }
 
 async fn run_link(
-    from: u64,
+    (from, from_address): (u64, String),
     to: u64,
     addr: String,
     mut rx: mpsc::Receiver<v1::RaftEnvelope>,
@@ -181,7 +241,12 @@ async fn run_link(
             let mut sent_all = true;
             for messages in split_by_size(std::mem::take(&mut pending), BATCH_BYTES_MAX) {
                 if stream_tx
-                    .send(v1::RaftBatch { from, to, messages })
+                    .send(v1::RaftBatch {
+                        from,
+                        to,
+                        messages,
+                        from_address: from_address.clone(),
+                    })
                     .await
                     .is_err()
                 {

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::handle::{
-    Ack, Control, Durability, Leadership, Proposal, Replica, ReplicaError, Shared,
+    Ack, Control, Durability, Leadership, Membership, Proposal, Reconfigure, Replica, ReplicaError,
+    Shared,
 };
 use super::transport::Transport;
 use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
@@ -37,6 +38,18 @@ const INBOX_MAX: usize = 4096;
 const MESSAGES_PER_STEP_MAX: usize = 1024;
 /// Ticks between two retention passes.
 const RETENTION_EVERY_TICKS: u64 = 50;
+/// A replica is in sync while it answers the leader and its log is within this many entries of the commit
+/// index (under load a healthy follower is always a few entries behind the instant the leader looks).
+const IN_SYNC_LAG_ENTRIES: u64 = 256;
+/// Whether a follower is in sync: caught up to the commit index, or (under load, when the leader looks
+/// between an append and its answer) answering and close behind.
+fn in_sync(p: &raft::Progress, committed: u64) -> bool {
+    p.matched >= committed || (p.recent_active && p.matched + IN_SYNC_LAG_ENTRIES >= committed)
+}
+
+/// A learner is promoted to voter once its log is within this many entries of the commit index: close
+/// enough that it catches up at once, while a busy partition's commit index never waits for it.
+const LEARNER_CATCH_UP_ENTRIES: u64 = 256;
 
 /// When appended batches are fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +221,7 @@ pub fn spawn(
         leadership: watch::channel(Leadership::default()).0,
         in_sync: Mutex::new(Vec::new()),
         failed: Mutex::new(None),
+        membership: Mutex::new(Membership::default()),
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
@@ -225,6 +239,7 @@ pub fn spawn(
         unsynced: None,
         last_sync: std::time::Instant::now(),
     };
+    driver.note_membership();
     let task = tokio::spawn(driver.run(rx, inbox_rx, control_rx, clock, cancel));
     Ok((
         Replica {
@@ -288,6 +303,9 @@ impl Driver {
                 }
                 Some(c) = control.recv() => match c {
                     Control::TransferLeader(to) => self.node.transfer_leader(to),
+                    Control::Reconfigure(voters, reply) => {
+                        let _ = reply.send(self.reconfigure(&voters));
+                    }
                 },
             }
             if let Err(fatal) = self.on_ready().await {
@@ -300,6 +318,81 @@ impl Driver {
         self.fail_all(ReplicaError::ShuttingDown);
         if let Err(e) = self.shared.storage.write().close() {
             tracing::error!(partition = %self.shared.name, "clean close failed: {e}");
+        }
+    }
+
+    /// Publishes the applied configuration to readers.
+    fn note_membership(&self) {
+        let conf = self.node.raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        *self.shared.membership.lock() = Membership { voters, learners };
+    }
+
+    /// One step of moving the group to `target` voters, one server at a time (never joint): add each new
+    /// replica as a learner, promote it once caught up, then remove the replicas that go. A leader that is
+    /// to go first hands leadership to a caught-up voter that stays. raft-rs allows one pending change at a
+    /// time, so a step waits while one is in flight.
+    fn reconfigure(&mut self, target: &[u64]) -> Reconfigure {
+        use raft::eraftpb::ConfChangeType;
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return Reconfigure::NotLeader;
+        }
+        if raft.pending_conf_index > raft.raft_log.applied {
+            return Reconfigure::InProgress("a configuration change is being committed".into());
+        }
+        let conf = raft.prs().conf();
+        let voters: Vec<u64> = conf.voters().ids().iter().collect();
+        let learners: Vec<u64> = conf.learners().iter().copied().collect();
+        let committed = raft.raft_log.committed;
+        let caught_up = |id: u64| {
+            raft.prs()
+                .get(id)
+                .is_some_and(|p| p.matched + LEARNER_CATCH_UP_ENTRIES >= committed)
+        };
+        let me = raft.id;
+        let change = if let Some(&new) = target
+            .iter()
+            .find(|id| !voters.contains(id) && !learners.contains(id))
+        {
+            Some((ConfChangeType::AddLearnerNode, new))
+        } else if let Some(&gone) = learners.iter().find(|id| !target.contains(id)) {
+            Some((ConfChangeType::RemoveNode, gone))
+        } else if let Some(&ready) = learners.iter().find(|id| caught_up(**id)) {
+            Some((ConfChangeType::AddNode, ready))
+        } else if !learners.is_empty() {
+            return Reconfigure::InProgress(format!("learners {learners:?} catching up"));
+        } else if let Some(&gone) = voters.iter().find(|id| !target.contains(id)) {
+            if gone == me {
+                let in_sync =
+                    |id: &&u64| raft.prs().get(**id).is_some_and(|p| p.matched >= committed);
+                let Some(&to) = target.iter().filter(|id| **id != me).find(in_sync) else {
+                    return Reconfigure::InProgress(
+                        "no caught-up replica to hand leadership to".into(),
+                    );
+                };
+                self.node.transfer_leader(to);
+                return Reconfigure::HandedOff(to);
+            }
+            Some((ConfChangeType::RemoveNode, gone))
+        } else {
+            None
+        };
+        let Some((kind, id)) = change else {
+            return Reconfigure::Settled;
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        match self.node.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                tracing::info!(partition = %self.shared.name, ?kind, node = id, "configuration change proposed");
+                Reconfigure::InProgress(format!("{kind:?} {id} proposed"))
+            }
+            Err(e) => Reconfigure::InProgress(format!("{kind:?} {id} refused: {e}")),
         }
     }
 
@@ -406,6 +499,7 @@ impl Driver {
                 .write()
                 .install_snapshot(&s)
                 .map_err(|e| e.to_string())?;
+            self.note_membership();
         }
         let leading = self.node.raft.state == StateRole::Leader;
         let committed = rd.take_committed_entries();
@@ -470,9 +564,10 @@ impl Driver {
     fn note_in_sync(&mut self, leading: bool) {
         let mut in_sync: Vec<u64> = if leading {
             let committed = self.node.raft.raft_log.committed;
+            let me = self.node.raft.id;
             let prs = self.node.raft.prs();
             prs.iter()
-                .filter(|(_, p)| p.matched >= committed)
+                .filter(|(id, p)| **id == me || in_sync(p, committed))
                 .map(|(id, _)| *id)
                 .collect()
         } else {
@@ -580,6 +675,7 @@ impl Driver {
             .node
             .apply_conf_change(cc)
             .map_err(|e| format!("conf change: {e}"))?;
+        self.note_membership();
         self.shared
             .storage
             .write()

@@ -66,6 +66,8 @@ pub struct Shared {
     pub in_sync: Mutex<Vec<u64>>,
     /// Why the replica is fenced, once it is.
     pub failed: Mutex<Option<String>>,
+    /// The configuration last applied.
+    pub membership: Mutex<Membership>,
 }
 
 impl Shared {
@@ -84,10 +86,32 @@ impl Shared {
 }
 
 /// An operator request to a replica's driver.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Control {
     /// Hand leadership to this broker (a caught-up voter of the group).
     TransferLeader(u64),
+    /// Take one step of configuration change towards these voters (see [`Reconfigure`]).
+    Reconfigure(Vec<u64>, oneshot::Sender<Reconfigure>),
+}
+
+/// What one reconfiguration step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconfigure {
+    /// The voters are the target and there are no learners.
+    Settled,
+    /// A configuration change was proposed (or one is still pending, or a learner is catching up).
+    InProgress(String),
+    /// This replica is to be removed and leads: leadership was handed to this voter first.
+    HandedOff(u64),
+    /// Only the leader changes the configuration.
+    NotLeader,
+}
+
+/// The group's configuration as this replica last applied it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 /// Who leads a group, as this replica knows it.
@@ -271,6 +295,22 @@ impl Replica {
     /// The replicas caught up to the commit index, as the leader sees them (empty unless this replica leads).
     pub fn in_sync(&self) -> Vec<u64> {
         self.shared.in_sync.lock().clone()
+    }
+
+    /// The group's voters and learners as this replica last applied them.
+    pub fn membership(&self) -> Membership {
+        self.shared.membership.lock().clone()
+    }
+
+    /// Asks the leader to take one configuration-change step towards `voters`.
+    pub async fn reconfigure(&self, voters: Vec<u64>) -> Result<Reconfigure, ReplicaError> {
+        self.shared.check()?;
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Reconfigure(voters, tx))
+            .await
+            .map_err(|_| ReplicaError::ShuttingDown)?;
+        rx.await.map_err(|_| ReplicaError::ShuttingDown)
     }
 
     /// Current leader (0: none).

@@ -23,50 +23,6 @@ impl AdminService {
     }
 }
 
-/// How long a broker waits for another broker's view of a topic (ms).
-const LEADER_VIEW_TIMEOUT_MS: u64 = 2_000;
-
-impl AdminService {
-    /// Replaces the entries of partitions led elsewhere with their leader's own view, asking each leader
-    /// once. A leader that does not answer leaves this broker's view in place.
-    async fn merge_leader_views(&self, info: &mut v1::TopicInfo) {
-        let me = self.broker.config.node_id;
-        let mut leaders: Vec<u64> = info
-            .partition_info
-            .iter()
-            .map(|p| p.leader)
-            .filter(|l| *l != 0 && *l != me)
-            .collect();
-        leaders.sort_unstable();
-        leaders.dedup();
-        let addresses = self.broker.metadata().brokers;
-        for leader in leaders {
-            let Some(addr) = addresses.get(&leader) else {
-                continue;
-            };
-            let ask = async {
-                let mut c = v1::admin_client::AdminClient::connect(format!("http://{addr}"))
-                    .await
-                    .ok()?;
-                let req = v1::DescribeTopicRequest {
-                    name: info.name.clone(),
-                    local_only: true,
-                };
-                c.describe_topic(req).await.ok().map(Response::into_inner)
-            };
-            let timeout = std::time::Duration::from_millis(LEADER_VIEW_TIMEOUT_MS);
-            let Ok(Some(theirs)) = tokio::time::timeout(timeout, ask).await else {
-                continue;
-            };
-            for (mine, their) in info.partition_info.iter_mut().zip(theirs.partition_info) {
-                if mine.leader == leader && their.leader == leader {
-                    *mine = their;
-                }
-            }
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_topic(
@@ -126,7 +82,7 @@ impl Admin for AdminService {
         let t = self.broker.topic(&req.name).map_err(to_status)?;
         let mut info = topic_info(&self.broker, &t);
         if !req.local_only {
-            self.merge_leader_views(&mut info).await;
+            super::views::merge_views(&self.broker, &t, &mut info, true).await;
         }
         Ok(Response::new(info))
     }
@@ -154,6 +110,28 @@ impl Admin for AdminService {
             brokers: brokers(&self.broker),
             controller: self.broker.controller().leader(),
             node_id: self.broker.config.node_id,
+            moving_partitions: super::moving_partitions(&self.broker),
         }))
+    }
+
+    async fn add_broker(
+        &self,
+        req: Request<v1::AddBrokerRequest>,
+    ) -> Result<Response<v1::AddBrokerResponse>, Status> {
+        let r = req.into_inner();
+        self.broker
+            .add_broker(r.id, &r.peer_address)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(v1::AddBrokerResponse {}))
+    }
+
+    async fn remove_broker(
+        &self,
+        req: Request<v1::RemoveBrokerRequest>,
+    ) -> Result<Response<v1::RemoveBrokerResponse>, Status> {
+        let id = req.into_inner().id;
+        self.broker.remove_broker(id).await.map_err(to_status)?;
+        Ok(Response::new(v1::RemoveBrokerResponse {}))
     }
 }

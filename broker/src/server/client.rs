@@ -398,7 +398,9 @@ impl Ferry for ClientService {
         }
         for t in meta.topics.values() {
             if req.topics.is_empty() || req.topics.contains(&t.name) {
-                topics.push(topic_info(&self.broker, t));
+                let mut info = topic_info(&self.broker, t);
+                super::views::merge_views(&self.broker, t, &mut info, false).await;
+                topics.push(info);
             }
         }
         Ok(Response::new(v1::MetadataResponse {

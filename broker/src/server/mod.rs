@@ -5,6 +5,7 @@ pub mod client;
 pub mod http;
 pub mod peer;
 pub mod status;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -25,18 +26,47 @@ const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// The brokers clients can use: every registered broker (this one at least), and whether it is reachable
 /// from here.
 pub fn brokers(b: &Broker) -> Vec<v1::BrokerInfo> {
-    let mut known = b.metadata().brokers;
-    known
-        .entry(b.config.node_id)
-        .or_insert_with(|| b.config.advertise.clone());
+    let meta = b.metadata();
+    let mut known = meta.brokers.clone();
+    if meta.members.is_empty() || meta.members.contains_key(&b.config.node_id) {
+        known
+            .entry(b.config.node_id)
+            .or_insert_with(|| b.config.advertise.clone());
+    }
+    // Members that have not registered a client address yet are listed too (without one).
+    for id in meta.members.keys() {
+        known.entry(*id).or_default();
+    }
+    let voters = b.controller().membership().voters;
     known
         .into_iter()
-        .map(|(id, address)| v1::BrokerInfo {
-            id,
-            address,
-            up: b.is_up(id),
+        .filter(|(id, _)| meta.members.is_empty() || meta.members.contains_key(id))
+        .map(|(id, address)| {
+            let member = meta.members.get(&id);
+            let state = match member {
+                Some(m) if m.leaving => "leaving",
+                Some(_) if !voters.contains(&id) => "joining",
+                _ => "active",
+            };
+            v1::BrokerInfo {
+                id,
+                address,
+                up: b.is_up(id),
+                state: state.to_owned(),
+                peer_address: member.map(|m| m.peer_address.clone()).unwrap_or_default(),
+                replicas: meta.replicas_on(id) as u32,
+            }
         })
         .collect()
+}
+
+/// Partitions whose replicas are being moved.
+pub fn moving_partitions(b: &Broker) -> u32 {
+    let meta = b.metadata();
+    meta.topics
+        .values()
+        .map(|t| (0..t.partitions).filter(|p| t.moving(*p)).count() as u32)
+        .sum()
 }
 
 /// A topic as the API shows it.
@@ -54,6 +84,12 @@ pub fn topic_info(b: &Broker, t: &TopicMeta) -> v1::TopicInfo {
                     high_watermark: r.high_watermark(),
                     log_start_offset: r.log_start_offset(),
                     error: r.failure().unwrap_or_default(),
+                },
+                // Not hosted here: other brokers know (`views::merge_views`).
+                Err(_) if !t.hosts(p, b.config.node_id) => v1::PartitionInfo {
+                    partition: p,
+                    replicas,
+                    ..Default::default()
                 },
                 Err(e) => v1::PartitionInfo {
                     partition: p,

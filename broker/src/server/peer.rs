@@ -36,8 +36,15 @@ impl Peer for PeerService {
     ) -> Result<Response<v1::RaftAck>, Status> {
         let (node_id, router) = (self.node_id, &self.router);
         let mut stream = req.into_inner();
+        let mut learned = false;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            if !learned && !batch.from_address.is_empty() {
+                if let Some(b) = self.broker.get() {
+                    b.learn_peer(batch.from, &batch.from_address);
+                    learned = true;
+                }
+            }
             if batch.to != node_id {
                 return Err(Status::failed_precondition(format!(
                     "Raft batch for broker {} reached broker {node_id}: check --peers",

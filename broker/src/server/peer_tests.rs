@@ -97,7 +97,7 @@ async fn start_cluster_with(
             listeners.remove(&id).unwrap(),
             cancel.clone(),
         ));
-        let network = PeerNetwork::start(id, &peers, cancel.clone());
+        let network = PeerNetwork::start(id, peers[&id].clone(), &peers, cancel.clone());
         let dir = dirs[id as usize - 1].path();
         let (storage, _) = ReplicaStorage::open(Arc::new(OsDisk), dir, log, &[1, 2, 3]).unwrap();
         let config = ReplicaConfig {

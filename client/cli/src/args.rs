@@ -114,6 +114,20 @@ pub enum ClusterCommand {
         /// Broker id of the replica that should lead.
         to: u64,
     },
+    /// Add a broker: it joins once started (with the cluster's --peers and its own --node-id), then
+    /// partitions move to it.
+    AddBroker {
+        /// The new broker's id.
+        id: u64,
+        /// host:port of the new broker's peer listener.
+        peer_address: String,
+    },
+    /// Remove a broker: its partitions move to the others, then it leaves (stop it once `cluster status`
+    /// no longer lists it).
+    RemoveBroker {
+        /// Broker id.
+        id: u64,
+    },
 }
 
 /// Durability a publish waits for.

@@ -40,7 +40,33 @@ pub async fn run(client: &Client, command: ClusterCommand, format: OutputFormat)
             out.flush()?;
             Ok(())
         }
+        ClusterCommand::AddBroker { id, peer_address } => {
+            client.add_broker(id, &peer_address).await?;
+            done(
+                format,
+                serde_json::json!({"added": id, "peer_address": peer_address}),
+                &format!("broker {id} added; partitions move to it once it is up (see `ferry cluster status`)"),
+            )
+        }
+        ClusterCommand::RemoveBroker { id } => {
+            client.remove_broker(id).await?;
+            done(
+                format,
+                serde_json::json!({"removed": id}),
+                &format!("broker {id} is leaving; stop it once `ferry cluster status` no longer lists it"),
+            )
+        }
     }
+}
+
+fn done(format: OutputFormat, json: serde_json::Value, text: &str) -> Result<()> {
+    let mut out = output::stdout();
+    match format {
+        OutputFormat::Json => output::json_line(&mut out, &json)?,
+        OutputFormat::Text => writeln!(out, "{text}")?,
+    }
+    out.flush()?;
+    Ok(())
 }
 
 async fn status(client: &Client, format: OutputFormat) -> Result<()> {
@@ -55,6 +81,13 @@ async fn status(client: &Client, format: OutputFormat) -> Result<()> {
             address: b.address.clone(),
             up: b.up,
             leaders: leaders.get(&b.id).copied().unwrap_or(0),
+            state: if b.state.is_empty() {
+                "active".to_owned()
+            } else {
+                b.state.clone()
+            },
+            peer_address: b.peer_address.clone(),
+            replicas: b.replicas,
         })
         .collect();
     brokers.sort_by_key(|b| b.id);
@@ -63,6 +96,7 @@ async fn status(client: &Client, format: OutputFormat) -> Result<()> {
         node_id: cluster.node_id,
         brokers,
         leaderless_partitions,
+        moving_partitions: cluster.moving_partitions,
     };
     let mut out = output::stdout();
     match format {
@@ -96,7 +130,9 @@ fn leader_counts(metadata: &MetadataResponse) -> (BTreeMap<u64, u64>, u64) {
 }
 
 fn write_text(shape: &json::Cluster, out: &mut impl Write) -> Result<()> {
-    let mut table = Table::new(&["ID", "ADDRESS", "STATUS", "LEADERS", "ROLE"]);
+    let mut table = Table::new(&[
+        "ID", "ADDRESS", "STATUS", "STATE", "REPLICAS", "LEADERS", "ROLE",
+    ]);
     for b in &shape.brokers {
         let mut role = Vec::new();
         if shape.controller == Some(b.id) {
@@ -109,6 +145,8 @@ fn write_text(shape: &json::Cluster, out: &mut impl Write) -> Result<()> {
             b.id.to_string(),
             b.address.clone(),
             if b.up { "up" } else { "down" }.to_owned(),
+            b.state.clone(),
+            b.replicas.to_string(),
             b.leaders.to_string(),
             if role.is_empty() {
                 "-".to_owned()
@@ -118,6 +156,13 @@ fn write_text(shape: &json::Cluster, out: &mut impl Write) -> Result<()> {
         ]);
     }
     table.write(out)?;
+    if shape.moving_partitions > 0 {
+        writeln!(
+            out,
+            "\n{} partitions are moving between brokers",
+            shape.moving_partitions
+        )?;
+    }
     if shape.leaderless_partitions > 0 {
         writeln!(
             out,

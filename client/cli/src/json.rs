@@ -109,6 +109,8 @@ pub struct Cluster {
     pub brokers: Vec<Broker>,
     /// Partitions (over all topics) that have no leader.
     pub leaderless_partitions: u64,
+    /// Partitions whose replicas are being moved (after adding or removing a broker).
+    pub moving_partitions: u32,
 }
 
 /// One broker in `ferry cluster status`.
@@ -119,6 +121,12 @@ pub struct Broker {
     pub up: bool,
     /// Partitions (over all topics) this broker leads.
     pub leaders: u64,
+    /// "active", "joining" or "leaving".
+    pub state: String,
+    /// host:port of its peer listener.
+    pub peer_address: String,
+    /// Partitions with a replica on this broker.
+    pub replicas: u32,
 }
 
 /// `ferry consume`: one per line. Key and value are UTF-8, with invalid bytes replaced by U+FFFD.

@@ -1,0 +1,203 @@
+//! Multi-broker helpers: start a cluster of `ferryd` processes on 127.0.0.1, find partition leaders,
+//! publish without retries (so nothing is written twice) and read a partition back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_protocol::batch::{self, Records};
+use ferry_protocol::v1::{self, publish_request::Payload};
+use tonic::transport::Channel;
+
+use crate::{batch_of, Ferryd};
+
+pub type FerryClient = v1::ferry_client::FerryClient<Channel>;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts one broker per dir, brokers 1..=N, each listing all as `--peers`.
+pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
+    // Free ports are picked by binding port 0 and letting go, so another test may take one meanwhile:
+    // then a broker exits before it listens, and the whole cluster starts again on new ports.
+    for _ in 0..5 {
+        if let Some(nodes) = try_start_cluster(dirs) {
+            return nodes;
+        }
+    }
+    panic!("could not start a three-broker cluster");
+}
+
+/// One attempt at [`start_cluster`]; `None` when a picked port was taken meanwhile.
+pub fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
+    let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let peers = peers.join(",");
+    // Start all at once: each waits for the controller, which needs a quorum.
+    let handles: Vec<_> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let (dir, peers, port) = (d.path().to_owned(), peers.clone(), ports[i]);
+            std::thread::spawn(move || {
+                let id = (i + 1).to_string();
+                let listen = format!("127.0.0.1:{port}");
+                Ferryd::try_start(
+                    &dir,
+                    &[
+                        "--node-id",
+                        &id,
+                        "--peer-listen",
+                        &listen,
+                        "--peers",
+                        &peers,
+                    ],
+                )
+            })
+        })
+        .collect();
+    let started: Vec<Result<Ferryd, String>> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    if started.iter().any(Result::is_err) {
+        return None; // the ones that started are killed on drop
+    }
+    Some(started.into_iter().map(Result::unwrap).collect())
+}
+
+/// A client of `addr`, if it answers.
+pub async fn client(addr: &str) -> Option<FerryClient> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500));
+    ch.connect().await.ok().map(FerryClient::new)
+}
+
+/// Leader address of every partition, from whichever broker answers.
+pub async fn leaders(brokers: &[String], topic: &str) -> HashMap<u32, String> {
+    for b in brokers {
+        let Some(mut c) = client(b).await else {
+            continue;
+        };
+        let Ok(m) = c
+            .metadata(v1::MetadataRequest {
+                topics: vec![topic.into()],
+            })
+            .await
+        else {
+            continue;
+        };
+        let m = m.into_inner();
+        let addr: HashMap<u64, String> = m
+            .brokers
+            .iter()
+            .map(|b| (b.id, b.address.clone()))
+            .collect();
+        return m.topics[0]
+            .partition_info
+            .iter()
+            .filter_map(|p| addr.get(&p.leader).map(|a| (p.partition, a.clone())))
+            .collect();
+    }
+    HashMap::new()
+}
+
+/// Publishes once to the partition's leader as known; no retry, so nothing is ever written twice.
+pub async fn publish_once(
+    pool: &mut HashMap<String, FerryClient>,
+    leader: Option<&String>,
+    topic: &str,
+    p: u32,
+    values: &[String],
+) -> Option<u64> {
+    let leader = leader?;
+    if !pool.contains_key(leader) {
+        pool.insert(leader.clone(), client(leader).await?);
+    }
+    let c = pool.get_mut(leader)?;
+    let req = v1::PublishRequest {
+        topic: topic.into(),
+        partition: Some(p),
+        acks: v1::Acks::All as i32,
+        payload: Some(Payload::Batch(batch_of(values))),
+        timeout_ms: 5_000,
+    };
+    match c.publish(req).await {
+        Ok(r) => Some(r.into_inner().acks[0].base_offset),
+        Err(_) => {
+            pool.remove(leader);
+            None
+        }
+    }
+}
+
+/// Every committed value of partition `p`, read from its leader.
+pub async fn read_all(leader: &str, topic: &str, p: u32) -> Vec<String> {
+    let mut c = client(leader).await.expect("leader reachable");
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = c
+            .fetch(v1::FetchRequest {
+                topic: topic.into(),
+                partition: p,
+                offset,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+                format: v1::Format::Batches as i32,
+            })
+            .await
+            .expect("fetch")
+            .into_inner();
+        for b in &r.batches {
+            let h = batch::validate(b).unwrap();
+            for rec in Records::new(b.clone(), h) {
+                let rec = rec.unwrap();
+                if rec.offset >= offset {
+                    out.push(String::from_utf8(rec.value.to_vec()).unwrap());
+                }
+            }
+        }
+        if r.next_offset >= r.high_watermark {
+            return out;
+        }
+        offset = r.next_offset;
+    }
+}
+
+/// `ferry topic describe -o json` through any of `brokers`.
+pub fn describe(brokers: &[String], topic: &str) -> serde_json::Value {
+    let out = crate::run_ferry(
+        &brokers.join(","),
+        &["topic", "describe", topic, "-o", "json"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Whether every partition has three in-sync replicas.
+pub fn all_in_sync(d: &serde_json::Value) -> bool {
+    d["partition_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["in_sync"].as_array().is_some_and(|s| s.len() == 3))
+}
+
+/// Leader of partition `p` in a `describe` answer (0: none).
+pub fn leader_of(d: &serde_json::Value, p: usize) -> u64 {
+    d["partition_info"][p]["leader"].as_u64().unwrap_or(0)
+}
