@@ -161,6 +161,7 @@ impl Broker {
                 transport: transport.clone(),
                 clock: clock.clone(),
                 cancel: ctl_cancel.clone(),
+                liveness: router.liveness(),
             },
         )?;
         router.register(CONTROLLER_GROUP, controller.inbox());
@@ -371,6 +372,7 @@ impl Broker {
                 transport: self.transport.clone(),
                 clock: self.clock.clone(),
                 cancel: cancel.clone(),
+                liveness: self.router.liveness(),
             },
         )?;
         Ok(Running {

@@ -277,7 +277,15 @@ fn cluster_status_counts_leaders() {
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
         row,
-        ["1", &broker.addr, "up", "active", "5", "5", "controller,answered"]
+        [
+            "1",
+            &broker.addr,
+            "up",
+            "active",
+            "5",
+            "5",
+            "controller,answered"
+        ]
     );
 }
 

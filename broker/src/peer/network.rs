@@ -26,6 +26,8 @@ const STREAM_BUFFER: usize = 64;
 /// First and largest reconnect delay (ms).
 const BACKOFF_MS_MIN: u64 = 50;
 const BACKOFF_MS_MAX: u64 = 2_000;
+/// Longest a link stays silent: an idle link sends an empty batch this often.
+const KEEPALIVE: Duration = Duration::from_millis(200);
 /// How long a connection attempt may take (ms).
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
@@ -227,25 +229,41 @@ async fn run_link(
         });
         backoff_ms = BACKOFF_MS_MIN;
         up.store(true, Ordering::Relaxed);
-        // Pump: every wake-up sends everything queued for this peer as one batch.
+        // Pump: every wake-up sends everything queued for this peer as one batch; an idle link sends an
+        // empty batch every keepalive so the peer knows this broker is alive (quiesced groups rely on it).
+        // The first batch of a stream names this broker's peer address.
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
         loop {
             pending.clear();
             let n = tokio::select! {
                 _ = cancel.cancelled() => return,
                 n = rx.recv_many(&mut pending, BATCH_MESSAGES_MAX) => n,
+                _ = keepalive.tick() => usize::MAX,
             };
             if n == 0 {
                 return;
             }
+            keepalive.reset();
             // Batches stay under the gRPC message limit: split by encoded size (one message always fits).
             let mut sent_all = true;
-            for messages in split_by_size(std::mem::take(&mut pending), BATCH_BYTES_MAX) {
+            let batches = if n == usize::MAX {
+                vec![Vec::new()] // keepalive
+            } else {
+                split_by_size(std::mem::take(&mut pending), BATCH_BYTES_MAX)
+            };
+            for messages in batches {
                 if stream_tx
                     .send(v1::RaftBatch {
                         from,
                         to,
                         messages,
-                        from_address: from_address.clone(),
+                        from_address: if std::mem::take(&mut first) {
+                            from_address.clone()
+                        } else {
+                            String::new()
+                        },
                     })
                     .await
                     .is_err()

@@ -1,6 +1,7 @@
 //! Delivers incoming Raft messages to the local replica of their group.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use raft::eraftpb::Message;
@@ -10,12 +11,18 @@ use tokio::sync::mpsc;
 #[derive(Debug, Default)]
 pub struct Router {
     inboxes: RwLock<HashMap<u64, mpsc::Sender<Message>>>,
+    liveness: Arc<crate::replica::Liveness>,
 }
 
 impl Router {
     /// Routes messages of `group` to `inbox` from now on.
     pub fn register(&self, group: u64, inbox: mpsc::Sender<Message>) {
         self.inboxes.write().insert(group, inbox);
+    }
+
+    /// Which peers were heard from lately (every received batch counts).
+    pub fn liveness(&self) -> Arc<crate::replica::Liveness> {
+        self.liveness.clone()
     }
 
     /// Stops routing `group`.

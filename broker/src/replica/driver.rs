@@ -95,6 +95,8 @@ pub struct Wiring {
     pub transport: Arc<dyn Transport>,
     pub clock: Clock,
     pub cancel: CancellationToken,
+    /// Which peer brokers were heard from lately (quiesced groups wake when one goes quiet).
+    pub liveness: Arc<super::Liveness>,
 }
 
 /// A state machine fed with committed data batches (the cluster metadata uses one).
@@ -166,7 +168,30 @@ struct Driver {
     /// With an interval policy: the file written since the last fsync, and when that fsync was.
     unsynced: Option<(Arc<dyn crate::storage::DiskFile>, u64)>,
     last_sync: std::time::Instant,
+    quiet: Quiet,
 }
+
+/// Quiescence: an idle group stops ticking, so a broker with thousands of idle partitions sends no
+/// heartbeats for them. The leader of a group with nothing in flight and every voter caught up sends one
+/// last heartbeat marked [`QUIESCE_CONTEXT`] and stops ticking; a follower that receives it stops too. Any
+/// other Raft message, a proposal or an operator request wakes a replica; so does a peer broker of the group
+/// going quiet (not heard from for an election timeout: links send keepalives), after which Raft's timers
+/// run again and elect a new leader if need be.
+struct Quiet {
+    liveness: Arc<super::Liveness>,
+    /// How long a peer may go unheard before quiesced replicas wake (one election timeout).
+    window: Duration,
+    quiesced: bool,
+    /// The next Ready's heartbeats are the quiesce heartbeats.
+    quiescing: bool,
+    /// Tick of the last activity (proposal, entries, operator request, wake-up).
+    active_tick: u64,
+}
+
+/// Context of the heartbeat that quiesces a group.
+const QUIESCE_CONTEXT: &[u8] = b"ferry-quiesce";
+/// Idle ticks before a leader quiesces its group (a few heartbeats, so followers learned the commit).
+const QUIESCE_IDLE_TICKS: u64 = 10;
 
 /// Starts the replica of group `group` over `storage`. `applied` state machines see every committed data
 /// batch after those already in the log up to the persisted commit (the caller replays those).
@@ -182,6 +207,7 @@ pub fn spawn(
         transport,
         clock,
         cancel,
+        liveness,
     } = wiring;
     let (commit, hw, voters) = {
         let c = storage.read();
@@ -222,6 +248,7 @@ pub fn spawn(
         in_sync: Mutex::new(Vec::new()),
         failed: Mutex::new(None),
         membership: Mutex::new(Membership::default()),
+        quiesced: Default::default(),
     });
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
@@ -238,6 +265,13 @@ pub fn spawn(
         fsync: config.fsync,
         unsynced: None,
         last_sync: std::time::Instant::now(),
+        quiet: Quiet {
+            liveness,
+            window: Duration::from_millis(config.tick_ms * config.election_ticks as u64),
+            quiesced: false,
+            quiescing: false,
+            active_tick: 0,
+        },
     };
     driver.note_membership();
     let task = tokio::spawn(driver.run(rx, inbox_rx, control_rx, clock, cancel));
@@ -291,6 +325,7 @@ impl Driver {
                 n = inbox.recv_many(&mut incoming, MESSAGES_PER_STEP_MAX) => {
                     if n == 0 { break; }
                     for m in incoming.drain(..) {
+                        self.note_incoming(&m);
                         // Messages from unknown or removed peers are refused by Raft: not our failure.
                         if let Err(e) = self.node.step(m) {
                             tracing::debug!(partition = %self.shared.name, "raft step: {e}");
@@ -299,14 +334,18 @@ impl Driver {
                 }
                 n = rx.recv_many(&mut batch, PROPOSALS_PER_STEP_MAX) => {
                     if n == 0 { break; }
+                    self.wake();
                     self.propose(std::mem::take(&mut batch));
                 }
-                Some(c) = control.recv() => match c {
-                    Control::TransferLeader(to) => self.node.transfer_leader(to),
-                    Control::Reconfigure(voters, reply) => {
-                        let _ = reply.send(self.reconfigure(&voters));
+                Some(c) = control.recv() => {
+                    self.wake();
+                    match c {
+                        Control::TransferLeader(to) => self.node.transfer_leader(to),
+                        Control::Reconfigure(voters, reply) => {
+                            let _ = reply.send(self.reconfigure(&voters));
+                        }
                     }
-                },
+                }
             }
             if let Err(fatal) = self.on_ready().await {
                 let (why, err) = fatal.into_error();
@@ -396,10 +435,90 @@ impl Driver {
         }
     }
 
+    fn wake(&mut self) {
+        self.set_quiesced(false);
+        self.quiet.active_tick = self.ticks;
+    }
+
+    fn set_quiesced(&mut self, q: bool) {
+        if self.quiet.quiesced != q {
+            self.quiet.quiesced = q;
+            self.shared
+                .quiesced
+                .store(q, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Quiescence bookkeeping for an incoming message: the quiesce heartbeat quiets a follower; anything
+    /// else wakes the replica, except heartbeat answers on a leader (they answer its own quiesce heartbeat).
+    fn note_incoming(&mut self, m: &Message) {
+        let t = m.get_msg_type();
+        if t == MessageType::MsgHeartbeat && m.context.as_ref() == QUIESCE_CONTEXT {
+            self.set_quiesced(true);
+        } else if !(t == MessageType::MsgHeartbeatResponse
+            && self.node.raft.state == StateRole::Leader)
+        {
+            self.wake();
+        }
+    }
+
+    /// Whether the brokers this replica depends on were all heard from lately: a follower its leader's, a
+    /// leader every voter's.
+    fn peers_live(&self) -> bool {
+        let raft = &self.node.raft;
+        let live = |id: u64| id == raft.id || self.quiet.liveness.is_live(id, self.quiet.window);
+        if raft.state == StateRole::Leader {
+            raft.prs().conf().voters().ids().iter().all(live)
+        } else {
+            raft.leader_id != 0 && live(raft.leader_id)
+        }
+    }
+
+    /// A leader quiesces its group once idle with every voter caught up and reachable.
+    fn maybe_quiesce(&mut self) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader
+            || self.ticks < self.quiet.active_tick + QUIESCE_IDLE_TICKS
+            || raft.lead_transferee.is_some()
+            || raft.pending_conf_index > raft.raft_log.applied
+            || !raft.prs().conf().learners().is_empty()
+        {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let caught_up = raft.raft_log.committed == last
+            && raft.raft_log.applied == last
+            && raft.prs().iter().all(|(_, p)| p.matched == last);
+        if caught_up && self.peers_live() {
+            self.quiet.quiescing = true;
+            self.set_quiesced(true);
+            self.node.ping();
+        }
+    }
+
     fn tick(&mut self) {
-        self.node.tick();
         self.ticks += 1;
+        if self.quiet.quiesced {
+            if self.peers_live() {
+                self.retain();
+                return;
+            }
+            tracing::debug!(partition = %self.shared.name, "a peer went quiet; waking up");
+            self.wake();
+            // The group was silent for a liveness window already: a follower campaigns after the rest of a
+            // randomized election timeout counted from its shortest value, not after a whole one more.
+            let raft = &mut self.node.raft;
+            if raft.state != StateRole::Leader {
+                raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+            }
+        }
+        self.node.tick();
         self.retry_stuck_snapshots();
+        self.maybe_quiesce();
+        self.retain();
+    }
+
+    fn retain(&mut self) {
         if self.ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
             let applied = self.node.raft.raft_log.applied;
             if let Err(e) = self.shared.storage.write().apply_retention(applied) {
@@ -491,7 +610,19 @@ impl Driver {
                 });
             }
         }
-        self.transport.send(self.group, rd.take_messages());
+        let mut msgs = rd.take_messages();
+        if std::mem::take(&mut self.quiet.quiescing) {
+            for m in msgs
+                .iter_mut()
+                .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+            {
+                m.context = Bytes::from_static(QUIESCE_CONTEXT);
+            }
+        }
+        if !rd.entries().is_empty() || !rd.committed_entries().is_empty() {
+            self.quiet.active_tick = self.ticks;
+        }
+        self.transport.send(self.group, msgs);
         if !rd.snapshot().is_empty() {
             let s = rd.snapshot().clone();
             self.shared

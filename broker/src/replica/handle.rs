@@ -68,6 +68,8 @@ pub struct Shared {
     pub failed: Mutex<Option<String>>,
     /// The configuration last applied.
     pub membership: Mutex<Membership>,
+    /// The group is quiesced here: idle, its Raft timers stopped.
+    pub quiesced: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -295,6 +297,13 @@ impl Replica {
     /// The replicas caught up to the commit index, as the leader sees them (empty unless this replica leads).
     pub fn in_sync(&self) -> Vec<u64> {
         self.shared.in_sync.lock().clone()
+    }
+
+    /// Whether this replica is quiesced (idle group, Raft timers stopped).
+    pub fn is_quiesced(&self) -> bool {
+        self.shared
+            .quiesced
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The group's voters and learners as this replica last applied them.

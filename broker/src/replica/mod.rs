@@ -7,11 +7,13 @@
 pub mod clock;
 pub mod driver;
 pub mod handle;
+pub mod liveness;
 pub mod transport;
 
 pub use clock::Clock;
 pub use driver::{spawn, Apply, FsyncPolicy, ReplicaConfig, Wiring};
 pub use handle::{Ack, Replica, ReplicaError};
+pub use liveness::Liveness;
 pub use transport::{NoPeers, Transport};
 
 #[cfg(test)]

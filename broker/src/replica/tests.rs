@@ -16,6 +16,7 @@ fn wiring(cancel: &CancellationToken, tick_ms: u64) -> Wiring {
         transport: Arc::new(NoPeers),
         clock: Clock::start(tick_ms, cancel.clone()),
         cancel: cancel.clone(),
+        liveness: Default::default(),
     }
 }
 

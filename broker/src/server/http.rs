@@ -64,5 +64,9 @@ async fn metrics(State(s): State<AppState>) -> (StatusCode, String) {
             u8::from(r.failure().is_some())
         ));
     }
+    // Idle groups whose Raft timers are stopped here (see docs/design.md, quiescence).
+    let quiesced = parts.iter().filter(|(_, r)| r.is_quiesced()).count();
+    out.push_str("# TYPE ferry_partitions_quiesced gauge\n");
+    out.push_str(&format!("ferry_partitions_quiesced {quiesced}\n"));
     (StatusCode::OK, out)
 }

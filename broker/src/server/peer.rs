@@ -37,8 +37,10 @@ impl Peer for PeerService {
         let (node_id, router) = (self.node_id, &self.router);
         let mut stream = req.into_inner();
         let mut learned = false;
+        let liveness = router.liveness();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            liveness.heard(batch.from);
             if !learned && !batch.from_address.is_empty() {
                 if let Some(b) = self.broker.get() {
                     b.learn_peer(batch.from, &batch.from_address);

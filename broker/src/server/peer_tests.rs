@@ -33,6 +33,9 @@ struct Faults {
     links: parking_lot::Mutex<std::collections::HashSet<(u64, u64)>>,
     /// How many snapshot messages to drop (then let through).
     drop_snapshots: std::sync::atomic::AtomicUsize,
+    /// Let idle groups quiesce (with the brokers' real liveness). Off by default: cuts drop Raft messages,
+    /// not link keepalives, so a group quiesced before a cut would not notice it.
+    quiesce: std::sync::atomic::AtomicBool,
 }
 
 /// A transport that drops the messages of cut links, then sends the rest over the real network: a network
@@ -119,6 +122,11 @@ async fn start_cluster_with(
                 }),
                 clock: Clock::start(config.tick_ms, cancel.clone()),
                 cancel: cancel.clone(),
+                liveness: if cuts.quiesce.load(std::sync::atomic::Ordering::Relaxed) {
+                    router.liveness()
+                } else {
+                    Default::default()
+                },
             },
         )
         .unwrap();
@@ -225,6 +233,52 @@ async fn replicates_and_fails_over_without_losing_acknowledged_data() {
         assert_eq!(&got[*o as usize], v, "acknowledged {v} lost");
     }
     assert_eq!(got.last().map(String::as_str), Some("after"));
+    for n in nodes.values() {
+        n.cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_group_quiesces_and_still_fails_over() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cuts = Cuts::default();
+    cuts.quiesce
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut nodes = start_cluster_with_cuts(&dirs, cuts).await;
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    publish(&nodes[&leader].replica, "before").await.unwrap();
+    let started = Instant::now();
+    while !nodes.values().all(|n| n.replica.is_quiesced()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the idle group did not quiesce"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A publish wakes the group and commits as usual.
+    publish(&nodes[&leader].replica, "wake").await.unwrap();
+    let started = Instant::now();
+    while !nodes.values().all(|n| n.replica.is_quiesced()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "quiesced again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The quiesced leader's broker dies: the followers stop hearing its keepalives, wake, and elect.
+    let old = nodes.remove(&leader).unwrap();
+    old.cancel.cancel();
+    let _ = old.task.await;
+    let killed_at = Instant::now();
+    let new_leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let took = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(took < Duration::from_secs(3), "failover took {took:?}");
+    publish(&nodes[&new_leader].replica, "after").await.unwrap();
+    assert_eq!(
+        values(&nodes[&new_leader].replica),
+        ["before", "wake", "after"]
+    );
     for n in nodes.values() {
         n.cancel.cancel();
     }
