@@ -424,7 +424,7 @@ impl Broker {
 
     /// Proposes a command batch on this broker's controller replica, which must lead (forwarded commands
     /// land here). Answers once it is committed and applied.
-    pub async fn propose_local(&self, batch: Bytes) -> Result<(), BrokerError> {
+    pub async fn propose_local(&self, batch: Bytes) -> Result<u64, BrokerError> {
         let h = ferry_protocol::batch::validate_records(&batch)
             .map_err(|e| BrokerError::Invalid(format!("invalid controller command batch: {e}")))?;
         let decodable = ferry_protocol::batch::Records::new(batch.clone(), h)
@@ -432,15 +432,16 @@ impl Broker {
         if !decodable {
             return Err(BrokerError::Invalid("not a controller command".into()));
         }
-        self.controller
+        let ack = self
+            .controller
             .publish(batch, h, Durability::Quorum)
             .await
             .map_err(|e| self.replica_error(e))?;
-        Ok(())
+        Ok(ack.base_offset)
     }
 
     /// Sends a command batch to the controller leader's peer port.
-    async fn forward(&self, leader: u64, batch: Bytes) -> Result<(), BrokerError> {
+    async fn forward(&self, leader: u64, batch: Bytes) -> Result<u64, BrokerError> {
         let addr = self
             .metadata
             .state
@@ -459,7 +460,7 @@ impl Broker {
         let mut client = ferry_protocol::v1::peer_client::PeerClient::new(channel);
         let req = ferry_protocol::v1::ForwardRequest { command: batch };
         match client.forward(req).await {
-            Ok(_) => Ok(()),
+            Ok(r) => Ok(r.into_inner().base_offset),
             Err(s) if s.code() == tonic::Code::Unavailable => Err(BrokerError::NoLeader),
             Err(s) => Err(BrokerError::Invalid(s.message().to_owned())),
         }
@@ -472,7 +473,17 @@ impl Broker {
         cmd: &Command,
         applied: impl Fn(&Metadata) -> bool,
     ) -> Result<(), BrokerError> {
+        self.propose_command_at(cmd, applied).await.map(|_| ())
+    }
+
+    /// [`Broker::propose_command`], answering the controller log offset the command landed at.
+    async fn propose_command_at(
+        &self,
+        cmd: &Command,
+        applied: impl Fn(&Metadata) -> bool,
+    ) -> Result<u64, BrokerError> {
         let batch = cmd.to_batch();
+        let offset;
         let deadline = tokio::time::Instant::now() + CONTROLLER_COMMAND_TIMEOUT;
         loop {
             let leader = self.controller.leader();
@@ -484,7 +495,10 @@ impl Broker {
                 Err(BrokerError::NoLeader)
             };
             match attempt {
-                Ok(()) => break,
+                Ok(o) => {
+                    offset = o;
+                    break;
+                }
                 Err(
                     BrokerError::NoLeader
                     | BrokerError::NotLeader { .. }
@@ -502,9 +516,19 @@ impl Broker {
         )
         .await;
         match done {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(offset),
             _ => Err(BrokerError::NoLeader),
         }
+    }
+
+    /// A new idempotent producer id: the controller log offset of an allocation record, unique for the
+    /// life of the cluster (the controller log is never truncated).
+    pub async fn init_producer(&self) -> Result<i64, BrokerError> {
+        let offset = self
+            .propose_command_at(&Command::AllocateProducerId {}, |_| true)
+            .await?;
+        i64::try_from(offset)
+            .map_err(|_| BrokerError::Unsatisfiable("producer ids exhausted".into()))
     }
 
     /// Creates a topic through the controller and starts its local replicas.

@@ -112,6 +112,8 @@ pub enum Command {
         partition: u32,
         replicas: Vec<u64>,
     },
+    /// Allocates an idempotent producer id: the offset of this record in the controller log.
+    AllocateProducerId {},
     /// A partition's leader reports that its voters are `voters` (matching its assignment).
     SettleReplicas {
         topic: String,
@@ -261,6 +263,7 @@ impl Metadata {
                     *s = replicas;
                 }
             }
+            Command::AllocateProducerId {} => {}
             Command::SettleReplicas {
                 topic,
                 partition,

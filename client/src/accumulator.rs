@@ -213,6 +213,11 @@ impl<A> Accumulator<A> {
         self.next_batch_id
     }
 
+    /// Whether some sealed batch waits to be sent.
+    pub fn has_dispatchable(&self) -> bool {
+        !self.dispatchable.is_empty()
+    }
+
     /// Sealed batches that may be sent now, at most one per partition; each is marked in flight until
     /// [`Accumulator::complete`] is called for it.
     pub fn take_dispatchable(&mut self) -> Vec<SealedBatch<A>> {

@@ -187,6 +187,27 @@ impl Client {
         route: Route<'_>,
         retriable: bool,
         timeout: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let policy: fn(&ClientError) -> bool = if retriable {
+            retry::is_retriable
+        } else {
+            |_| false
+        };
+        self.call_with(route, policy, timeout, call).await
+    }
+
+    /// [`Client::call`] with the retry decision given: `retry(err)` says whether a failed attempt is tried
+    /// again.
+    pub(crate) async fn call_with<T, F, Fut>(
+        &self,
+        route: Route<'_>,
+        retry_when: fn(&ClientError) -> bool,
+        timeout: Duration,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -206,7 +227,7 @@ impl Client {
                 }
                 Err(_) => timeout_error(timeout),
             };
-            if !retriable || !retry::is_retriable(&err) || retries >= config.retries_max {
+            if !retry_when(&err) || retries >= config.retries_max {
                 return Err(err);
             }
             retries += 1;

@@ -52,6 +52,9 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Bound on the bytes of records sent but not yet acknowledged; `send` waits while it is reached.
     pub in_flight_bytes_max: usize,
+    /// Idempotent publishing (default on): the broker gives this producer an id, each batch carries a
+    /// per-partition sequence number, and a batch retried after a lost answer is written once.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -61,6 +64,7 @@ impl Default for ProducerConfig {
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             acks: Acks::All,
             in_flight_bytes_max: IN_FLIGHT_BYTES_MAX_DEFAULT,
+            idempotence: true,
         }
     }
 }
@@ -123,6 +127,7 @@ impl Producer {
         let task = ProducerTask::new(
             client.clone(),
             config.acks,
+            config.idempotence,
             accumulator,
             command_queue,
             in_flight_bytes.clone(),

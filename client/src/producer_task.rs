@@ -57,12 +57,25 @@ enum Event {
     Command(Option<Command>),
     Published(Published),
     LingerExpired,
+    Identity(Result<(i64, i16), ClientError>),
+}
+
+/// Idempotence state: the producer id the broker gave and the next sequence number per partition. A batch
+/// is stamped when it is sent (one in flight per partition, so sequences go out in order). After a batch
+/// fails for good its outcome is unknown, so the producer takes a new id and starts sequences afresh.
+#[derive(Default)]
+struct Idempotence {
+    identity: Option<(i64, i16)>,
+    sequences: HashMap<(Arc<str>, u32), i32>,
+    asking: Option<BoxFuture<'static, Result<(i64, i16), ClientError>>>,
 }
 
 /// The task's state.
 pub(crate) struct ProducerTask {
     client: Client,
     acks: Acks,
+    /// `None` when idempotence is off.
+    idempotence: Option<Idempotence>,
     accumulator: Accumulator<DeliverySender>,
     commands: mpsc::Receiver<Command>,
     /// Released as batches finish; [`Producer::send`](crate::Producer::send) acquires.
@@ -80,6 +93,7 @@ impl ProducerTask {
     pub(crate) fn new(
         client: Client,
         acks: Acks,
+        idempotent: bool,
         accumulator: Accumulator<DeliverySender>,
         commands: mpsc::Receiver<Command>,
         in_flight_bytes: Arc<Semaphore>,
@@ -88,6 +102,7 @@ impl ProducerTask {
         ProducerTask {
             client,
             acks,
+            idempotence: idempotent.then(Idempotence::default),
             accumulator,
             commands,
             in_flight_bytes,
@@ -114,6 +129,7 @@ impl ProducerTask {
                 }
                 Event::Published(published) => self.on_published(published),
                 Event::LingerExpired => self.accumulator.expire(Instant::now()),
+                Event::Identity(result) => self.on_identity(result),
             }
         }
         // Senders blocked on backpressure learn the producer is gone.
@@ -125,8 +141,17 @@ impl ProducerTask {
         // A deadline in the far future stands in for "no open batch"; that branch is disabled then.
         let deadline = self.accumulator.next_deadline();
         let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let asking = self.idempotence.as_mut().and_then(|i| i.asking.as_mut());
+        let has_asking = asking.is_some();
+        let identity = async move {
+            match asking {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             command = self.commands.recv(), if !self.draining => Event::Command(command),
+            result = identity, if has_asking => Event::Identity(result),
             Some(published) = self.publishing.next(), if !self.publishing.is_empty() => {
                 Event::Published(published)
             }
@@ -171,8 +196,42 @@ impl ProducerTask {
         }
     }
 
-    /// Starts publishing every batch that may go now.
+    /// The answer to a producer id request: batches go out stamped with it, or fail with the error.
+    fn on_identity(&mut self, result: Result<(i64, i16), ClientError>) {
+        let Some(idem) = self.idempotence.as_mut() else {
+            return;
+        };
+        idem.asking = None;
+        match result {
+            Ok(identity) => {
+                idem.identity = Some(identity);
+                idem.sequences.clear();
+            }
+            Err(err) => {
+                tracing::debug!(%err, "no producer id");
+                for batch in self.accumulator.take_dispatchable() {
+                    for delivery in batch.acks {
+                        let _ = delivery.send(Err(err.clone()));
+                    }
+                    self.in_flight_bytes.add_permits(batch.records_bytes);
+                    self.accumulator
+                        .complete(&batch.topic, batch.partition, batch.id);
+                }
+            }
+        }
+    }
+
+    /// Starts publishing every batch that may go now (once the producer has an id, if idempotent).
     fn dispatch(&mut self) {
+        if let Some(idem) = self.idempotence.as_mut() {
+            if idem.identity.is_none() {
+                if idem.asking.is_none() && self.accumulator.has_dispatchable() {
+                    let client = self.client.clone();
+                    idem.asking = Some(Box::pin(async move { client.init_producer().await }));
+                }
+                return;
+            }
+        }
         for batch in self.accumulator.take_dispatchable() {
             let SealedBatch {
                 id,
@@ -182,6 +241,17 @@ impl ProducerTask {
                 acks: deliveries,
                 records_bytes,
             } = batch;
+            let bytes = match self.stamp(&topic, partition, bytes) {
+                Ok(b) => b,
+                Err(err) => {
+                    for delivery in deliveries {
+                        let _ = delivery.send(Err(err.clone()));
+                    }
+                    self.in_flight_bytes.add_permits(records_bytes);
+                    self.accumulator.complete(&topic, partition, id);
+                    continue;
+                }
+            };
             self.in_flight.insert(
                 id,
                 InFlight {
@@ -201,6 +271,34 @@ impl ProducerTask {
                 }
             }));
         }
+    }
+
+    /// Stamps an idempotent producer's id and the partition's next sequence number on a batch.
+    fn stamp(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        bytes: bytes::Bytes,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let Some(idem) = self.idempotence.as_mut() else {
+            return Ok(bytes);
+        };
+        let (producer_id, producer_epoch) = idem.identity.expect("dispatch waits for the id");
+        let count = ferry_protocol::batch::BatchHeader::parse(&bytes)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .record_count;
+        let seq = idem
+            .sequences
+            .entry((topic.clone(), partition))
+            .or_insert(0);
+        let stamp = ferry_protocol::batch::ProducerStamp {
+            producer_id,
+            producer_epoch,
+            base_sequence: *seq,
+        };
+        *seq = seq.wrapping_add(count as i32) & i32::MAX;
+        ferry_protocol::batch::with_producer(bytes, stamp)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     fn on_published(&mut self, published: Published) {
@@ -224,6 +322,11 @@ impl ProducerTask {
             }
             Err(err) => {
                 tracing::debug!(%topic, partition, %err, "publish failed");
+                // The batch may or may not be written: later batches go under a new producer id.
+                if let Some(idem) = self.idempotence.as_mut() {
+                    idem.identity = None;
+                    idem.sequences.clear();
+                }
                 for delivery in in_flight.deliveries {
                     let _ = delivery.send(Err(err.clone()));
                 }

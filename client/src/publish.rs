@@ -13,7 +13,8 @@ use crate::error::ClientError;
 impl Client {
     /// Publishes `batch` (built with [`BatchBuilder`](ferry_protocol::batch::BatchBuilder)) to `partition`
     /// of `topic` and waits until it is as durable as `acks` asks. Retried on an unreachable or moved
-    /// leader, so in rare cases (answer lost after the write) the batch is stored twice.
+    /// leader, so in rare cases (answer lost after the write) a batch without a producer stamp is stored
+    /// twice; a stamped batch (idempotent producer) is recognized by the leader and stored once.
     pub async fn publish_batch(
         &self,
         topic: &str,
@@ -33,13 +34,36 @@ impl Client {
         };
         let timeout = self.config().request_timeout();
         let route = Route::Leader { topic, partition };
+        // An idempotent producer's batch may be retried whatever became of the first attempt.
+        let retry_when = if header.producer_id >= 0 {
+            crate::retry::is_retriable_when_idempotent
+        } else {
+            crate::retry::is_retriable
+        };
         let response = self
-            .call(route, true, timeout, |channel| {
+            .call_with(route, retry_when, timeout, |channel| {
                 let request = request.clone();
                 async move { ferry_client(channel).publish(request).await }
             })
             .await?;
         check_ack(&response, partition, header.record_count)
+    }
+}
+
+impl Client {
+    /// A new producer id (and epoch) for idempotent publishing.
+    pub async fn init_producer(&self) -> Result<(i64, i16), ClientError> {
+        let timeout = self.config().request_timeout();
+        let r = self
+            .call(Route::Any, true, timeout, |channel| async move {
+                ferry_client(channel)
+                    .init_producer(ferry_protocol::v1::InitProducerRequest {})
+                    .await
+            })
+            .await?;
+        let epoch = i16::try_from(r.producer_epoch)
+            .map_err(|_| ClientError::Protocol(format!("producer epoch {}", r.producer_epoch)))?;
+        Ok((r.producer_id, epoch))
     }
 }
 

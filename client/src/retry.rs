@@ -5,8 +5,10 @@
 //! the partition's leader (`FAILED_PRECONDITION` saying "not leader"). Both mean "ask again elsewhere once
 //! metadata is fresh". Anything else is the broker's considered answer and goes back to the caller.
 //!
-//! A retried publish can be stored twice when the first attempt reached the leader but its answer was lost;
-//! without idempotent producers (not yet built) that is the at-least-once price, as in Kafka.
+//! A retried publish can be stored twice when the first attempt reached the leader but its answer was lost,
+//! unless it comes from an idempotent producer (the default): the leader recognizes the retry by its
+//! producer id and sequence number. Those publishes are also retried after a broken connection or a
+//! timed-out attempt ([`is_retriable_when_idempotent`]).
 
 use std::time::Duration;
 
@@ -23,6 +25,16 @@ pub fn is_retriable(err: &ClientError) -> bool {
         },
         _ => false,
     }
+}
+
+/// Whether `err` may succeed if tried again, for a request that is safe to repeat even when its first
+/// attempt may have taken effect (an idempotent producer's publish: the leader recognizes the retry).
+/// Besides [`is_retriable`]: a connection broken mid-request and a timed-out attempt.
+pub fn is_retriable_when_idempotent(err: &ClientError) -> bool {
+    is_retriable(err)
+        || matches!(err, ClientError::Timeout { .. })
+        || matches!(err, ClientError::Status { code, .. }
+            if matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded))
 }
 
 /// The pause before retry number `retry` (1 for the first retry): exponential from the configured minimum,

@@ -572,6 +572,23 @@ fn write_header(
     buf[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// `batch` with its producer fields set to `stamp` and its CRC recomputed. Idempotent producers stamp a
+/// batch when they send it (the sequence number depends on what went before), not when it is built. Copies
+/// only if the bytes are shared.
+pub fn with_producer(batch: Bytes, stamp: ProducerStamp) -> Result<Bytes, BatchError> {
+    BatchHeader::parse(&batch)?;
+    let mut buf = match batch.try_into_mut() {
+        Ok(m) => m,
+        Err(shared) => BytesMut::from(&shared[..]),
+    };
+    buf[56..64].copy_from_slice(&stamp.producer_id.to_le_bytes());
+    buf[64..66].copy_from_slice(&stamp.producer_epoch.to_le_bytes());
+    buf[66..70].copy_from_slice(&stamp.base_sequence.to_le_bytes());
+    let crc = compute_crc(&buf);
+    buf[28..32].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf.freeze())
+}
+
 /// Builds a control batch holding one entry of type `entry_type` (a Raft entry type) with `data`.
 pub fn control_batch(entry_type: u8, data: &[u8], timestamp_ms: i64) -> BytesMut {
     let mut buf = BytesMut::with_capacity(HEADER_LEN + 1 + data.len());
@@ -599,6 +616,27 @@ pub fn control_payload(batch: &Bytes) -> Result<(u8, Bytes), BatchError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_restamped_batch_validates_and_carries_the_stamp() {
+        let mut b = BatchBuilder::new(5);
+        b.push(5, Some(b"k"), b"v", &[]);
+        let plain = b.finish();
+        let shared = plain.clone(); // shared bytes are copied, not changed under the other owner
+        let stamp = ProducerStamp {
+            producer_id: 42,
+            producer_epoch: 1,
+            base_sequence: 7,
+        };
+        let stamped = with_producer(plain, stamp).unwrap();
+        let h = validate_records(&stamped).unwrap();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 1, 7)
+        );
+        assert_eq!(BatchHeader::parse(&shared).unwrap().producer_id, -1);
+        assert!(with_producer(Bytes::from_static(b"short"), stamp).is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

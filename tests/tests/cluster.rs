@@ -274,3 +274,110 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         },
     );
 }
+
+/// An idempotent producer publishes 20,000 messages while partition leaders are killed with kill -9 and
+/// restarted; its retries after lost answers are recognized by the new leaders, so every message is in the
+/// log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
+    use ferry_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    let mut admin = nodes[0].admin().await;
+    let req = v1::CreateTopicRequest {
+        name: "idem".into(),
+        partitions: 3,
+        replicas: 3,
+        config: None,
+    };
+    admin.create_topic(req).await.unwrap();
+    let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let config = ClientConfig {
+        retries_max: 200,
+        retry_backoff_ms_max: 100,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(brokers.clone(), config).await.unwrap();
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            linger_ms: 2,
+            batch_bytes_max: 16 * 1024,
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    const TOTAL: usize = 20_000;
+    let mut deliveries = Vec::with_capacity(TOTAL);
+    let mut killed = Vec::new();
+    for i in 0..TOTAL {
+        if i % 5_000 == 2_500 {
+            // kill -9 the leader of partition (i / 5000) % 3 (never the last live broker), restart it later.
+            let p = ((i / 5_000) % 3) as u32;
+            let routes = leaders(&brokers, "idem").await;
+            if let Some(idx) = routes
+                .get(&p)
+                .and_then(|a| nodes.iter().position(|n| &n.addr == a))
+            {
+                nodes[idx].kill9();
+                killed.push(idx);
+            }
+        }
+        if i % 5_000 == 4_000 {
+            for idx in killed.drain(..) {
+                nodes[idx].restart_in_place();
+            }
+        }
+        let r = ProducerRecord::new("idem", format!("m{i}")).with_key(format!("k{}", i % 97));
+        deliveries.push(producer.send(r).await);
+        if i % 500 == 0 {
+            // Spread the publishing over a few seconds, so kills land while batches are in flight.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    producer.flush().await;
+    let results = futures::future::join_all(deliveries).await;
+    let failed: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    for idx in killed.drain(..) {
+        nodes[idx].restart_in_place();
+    }
+    for n in &nodes {
+        n.wait_ready();
+    }
+    let routes = leaders(&brokers, "idem").await;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for p in 0..3 {
+        for v in read_all(&routes[&p], "idem", p).await {
+            *count.entry(v).or_default() += 1;
+        }
+    }
+    let duplicated: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "written twice: {duplicated:?}");
+    for (i, r) in results.iter().enumerate() {
+        if r.is_ok() {
+            assert_eq!(
+                count.get(&format!("m{i}")),
+                Some(&1),
+                "acknowledged m{i} missing"
+            );
+        }
+    }
+    if let Some(Err(e)) = failed.first().map(|i| &results[*i]) {
+        eprintln!("first failure: {e}");
+    }
+    assert!(
+        failed.len() < TOTAL / 100,
+        "{} of {TOTAL} sends failed even with retries",
+        failed.len()
+    );
+    eprintln!(
+        "{} messages acknowledged, {} failed, none written twice",
+        TOTAL - failed.len(),
+        failed.len()
+    );
+}

@@ -1,6 +1,7 @@
 //! Raft for a partition: the durable state file, `raft::Storage` over the segment log, and the slog bridge.
 
 pub mod logger;
+pub mod producers;
 pub mod state;
 pub mod storage;
 

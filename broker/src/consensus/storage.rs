@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState as RaftInitial, StorageError as RaftStorageError};
 
+use super::producers::{ProducerTable, REBUILD_SEGMENTS};
 use super::state::RaftState;
 use crate::storage::log::Recovery;
 use crate::storage::{Append, Disk, DiskFile, LogConfig, PartitionLog, StorageError};
@@ -48,6 +49,8 @@ pub struct Core {
     tail_bytes: usize,
     /// Last Raft index known fsynced: a commit index written to the state file never passes it.
     durable_last: u64,
+    /// Idempotent producers' recent batches, as the log holds them.
+    pub producers: ProducerTable,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
@@ -117,7 +120,9 @@ impl ReplicaStorage {
         }
         // What recovery found on disk is what is durable.
         let durable_last = log.last_raft_index();
+        let producers = ProducerTable::rebuild(&log.recent_headers(REBUILD_SEGMENTS)?);
         let core = Core {
+            producers,
             log,
             hard_state: state.hard_state.clone(),
             state,
@@ -200,6 +205,8 @@ impl Core {
                 let e = self.tail.pop_back().expect("checked");
                 self.tail_bytes -= e.data.len();
             }
+            // The replaced batches no longer count as written.
+            self.producers = ProducerTable::rebuild(&self.log.recent_headers(REBUILD_SEGMENTS)?);
         }
         let mut next_offset = self.log.next_offset();
         let mut appends = Vec::with_capacity(entries.len());
@@ -220,6 +227,7 @@ impl Core {
                 (c, h)
             };
             appends.push(Append::new(&stored, &h, next_offset, e.term, e.index));
+            self.producers.record(&h, next_offset, e.index);
             placed.push(Placed {
                 raft_index: e.index,
                 base_offset: next_offset,
@@ -339,6 +347,7 @@ impl Core {
         self.state.write(self.disk.as_ref(), &self.dir)?;
         self.log.reset(m.index + 1, offset)?;
         self.durable_last = m.index;
+        self.producers = ProducerTable::default();
         self.tail.clear();
         self.tail_bytes = 0;
         Ok(())

@@ -25,6 +25,9 @@ pub enum ReplicaError {
     ShuttingDown,
     #[error("{0}")]
     OutOfRange(String),
+    /// An idempotent producer's batch out of sequence, or from a fenced epoch.
+    #[error("{0}")]
+    Sequence(String),
 }
 
 /// A durable acknowledgement: where the batch's records are.

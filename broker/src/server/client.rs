@@ -383,6 +383,17 @@ impl Ferry for ClientService {
         }))
     }
 
+    async fn init_producer(
+        &self,
+        _req: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        let producer_id = self.broker.init_producer().await.map_err(to_status)?;
+        Ok(Response::new(v1::InitProducerResponse {
+            producer_id,
+            producer_epoch: 0,
+        }))
+    }
+
     async fn metadata(
         &self,
         req: Request<v1::MetadataRequest>,

@@ -79,8 +79,8 @@ impl Peer for PeerService {
             .broker
             .get()
             .ok_or_else(|| Status::unavailable("this broker is still starting"))?;
-        broker.propose_local(batch).await.map_err(to_status)?;
-        Ok(Response::new(v1::ForwardResponse {}))
+        let base_offset = broker.propose_local(batch).await.map_err(to_status)?;
+        Ok(Response::new(v1::ForwardResponse { base_offset }))
     }
 }
 

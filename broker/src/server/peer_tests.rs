@@ -284,6 +284,65 @@ async fn an_idle_group_quiesces_and_still_fails_over() {
     }
 }
 
+fn stamped(v: &str, producer_id: i64, base_sequence: i32) -> bytes::Bytes {
+    let mut b = BatchBuilder::new(1);
+    b.producer(batch::ProducerStamp {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence,
+    });
+    b.push(1, None, v.as_bytes(), &[]);
+    b.finish()
+}
+
+async fn publish_bytes(r: &Replica, data: bytes::Bytes) -> Result<u64, ReplicaError> {
+    let h = batch::validate(&data).unwrap();
+    r.publish(data, h, Durability::Quorum)
+        .await
+        .map(|a| a.base_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_recognizes_a_retry_the_old_leader_wrote() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs).await;
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let r = nodes[&leader].replica.clone();
+    assert_eq!(publish_bytes(&r, stamped("a", 9, 0)).await.unwrap(), 0);
+    assert_eq!(publish_bytes(&r, stamped("b", 9, 1)).await.unwrap(), 1);
+    // A retry of either is answered with its offset and not written again.
+    assert_eq!(publish_bytes(&r, stamped("b", 9, 1)).await.unwrap(), 1);
+    assert_eq!(publish_bytes(&r, stamped("a", 9, 0)).await.unwrap(), 0);
+    // A gap is refused.
+    match publish_bytes(&r, stamped("d", 9, 3)).await {
+        Err(ReplicaError::Sequence(why)) => assert!(why.contains("expected 2"), "{why}"),
+        other => panic!("a sequence gap was accepted: {other:?}"),
+    }
+    // The leader dies; the new one knows what producer 9 wrote (its table comes from the log).
+    let old = nodes.remove(&leader).unwrap();
+    old.cancel.cancel();
+    let _ = old.task.await;
+    let new_leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let r = nodes[&new_leader].replica.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let offset = loop {
+        match publish_bytes(&r, stamped("b", 9, 1)).await {
+            Ok(o) => break o,
+            Err(ReplicaError::NotLeader { .. } | ReplicaError::Dropped(_)) => {
+                assert!(Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(offset, 1, "the retry is recognized after failover");
+    assert_eq!(publish_bytes(&r, stamped("c", 9, 2)).await.unwrap(), 2);
+    assert_eq!(values(&r), ["a", "b", "c"], "each batch once");
+    for n in nodes.values() {
+        n.cancel.cancel();
+    }
+}
+
 /// Cuts `node` off from the others in both directions (or heals it).
 fn isolate(cuts: &Cuts, node: u64, cut: bool) {
     let mut c = cuts.links.lock();

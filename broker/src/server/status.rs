@@ -36,6 +36,7 @@ pub fn to_status(e: BrokerError) -> Status {
             | ReplicaError::ShuttingDown => Status::unavailable(r.to_string()),
             ReplicaError::DiskFull(_) => Status::resource_exhausted(r.to_string()),
             ReplicaError::OutOfRange(_) => Status::out_of_range(r.to_string()),
+            ReplicaError::Sequence(_) => Status::failed_precondition(r.to_string()),
             ReplicaError::Failed(_) => Status::data_loss(r.to_string()),
         },
     }

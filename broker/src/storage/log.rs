@@ -437,6 +437,25 @@ impl PartitionLog {
         Ok(out)
     }
 
+    /// Headers of the batches in the last `segments` segments, in log order, with the offset of each (read
+    /// from the header only: no CRC pass, for rebuilding state derived from headers at open).
+    pub fn recent_headers(&self, segments: usize) -> Result<Vec<BatchHeader>, StorageError> {
+        let mut out = Vec::new();
+        let from = self.segments.len().saturating_sub(segments);
+        for seg in &self.segments[from..] {
+            let mut pos = 0u32;
+            while pos < seg.len {
+                let h = seg.header_at(pos)?;
+                if h.batch_len == 0 {
+                    break;
+                }
+                pos = pos.saturating_add(h.batch_len);
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes every batch with Raft index `raft_index` or later (Raft replaced an uncommitted tail).
     pub fn truncate_from_raft_index(&mut self, raft_index: u64) -> Result<(), StorageError> {
         let mut popped = false;
