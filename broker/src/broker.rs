@@ -11,7 +11,10 @@ use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod groups;
 mod tasks;
+
+pub use groups::{GROUP_NAME_LEN_MAX, HEARTBEAT_INTERVAL_MS};
 
 use crate::config::BrokerConfig;
 use crate::consensus::ReplicaStorage;
@@ -96,6 +99,8 @@ pub struct Broker {
     partitions: RwLock<HashMap<(String, u32), Running>>,
     /// Serializes reconciliation; true once shutdown began.
     reconcile: tokio::sync::Mutex<bool>,
+    /// Consumer groups this broker coordinates.
+    groups: groups::Coordinated,
     cancel: CancellationToken,
 }
 
@@ -177,6 +182,7 @@ impl Broker {
             clock,
             partitions: RwLock::new(HashMap::new()),
             reconcile: tokio::sync::Mutex::new(false),
+            groups: Default::default(),
             cancel,
         });
         // Commands past the persisted commit are applied once the controller commits them again: wait for

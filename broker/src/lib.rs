@@ -12,6 +12,7 @@
 pub mod broker;
 pub mod config;
 pub mod consensus;
+pub mod groups;
 pub mod membership;
 pub mod metadata;
 pub mod peer;

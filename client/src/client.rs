@@ -34,6 +34,8 @@ struct Inner {
     metadata: RwLock<MetadataCache>,
     /// The broker that last answered a metadata request: where requests without a better route go.
     preferred: Mutex<String>,
+    /// Coordinator address of each consumer group, as brokers last named it.
+    coordinators: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Response metadata of a broker's not-leader error: `ID=HOST:PORT` of the partition's leader.
@@ -48,6 +50,8 @@ pub(crate) enum Route<'a> {
     Controller,
     /// The leader of one partition, or any broker while it has none.
     Leader { topic: &'a str, partition: u32 },
+    /// A consumer group's coordinator, or any broker while it is unknown (which names it).
+    Group(&'a str),
 }
 
 impl Client {
@@ -86,6 +90,7 @@ impl Client {
                     tracing::debug!(%address, brokers = response.brokers.len(), "bootstrapped");
                     let inner = Inner {
                         preferred: Mutex::new(address.clone()),
+                        coordinators: Mutex::new(Default::default()),
                         config,
                         bootstrap,
                         channels,
@@ -245,9 +250,6 @@ impl Client {
     /// Takes in the `ferry-leader: ID=HOST:PORT` header a broker puts on a not-leader error; true when it
     /// named a leader for the partition `route` addresses.
     fn follow_redirect(&self, route: Route<'_>, status: &tonic::Status) -> bool {
-        let Route::Leader { topic, partition } = route else {
-            return false;
-        };
         let Some(value) = status
             .metadata()
             .get(LEADER_HEADER)
@@ -261,11 +263,23 @@ impl Client {
         let Ok(id) = id.parse::<u64>() else {
             return false;
         };
-        self.inner
-            .metadata
-            .write()
-            .note_leader(topic, partition, id, address);
-        true
+        match route {
+            Route::Leader { topic, partition } => {
+                self.inner
+                    .metadata
+                    .write()
+                    .note_leader(topic, partition, id, address);
+                true
+            }
+            Route::Group(group) => {
+                self.inner
+                    .coordinators
+                    .lock()
+                    .insert(group.to_owned(), address.to_owned());
+                true
+            }
+            Route::Any | Route::Controller => false,
+        }
     }
 
     /// Refreshes the metadata a failed call on `route` depends on. Only an unknown topic ends the retries:
@@ -274,6 +288,11 @@ impl Client {
         let result = match route {
             Route::Leader { topic, .. } => self.metadata(&[topic]).await,
             Route::Any | Route::Controller => self.metadata(&[]).await,
+            Route::Group(group) => {
+                // The coordinator may have moved: ask any broker again.
+                self.inner.coordinators.lock().remove(group);
+                self.metadata(&[]).await
+            }
         };
         match result {
             Err(err @ ClientError::UnknownTopic(_)) => Err(err),
@@ -285,10 +304,16 @@ impl Client {
         }
     }
 
+    /// A channel to the broker at `address`.
+    pub(crate) fn channel_to(&self, address: &str) -> Result<Channel, ClientError> {
+        self.inner.channels.get(address)
+    }
+
     /// The channel a request on `route` goes to.
     async fn channel_for(&self, route: Route<'_>) -> Result<Channel, ClientError> {
         let address = match route {
             Route::Any => None,
+            Route::Group(group) => self.inner.coordinators.lock().get(group).cloned(),
             Route::Controller => self
                 .inner
                 .metadata

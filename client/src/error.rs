@@ -72,6 +72,9 @@ pub enum ClientError {
     /// The producer was closed (or its background task stopped) before the record was acknowledged.
     #[error("producer is closed")]
     ProducerClosed,
+    /// The group consumer was closed.
+    #[error("the group consumer is closed")]
+    Closed,
     /// A call did not complete within the client's deadline.
     #[error("request timed out after {timeout_ms} ms")]
     Timeout {

@@ -45,6 +45,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod fetch;
+pub mod group;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
@@ -59,6 +60,7 @@ pub use config::ClientConfig;
 pub use delivery::{Delivery, DeliveryResult};
 pub use error::{ClientError, ConnectAttempt};
 pub use fetch::{FetchResult, OffsetSpec, PartitionOffsets};
+pub use group::{GroupConfig, GroupConsumer, StartFrom};
 pub use producer::{Producer, ProducerConfig};
 pub use record::{ConsumedRecord, ProducerRecord};
 

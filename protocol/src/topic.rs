@@ -50,6 +50,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
     Ok(())
 }
 
+/// The internal topic whose partitions hold consumer groups' state and committed offsets. The leader of a
+/// group's partition is the group's coordinator.
+pub const GROUP_TOPIC: &str = "__consumer_offsets";
+/// Partitions of [`GROUP_TOPIC`]: fixed, so every client and broker maps a group to the same partition.
+pub const GROUP_TOPIC_PARTITIONS: u32 = 8;
+
+/// The partition of [`GROUP_TOPIC`] that holds group `group` (Kafka's murmur2 of the name).
+pub fn group_partition(group: &str) -> u32 {
+    crate::partitioner::partition_for_key(group.as_bytes(), GROUP_TOPIC_PARTITIONS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

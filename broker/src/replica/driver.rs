@@ -757,6 +757,7 @@ impl Driver {
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
         let now = Leadership {
+            term: self.node.raft.term,
             leader: self.node.raft.leader_id,
             serving: self.node.raft.state == StateRole::Leader
                 && self.node.raft.apply_to_current_term(),

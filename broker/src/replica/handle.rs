@@ -127,6 +127,8 @@ pub struct Leadership {
     /// This replica leads and has applied an entry of its own term, so its high watermark is current:
     /// only then does it serve reads (a new leader's high watermark can lag what was committed before).
     pub serving: bool,
+    /// Raft term this view is from.
+    pub term: u64,
 }
 
 /// A handle to a running replica.
@@ -323,6 +325,13 @@ impl Replica {
             .await
             .map_err(|_| ReplicaError::ShuttingDown)?;
         rx.await.map_err(|_| ReplicaError::ShuttingDown)
+    }
+
+    /// The Raft term while this replica serves as leader (`None` otherwise): state derived from the log on
+    /// a leader (consumer groups) is reloaded when it changes.
+    pub fn serving_term(&self) -> Option<u64> {
+        let l = *self.shared.leadership.borrow();
+        l.serving.then_some(l.term)
     }
 
     /// Current leader (0: none).

@@ -383,6 +383,49 @@ impl Ferry for ClientService {
         }))
     }
 
+    async fn group_heartbeat(
+        &self,
+        req: Request<v1::GroupHeartbeatRequest>,
+    ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
+        super::groups::heartbeat(&self.broker, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<v1::CommitOffsetsRequest>,
+    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        super::groups::commit(&self.broker, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn describe_group(
+        &self,
+        req: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        super::groups::describe(&self.broker, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_groups(
+        &self,
+        _req: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        super::groups::list(&self.broker).await.map(Response::new)
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        super::groups::delete(&self.broker, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn init_producer(
         &self,
         _req: Request<v1::InitProducerRequest>,

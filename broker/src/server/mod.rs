@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod groups;
 pub mod http;
 pub mod peer;
 pub mod status;

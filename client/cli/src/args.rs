@@ -48,6 +48,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// Publish stdin to a topic, one message per line.
     Produce(ProduceArgs),
     /// Print a topic's messages.
@@ -207,6 +212,74 @@ pub struct ConsumeArgs {
     /// In text output, print `key<TAB>value` instead of the value alone.
     #[arg(long)]
     pub print_key: bool,
+    /// Consume as a member of this consumer group: partitions are shared with the group's other members,
+    /// offsets are committed, and `--from` applies only to partitions without a committed offset.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// With --group: static membership under this stable id (a pod name).
+    #[arg(long, requires = "group")]
+    pub instance_id: Option<String>,
+    /// With --group: the session timeout (ms).
+    #[arg(long, requires = "group", default_value_t = ferry_client::group::SESSION_TIMEOUT_MS_DEFAULT)]
+    pub session_timeout_ms: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Every consumer group.
+    List,
+    /// Members, assignment, committed offset, end offset and lag per partition.
+    Describe {
+        /// Group name.
+        group: String,
+    },
+    /// Move a group's committed offsets (only while it has no live members). Prints the plan; applies it
+    /// only with --execute.
+    ResetOffsets {
+        /// Group name.
+        group: String,
+        /// Topic whose offsets move.
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest, an offset, or ts:MILLIS (the first record at or after that Unix time in ms).
+        #[arg(long, value_parser = parse_reset_to)]
+        to: ResetTo,
+        /// Apply the plan (without it, only print it).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Delete a group without live members, with its committed offsets.
+    Delete {
+        /// Group name.
+        group: String,
+    },
+}
+
+/// Where `ferry group reset-offsets` moves offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    TimestampMs(i64),
+}
+
+fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
+    match text {
+        "earliest" => Ok(ResetTo::Earliest),
+        "latest" => Ok(ResetTo::Latest),
+        t => {
+            if let Some(ms) = t.strip_prefix("ts:") {
+                return ms
+                    .parse()
+                    .map(ResetTo::TimestampMs)
+                    .map_err(|_| format!("'{t}' is not ts:MILLIS"));
+            }
+            t.parse()
+                .map(ResetTo::Offset)
+                .map_err(|_| format!("'{t}' is not earliest, latest, an offset or ts:MILLIS"))
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

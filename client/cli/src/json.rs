@@ -226,3 +226,48 @@ mod tests {
         );
     }
 }
+
+/// `ferry group describe`.
+#[derive(Debug, Serialize)]
+pub struct Group {
+    pub group: String,
+    /// "stable", "rebalancing" or "empty".
+    pub state: String,
+    pub generation: u64,
+    /// Broker id of the coordinator that answered.
+    pub coordinator: u64,
+    pub members: Vec<GroupMember>,
+    pub partitions: Vec<GroupPartition>,
+}
+
+/// A partition by topic and number.
+#[derive(Debug, Serialize)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// One member in `ferry group describe`.
+#[derive(Debug, Serialize)]
+pub struct GroupMember {
+    pub member_id: String,
+    /// Null for a dynamic member.
+    pub instance_id: Option<String>,
+    /// Partitions the coordinator assigns it.
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// One partition in `ferry group describe`.
+#[derive(Debug, Serialize)]
+pub struct GroupPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// Null: nothing committed.
+    pub committed: Option<u64>,
+    /// Null: the partition's leader did not answer.
+    pub end_offset: Option<u64>,
+    /// end_offset - committed (the log start when nothing is committed); null when unknown.
+    pub lag: Option<u64>,
+    /// Member id of its owner; null: none.
+    pub owner: Option<String>,
+}

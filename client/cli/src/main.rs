@@ -14,6 +14,7 @@ mod args;
 mod bench;
 mod cluster;
 mod consume;
+mod group;
 mod json;
 mod output;
 mod produce;
@@ -57,7 +58,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Topic { command } => topic::run(&client, command, format).await,
         Command::Cluster { command } => cluster::run(&client, command, format).await,
         Command::Produce(args) => produce::run(client, args).await,
+        Command::Consume(args) if args.group.is_some() => {
+            group::consume(client, args, format).await
+        }
         Command::Consume(args) => consume::run(client, args, format).await,
+        Command::Group { command } => group::run(&client, command, format).await,
         Command::Bench { command } => bench::run(client, command, format).await,
     }
 }

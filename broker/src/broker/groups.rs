@@ -1,0 +1,337 @@
+//! The group coordinator: consumer groups whose `__consumer_offsets` partition this broker leads. Their
+//! state is loaded by replaying that partition when this broker starts leading it (the Raft term changed)
+//! and kept in memory; membership changes and commits are appended to it through Raft before they count.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use ferry_protocol::batch::{self, BatchBuilder, Records};
+use ferry_protocol::topic::{group_partition, GROUP_TOPIC, GROUP_TOPIC_PARTITIONS};
+
+use super::{Broker, BrokerError, NEW_PARTITION_SERVING_WAIT};
+use crate::groups::assign::Tp;
+use crate::groups::state::{Answer, Beat, Group, GroupError, GroupRecord};
+use crate::metadata::{Command, TopicSettings};
+use crate::replica::handle::Durability;
+use crate::replica::Replica;
+
+/// Longest group name (bytes).
+pub const GROUP_NAME_LEN_MAX: usize = 249;
+/// How often a member should heartbeat (ms).
+pub const HEARTBEAT_INTERVAL_MS: u32 = 500;
+
+/// The groups of one `__consumer_offsets` partition led here, as of the Raft term they were loaded in.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    term: u64,
+    groups: HashMap<String, Group>,
+}
+
+/// Coordinator state: loaded partitions by partition number.
+pub type Coordinated = tokio::sync::Mutex<HashMap<u32, Loaded>>;
+
+fn group_error(e: GroupError) -> BrokerError {
+    match e {
+        GroupError::Invalid(why) => BrokerError::Invalid(why),
+        other => BrokerError::Unsatisfiable(other.to_string()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn check_group_name(group: &str) -> Result<(), BrokerError> {
+    if group.is_empty() || group.len() > GROUP_NAME_LEN_MAX {
+        return Err(BrokerError::Invalid(format!(
+            "a group name has 1 to {GROUP_NAME_LEN_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A group record as a one-record batch (keyed by group).
+fn record_batch(r: &GroupRecord) -> Bytes {
+    let json = serde_json::to_vec(r).expect("records serialize");
+    let now = now_ms() as i64;
+    let mut b = BatchBuilder::new(now);
+    b.push(now, Some(r.group().as_bytes()), &json, &[]);
+    b.finish()
+}
+
+impl Broker {
+    /// Creates `__consumer_offsets` if it does not exist yet (the first group request does).
+    async fn ensure_group_topic(&self) -> Result<(), BrokerError> {
+        if self.metadata.state.read().topics.contains_key(GROUP_TOPIC) {
+            return Ok(());
+        }
+        let brokers = {
+            let active = self.metadata.state.read().active_members();
+            if active.is_empty() {
+                vec![self.config.node_id]
+            } else {
+                active
+            }
+        };
+        let replicas = brokers.len().min(3) as u32;
+        let start = self.metadata.state.read().next_topic_id;
+        let cmd = Command::CreateTopic {
+            name: GROUP_TOPIC.to_owned(),
+            partitions: GROUP_TOPIC_PARTITIONS,
+            replica_sets: crate::metadata::place(&brokers, GROUP_TOPIC_PARTITIONS, replicas, start),
+            // Committed offsets are kept until their group is deleted: never by age.
+            settings: TopicSettings {
+                retention_ms: u64::MAX,
+                ..TopicSettings::default()
+            },
+        };
+        self.propose_command(&cmd, |m| m.topics.contains_key(GROUP_TOPIC))
+            .await?;
+        self.reconcile().await?;
+        for p in 0..GROUP_TOPIC_PARTITIONS {
+            if let Ok(r) = self.partition(GROUP_TOPIC, p) {
+                r.wait_settled(self.config.node_id, NEW_PARTITION_SERVING_WAIT)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The local replica of the group's partition if it serves here; otherwise a not-leader error naming
+    /// the coordinator (from this broker's replica, or from a broker that hosts the partition).
+    async fn coordinator_replica(&self, group: &str) -> Result<(u32, Replica), BrokerError> {
+        check_group_name(group)?;
+        self.ensure_group_topic().await?;
+        let p = group_partition(group);
+        if let Ok(r) = self.partition(GROUP_TOPIC, p) {
+            if r.serving_term().is_some() {
+                return Ok((p, r));
+            }
+            return Err(
+                self.replica_error(crate::replica::ReplicaError::NotLeader { leader: r.leader() })
+            );
+        }
+        let t = self.topic(GROUP_TOPIC)?;
+        let mut info = crate::server::topic_info(self, &t);
+        crate::server::views::merge_views(self, &t, &mut info, false).await;
+        let leader = info.partition_info.get(p as usize).map_or(0, |i| i.leader);
+        Err(self.replica_error(crate::replica::ReplicaError::NotLeader { leader }))
+    }
+
+    /// Replays a `__consumer_offsets` partition's committed records into groups.
+    fn load_groups(r: &Replica) -> Result<HashMap<String, Group>, BrokerError> {
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        let now = now_ms();
+        let mut offset = r.log_start_offset();
+        loop {
+            let fetched = r.fetch(offset, 1 << 20).map_err(BrokerError::Replica)?;
+            if fetched.batches.is_empty() {
+                break;
+            }
+            for b in fetched.batches {
+                let h = batch::validate(&b).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+                for rec in Records::new(b.clone(), h) {
+                    let rec = rec.map_err(|e| BrokerError::Invalid(e.to_string()))?;
+                    offset = rec.offset + 1;
+                    match serde_json::from_slice::<GroupRecord>(&rec.value) {
+                        Ok(gr) => {
+                            let name = gr.group().to_owned();
+                            groups
+                                .entry(name.clone())
+                                .or_insert_with(|| Group::new(&name))
+                                .replay(&gr, now);
+                        }
+                        Err(e) => {
+                            tracing::warn!(offset = rec.offset, "undecodable group record: {e}")
+                        }
+                    }
+                }
+            }
+            if offset >= fetched.high_watermark {
+                break;
+            }
+        }
+        groups.retain(|_, g| !g.members.is_empty() || !g.committed.is_empty());
+        Ok(groups)
+    }
+
+    /// Runs `f` on the group's state on its coordinator (this broker, or a not-leader error), loading the
+    /// partition's groups first when this broker just became its leader.
+    async fn with_group<T>(
+        &self,
+        group: &str,
+        f: impl AsyncFnOnce(&Broker, &Replica, &mut Group) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let (p, replica) = self.coordinator_replica(group).await?;
+        let term = replica.serving_term().ok_or(BrokerError::NoLeader)?;
+        let mut coordinated = self.groups.lock().await;
+        let loaded = coordinated.entry(p).or_default();
+        if loaded.term != term {
+            loaded.groups = Self::load_groups(&replica)?;
+            loaded.term = term;
+            tracing::info!(
+                partition = p,
+                term,
+                groups = loaded.groups.len(),
+                "coordinating consumer groups"
+            );
+        }
+        let g = loaded
+            .groups
+            .entry(group.to_owned())
+            .or_insert_with(|| Group::new(group));
+        let out = f(self, &replica, g).await;
+        if g.members.is_empty() && g.committed.is_empty() {
+            loaded.groups.remove(group);
+        }
+        out
+    }
+
+    /// Appends a group record through Raft (committed on a quorum).
+    async fn persist(&self, replica: &Replica, r: &GroupRecord) -> Result<(), BrokerError> {
+        let b = record_batch(r);
+        let h = batch::validate_records(&b).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        replica
+            .publish(b, h, Durability::Quorum)
+            .await
+            .map_err(|e| self.replica_error(e))?;
+        Ok(())
+    }
+
+    /// Partition counts of `topics` (unknown topics are left out).
+    fn partition_counts(&self, topics: impl IntoIterator<Item = String>) -> BTreeMap<String, u32> {
+        let meta = self.metadata.state.read();
+        topics
+            .into_iter()
+            .filter_map(|t| meta.topics.get(&t).map(|m| (t, m.partitions)))
+            .collect()
+    }
+
+    /// A member's heartbeat (join, keep alive, report owned, leave).
+    pub async fn group_heartbeat(&self, group: &str, beat: Beat) -> Result<Answer, BrokerError> {
+        for t in &beat.topics {
+            ferry_protocol::topic::validate_topic_name(t)
+                .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        }
+        self.with_group(
+            group,
+            async |b: &Broker, replica: &Replica, g: &mut Group| {
+                let mut topics: BTreeSet<String> = beat.topics.clone();
+                topics.extend(g.members.values().flat_map(|m| m.topics.iter().cloned()));
+                let partitions = b.partition_counts(topics);
+                let now = now_ms();
+                let expired = g.expire(now, &partitions);
+                let (answer, changed) = g.heartbeat(beat, now, &partitions).map_err(group_error)?;
+                if expired || changed {
+                    b.persist(replica, &g.members_record()).await?;
+                }
+                Ok(answer)
+            },
+        )
+        .await
+    }
+
+    /// Commits offsets for a member (or, with an empty member id, an admin reset of an empty group).
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<(), BrokerError> {
+        self.with_group(
+            group,
+            async |b: &Broker, replica: &Replica, g: &mut Group| {
+                let tps: Vec<Tp> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+                let partitions =
+                    b.partition_counts(g.members.values().flat_map(|m| m.topics.clone()));
+                if g.expire(now_ms(), &partitions) {
+                    b.persist(replica, &g.members_record()).await?;
+                }
+                g.check_commit(member_id, generation, &tps)
+                    .map_err(group_error)?;
+                let r = GroupRecord::Commit {
+                    group: g.name.clone(),
+                    offsets: offsets.clone(),
+                };
+                b.persist(replica, &r).await?;
+                for (t, p, o) in offsets {
+                    g.committed.insert((t, p), o);
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// A snapshot of a group for describing it.
+    pub async fn group_snapshot(&self, group: &str) -> Result<Group, BrokerError> {
+        self.with_group(
+            group,
+            async |b: &Broker, replica: &Replica, g: &mut Group| {
+                let partitions =
+                    b.partition_counts(g.members.values().flat_map(|m| m.topics.clone()));
+                if g.expire(now_ms(), &partitions) {
+                    b.persist(replica, &g.members_record()).await?;
+                }
+                Ok(g.clone())
+            },
+        )
+        .await
+    }
+
+    /// Deletes a group without live members, with its offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
+        self.with_group(
+            group,
+            async |b: &Broker, replica: &Replica, g: &mut Group| {
+                let partitions =
+                    b.partition_counts(g.members.values().flat_map(|m| m.topics.clone()));
+                g.expire(now_ms(), &partitions);
+                if !g.members.is_empty() {
+                    return Err(group_error(GroupError::Live(g.name.clone())));
+                }
+                if g.committed.is_empty() {
+                    return Err(BrokerError::Invalid(format!(
+                        "group '{}' does not exist",
+                        g.name
+                    )));
+                }
+                let r = GroupRecord::Delete {
+                    group: g.name.clone(),
+                };
+                b.persist(replica, &r).await?;
+                g.replay(&r, 0);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Groups coordinated here (loading every `__consumer_offsets` partition this broker leads).
+    pub async fn list_groups(&self) -> Result<Vec<String>, BrokerError> {
+        if !self.metadata.state.read().topics.contains_key(GROUP_TOPIC) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut coordinated = self.groups.lock().await;
+        for p in 0..GROUP_TOPIC_PARTITIONS {
+            let Ok(r) = self.partition(GROUP_TOPIC, p) else {
+                continue;
+            };
+            let Some(term) = r.serving_term() else {
+                continue;
+            };
+            let loaded = coordinated.entry(p).or_default();
+            if loaded.term != term {
+                loaded.groups = Self::load_groups(&r)?;
+                loaded.term = term;
+            }
+            out.extend(loaded.groups.keys().cloned());
+        }
+        out.sort();
+        Ok(out)
+    }
+}

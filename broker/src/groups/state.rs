@@ -1,0 +1,564 @@
+//! One consumer group's state on its coordinator, pure: members, their target and owned partitions, the
+//! generation, committed offsets. Time comes in as milliseconds; records to persist go out as values. The
+//! coordinator (`groups::coordinator`) does the I/O.
+//!
+//! Assignment is incremental: a membership change recomputes each member's *target*; a member is handed a
+//! partition of its target only once no other member owns it (reports it in its heartbeats, or was handed
+//! it). A member whose target lost a partition keeps owning it until it reports it released (after
+//! committing), or until its session expires. So no partition ever has two owners, and partitions that do
+//! not have to move never stop.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::assign::{assign, Assignor, Subscriber, Tp};
+
+/// Session timeout when a member names none (ms).
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Session timeouts accepted (ms).
+pub const SESSION_TIMEOUT_MS_MIN: u64 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: u64 = 300_000;
+/// Members per group.
+pub const MEMBERS_PER_GROUP_MAX: usize = 1_000;
+
+/// Why a group request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("member '{0}' is not in the group (its session expired or it left): join again")]
+    UnknownMember(String),
+    #[error("member '{member}' does not own {topic}-{partition}: commit refused")]
+    NotOwner {
+        member: String,
+        topic: String,
+        partition: u32,
+    },
+    #[error("generation {got} is older than the member's generation {current}: commit refused")]
+    StaleGeneration { got: u64, current: u64 },
+    #[error("group '{0}' has live members")]
+    Live(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub instance_id: Option<String>,
+    pub topics: BTreeSet<String>,
+    pub session_ms: u64,
+    pub last_seen_ms: u64,
+    /// Partitions it consumes (as it reported, plus those handed to it since).
+    pub owned: BTreeSet<Tp>,
+    /// Partitions the assignor gave it.
+    pub target: BTreeSet<Tp>,
+    /// Generation at which it joined (its commits must carry at least this).
+    pub joined: u64,
+}
+
+/// A member as persisted in a membership record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMember {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub topics: Vec<String>,
+    pub session_ms: u64,
+    pub target: Vec<Tp>,
+    /// Target and owned partitions when this was written: what it may still be consuming.
+    pub may_own: Vec<Tp>,
+    pub joined: u64,
+}
+
+/// What a coordinator writes to the group's partition of `__consumer_offsets` (one JSON record each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRecord {
+    /// Membership after a change.
+    Members {
+        group: String,
+        generation: u64,
+        assignor: Assignor,
+        members: Vec<StoredMember>,
+    },
+    /// Committed offsets (the next offset to consume).
+    Commit {
+        group: String,
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// The group and its offsets are gone.
+    Delete { group: String },
+}
+
+impl GroupRecord {
+    pub fn group(&self) -> &str {
+        match self {
+            GroupRecord::Members { group, .. }
+            | GroupRecord::Commit { group, .. }
+            | GroupRecord::Delete { group } => group,
+        }
+    }
+}
+
+/// A heartbeat, as the state machine takes it.
+#[derive(Debug, Clone, Default)]
+pub struct Beat {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub topics: BTreeSet<String>,
+    pub session_ms: u64,
+    pub owned: BTreeSet<Tp>,
+    pub leave: bool,
+    pub assignor: Assignor,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub member_id: String,
+    pub generation: u64,
+    pub assignment: BTreeSet<Tp>,
+    /// Committed offsets of the assigned partitions that have one.
+    pub committed: Vec<(Tp, u64)>,
+}
+
+/// One group.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub name: String,
+    pub generation: u64,
+    pub assignor: Assignor,
+    pub members: BTreeMap<String, Member>,
+    pub committed: BTreeMap<Tp, u64>,
+}
+
+impl Group {
+    pub fn new(name: &str) -> Self {
+        Group {
+            name: name.to_owned(),
+            ..Group::default()
+        }
+    }
+
+    /// Applies a persisted record (replaying the log when a coordinator takes over). Members come back with
+    /// a fresh session, owning what they may have owned.
+    pub fn replay(&mut self, r: &GroupRecord, now_ms: u64) {
+        match r {
+            GroupRecord::Members {
+                generation,
+                assignor,
+                members,
+                ..
+            } => {
+                self.generation = *generation;
+                self.assignor = *assignor;
+                self.members = members
+                    .iter()
+                    .map(|m| {
+                        let member = Member {
+                            instance_id: m.instance_id.clone(),
+                            topics: m.topics.iter().cloned().collect(),
+                            session_ms: m.session_ms,
+                            last_seen_ms: now_ms,
+                            owned: m.may_own.iter().cloned().collect(),
+                            target: m.target.iter().cloned().collect(),
+                            joined: m.joined,
+                        };
+                        (m.id.clone(), member)
+                    })
+                    .collect();
+            }
+            GroupRecord::Commit { offsets, .. } => {
+                for (t, p, o) in offsets {
+                    self.committed.insert((t.clone(), *p), *o);
+                }
+            }
+            GroupRecord::Delete { .. } => {
+                let name = std::mem::take(&mut self.name);
+                *self = Group::new(&name);
+            }
+        }
+    }
+
+    /// The membership record to persist after a change.
+    pub fn members_record(&self) -> GroupRecord {
+        GroupRecord::Members {
+            group: self.name.clone(),
+            generation: self.generation,
+            assignor: self.assignor,
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| StoredMember {
+                    id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    topics: m.topics.iter().cloned().collect(),
+                    session_ms: m.session_ms,
+                    target: m.target.iter().cloned().collect(),
+                    may_own: m.target.union(&m.owned).cloned().collect(),
+                    joined: m.joined,
+                })
+                .collect(),
+        }
+    }
+
+    /// Removes members whose session expired; true if membership changed (targets are recomputed).
+    pub fn expire(&mut self, now_ms: u64, partitions: &BTreeMap<String, u32>) -> bool {
+        let before = self.members.len();
+        self.members
+            .retain(|_, m| now_ms.saturating_sub(m.last_seen_ms) <= m.session_ms);
+        let changed = self.members.len() != before;
+        if changed {
+            self.rebalance(partitions);
+        }
+        changed
+    }
+
+    /// Handles a heartbeat. Returns the answer and whether membership changed (persist
+    /// [`Group::members_record`] before answering then).
+    pub fn heartbeat(
+        &mut self,
+        beat: Beat,
+        now_ms: u64,
+        partitions: &BTreeMap<String, u32>,
+    ) -> Result<(Answer, bool), GroupError> {
+        let session_ms = match beat.session_ms {
+            0 => SESSION_TIMEOUT_MS_DEFAULT,
+            s if (SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&s) => s,
+            s => {
+                return Err(GroupError::Invalid(format!(
+                    "session timeout {s} ms is outside {SESSION_TIMEOUT_MS_MIN}..={SESSION_TIMEOUT_MS_MAX}"
+                )))
+            }
+        };
+        if beat.leave {
+            let changed = self.members.remove(&beat.member_id).is_some();
+            if changed {
+                self.rebalance(partitions);
+            }
+            let answer = Answer {
+                member_id: beat.member_id,
+                generation: self.generation,
+                assignment: BTreeSet::new(),
+                committed: Vec::new(),
+            };
+            return Ok((answer, changed));
+        }
+        let mut changed = false;
+        let id = if beat.member_id.is_empty() {
+            let returning = beat.instance_id.as_ref().and_then(|i| {
+                self.members
+                    .iter()
+                    .find(|(_, m)| m.instance_id.as_ref() == Some(i))
+                    .map(|(id, _)| id.clone())
+            });
+            match returning {
+                // A static member back within its session: same id, same partitions, nobody disturbed.
+                Some(id) => id,
+                None => {
+                    if self.members.len() >= MEMBERS_PER_GROUP_MAX {
+                        return Err(GroupError::Invalid(format!(
+                            "group '{}' has {MEMBERS_PER_GROUP_MAX} members, the limit",
+                            self.name
+                        )));
+                    }
+                    self.generation += 1;
+                    let id = match &beat.instance_id {
+                        Some(i) => format!("{i}-{}", self.generation),
+                        None => format!("member-{}", self.generation),
+                    };
+                    self.members.insert(
+                        id.clone(),
+                        Member {
+                            instance_id: beat.instance_id.clone(),
+                            topics: beat.topics.clone(),
+                            session_ms,
+                            last_seen_ms: now_ms,
+                            owned: BTreeSet::new(),
+                            target: BTreeSet::new(),
+                            joined: self.generation,
+                        },
+                    );
+                    if self.members.len() == 1 {
+                        self.assignor = beat.assignor;
+                    }
+                    changed = true;
+                    id
+                }
+            }
+        } else if self.members.contains_key(&beat.member_id) {
+            beat.member_id.clone()
+        } else {
+            return Err(GroupError::UnknownMember(beat.member_id));
+        };
+        {
+            let m = self.members.get_mut(&id).expect("member present");
+            m.last_seen_ms = now_ms;
+            m.session_ms = session_ms;
+            m.owned = beat.owned.clone();
+            if m.topics != beat.topics && !beat.topics.is_empty() {
+                m.topics = beat.topics.clone();
+                changed = true;
+            }
+        }
+        if changed {
+            self.generation += u64::from(!beat.member_id.is_empty());
+            self.rebalance(partitions);
+        }
+        // Hand out each target partition no other member owns; keep what it owns of its target.
+        let target = self.members[&id].target.clone();
+        let assignment: BTreeSet<Tp> = target
+            .into_iter()
+            .filter(|tp| {
+                self.members
+                    .iter()
+                    .all(|(other, m)| *other == id || !m.owned.contains(tp))
+            })
+            .collect();
+        let m = self.members.get_mut(&id).expect("member present");
+        m.owned.extend(assignment.iter().cloned());
+        let committed = assignment
+            .iter()
+            .filter_map(|tp| self.committed.get(tp).map(|o| (tp.clone(), *o)))
+            .collect();
+        let answer = Answer {
+            member_id: id,
+            generation: self.generation,
+            assignment,
+            committed,
+        };
+        Ok((answer, changed))
+    }
+
+    /// Recomputes every member's target.
+    fn rebalance(&mut self, partitions: &BTreeMap<String, u32>) {
+        let subs: BTreeMap<String, Subscriber> = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let s = Subscriber {
+                    topics: m.topics.clone(),
+                    current: m.target.clone(),
+                };
+                (id.clone(), s)
+            })
+            .collect();
+        let wanted: BTreeMap<String, u32> = partitions
+            .iter()
+            .filter(|(t, _)| self.members.values().any(|m| m.topics.contains(*t)))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect();
+        let targets = assign(self.assignor, &wanted, &subs);
+        for (id, t) in targets {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.target = t;
+            }
+        }
+    }
+
+    /// Checks a commit of `tps` by `member_id` at `generation`. An empty member id is an admin's reset,
+    /// allowed only while the group has no members.
+    pub fn check_commit(
+        &self,
+        member_id: &str,
+        generation: u64,
+        tps: &[Tp],
+    ) -> Result<(), GroupError> {
+        if member_id.is_empty() {
+            if !self.members.is_empty() {
+                return Err(GroupError::Live(self.name.clone()));
+            }
+            return Ok(());
+        }
+        let m = self
+            .members
+            .get(member_id)
+            .ok_or_else(|| GroupError::UnknownMember(member_id.to_owned()))?;
+        if generation < m.joined {
+            return Err(GroupError::StaleGeneration {
+                got: generation,
+                current: m.joined,
+            });
+        }
+        for tp in tps {
+            if !m.owned.contains(tp) {
+                return Err(GroupError::NotOwner {
+                    member: member_id.to_owned(),
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a partition waits for its old owner to release it.
+    pub fn rebalancing(&self) -> bool {
+        self.members.iter().any(|(id, m)| {
+            m.target.iter().any(|tp| {
+                self.members
+                    .iter()
+                    .any(|(o, om)| o != id && om.owned.contains(tp))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts() -> BTreeMap<String, u32> {
+        [("t".to_owned(), 6)].into()
+    }
+
+    fn beat(id: &str, owned: &BTreeSet<Tp>) -> Beat {
+        Beat {
+            member_id: id.to_owned(),
+            topics: ["t".to_owned()].into(),
+            owned: owned.clone(),
+            ..Beat::default()
+        }
+    }
+
+    /// Heartbeats every member until nothing changes; returns each member's owned set.
+    fn settle(g: &mut Group, ids: &[String], now: u64) -> BTreeMap<String, BTreeSet<Tp>> {
+        let mut owned: BTreeMap<String, BTreeSet<Tp>> = BTreeMap::new();
+        for _ in 0..6 {
+            for id in ids {
+                let mine = owned.get(id).cloned().unwrap_or_default();
+                let (a, _) = g.heartbeat(beat(id, &mine), now, &parts()).unwrap();
+                // The member adopts the answer: keeps what is assigned, releases the rest.
+                owned.insert(id.clone(), a.assignment);
+                // No partition is ever owned twice.
+                let all: Vec<&Tp> = owned.values().flatten().collect();
+                let uniq: BTreeSet<&Tp> = all.iter().copied().collect();
+                assert_eq!(all.len(), uniq.len(), "a partition with two owners");
+            }
+        }
+        owned
+    }
+
+    #[test]
+    fn members_split_partitions_without_ever_sharing_one() {
+        let mut g = Group::new("g");
+        let (a, changed) = g
+            .heartbeat(beat("", &BTreeSet::new()), 0, &parts())
+            .unwrap();
+        assert!(changed);
+        assert_eq!(a.assignment.len(), 6);
+        let first = a.member_id.clone();
+        let (b, _) = g
+            .heartbeat(beat("", &BTreeSet::new()), 1, &parts())
+            .unwrap();
+        assert!(
+            b.assignment.is_empty(),
+            "nothing is free until the first member releases"
+        );
+        let ids = vec![first.clone(), b.member_id.clone()];
+        let owned = settle(&mut g, &ids, 2);
+        assert_eq!((owned[&ids[0]].len(), owned[&ids[1]].len()), (3, 3));
+        assert!(!g.rebalancing());
+        // The second member's session expires: the first gets everything back.
+        g.heartbeat(beat(&ids[0], &owned[&ids[0]]), 11_000, &parts())
+            .unwrap();
+        assert!(g.expire(11_000, &parts()));
+        let (a, _) = g
+            .heartbeat(beat(&ids[0], &owned[&ids[0]]), 11_001, &parts())
+            .unwrap();
+        assert_eq!(a.assignment.len(), 6);
+        assert!(matches!(
+            g.heartbeat(beat(&ids[1], &BTreeSet::new()), 11_002, &parts()),
+            Err(GroupError::UnknownMember(_))
+        ));
+    }
+
+    #[test]
+    fn a_static_member_comes_back_to_its_partitions() {
+        let mut g = Group::new("g");
+        let join = |instance: &str, g: &mut Group| {
+            let mut b = beat("", &BTreeSet::new());
+            b.instance_id = Some(instance.to_owned());
+            g.heartbeat(b, 0, &parts()).unwrap().0.member_id
+        };
+        let a = join("pod-a", &mut g);
+        let b = join("pod-b", &mut g);
+        let owned = settle(&mut g, &[a.clone(), b.clone()], 1);
+        let generation = g.generation;
+        // pod-b restarts: it rejoins with no member id and owns nothing yet.
+        let mut back = beat("", &BTreeSet::new());
+        back.instance_id = Some("pod-b".into());
+        let (ans, changed) = g.heartbeat(back, 2, &parts()).unwrap();
+        assert!(!changed, "nobody else is disturbed");
+        assert_eq!(ans.member_id, b);
+        assert_eq!(ans.assignment, owned[&b], "same partitions back");
+        assert_eq!(g.generation, generation);
+        assert_eq!(g.members[&a].target, owned[&a]);
+    }
+
+    #[test]
+    fn commits_are_fenced() {
+        let mut g = Group::new("g");
+        let (a, _) = g
+            .heartbeat(beat("", &BTreeSet::new()), 0, &parts())
+            .unwrap();
+        let tp = ("t".to_owned(), 0);
+        assert_eq!(
+            g.check_commit(&a.member_id, a.generation, std::slice::from_ref(&tp)),
+            Ok(())
+        );
+        assert!(matches!(
+            g.check_commit("ghost", 9, std::slice::from_ref(&tp)),
+            Err(GroupError::UnknownMember(_))
+        ));
+        assert!(matches!(
+            g.check_commit(&a.member_id, 0, std::slice::from_ref(&tp)),
+            Err(GroupError::StaleGeneration { .. })
+        ));
+        assert!(matches!(
+            g.check_commit("", 0, std::slice::from_ref(&tp)),
+            Err(GroupError::Live(_))
+        ));
+        let (_, changed) = g
+            .heartbeat(
+                Beat {
+                    leave: true,
+                    ..beat(&a.member_id, &BTreeSet::new())
+                },
+                1,
+                &parts(),
+            )
+            .unwrap();
+        assert!(changed);
+        assert_eq!(
+            g.check_commit("", 0, &[tp]),
+            Ok(()),
+            "admin reset of an empty group"
+        );
+    }
+
+    #[test]
+    fn replay_restores_members_and_offsets() {
+        let mut g = Group::new("g");
+        let (a, _) = g
+            .heartbeat(beat("", &BTreeSet::new()), 0, &parts())
+            .unwrap();
+        let members = g.members_record();
+        let mut h = Group::new("g");
+        h.replay(&members, 100);
+        h.replay(
+            &GroupRecord::Commit {
+                group: "g".into(),
+                offsets: vec![("t".into(), 1, 42)],
+            },
+            100,
+        );
+        assert_eq!(h.generation, g.generation);
+        assert_eq!(
+            h.members[&a.member_id].owned.len(),
+            6,
+            "may still own its partitions"
+        );
+        assert_eq!(h.committed[&("t".to_owned(), 1)], 42);
+        h.replay(&GroupRecord::Delete { group: "g".into() }, 100);
+        assert!(h.members.is_empty() && h.committed.is_empty());
+    }
+}

@@ -1,0 +1,567 @@
+//! Consumer groups: [`GroupConsumer`] joins a group, consumes the partitions its coordinator assigns it and
+//! commits what it handed to the application; plus the group admin calls.
+//!
+//! A background task heartbeats the coordinator, reporting the partitions it owns. The coordinator answers
+//! the partitions the member may own now. A partition that leaves the answer is *revoked*: its reader stops,
+//! records of it not yet handed out are dropped, and the offset after the last record handed out is
+//! committed, then the next heartbeat reports it released; only then does the coordinator give it to
+//! another member. Partitions that stay never stop. A member that cannot heartbeat for a whole session
+//! timeout stops consuming everything (the coordinator has given its partitions away by then).
+//!
+//! Delivery is at-least-once: with automatic commit (the default) only offsets of records already handed to
+//! the application are committed, so after a crash the records handed out since the last commit are
+//! consumed again by whoever takes the partition over.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::v1::{
+    CommitOffsetsRequest, DeleteGroupRequest, DescribeGroupRequest, DescribeGroupResponse,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, ListGroupsRequest, PartitionOffset,
+    TopicPartition,
+};
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channels::ferry_client;
+use crate::client::{Client, Route};
+use crate::error::ClientError;
+use crate::fetch::OffsetSpec;
+use crate::record::ConsumedRecord;
+
+/// A partition, by topic and number.
+pub type Tp = (String, u32);
+
+/// Records read ahead of the application, over all partitions.
+pub const PREFETCH_RECORDS_MAX: usize = 4096;
+/// Session timeout when none is configured (ms).
+pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+/// How often offsets are committed automatically (ms).
+pub const AUTO_COMMIT_INTERVAL_MS_DEFAULT: u64 = 1_000;
+
+/// Where a partition with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The first record stored.
+    #[default]
+    Earliest,
+    /// The end: only records published from now on.
+    Latest,
+}
+
+/// How a [`GroupConsumer`] behaves.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Static membership: a stable id (a pod name). A member that returns with it within the session
+    /// timeout gets its partitions back without disturbing the others; it does not leave the group on
+    /// close (its session expires instead, unless it returns).
+    pub instance_id: Option<String>,
+    /// The coordinator removes the member when no heartbeat arrives for this long (ms).
+    pub session_timeout_ms: u32,
+    /// Commit the offsets of records handed out every `auto_commit_interval_ms` (and on revoke and close).
+    pub auto_commit: bool,
+    pub auto_commit_interval_ms: u64,
+    pub start_from: StartFrom,
+    /// "sticky" (default) or "range".
+    pub assignor: String,
+}
+
+impl GroupConfig {
+    /// Defaults for `group` consuming `topics`.
+    pub fn new(group: impl Into<String>, topics: Vec<String>) -> Self {
+        GroupConfig {
+            group: group.into(),
+            topics,
+            instance_id: None,
+            session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
+            auto_commit: true,
+            auto_commit_interval_ms: AUTO_COMMIT_INTERVAL_MS_DEFAULT,
+            start_from: StartFrom::Earliest,
+            assignor: String::new(),
+        }
+    }
+}
+
+/// What the application and the task share: the partitions owned now and, per partition, the offset after
+/// the last record handed out. One lock, so a record is either handed out before a revoke (and its offset
+/// committed) or dropped.
+#[derive(Default)]
+struct Shared {
+    owned: HashSet<Tp>,
+    positions: HashMap<Tp, u64>,
+    /// Partitions the application paused: their records wait.
+    paused: HashSet<Tp>,
+}
+
+enum Control {
+    Commit(oneshot::Sender<Result<(), ClientError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// A member of a consumer group: a stream of the records of the partitions assigned to it.
+pub struct GroupConsumer {
+    records: mpsc::Receiver<Result<ConsumedRecord, ClientError>>,
+    shared: Arc<Mutex<Shared>>,
+    control: mpsc::Sender<Control>,
+    held: Vec<ConsumedRecord>,
+}
+
+impl GroupConsumer {
+    /// Joins `config.group` and starts consuming as soon as partitions are assigned.
+    pub async fn join(client: Client, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
+        if config.group.is_empty() || config.topics.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "a group consumer needs a group name and at least one topic".into(),
+            ));
+        }
+        for t in &config.topics {
+            client.partition_count(t).await?;
+        }
+        let (tx, rx) = mpsc::channel(PREFETCH_RECORDS_MAX);
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task = Member {
+            client,
+            config,
+            member_id: String::new(),
+            generation: 0,
+            readers: HashMap::new(),
+            committed: HashMap::new(),
+            shared: shared.clone(),
+            records: tx,
+            last_ok: Instant::now(),
+        };
+        tokio::spawn(task.run(control_rx));
+        Ok(GroupConsumer {
+            records: rx,
+            shared,
+            control: control_tx,
+            held: Vec::new(),
+        })
+    }
+
+    /// The next record (marking it handed to the application), or `None` once the consumer is closed.
+    pub async fn next_record(&mut self) -> Option<Result<ConsumedRecord, ClientError>> {
+        futures::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The partitions owned now.
+    pub fn assignment(&self) -> Vec<Tp> {
+        let mut v: Vec<Tp> = self.shared.lock().owned.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Stops handing out records of `tp` until [`GroupConsumer::resume`].
+    pub fn pause(&self, tp: Tp) {
+        self.shared.lock().paused.insert(tp);
+    }
+
+    /// Hands out records of `tp` again.
+    pub fn resume(&mut self, tp: &Tp) {
+        self.shared.lock().paused.remove(tp);
+    }
+
+    /// Commits the offsets of every record handed out so far.
+    pub async fn commit(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Commit(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Commits what was handed out, leaves the group (a static member stays until its session expires), and
+    /// stops.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl Stream for GroupConsumer {
+    type Item = Result<ConsumedRecord, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // Records of paused partitions wait in `held` until resumed.
+        {
+            let mut s = this.shared.lock();
+            if let Some(i) = this
+                .held
+                .iter()
+                .position(|r| !s.paused.contains(&(r.topic.clone(), r.partition)))
+            {
+                let r = this.held.remove(i);
+                let tp = (r.topic.clone(), r.partition);
+                if s.owned.contains(&tp) {
+                    s.positions.insert(tp, r.offset + 1);
+                    return Poll::Ready(Some(Ok(r)));
+                }
+            }
+        }
+        loop {
+            match this.records.poll_recv(cx) {
+                Poll::Ready(Some(Ok(r))) => {
+                    let mut s = this.shared.lock();
+                    let tp = (r.topic.clone(), r.partition);
+                    if !s.owned.contains(&tp) {
+                        continue; // revoked while queued: its new owner reads it from the commit
+                    }
+                    if s.paused.contains(&tp) {
+                        this.held.push(r);
+                        continue;
+                    }
+                    s.positions.insert(tp, r.offset + 1);
+                    return Poll::Ready(Some(Ok(r)));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The background member.
+struct Member {
+    client: Client,
+    config: GroupConfig,
+    member_id: String,
+    generation: u64,
+    readers: HashMap<Tp, tokio::task::JoinHandle<()>>,
+    /// Offsets committed (or started from), per owned partition.
+    committed: HashMap<Tp, u64>,
+    shared: Arc<Mutex<Shared>>,
+    records: mpsc::Sender<Result<ConsumedRecord, ClientError>>,
+    last_ok: Instant,
+}
+
+impl Member {
+    async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        let mut interval = Duration::from_millis(500);
+        let mut next_commit =
+            Instant::now() + Duration::from_millis(self.config.auto_commit_interval_ms);
+        let mut beat_now = true;
+        loop {
+            let wait = if beat_now { Duration::ZERO } else { interval };
+            tokio::select! {
+                c = control.recv() => match c {
+                    Some(Control::Commit(reply)) => {
+                        let _ = reply.send(self.commit_positions().await);
+                        continue;
+                    }
+                    Some(Control::Close(reply)) => {
+                        self.stop_all(true).await;
+                        if self.config.instance_id.is_none() && !self.member_id.is_empty() {
+                            let _ = self.beat(true).await;
+                        }
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_all(true).await;
+                        if self.config.instance_id.is_none() && !self.member_id.is_empty() {
+                            let _ = self.beat(true).await;
+                        }
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if self.config.auto_commit && Instant::now() >= next_commit {
+                if let Err(err) = self.commit_positions().await {
+                    tracing::debug!(%err, "automatic commit failed");
+                }
+                next_commit =
+                    Instant::now() + Duration::from_millis(self.config.auto_commit_interval_ms);
+            }
+            beat_now = false;
+            match self.beat(false).await {
+                Ok(answer) => {
+                    self.last_ok = Instant::now();
+                    interval =
+                        Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(50)));
+                    beat_now = self.adopt(answer).await;
+                }
+                Err(err) if is_unknown_member(&err) => {
+                    tracing::info!(group = %self.config.group, "no longer a member; rejoining");
+                    self.stop_all(false).await;
+                    self.member_id.clear();
+                    beat_now = true;
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "heartbeat failed");
+                    let session = Duration::from_millis(u64::from(self.config.session_timeout_ms));
+                    if self.last_ok.elapsed() > session && !self.readers.is_empty() {
+                        // The coordinator has given our partitions away by now: stop consuming them.
+                        tracing::warn!(group = %self.config.group, "no heartbeat within the session timeout; releasing every partition");
+                        self.stop_all(false).await;
+                        self.member_id.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn beat(&self, leave: bool) -> Result<GroupHeartbeatResponse, ClientError> {
+        let owned: Vec<TopicPartition> = self
+            .readers
+            .keys()
+            .map(|(topic, partition)| TopicPartition {
+                topic: topic.clone(),
+                partition: *partition,
+            })
+            .collect();
+        let request = GroupHeartbeatRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            instance_id: self.config.instance_id.clone().unwrap_or_default(),
+            topics: self.config.topics.clone(),
+            session_timeout_ms: self.config.session_timeout_ms,
+            owned,
+            leave,
+            assignor: self.config.assignor.clone(),
+        };
+        self.client.group_heartbeat(request).await
+    }
+
+    /// Takes an answer: revokes what left it, starts what is new. True when a revoke happened (report it at
+    /// once, so the partition's next owner need not wait a heartbeat interval).
+    async fn adopt(&mut self, answer: GroupHeartbeatResponse) -> bool {
+        self.member_id = answer.member_id;
+        self.generation = answer.generation;
+        let assigned: HashSet<Tp> = answer
+            .assignment
+            .iter()
+            .map(|t| (t.topic.clone(), t.partition))
+            .collect();
+        let revoked: Vec<Tp> = self
+            .readers
+            .keys()
+            .filter(|tp| !assigned.contains(*tp))
+            .cloned()
+            .collect();
+        for tp in &revoked {
+            self.stop(tp, true).await;
+        }
+        let committed: HashMap<Tp, u64> = answer
+            .committed
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), o.offset))
+            .collect();
+        for tp in assigned {
+            if self.readers.contains_key(&tp) {
+                continue;
+            }
+            let start = match committed.get(&tp) {
+                Some(o) => *o,
+                None => {
+                    let spec = match self.config.start_from {
+                        StartFrom::Earliest => OffsetSpec::Earliest,
+                        StartFrom::Latest => OffsetSpec::Latest,
+                    };
+                    match self.client.list_offsets(&tp.0, tp.1, spec).await {
+                        Ok(r) => r.offset,
+                        Err(err) => {
+                            tracing::debug!(%err, "start offset of {}-{}", tp.0, tp.1);
+                            continue; // not owned yet; the next heartbeat hands it out again
+                        }
+                    }
+                }
+            };
+            self.start(tp, start);
+        }
+        !revoked.is_empty()
+    }
+
+    fn start(&mut self, tp: Tp, offset: u64) {
+        {
+            let mut s = self.shared.lock();
+            s.owned.insert(tp.clone());
+            s.positions.insert(tp.clone(), offset);
+        }
+        self.committed.insert(tp.clone(), offset);
+        let stream = self.client.subscribe(&tp.0, tp.1, offset);
+        let tx = self.records.clone();
+        let reader = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.readers.insert(tp, reader);
+    }
+
+    /// Stops consuming `tp`; with `commit`, commits what was handed out of it first.
+    async fn stop(&mut self, tp: &Tp, commit: bool) {
+        if let Some(reader) = self.readers.remove(tp) {
+            reader.abort();
+        }
+        let position = {
+            let mut s = self.shared.lock();
+            s.owned.remove(tp);
+            s.positions.remove(tp)
+        };
+        if let (true, Some(position)) = (commit, position) {
+            if self.committed.get(tp) != Some(&position) {
+                let offsets = vec![PartitionOffset {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset: position,
+                }];
+                if let Err(err) = self.commit(offsets).await {
+                    tracing::warn!(%err, "commit of revoked {}-{} failed", tp.0, tp.1);
+                }
+            }
+        }
+        self.committed.remove(tp);
+    }
+
+    async fn stop_all(&mut self, commit: bool) {
+        if commit {
+            let _ = self.commit_positions().await;
+        }
+        let owned: Vec<Tp> = self.readers.keys().cloned().collect();
+        for tp in owned {
+            self.stop(&tp, false).await;
+        }
+    }
+
+    /// Commits the position of every owned partition that moved since its last commit.
+    async fn commit_positions(&mut self) -> Result<(), ClientError> {
+        let moved: Vec<(Tp, u64)> = {
+            let s = self.shared.lock();
+            s.positions
+                .iter()
+                .filter(|(tp, o)| s.owned.contains(*tp) && self.committed.get(*tp) != Some(*o))
+                .map(|(tp, o)| (tp.clone(), *o))
+                .collect()
+        };
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let offsets = moved
+            .iter()
+            .map(|((topic, partition), offset)| PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect();
+        self.commit(offsets).await?;
+        for (tp, o) in moved {
+            self.committed.insert(tp, o);
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, offsets: Vec<PartitionOffset>) -> Result<(), ClientError> {
+        let request = CommitOffsetsRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+            offsets,
+        };
+        self.client.commit_offsets(request).await
+    }
+}
+
+fn is_unknown_member(err: &ClientError) -> bool {
+    matches!(err, ClientError::Status { code: tonic::Code::FailedPrecondition, message }
+        if message.contains("is not in the group"))
+}
+
+impl Client {
+    /// One heartbeat of a group member, at the group's coordinator.
+    pub async fn group_heartbeat(
+        &self,
+        request: GroupHeartbeatRequest,
+    ) -> Result<GroupHeartbeatResponse, ClientError> {
+        let timeout = self.config().request_timeout();
+        let group = request.group.clone();
+        self.call(Route::Group(&group), true, timeout, |channel| {
+            let request = request.clone();
+            async move { ferry_client(channel).group_heartbeat(request).await }
+        })
+        .await
+    }
+
+    /// Commits offsets at the group's coordinator (an empty member id: an admin reset of an empty group).
+    pub async fn commit_offsets(&self, request: CommitOffsetsRequest) -> Result<(), ClientError> {
+        let timeout = self.config().request_timeout();
+        let group = request.group.clone();
+        self.call(Route::Group(&group), true, timeout, |channel| {
+            let request = request.clone();
+            async move { ferry_client(channel).commit_offsets(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Members, assignment, committed and end offsets and lag of a group, from its coordinator.
+    pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
+        let timeout = self.config().request_timeout();
+        let request = DescribeGroupRequest {
+            group: group.to_owned(),
+        };
+        self.call(Route::Group(group), true, timeout, |channel| {
+            let request = request.clone();
+            async move { ferry_client(channel).describe_group(request).await }
+        })
+        .await
+    }
+
+    /// Deletes a group without live members, with its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let timeout = self.config().request_timeout();
+        let request = DeleteGroupRequest {
+            group: group.to_owned(),
+        };
+        self.call(Route::Group(group), true, timeout, |channel| {
+            let request = request.clone();
+            async move { ferry_client(channel).delete_group(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every group, from every broker (each lists those it coordinates).
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
+        let metadata = self.metadata(&[]).await?;
+        let mut all = BTreeMap::new();
+        for b in metadata.brokers.iter().filter(|b| !b.address.is_empty()) {
+            let channel = self.channel_to(&b.address)?;
+            let request = tonic::Request::new(ListGroupsRequest {});
+            let answer = tokio::time::timeout(
+                self.config().request_timeout(),
+                ferry_client(channel).list_groups(request),
+            )
+            .await;
+            match answer {
+                Ok(Ok(r)) => {
+                    for g in r.into_inner().groups {
+                        all.insert(g, ());
+                    }
+                }
+                Ok(Err(status)) => return Err(ClientError::from(status)),
+                Err(_) => {
+                    return Err(ClientError::Status {
+                        code: tonic::Code::Unavailable,
+                        message: format!("broker {} did not list its groups in time", b.id),
+                    })
+                }
+            }
+        }
+        Ok(all.into_keys().collect())
+    }
+}
