@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_protocol::batch::{BatchBuilder, HEADER_LEN};
+use ferry_protocol::batch::{BatchBuilder, Compression, HEADER_LEN};
 use ferry_protocol::limits::BATCH_RECORDS_MAX;
 
 /// A record bound for a known partition, with whatever the caller wants back when it is acknowledged.
@@ -120,6 +120,7 @@ pub struct Accumulator<A> {
     /// Ids of batches opened and not yet completed.
     unfinished: BTreeSet<u64>,
     next_batch_id: u64,
+    compression: Compression,
 }
 
 impl<A> Accumulator<A> {
@@ -138,7 +139,14 @@ impl<A> Accumulator<A> {
             dispatchable: VecDeque::new(),
             unfinished: BTreeSet::new(),
             next_batch_id: 0,
+            compression: Compression::None,
         }
+    }
+
+    /// Compresses sealed batches with `compression` (when that makes them smaller).
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Adds `record` to the open batch of `partition` of `topic`, sealing batches as they fill.
@@ -152,7 +160,13 @@ impl<A> Accumulator<A> {
         let state = partition_state(&mut self.topics, &topic, partition);
         if let Some(open) = &state.open {
             if !open.fits(size, record.timestamp_ms, self.batch_bytes_max) {
-                seal(state, &topic, partition, &mut self.dispatchable);
+                seal(
+                    state,
+                    &topic,
+                    partition,
+                    &mut self.dispatchable,
+                    self.compression,
+                );
             }
         }
         let open = state.open.get_or_insert_with(|| {
@@ -176,7 +190,13 @@ impl<A> Accumulator<A> {
             open.base_timestamp_ms,
             self.batch_bytes_max,
         ) {
-            seal(state, &topic, partition, &mut self.dispatchable);
+            seal(
+                state,
+                &topic,
+                partition,
+                &mut self.dispatchable,
+                self.compression,
+            );
         }
     }
 
@@ -189,7 +209,13 @@ impl<A> Accumulator<A> {
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
             if state.open.as_ref().is_some_and(|open| open.id == id) {
-                seal(state, &topic, partition, &mut self.dispatchable);
+                seal(
+                    state,
+                    &topic,
+                    partition,
+                    &mut self.dispatchable,
+                    self.compression,
+                );
             }
         }
     }
@@ -205,7 +231,13 @@ impl<A> Accumulator<A> {
         for (topic, partitions) in &mut self.topics {
             for (partition, state) in partitions.iter_mut() {
                 if state.open.is_some() {
-                    seal(state, topic, *partition, &mut self.dispatchable);
+                    seal(
+                        state,
+                        topic,
+                        *partition,
+                        &mut self.dispatchable,
+                        self.compression,
+                    );
                 }
             }
         }
@@ -308,6 +340,7 @@ fn seal<A>(
     topic: &Arc<str>,
     partition: u32,
     dispatchable: &mut VecDeque<(Arc<str>, u32)>,
+    compression: Compression,
 ) {
     let open = state.open.take().expect("sealing an open batch");
     debug_assert!(!open.acks.is_empty(), "open batches hold a record");
@@ -315,7 +348,7 @@ fn seal<A>(
         id: open.id,
         topic: topic.clone(),
         partition,
-        bytes: open.builder.finish(),
+        bytes: open.builder.finish_with(compression),
         acks: open.acks,
         records_bytes: open.records_bytes,
     });

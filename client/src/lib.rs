@@ -66,3 +66,7 @@ pub use record::{ConsumedRecord, ProducerRecord};
 
 /// The generated `ferry.v1` types that appear in this crate's API (`TopicInfo`, `Acks`, ...).
 pub use ferry_protocol::v1;
+/// Batch compression codecs a producer can use.
+pub mod batch_compression {
+    pub use ferry_protocol::batch::Compression;
+}

@@ -55,6 +55,9 @@ pub struct ProducerConfig {
     /// Idempotent publishing (default on): the broker gives this producer an id, each batch carries a
     /// per-partition sequence number, and a batch retried after a lost answer is written once.
     pub idempotence: bool,
+    /// Batch compression (default none): LZ4, marked in the batch attributes, used when it makes a batch
+    /// smaller. Brokers store and serve compressed batches as they are; consumers decompress.
+    pub compression: ferry_protocol::batch::Compression,
 }
 
 impl Default for ProducerConfig {
@@ -65,6 +68,7 @@ impl Default for ProducerConfig {
             acks: Acks::All,
             in_flight_bytes_max: IN_FLIGHT_BYTES_MAX_DEFAULT,
             idempotence: true,
+            compression: ferry_protocol::batch::Compression::None,
         }
     }
 }
@@ -123,7 +127,8 @@ impl Producer {
         let accumulator = Accumulator::new(
             config.batch_bytes_max,
             Duration::from_millis(config.linger_ms),
-        );
+        )
+        .with_compression(config.compression);
         let task = ProducerTask::new(
             client.clone(),
             config.acks,

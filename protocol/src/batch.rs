@@ -50,6 +50,20 @@ const CRC_START: usize = 32;
 pub const MAGIC: u8 = 1;
 /// Attribute bits that select the compression codec.
 pub const ATTR_COMPRESSION_MASK: u16 = 0b111;
+/// Compression codec values (attribute bits 0-2).
+pub const CODEC_NONE: u16 = 0;
+/// LZ4 block format: the body after the header is the uncompressed body's length (u32 LE) followed by one
+/// LZ4 block.
+pub const CODEC_LZ4: u16 = 1;
+
+/// How a producer compresses its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+}
+
 /// Attribute bit of a control batch.
 pub const ATTR_CONTROL: u16 = 1 << 4;
 /// Every attribute bit this version defines.
@@ -72,6 +86,8 @@ pub enum BatchError {
     BadAttributes(u16),
     #[error("compression codec {0} is not supported by this version")]
     UnsupportedCompression(u16),
+    #[error("compressed batch body is damaged: {0}")]
+    BadCompression(String),
     #[error("batch record {index} is malformed: {why}")]
     BadRecord { index: u32, why: &'static str },
     #[error("batch declares {declared} records but holds {found}")]
@@ -191,16 +207,19 @@ pub fn validate_records(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if h.is_control() {
         return Err(BatchError::BadAttributes(h.attributes));
     }
-    let codec = h.attributes & ATTR_COMPRESSION_MASK;
-    if codec != 0 {
-        return Err(BatchError::UnsupportedCompression(codec));
-    }
     if h.record_count == 0 {
         return Err(BatchError::Empty);
     }
     if h.record_count > crate::limits::BATCH_RECORDS_MAX {
         return Err(BatchError::TooManyRecords(h.record_count));
     }
+    let plain;
+    let b = if h.attributes & ATTR_COMPRESSION_MASK == CODEC_NONE {
+        b
+    } else {
+        plain = decompress(b, &h)?;
+        &plain[..]
+    };
     let (found, end) = walk_records(b, h.record_count)?;
     if found != h.record_count || end != b.len() {
         return Err(BatchError::RecordCount {
@@ -209,6 +228,44 @@ pub fn validate_records(b: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     Ok(h)
+}
+
+/// The batch with its body decompressed (header bytes kept as they are, so offsets and timestamps read the
+/// same); an uncompressed batch is returned as it is. The uncompressed size is bounded by
+/// [`crate::limits::BATCH_BYTES_HARD_MAX`], so a hostile batch cannot make a reader allocate more.
+pub fn decompressed(batch: &Bytes, h: &BatchHeader) -> Result<Bytes, BatchError> {
+    if h.attributes & ATTR_COMPRESSION_MASK == CODEC_NONE {
+        return Ok(batch.clone());
+    }
+    decompress(batch, h).map(Bytes::from)
+}
+
+fn decompress(b: &[u8], h: &BatchHeader) -> Result<Vec<u8>, BatchError> {
+    let codec = h.attributes & ATTR_COMPRESSION_MASK;
+    if codec != CODEC_LZ4 {
+        return Err(BatchError::UnsupportedCompression(codec));
+    }
+    let body = &b[HEADER_LEN..];
+    if body.len() < 4 {
+        return Err(BatchError::BadCompression("no length prefix".into()));
+    }
+    let len = u32_at(body, 0) as usize;
+    let max = crate::limits::BATCH_BYTES_HARD_MAX as usize;
+    if len > max {
+        return Err(BatchError::BadCompression(format!(
+            "uncompressed body of {len} bytes exceeds {max}"
+        )));
+    }
+    let mut out = vec![0u8; HEADER_LEN + len];
+    out[..HEADER_LEN].copy_from_slice(&b[..HEADER_LEN]);
+    let n = lz4_flex::block::decompress_into(&body[4..], &mut out[HEADER_LEN..])
+        .map_err(|e| BatchError::BadCompression(e.to_string()))?;
+    if n != len {
+        return Err(BatchError::BadCompression(format!(
+            "body decompressed to {n} bytes, not the {len} declared"
+        )));
+    }
+    Ok(out)
 }
 
 /// The 24 stamped bytes a broker writes in front of a client batch's remaining bytes (`batch[STAMP_LEN..]`).
@@ -237,17 +294,28 @@ pub struct Record {
     pub headers: Vec<RecordHeader>,
 }
 
-/// Iterator over the records of a validated batch.
+/// Iterator over the records of a validated batch (decompressing a compressed one first).
 pub struct Records {
     batch: Bytes,
     header: BatchHeader,
     pos: usize,
     index: u32,
+    /// Why a compressed body could not be read (reported by the first `next`).
+    broken: Option<BatchError>,
 }
 
 impl Records {
     /// Iterates `batch`, whose header is `header` (from [`validate`]).
     pub fn new(batch: Bytes, header: BatchHeader) -> Self {
+        // A control batch or an empty one has no records to decompress.
+        let (batch, broken) = if header.is_control() || header.record_count == 0 {
+            (batch, None)
+        } else {
+            match decompressed(&batch, &header) {
+                Ok(b) => (b, None),
+                Err(e) => (batch, Some(e)),
+            }
+        };
         let pos = if header.is_control() {
             batch.len()
         } else {
@@ -258,6 +326,7 @@ impl Records {
             header,
             pos,
             index: 0,
+            broken,
         }
     }
 
@@ -370,6 +439,10 @@ impl Iterator for Records {
     type Item = Result<Record, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.broken.take() {
+            self.pos = self.batch.len();
+            return Some(Err(e));
+        }
         if self.index >= self.header.record_count || self.pos >= self.batch.len() {
             return None;
         }
@@ -533,6 +606,33 @@ impl BatchBuilder {
     }
 
     /// Writes the header and CRC and returns the finished batch.
+    /// Like [`BatchBuilder::finish`], compressing the records with `compression` when that makes the batch
+    /// smaller (otherwise it stays uncompressed).
+    pub fn finish_with(self, compression: Compression) -> Bytes {
+        if compression == Compression::None || self.buf.len() <= HEADER_LEN {
+            return self.finish();
+        }
+        let body = &self.buf[HEADER_LEN..];
+        let packed = lz4_flex::block::compress(body);
+        if packed.len() + 4 >= body.len() {
+            return self.finish();
+        }
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + 4 + packed.len());
+        buf.extend_from_slice(&[0u8; HEADER_LEN]);
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&packed);
+        write_header(
+            &mut buf,
+            CODEC_LZ4,
+            self.count,
+            self.base_timestamp,
+            self.max_timestamp,
+            self.producer,
+        );
+        buf.freeze()
+    }
+
+    /// Writes the header and CRC; the batch is done.
     pub fn finish(self) -> Bytes {
         let mut buf = self.buf;
         write_header(
@@ -616,6 +716,68 @@ pub fn control_payload(batch: &Bytes) -> Result<(u8, Bytes), BatchError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lz4_batches_round_trip_and_damage_is_caught() {
+        let mut b = BatchBuilder::new(10);
+        for i in 0..200u32 {
+            b.push(
+                10 + i64::from(i),
+                Some(b"key"),
+                format!("value value value {i}").as_bytes(),
+                &[("h", b"x")],
+            );
+        }
+        let plain_len = {
+            let mut p = BatchBuilder::new(10);
+            p.push(10, None, b"v", &[]);
+            p.finish().len()
+        };
+        let packed = b.finish_with(Compression::Lz4);
+        let h = validate_records(&packed).unwrap();
+        assert_eq!(h.attributes & ATTR_COMPRESSION_MASK, CODEC_LZ4);
+        assert!(packed.len() > plain_len);
+        let recs: Vec<Record> = Records::new(packed.clone(), h)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(recs.len(), 200);
+        assert_eq!(&recs[199].value[..], b"value value value 199");
+        assert_eq!(recs[199].timestamp_ms, 209);
+        // A body that decompresses wrong is refused, even with a valid CRC.
+        let mut bad = BytesMut::from(&packed[..]);
+        let n = bad.len();
+        bad[n - 3] ^= 0xff;
+        let crc = compute_crc(&bad);
+        bad[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert!(validate_records(&bad).is_err());
+        // A declared size beyond the hard limit is refused before allocating.
+        let mut bomb = BytesMut::from(&packed[..]);
+        bomb[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = compute_crc(&bomb);
+        bomb[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            validate_records(&bomb),
+            Err(BatchError::BadCompression(_))
+        ));
+        // Incompressible records stay uncompressed.
+        let mut r = BatchBuilder::new(0);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..512)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        r.push(0, None, &noise, &[]);
+        assert_eq!(
+            BatchHeader::parse(&r.finish_with(Compression::Lz4))
+                .unwrap()
+                .attributes,
+            0
+        );
+    }
+
     #[test]
     fn a_restamped_batch_validates_and_carries_the_stamp() {
         let mut b = BatchBuilder::new(5);

@@ -312,3 +312,36 @@ fn bench_produce_reports_json() {
     assert!(doc["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(high_watermarks(&broker, "t").iter().sum::<u64>(), 20_000);
 }
+
+#[test]
+fn lz4_compressed_batches_are_stored_smaller_and_read_back() {
+    let (dir, broker) = broker_with(&[("plain", 1), ("packed", 1)]);
+    let lines: String = (0..20_000)
+        .map(|i| format!("order {i} shipped to warehouse north\n"))
+        .collect();
+    ok(&broker, &["produce", "plain"], lines.as_bytes());
+    ok(
+        &broker,
+        &["produce", "packed", "--compression", "lz4"],
+        lines.as_bytes(),
+    );
+    let size = |topic: &str| -> u64 {
+        ferry_tests::segment_files(dir.path(), topic, 0)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let (plain, packed) = (size("plain"), size("packed"));
+    assert!(
+        packed * 3 < plain,
+        "lz4 batches take {packed} bytes vs {plain}"
+    );
+    for topic in ["plain", "packed"] {
+        let out = ok(
+            &broker,
+            &["consume", topic, "--from", "beginning", "--exit-at-end"],
+            b"",
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), lines, "{topic}");
+    }
+}

@@ -169,6 +169,25 @@ pub struct ProduceArgs {
     /// Durability to wait for.
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     pub acks: AcksArg,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+}
+
+/// `--compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Lz4,
+}
+
+impl From<CompressionArg> for ferry_client::batch_compression::Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::None => Self::None,
+            CompressionArg::Lz4 => Self::Lz4,
+        }
+    }
 }
 
 /// Where consumption starts in each partition.
@@ -308,6 +327,9 @@ pub struct BenchProduceArgs {
     /// Producer linger (milliseconds).
     #[arg(long, default_value_t = ferry_client::producer::LINGER_MS_DEFAULT)]
     pub linger_ms: u64,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
     /// Producer batch limit (bytes).
     #[arg(long, default_value_t = ferry_client::producer::BATCH_BYTES_MAX_DEFAULT)]
     pub batch_bytes: usize,

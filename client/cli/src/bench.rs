@@ -35,6 +35,7 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
         acks: args.acks.into(),
         linger_ms: args.linger_ms,
         batch_bytes_max: args.batch_bytes,
+        compression: args.compression.into(),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;

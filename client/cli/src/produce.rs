@@ -60,6 +60,7 @@ pub async fn run(client: Client, args: ProduceArgs) -> Result<()> {
     }
     let config = ProducerConfig {
         acks: args.acks.into(),
+        compression: args.compression.into(),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;
