@@ -97,16 +97,32 @@ struct Shared {
     positions: HashMap<Tp, u64>,
     /// Partitions the application paused: their records wait.
     paused: HashSet<Tp>,
+    /// Reader generation per partition: records read before a seek (older generation) are dropped.
+    epochs: HashMap<Tp, u64>,
+}
+
+/// A record as a reader queued it, with the reader generation of its partition (`u64::MAX` for errors).
+type Queued = (u64, Result<ConsumedRecord, ClientError>);
+
+/// Where [`GroupConsumer::seek`] moves a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Offset(u64),
+    Beginning,
+    End,
+    /// The first record at or after this time (ms since the Unix epoch).
+    Timestamp(i64),
 }
 
 enum Control {
     Commit(oneshot::Sender<Result<(), ClientError>>),
     Close(oneshot::Sender<()>),
+    Seek(Tp, SeekTo, oneshot::Sender<Result<(), ClientError>>),
 }
 
 /// A member of a consumer group: a stream of the records of the partitions assigned to it.
 pub struct GroupConsumer {
-    records: mpsc::Receiver<Result<ConsumedRecord, ClientError>>,
+    records: mpsc::Receiver<Queued>,
     shared: Arc<Mutex<Shared>>,
     control: mpsc::Sender<Control>,
     held: Vec<ConsumedRecord>,
@@ -168,6 +184,19 @@ impl GroupConsumer {
         self.shared.lock().paused.remove(tp);
     }
 
+    /// Moves an owned partition: the next records come from `to` (records read ahead are dropped). The
+    /// position counts as handed out, so the next commit stores it.
+    pub async fn seek(&mut self, tp: Tp, to: SeekTo) -> Result<(), ClientError> {
+        self.held
+            .retain(|r| (r.topic.as_str(), r.partition) != (tp.0.as_str(), tp.1));
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Seek(tp, to, tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
     /// Commits the offsets of every record handed out so far.
     pub async fn commit(&self) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -211,11 +240,12 @@ impl Stream for GroupConsumer {
         }
         loop {
             match this.records.poll_recv(cx) {
-                Poll::Ready(Some(Ok(r))) => {
+                Poll::Ready(Some((_, Err(e)))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some((epoch, Ok(r)))) => {
                     let mut s = this.shared.lock();
                     let tp = (r.topic.clone(), r.partition);
-                    if !s.owned.contains(&tp) {
-                        continue; // revoked while queued: its new owner reads it from the commit
+                    if !s.owned.contains(&tp) || s.epochs.get(&tp) != Some(&epoch) {
+                        continue; // revoked (its new owner reads it from the commit) or read before a seek
                     }
                     if s.paused.contains(&tp) {
                         this.held.push(r);
@@ -224,7 +254,8 @@ impl Stream for GroupConsumer {
                     s.positions.insert(tp, r.offset + 1);
                     return Poll::Ready(Some(Ok(r)));
                 }
-                other => return other,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -240,7 +271,7 @@ struct Member {
     /// Offsets committed (or started from), per owned partition.
     committed: HashMap<Tp, u64>,
     shared: Arc<Mutex<Shared>>,
-    records: mpsc::Sender<Result<ConsumedRecord, ClientError>>,
+    records: mpsc::Sender<Queued>,
     last_ok: Instant,
 }
 
@@ -256,6 +287,10 @@ impl Member {
                 c = control.recv() => match c {
                     Some(Control::Commit(reply)) => {
                         let _ = reply.send(self.commit_positions().await);
+                        continue;
+                    }
+                    Some(Control::Seek(tp, to, reply)) => {
+                        let _ = reply.send(self.seek(tp, to).await);
                         continue;
                     }
                     Some(Control::Close(reply)) => {
@@ -383,23 +418,67 @@ impl Member {
     }
 
     fn start(&mut self, tp: Tp, offset: u64) {
-        {
+        self.committed.insert(tp.clone(), offset);
+        self.read_from(tp, offset);
+    }
+
+    /// (Re)starts the reader of `tp` at `offset`, under a new reader generation.
+    fn read_from(&mut self, tp: Tp, offset: u64) {
+        if let Some(old) = self.readers.remove(&tp) {
+            old.abort();
+        }
+        let epoch = {
             let mut s = self.shared.lock();
             s.owned.insert(tp.clone());
             s.positions.insert(tp.clone(), offset);
-        }
-        self.committed.insert(tp.clone(), offset);
+            let e = s.epochs.entry(tp.clone()).or_insert(0);
+            *e += 1;
+            *e
+        };
         let stream = self.client.subscribe(&tp.0, tp.1, offset);
         let tx = self.records.clone();
         let reader = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(item) = stream.next().await {
-                if tx.send(item).await.is_err() {
+                let epoch = if item.is_ok() { epoch } else { u64::MAX };
+                if tx.send((epoch, item)).await.is_err() {
                     return;
                 }
             }
         });
         self.readers.insert(tp, reader);
+    }
+
+    async fn seek(&mut self, tp: Tp, to: SeekTo) -> Result<(), ClientError> {
+        if !self.readers.contains_key(&tp) {
+            return Err(ClientError::InvalidArgument(format!(
+                "{}-{} is not assigned to this member",
+                tp.0, tp.1
+            )));
+        }
+        let offset = match to {
+            SeekTo::Offset(o) => o,
+            SeekTo::Beginning => {
+                self.client
+                    .list_offsets(&tp.0, tp.1, OffsetSpec::Earliest)
+                    .await?
+                    .offset
+            }
+            SeekTo::End => {
+                self.client
+                    .list_offsets(&tp.0, tp.1, OffsetSpec::Latest)
+                    .await?
+                    .offset
+            }
+            SeekTo::Timestamp(ms) => {
+                self.client
+                    .list_offsets(&tp.0, tp.1, OffsetSpec::Timestamp(ms))
+                    .await?
+                    .offset
+            }
+        };
+        self.read_from(tp, offset);
+        Ok(())
     }
 
     /// Stops consuming `tp`; with `commit`, commits what was handed out of it first.
@@ -410,6 +489,7 @@ impl Member {
         let position = {
             let mut s = self.shared.lock();
             s.owned.remove(tp);
+            s.epochs.remove(tp);
             s.positions.remove(tp)
         };
         if let (true, Some(position)) = (commit, position) {

@@ -54,13 +54,14 @@ pub mod publish;
 pub mod record;
 pub mod retry;
 pub mod subscribe;
+pub mod trace;
 
 pub use client::Client;
 pub use config::ClientConfig;
 pub use delivery::{Delivery, DeliveryResult};
 pub use error::{ClientError, ConnectAttempt};
 pub use fetch::{FetchResult, OffsetSpec, PartitionOffsets};
-pub use group::{GroupConfig, GroupConsumer, StartFrom};
+pub use group::{GroupConfig, GroupConsumer, SeekTo, StartFrom};
 pub use producer::{Producer, ProducerConfig};
 pub use record::{ConsumedRecord, ProducerRecord};
 

@@ -171,6 +171,19 @@ impl Producer {
             partition,
             timestamp_ms,
         } = record;
+        let mut headers = headers;
+        // Inside a traced span, the record carries the span's trace context (unless it has one already).
+        if !headers
+            .iter()
+            .any(|(k, _)| k == crate::trace::TRACEPARENT_HEADER)
+        {
+            if let Some(tc) = crate::trace::current() {
+                headers.push((
+                    crate::trace::TRACEPARENT_HEADER.to_owned(),
+                    bytes::Bytes::from(tc.traceparent()),
+                ));
+            }
+        }
         check_headers(&headers)?;
         let size_bytes = record_size(key.as_deref(), &value, &headers);
         if size_bytes > self.record_bytes_max {

@@ -77,3 +77,13 @@ pub struct ConsumedRecord {
     /// Its headers, in order.
     pub headers: Vec<(String, Bytes)>,
 }
+
+impl ConsumedRecord {
+    /// The W3C `traceparent` header the producer wrote (see [`crate::trace`]), if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == crate::trace::TRACEPARENT_HEADER)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}

@@ -396,3 +396,102 @@ async fn corruption_on_disk_reaches_the_client_as_an_error() {
     let err = err.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::DataLoss), "{err}");
 }
+
+/// A record sent inside a traced span carries its `traceparent`; the consumer's handling span continues
+/// that trace.
+#[tokio::test]
+async fn trace_context_travels_from_producer_to_consumer() {
+    use ferry_client::trace::{consume_span, current, TraceContext, TraceContextLayer};
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(TraceContextLayer));
+    let (_dir, _broker, client) = setup(1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let request = tracing::info_span!("checkout");
+    let sent_in = request.in_scope(|| current().unwrap());
+    let delivery = producer
+        .send(ProducerRecord::new("t", "paid"))
+        .instrument(request)
+        .await;
+    within(delivery).await.unwrap();
+    // Outside any span: no header.
+    within(producer.send(ProducerRecord::new("t", "untraced")).await)
+        .await
+        .unwrap();
+    let records: Vec<_> = within(client.subscribe("t", 0, 0).take(2).collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let tp = records[0]
+        .traceparent()
+        .expect("traced record has a traceparent");
+    let header = TraceContext::parse(tp).unwrap();
+    assert_eq!(header, sent_in, "the header names the span it was sent in");
+    assert_eq!(records[1].traceparent(), None);
+    let handling = consume_span(&records[0]);
+    let joined = handling.in_scope(|| current().unwrap());
+    assert_eq!(
+        joined.trace_id, sent_in.trace_id,
+        "the consumer joins the trace"
+    );
+}
+
+/// The library's group consumer: consumes what its group is assigned, seeks, pauses and resumes, and
+/// commits only what it handed out (manual commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_consumer_seeks_pauses_and_commits_what_it_handed_out() {
+    use ferry_client::{GroupConfig, GroupConsumer, SeekTo};
+    let (_dir, _broker, client) = setup(2).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let records =
+        (0..100u32).map(|i| ProducerRecord::new("t", i.to_string()).with_partition(i % 2));
+    send_all(&producer, records).await;
+    let mut config = GroupConfig::new("lib", vec!["t".into()]);
+    config.auto_commit = false;
+    let mut consumer = within(GroupConsumer::join(client.clone(), config))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        got.push(within(consumer.next_record()).await.unwrap().unwrap());
+    }
+    assert_eq!(consumer.assignment().len(), 2);
+    // Seek partition 0 back to its beginning: its 50 records come again, from offset 0.
+    consumer
+        .seek(("t".into(), 0), SeekTo::Beginning)
+        .await
+        .unwrap();
+    let again = within(consumer.next_record()).await.unwrap().unwrap();
+    assert_eq!((again.partition, again.offset), (0, 0));
+    // Pause partition 0: only partition 1's new records come.
+    consumer.pause(("t".into(), 0));
+    send_all(
+        &producer,
+        (0..4u32).map(|i| ProducerRecord::new("t", format!("n{i}")).with_partition(i % 2)),
+    )
+    .await;
+    for _ in 0..2 {
+        let r = within(consumer.next_record()).await.unwrap().unwrap();
+        assert_eq!(r.partition, 1, "paused partition 0 held back");
+    }
+    consumer.resume(&("t".into(), 0));
+    let r = within(consumer.next_record()).await.unwrap().unwrap();
+    assert_eq!((r.partition, r.offset), (0, 1), "resumed where it was");
+    consumer.commit().await.unwrap();
+    let d = client.describe_group("lib").await.unwrap();
+    let committed: HashMap<u32, i64> = d
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.committed))
+        .collect();
+    assert_eq!(
+        committed[&0], 2,
+        "partition 0: offsets 0 and 1 handed out after the seek"
+    );
+    assert_eq!(committed[&1], 52, "partition 1: all 52 handed out");
+    consumer.close().await;
+    let d = client.describe_group("lib").await.unwrap();
+    assert!(d.members.is_empty(), "a dynamic member leaves on close");
+}
