@@ -101,6 +101,8 @@ pub struct Broker {
     reconcile: tokio::sync::Mutex<bool>,
     /// Consumer groups this broker coordinates.
     groups: groups::Coordinated,
+    /// Local replicas that failed to open, and why (they stay down until an operator repairs them).
+    unopenable: RwLock<HashMap<(String, u32), String>>,
     cancel: CancellationToken,
 }
 
@@ -183,6 +185,7 @@ impl Broker {
             partitions: RwLock::new(HashMap::new()),
             reconcile: tokio::sync::Mutex::new(false),
             groups: Default::default(),
+            unopenable: Default::default(),
             cancel,
         });
         // Commands past the persisted commit are applied once the controller commits them again: wait for
@@ -211,6 +214,7 @@ impl Broker {
                 Arc::downgrade(&broker),
                 broker.cancel.clone(),
             ));
+            tokio::spawn(tasks::scrub(Arc::downgrade(&broker), broker.cancel.clone()));
         }
         Ok(broker)
     }
@@ -337,12 +341,24 @@ impl Broker {
         for t in meta.topics.values() {
             for p in 0..t.partitions {
                 let key = (t.name.clone(), p);
-                if self.partitions.read().contains_key(&key) || !t.hosts(p, node) {
+                if self.partitions.read().contains_key(&key)
+                    || !t.hosts(p, node)
+                    || self.unopenable.read().contains_key(&key)
+                {
                     continue;
                 }
-                let running = self.open_partition(t, p)?;
-                self.router.register(t.group_id(p), running.replica.inbox());
-                self.partitions.write().insert(key, running);
+                // A replica that cannot open (damage recovery cannot cut safely) stays down: it neither
+                // votes nor serves, the others carry the partition, and the broker serves the rest.
+                match self.open_partition(t, p) {
+                    Ok(running) => {
+                        self.router.register(t.group_id(p), running.replica.inbox());
+                        self.partitions.write().insert(key, running);
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %t.name, partition = p, "replica cannot open, left down: {e}");
+                        self.unopenable.write().insert(key, e.to_string());
+                    }
+                }
             }
         }
         Ok(())
@@ -404,6 +420,11 @@ impl Broker {
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Replica, BrokerError> {
         if let Some(r) = self.partitions.read().get(&(topic.to_owned(), partition)) {
             return Ok(r.replica.clone());
+        }
+        if let Some(why) = self.unopenable.read().get(&(topic.to_owned(), partition)) {
+            return Err(BrokerError::Unsatisfiable(format!(
+                "the replica of {topic}-{partition} on this broker cannot open: {why}"
+            )));
         }
         let meta = self.metadata.state.read();
         let t = meta
@@ -755,6 +776,9 @@ impl Broker {
         if !settled(&self.controller) {
             return Err("controller has no leader yet".into());
         }
+        if let Some(((t, p), why)) = self.unopenable.read().iter().next() {
+            return Err(format!("partition {t}-{p} cannot open: {why}"));
+        }
         for ((t, p), r) in self.partitions.read().iter() {
             if let Some(why) = r.replica.failure() {
                 return Err(format!("partition {t}-{p} is fenced: {why}"));
@@ -764,6 +788,53 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// Repairs the local replica of a partition whose log is damaged from Raft index `from`: stops it, cuts
+    /// its log there (recording how far it reached), and starts it again as a repairing replica that takes
+    /// the missing entries from the leader and does not vote until it has them (`consensus::repair`).
+    pub async fn repair_partition(
+        &self,
+        topic: &str,
+        p: u32,
+        from: u64,
+    ) -> Result<(), BrokerError> {
+        let guard = self.reconcile.lock().await;
+        if *guard {
+            return Ok(());
+        }
+        let key = (topic.to_owned(), p);
+        let Some(running) = self.partitions.write().remove(&key) else {
+            return Ok(());
+        };
+        self.router.unregister(running.replica.group());
+        running.cancel.cancel();
+        let _ = running.task.await;
+        let t = self.topic(topic)?;
+        let result = (|| {
+            let voters = t.initial_replica_sets[p as usize].clone();
+            let (storage, _) = ReplicaStorage::open(
+                self.disk.clone(),
+                &running.dir,
+                self.log_config(&t.settings),
+                &voters,
+            )?;
+            let until = storage.write().cut_for_repair(from)?;
+            storage.write().close()?;
+            Ok::<u64, BrokerError>(until)
+        })();
+        match &result {
+            Ok(until) => {
+                tracing::warn!(%topic, partition = p, from, until, "damaged log cut; repairing from the leader")
+            }
+            Err(e) => tracing::error!(%topic, partition = p, "repair failed: {e}"),
+        }
+        let reopened = self.open_partition(&t, p)?;
+        self.router
+            .register(t.group_id(p), reopened.replica.inbox());
+        self.partitions.write().insert(key, reopened);
+        drop(guard);
+        result.map(|_| ())
     }
 
     /// Replicas running here, by (topic, partition).

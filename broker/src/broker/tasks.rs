@@ -184,3 +184,66 @@ pub(super) async fn membership(broker: std::sync::Weak<Broker>, cancel: Cancella
         }
     }
 }
+
+/// Bytes CRC-checked per step of a scrub (the replica's storage is read-locked for one step).
+const SCRUB_STEP_BYTES: u64 = 4 << 20;
+/// Pause between scrub steps: bounds scrubbing to about 4 MiB per 10 ms on one thread.
+const SCRUB_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// A replica's whole log is checked once after it opens, then once per this interval.
+const SCRUB_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Scrubbing: reads every local replica's whole log and checks each batch's CRC, so damage inside the log
+/// (bit rot in an old segment, which opening does not scan) is found before a reader or a lagging follower
+/// needs that data. A damaged replica is repaired from its peers (`Broker::repair_partition`); a replica
+/// fenced after a read found damage is scrubbed at once.
+pub(super) async fn scrub(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
+    let mut done: std::collections::HashMap<(String, u32), (u64, std::time::Instant)> =
+        Default::default();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let Some(b) = broker.upgrade() else { return };
+        let due: Vec<((String, u32), crate::replica::Replica)> = b
+            .local_partitions()
+            .into_iter()
+            .filter(|(k, r)| {
+                let fenced = r.failure().is_some_and(|why| why.contains("corrupt"));
+                fenced
+                    || done.get(k).is_none_or(|(group, at)| {
+                        *group != r.group() || at.elapsed() > SCRUB_INTERVAL
+                    })
+            })
+            .collect();
+        drop(b);
+        for ((topic, p), r) in due {
+            let storage = r.shared.storage.clone();
+            let mut next = storage.read().log.first_raft_index();
+            let damage = loop {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let s = storage.clone();
+                let step =
+                    tokio::task::spawn_blocking(move || s.read().verify(next, SCRUB_STEP_BYTES))
+                        .await;
+                match step {
+                    Ok(Ok(n)) if n > storage.read().log.last_raft_index() => break None,
+                    Ok(Ok(n)) => next = n,
+                    Ok(Err(e)) => break Some(e),
+                    Err(_) => break None,
+                }
+                tokio::time::sleep(SCRUB_PAUSE).await;
+            };
+            done.insert((topic.clone(), p), (r.group(), std::time::Instant::now()));
+            if let Some(e) = damage {
+                tracing::error!(%topic, partition = p, from = next, "scrub found damage: {e}");
+                let Some(b) = broker.upgrade() else { return };
+                if let Err(e) = b.repair_partition(&topic, p, next).await {
+                    tracing::error!(%topic, partition = p, "repair failed: {e}");
+                }
+            }
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub struct Core {
     durable_last: u64,
     /// Idempotent producers' recent batches, as the log holds them.
     pub producers: ProducerTable,
+    /// While repairing a damaged log: the last Raft index it held (see [`super::repair`]).
+    repair_until: Option<u64>,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
@@ -121,8 +123,10 @@ impl ReplicaStorage {
         // What recovery found on disk is what is durable.
         let durable_last = log.last_raft_index();
         let producers = ProducerTable::rebuild(&log.recent_headers(REBUILD_SEGMENTS)?);
+        let repair_until = super::repair::read(disk.as_ref(), dir)?;
         let core = Core {
             producers,
+            repair_until,
             log,
             hard_state: state.hard_state.clone(),
             state,
@@ -351,6 +355,60 @@ impl Core {
         self.tail.clear();
         self.tail_bytes = 0;
         Ok(())
+    }
+
+    /// While repairing: the Raft index the log must reach again before this replica votes or campaigns.
+    pub fn repair_until(&self) -> Option<u64> {
+        self.repair_until
+    }
+
+    /// Ends a repair once the log holds everything it held before the damage (and that much is committed).
+    pub fn finish_repair_if_done(&mut self, committed: u64) -> Result<bool, StorageError> {
+        match self.repair_until {
+            Some(until) if self.log.last_raft_index() >= until && committed >= until => {
+                super::repair::clear(self.disk.as_ref(), &self.dir)?;
+                self.repair_until = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Cuts a damaged log at Raft index `from` (the first batch found damaged) and marks the replica
+    /// repairing up to the last index it held. The replica must be stopped (this is done between two runs).
+    pub fn cut_for_repair(&mut self, from: u64) -> Result<u64, StorageError> {
+        let from = from.max(self.state.marker_index + 1);
+        let until = self
+            .log
+            .last_raft_index()
+            .max(self.repair_until.unwrap_or(0))
+            .max(self.state.hard_state.commit);
+        // The marker first: a crash after it and before the cut repairs again at the next open.
+        super::repair::mark(self.disk.as_ref(), &self.dir, until)?;
+        self.repair_until = Some(until);
+        if from <= self.log.last_raft_index() {
+            self.log.truncate_from_raft_index(from)?;
+        }
+        self.tail.clear();
+        self.tail_bytes = 0;
+        let last = self.log.last_raft_index();
+        self.hard_state.commit = self.hard_state.commit.min(last);
+        self.state.hard_state = self.hard_state.clone();
+        self.state.hard_state.commit = self.state.hard_state.commit.min(last);
+        self.state.write(self.disk.as_ref(), &self.dir)?;
+        self.durable_last = last;
+        self.producers = ProducerTable::rebuild(&self.log.recent_headers(REBUILD_SEGMENTS)?);
+        Ok(until)
+    }
+
+    /// CRC-checks batches from Raft index `from`, up to about `max_bytes`; answers the next index to check
+    /// (past the end: done), or the damage found.
+    pub fn verify(&self, from: u64, max_bytes: u64) -> Result<u64, StorageError> {
+        if from > self.log.last_raft_index() {
+            return Ok(from);
+        }
+        let batches = self.log.batches_by_raft_index(from, u64::MAX, max_bytes)?;
+        Ok(batches.last().map_or(from + 1, |(h, _)| h.raft_index + 1))
     }
 
     /// Clean shutdown: the log's clean checkpoint and the latest commit index.

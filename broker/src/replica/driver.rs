@@ -169,6 +169,9 @@ struct Driver {
     unsynced: Option<(Arc<dyn crate::storage::DiskFile>, u64)>,
     last_sync: std::time::Instant,
     quiet: Quiet,
+    /// Repairing a damaged log up to this Raft index: no voting, no campaigning (see
+    /// `consensus::repair`).
+    repairing: Option<u64>,
 }
 
 /// Quiescence: an idle group stops ticking, so a broker with thousands of idle partitions sends no
@@ -265,6 +268,7 @@ pub fn spawn(
         fsync: config.fsync,
         unsynced: None,
         last_sync: std::time::Instant::now(),
+        repairing: shared.storage.read().repair_until(),
         quiet: Quiet {
             liveness,
             window: Duration::from_millis(config.tick_ms * config.election_ticks as u64),
@@ -324,8 +328,10 @@ impl Driver {
                 }
                 n = inbox.recv_many(&mut incoming, MESSAGES_PER_STEP_MAX) => {
                     if n == 0 { break; }
-                    for m in incoming.drain(..) {
-                        self.note_incoming(&m);
+                    for mut m in incoming.drain(..) {
+                        if !self.note_incoming(&mut m) {
+                            continue;
+                        }
                         // Messages from unknown or removed peers are refused by Raft: not our failure.
                         if let Err(e) = self.node.step(m) {
                             tracing::debug!(partition = %self.shared.name, "raft step: {e}");
@@ -451,7 +457,12 @@ impl Driver {
 
     /// Quiescence bookkeeping for an incoming message: the quiesce heartbeat quiets a follower; anything
     /// else wakes the replica, except heartbeat answers on a leader (they answer its own quiesce heartbeat).
-    fn note_incoming(&mut self, m: &Message) {
+    ///
+    /// Also the guards of a damaged log (answers whether to step the message): a repairing replica does not
+    /// vote; no replica takes a commit index past its log (a leader may believe a repaired follower holds
+    /// more than it now does); and a leader whose follower answers with a log shorter than what it had
+    /// matched (the follower cut a damaged log) probes that follower again from where its log ends.
+    fn note_incoming(&mut self, m: &mut Message) -> bool {
         let t = m.get_msg_type();
         if t == MessageType::MsgHeartbeat && m.context.as_ref() == QUIESCE_CONTEXT {
             self.set_quiesced(true);
@@ -460,6 +471,46 @@ impl Driver {
         {
             self.wake();
         }
+        if self.repairing.is_some()
+            && matches!(
+                t,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            return false;
+        }
+        if t == MessageType::MsgHeartbeat {
+            let last = self.node.raft.raft_log.last_index();
+            if m.commit > last && self.repairing.is_some() {
+                // The leader believes this log longer than it now is, and a heartbeat answer cannot say
+                // otherwise: tell it with an append rejection naming where the log ends.
+                let mut nack = Message::default();
+                nack.set_msg_type(MessageType::MsgAppendResponse);
+                nack.to = m.from;
+                nack.from = self.node.raft.id;
+                nack.term = m.term;
+                nack.index = last;
+                nack.reject = true;
+                nack.reject_hint = last;
+                self.transport.send(self.group, vec![nack]);
+            }
+            m.commit = m.commit.min(last);
+        }
+        if t == MessageType::MsgAppendResponse
+            && m.reject
+            && self.node.raft.state == StateRole::Leader
+        {
+            if let Some(pr) = self.node.raft.mut_prs().get_mut(m.from) {
+                if m.reject_hint < pr.matched {
+                    tracing::warn!(partition = %self.shared.name, follower = m.from, had = pr.matched,
+                        now = m.reject_hint, "a follower's log is shorter than it was (repairing); probing it again");
+                    pr.matched = m.reject_hint;
+                    pr.become_probe();
+                    pr.next_idx = m.reject_hint + 1;
+                }
+            }
+        }
+        true
     }
 
     /// Whether the brokers this replica depends on were all heard from lately: a follower its leader's, a
@@ -472,6 +523,32 @@ impl Driver {
         } else {
             raft.leader_id != 0 && live(raft.leader_id)
         }
+    }
+
+    /// Sends every other voter an append rejection naming where this (repairing) log ends.
+    fn announce_repair(&mut self) {
+        let raft = &self.node.raft;
+        let last = raft.raft_log.last_index();
+        let nacks: Vec<Message> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != raft.id)
+            .map(|to| {
+                let mut nack = Message::default();
+                nack.set_msg_type(MessageType::MsgAppendResponse);
+                nack.to = to;
+                nack.from = raft.id;
+                nack.term = raft.term;
+                nack.index = last;
+                nack.reject = true;
+                nack.reject_hint = last;
+                nack
+            })
+            .collect();
+        self.transport.send(self.group, nacks);
     }
 
     /// A leader quiesces its group once idle with every voter caught up and reachable.
@@ -498,6 +575,19 @@ impl Driver {
 
     fn tick(&mut self) {
         self.ticks += 1;
+        if self.repairing.is_some() {
+            // No election timeouts: a repairing replica never campaigns. Appends from the leader still come;
+            // once per election timeout it tells every voter where its log ends, so a leader that believes
+            // it longer (or sends nothing: a quiesced group) probes it again.
+            if self
+                .ticks
+                .is_multiple_of(self.node.raft.election_timeout() as u64)
+            {
+                self.announce_repair();
+            }
+            self.retain();
+            return;
+        }
         if self.quiet.quiesced {
             if self.peers_live() {
                 self.retain();
@@ -766,6 +856,19 @@ impl Driver {
             .leadership
             .send_if_modified(|l| std::mem::replace(l, now) != now);
         self.note_in_sync(now.serving);
+        if self.repairing.is_some() {
+            let committed = self.node.raft.raft_log.committed;
+            let done = self
+                .shared
+                .storage
+                .write()
+                .finish_repair_if_done(committed)
+                .map_err(|e| e.to_string())?;
+            if done {
+                tracing::info!(partition = %self.shared.name, "repaired: the log holds everything it held before the damage");
+                self.repairing = None;
+            }
+        }
         Ok(())
     }
 
