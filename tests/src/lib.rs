@@ -21,10 +21,13 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Path of a workspace binary (`ferryd`, `ferry`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
+    // A test runs from target/<profile>/deps; a harness binary (ferry-chaos) from target/<profile>.
+    let here = exe.parent().expect("executable directory");
+    let dir = if here.join(name).exists() {
+        here
+    } else {
+        here.parent().expect("target/<profile>/deps/..")
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),

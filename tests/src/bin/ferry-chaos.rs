@@ -1,0 +1,563 @@
+//! `ferry-chaos`: a fault-injection run with a history checker (a port of the Jepsen queue checks).
+//!
+//! Starts three `ferryd` processes on 127.0.0.1, publishes unique values with idempotent producers and
+//! consumes them with a consumer group, injects faults on a schedule (kill -9 of a leader, of a follower, of
+//! every broker; SIGSTOP of a leader; a torn tail; a bit flip in an old segment; deleted indexes; a rolling
+//! restart), heals, drains every partition from the beginning and checks the whole history:
+//!
+//! - `lost`: acknowledged values missing from the log;
+//! - `duplicated`: values stored at two offsets (zero with idempotent producers);
+//! - `inconsistent`: an acknowledged or consumed offset holding another value than the log has there;
+//! - `unseen`: acknowledged values the group never delivered (at-least-once);
+//! - `commit_regressions` / `commit_beyond_end`: a group's committed offset going backwards, or past the
+//!   partition's end;
+//! - per fault, the time from its start until every partition acknowledged a publish sent after it began.
+//!
+//! Prints one summary line, writes a JSON report (`--report`), and exits 1 on any violation.
+//!
+//!   cargo build --workspace --bins && target/debug/ferry-chaos --duration-secs 120 --report chaos.json
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_client::{
+    Client, ClientConfig, GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord,
+};
+use ferry_tests::cluster::{leaders, read_all, start_cluster};
+use ferry_tests::{segment_files, Ferryd};
+use parking_lot::Mutex;
+
+const TOPIC: &str = "chaos";
+const PARTITIONS: u32 = 3;
+const GROUP: &str = "chaos-readers";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillLeader,
+    KillFollower,
+    KillAll,
+    PauseLeader,
+    TornTail,
+    BitFlip,
+    DeleteIndex,
+    RollingRestart,
+}
+
+impl Fault {
+    const ALL: [Fault; 8] = [
+        Fault::KillLeader,
+        Fault::PauseLeader,
+        Fault::TornTail,
+        Fault::KillFollower,
+        Fault::BitFlip,
+        Fault::KillAll,
+        Fault::DeleteIndex,
+        Fault::RollingRestart,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill-leader",
+            Fault::KillFollower => "kill-follower",
+            Fault::KillAll => "kill-all",
+            Fault::PauseLeader => "pause-leader",
+            Fault::TornTail => "torn-tail",
+            Fault::BitFlip => "bit-flip",
+            Fault::DeleteIndex => "delete-index",
+            Fault::RollingRestart => "rolling-restart",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+struct Args {
+    duration: Duration,
+    fault: Duration,
+    heal: Duration,
+    rate: u64,
+    faults: Vec<Fault>,
+    report: Option<String>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        duration: Duration::from_secs(120),
+        fault: Duration::from_secs(5),
+        heal: Duration::from_secs(5),
+        rate: 400,
+        faults: Fault::ALL.to_vec(),
+        report: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let secs = |v: String| {
+            v.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| format!("{v} is not a number of seconds"))
+        };
+        match flag.as_str() {
+            "--duration-secs" => a.duration = secs(value()?)?,
+            "--fault-secs" => a.fault = secs(value()?)?,
+            "--heal-secs" => a.heal = secs(value()?)?,
+            "--rate" => {
+                a.rate = value()?
+                    .parse()
+                    .map_err(|_| "--rate is messages per second")?
+            }
+            "--faults" => {
+                a.faults = value()?
+                    .split(',')
+                    .map(|f| Fault::parse(f).ok_or(format!("unknown fault {f}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--report" => a.report = Some(value()?),
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; see the file header for usage"
+                ))
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// Everything observed, for the checker.
+#[derive(Default)]
+struct History {
+    /// value → (partition, offset, sent at, acknowledged at).
+    acked: HashMap<String, (u32, u64, Instant, Instant)>,
+    failed: HashSet<String>,
+    /// (member, partition, offset, value), in delivery order per member.
+    polled: Vec<(usize, u32, u64, String)>,
+    /// (partition, committed, end) samples of the group, in time order.
+    commits: Vec<(u32, i64, i64)>,
+}
+
+type Shared = Arc<Mutex<History>>;
+
+async fn produce(id: usize, client: Client, rate: u64, stop: Arc<AtomicBool>, h: Shared) {
+    let config = ProducerConfig {
+        linger_ms: 5,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config).expect("producer");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = tick.tick() => {
+                let value = format!("p{id}-{n}");
+                n += 1;
+                let r = ProducerRecord::new(TOPIC, value.clone()).with_key(format!("k{}", n % 31));
+                let sent = Instant::now();
+                let d = producer.send(r).await;
+                pending.push(async move { (value, sent, d.await) });
+            }
+            Some((value, sent, result)) = futures::StreamExt::next(&mut pending), if !pending.is_empty() => {
+                record(&h, value, sent, result);
+            }
+        }
+    }
+    producer.flush().await;
+    while let Some((value, sent, result)) = futures::StreamExt::next(&mut pending).await {
+        record(&h, value, sent, result);
+    }
+    producer.close().await;
+}
+
+fn record(
+    h: &Shared,
+    value: String,
+    sent: Instant,
+    result: Result<(u32, u64), ferry_client::ClientError>,
+) {
+    let mut h = h.lock();
+    match result {
+        Ok((p, o)) => {
+            h.acked.insert(value, (p, o, sent, Instant::now()));
+        }
+        Err(_) => {
+            h.failed.insert(value);
+        }
+    }
+}
+
+async fn consume(member: usize, client: Client, stop: Arc<AtomicBool>, h: Shared) {
+    let mut config = GroupConfig::new(GROUP, vec![TOPIC.into()]);
+    config.session_timeout_ms = 6_000;
+    let mut c = match GroupConsumer::join(client, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chaos: consumer {member} could not join: {e}");
+            return;
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(200), c.next_record()).await {
+            Ok(Some(Ok(r))) => {
+                let value = String::from_utf8_lossy(&r.value).into_owned();
+                h.lock().polled.push((member, r.partition, r.offset, value));
+            }
+            Ok(Some(Err(e))) => eprintln!("chaos: consumer {member}: {e}"),
+            Ok(None) => return,
+            Err(_) => {}
+        }
+    }
+    c.close().await;
+}
+
+async fn sample_commits(client: Client, stop: Arc<AtomicBool>, h: Shared) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(d) = client.describe_group(GROUP).await {
+            let mut h = h.lock();
+            for p in d.partitions {
+                h.commits.push((p.partition, p.committed, p.end_offset));
+            }
+        }
+    }
+}
+
+/// The node leading partition 0, and one following it.
+async fn roles(nodes: &[Ferryd]) -> (Option<usize>, usize) {
+    let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let routes = leaders(&brokers, TOPIC).await;
+    let leader = routes
+        .get(&0)
+        .and_then(|a| nodes.iter().position(|n| &n.addr == a));
+    let follower = (0..nodes.len()).find(|i| Some(*i) != leader).unwrap_or(0);
+    (leader, follower)
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn restart_all(nodes: &mut [Ferryd]) {
+    std::thread::scope(|s| {
+        for n in nodes.iter_mut() {
+            s.spawn(move || {
+                if matches!(n.child.try_wait(), Ok(Some(_))) {
+                    n.restart_in_place();
+                }
+            });
+        }
+    });
+}
+
+/// Injects `fault`, lets it last `hold`, heals. Returns a description and when the fault took effect.
+async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, Instant) {
+    let (leader, follower) = roles(nodes).await;
+    let leader = leader.unwrap_or(0);
+    let mut at = Instant::now();
+    let what = match fault {
+        Fault::KillLeader | Fault::KillFollower => {
+            let i = if fault == Fault::KillLeader {
+                leader
+            } else {
+                follower
+            };
+            block(|| nodes[i].kill9());
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}", i + 1)
+        }
+        Fault::KillAll => {
+            block(|| nodes.iter_mut().for_each(Ferryd::kill9));
+            at = Instant::now();
+            tokio::time::sleep(hold.min(Duration::from_secs(2))).await;
+            block(|| restart_all(nodes));
+            "every broker".into()
+        }
+        Fault::PauseLeader => {
+            nodes[leader].pause();
+            at = Instant::now();
+            tokio::time::sleep(hold.max(Duration::from_secs(3))).await;
+            nodes[leader].resume();
+            format!("broker {}", leader + 1)
+        }
+        Fault::TornTail => {
+            let i = follower;
+            block(|| nodes[i].kill9());
+            at = Instant::now();
+            let cut = (Instant::now().elapsed().subsec_nanos() % 200 + 1) as u64;
+            if let Some(last) = segment_files(&nodes[i].data_dir, TOPIC, 0).last() {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(last) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = f.set_len(len.saturating_sub(cut));
+                }
+            }
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}, {cut} bytes", i + 1)
+        }
+        Fault::BitFlip => {
+            let i = follower;
+            block(|| nodes[i].stop());
+            let segs = segment_files(&nodes[i].data_dir, TOPIC, 0);
+            let mut what = "no sealed segment yet".to_owned();
+            if segs.len() > 1 {
+                if let Ok(mut b) = std::fs::read(&segs[0]) {
+                    if !b.is_empty() {
+                        let at = b.len() / 2;
+                        b[at] ^= 0x40;
+                        let _ = std::fs::write(&segs[0], &b);
+                        what = format!("{} byte {at}", segs[0].display());
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}, {what}", i + 1)
+        }
+        Fault::DeleteIndex => {
+            let i = follower;
+            block(|| nodes[i].stop());
+            let mut removed = 0;
+            if let Some(dir) = segment_files(&nodes[i].data_dir, TOPIC, 0)
+                .first()
+                .and_then(|p| p.parent())
+            {
+                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if e.path().extension().is_some_and(|x| x == "index") {
+                        removed += usize::from(std::fs::remove_file(e.path()).is_ok());
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}, {removed} index files", i + 1)
+        }
+        Fault::RollingRestart => {
+            for node in nodes.iter_mut() {
+                block(|| {
+                    node.stop();
+                    node.restart_in_place();
+                });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            "brokers 1-3 in turn".into()
+        }
+    };
+    (what, at)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let args = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let mut nodes = block(|| start_cluster(&dirs));
+    let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let config = ClientConfig {
+        retries_max: 1_000,
+        retry_backoff_ms_max: 200,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(brokers.clone(), config)
+        .await
+        .expect("connect");
+    let mut admin = nodes[0].admin().await;
+    admin
+        .create_topic(ferry_client::v1::CreateTopicRequest {
+            name: TOPIC.into(),
+            partitions: PARTITIONS,
+            replicas: 3,
+            config: Some(ferry_client::v1::TopicConfig {
+                segment_bytes: 256 * 1024,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create topic");
+    let h: Shared = Default::default();
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for id in 0..2 {
+        producers.push(tokio::spawn(produce(
+            id,
+            client.clone(),
+            args.rate / 2,
+            stop_producers.clone(),
+            h.clone(),
+        )));
+    }
+    let mut consumers = Vec::new();
+    for m in 0..2 {
+        consumers.push(tokio::spawn(consume(
+            m,
+            client.clone(),
+            stop_consumers.clone(),
+            h.clone(),
+        )));
+    }
+    let sampler = tokio::spawn(sample_commits(
+        client.clone(),
+        stop_consumers.clone(),
+        h.clone(),
+    ));
+
+    // The schedule.
+    let started = Instant::now();
+    let mut events: Vec<(Fault, Instant, String)> = Vec::new();
+    let mut k = 0;
+    tokio::time::sleep(args.heal).await;
+    while started.elapsed() + args.fault + args.heal < args.duration {
+        let fault = args.faults[k % args.faults.len()];
+        k += 1;
+        let (what, at) = inject(fault, &mut nodes, args.fault).await;
+        eprintln!("chaos: {} ({what}) at {:?}", fault.name(), at - started);
+        events.push((fault, at, what));
+        tokio::time::sleep(args.heal).await;
+    }
+
+    // Heal, stop the load, let the group catch up, drain.
+    block(|| {
+        nodes.iter().for_each(Ferryd::resume);
+        restart_all(&mut nodes);
+    });
+    for n in &nodes {
+        block(|| n.wait_ready());
+    }
+    stop_producers.store(true, Ordering::Relaxed);
+    for p in producers {
+        let _ = p.await;
+    }
+    let drained_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lagging = match client.describe_group(GROUP).await {
+            Ok(d) => d.partitions.iter().map(|p| p.lag).sum::<i64>(),
+            Err(_) => 1,
+        };
+        if lagging == 0 || Instant::now() > drained_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_consumers.store(true, Ordering::Relaxed);
+    for c in consumers {
+        let _ = c.await;
+    }
+    let _ = sampler.await;
+    let routes = leaders(&brokers, TOPIC).await;
+    let mut log: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        log.insert(p, read_all(&routes[&p], TOPIC, p).await);
+    }
+    let end = Instant::now();
+
+    // Check.
+    let h = h.lock();
+    let mut at: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
+    for (p, values) in &log {
+        for (o, v) in values.iter().enumerate() {
+            at.entry(v.as_str()).or_default().push((*p, o as u64));
+        }
+    }
+    let lost: Vec<&String> = h
+        .acked
+        .keys()
+        .filter(|v| !at.contains_key(v.as_str()))
+        .collect();
+    let duplicated = at.values().filter(|places| places.len() > 1).count();
+    let mut inconsistent = 0;
+    for (v, (p, o, _, _)) in &h.acked {
+        if log[p].get(*o as usize) != Some(v) {
+            inconsistent += 1;
+        }
+    }
+    for (_, p, o, v) in &h.polled {
+        if log.get(p).and_then(|l| l.get(*o as usize)) != Some(v) {
+            inconsistent += 1;
+        }
+    }
+    let seen: HashSet<&str> = h.polled.iter().map(|(_, _, _, v)| v.as_str()).collect();
+    let unseen = h
+        .acked
+        .keys()
+        .filter(|v| !seen.contains(v.as_str()))
+        .count();
+    let mut last_commit: HashMap<u32, i64> = HashMap::new();
+    let (mut regressions, mut beyond) = (0, 0);
+    for (p, committed, end_offset) in &h.commits {
+        if let Some(prev) = last_commit.get(p) {
+            if committed < prev {
+                regressions += 1;
+            }
+        }
+        if *end_offset >= 0 && committed > end_offset {
+            beyond += 1;
+        }
+        last_commit.insert(*p, *committed);
+    }
+    // Unavailability: per fault, until every partition acknowledged a publish sent after the fault began.
+    let mut per_fault: BTreeMap<&str, u128> = BTreeMap::new();
+    let mut report_faults = Vec::new();
+    for (fault, start, what) in &events {
+        let mut worst = 0u128;
+        for p in 0..PARTITIONS {
+            let first = h
+                .acked
+                .values()
+                .filter(|(q, _, sent, _)| *q == p && sent >= start)
+                .map(|(_, _, _, acked)| *acked)
+                .min()
+                .unwrap_or(end);
+            worst = worst.max((first - *start).as_millis());
+        }
+        let e = per_fault.entry(fault.name()).or_default();
+        *e = (*e).max(worst);
+        report_faults.push(
+            serde_json::json!({"fault": fault.name(), "what": what, "unavailable_ms": worst}),
+        );
+    }
+    let max_unavailable = per_fault.values().copied().max().unwrap_or(0);
+    let failed_visible = h
+        .failed
+        .iter()
+        .filter(|v| at.contains_key(v.as_str()))
+        .count();
+    let violations = lost.len() + duplicated + inconsistent + unseen + regressions + beyond;
+    println!(
+        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} acked={} failed={} failed_visible={failed_visible} polled={} faults={} max_unavailable_ms={max_unavailable}",
+        lost.len(),
+        h.acked.len(),
+        h.failed.len(),
+        h.polled.len(),
+        events.len(),
+    );
+    let report = serde_json::json!({
+        "lost": lost.len(), "lost_examples": lost.iter().take(10).collect::<Vec<_>>(),
+        "duplicated": duplicated, "inconsistent": inconsistent, "unseen": unseen,
+        "commit_regressions": regressions, "commit_beyond_end": beyond,
+        "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,
+        "polled": h.polled.len(), "max_unavailable_ms": max_unavailable,
+        "max_unavailable_ms_per_fault": per_fault, "faults": report_faults,
+        "duration_ms": (end - started).as_millis(),
+    });
+    if let Some(path) = &args.report {
+        if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())
+        {
+            eprintln!("error: writing {path}: {e}");
+        }
+    }
+    drop(h);
+    drop(nodes);
+    std::process::exit(i32::from(violations > 0));
+}
