@@ -233,6 +233,44 @@ impl Broker {
         .await
     }
 
+    /// Checks offsets to commit against their partitions: the partition exists and the offset is not past
+    /// its end (the high watermark, from its leader).
+    async fn check_commit_bounds(&self, offsets: &[(String, u32, u64)]) -> Result<(), BrokerError> {
+        let mut ends: HashMap<String, Vec<i64>> = HashMap::new();
+        for (t, p, o) in offsets {
+            if !ends.contains_key(t) {
+                let meta = self.topic(t)?;
+                let mut info = crate::server::topic_info(self, &meta);
+                crate::server::views::merge_views(self, &meta, &mut info, true).await;
+                let e = info
+                    .partition_info
+                    .iter()
+                    .map(|i| {
+                        if i.leader != 0 && i.error.is_empty() {
+                            i.high_watermark as i64
+                        } else {
+                            -1
+                        }
+                    })
+                    .collect();
+                ends.insert(t.clone(), e);
+            }
+            let Some(&end) = ends[t].get(*p as usize) else {
+                return Err(BrokerError::UnknownPartition {
+                    topic: t.clone(),
+                    partition: *p,
+                    partitions: ends[t].len() as u32,
+                });
+            };
+            if end >= 0 && *o > end as u64 {
+                return Err(BrokerError::Invalid(format!(
+                    "offset {o} of {t}-{p} is past the partition's end {end}: commit refused"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Commits offsets for a member (or, with an empty member id, an admin reset of an empty group).
     pub async fn commit_offsets(
         &self,
@@ -241,6 +279,9 @@ impl Broker {
         generation: u64,
         offsets: Vec<(String, u32, u64)>,
     ) -> Result<(), BrokerError> {
+        // Before taking the group: asking leaders for their ends must not hold the coordinator.
+        self.coordinator_replica(group).await?;
+        self.check_commit_bounds(&offsets).await?;
         self.with_group(
             group,
             async |b: &Broker, replica: &Replica, g: &mut Group| {
