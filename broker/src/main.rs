@@ -165,6 +165,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.peer_listen))?;
         Some(l)
     };
+    if let Some(path) = std::env::var_os("FERRY_FAULT_FILE") {
+        ferry_broker::peer::faults::watch(path.into());
+    }
     let cancel = CancellationToken::new();
     // The peer server runs before the broker starts: a starting broker waits for its controller to catch
     // up, which needs the other brokers' Raft messages.

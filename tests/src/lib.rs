@@ -37,6 +37,14 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The fault file (`FERRY_FAULT_FILE`) of the broker on `data_dir`.
+pub fn fault_file(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map_or("ferryd".into(), |n| n.to_string_lossy().into_owned());
+    data_dir.with_file_name(format!("{name}.faults"))
+}
+
 /// A running `ferryd`.
 pub struct Ferryd {
     pub child: Child,
@@ -86,6 +94,8 @@ impl Ferryd {
             .args(["--listen", listen, "--http-listen", http_listen])
             .args(&extra)
             .env("FERRY_LOG", "warn")
+            // Network faults for ferry-chaos: a file beside the data dir, absent unless a run writes it.
+            .env("FERRY_FAULT_FILE", fault_file(data_dir))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -4,6 +4,7 @@
 //! Layers: [`router`] (group id → local replica inbox) and [`network`] (the outgoing links, a
 //! [`crate::replica::Transport`]). The `Peer` gRPC server that feeds the router is `server::peer`.
 
+pub mod faults;
 pub mod network;
 pub mod router;
 

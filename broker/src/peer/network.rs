@@ -134,6 +134,9 @@ impl Transport for PeerNetwork {
         }
         let links = self.links.read();
         for m in msgs {
+            if super::faults::drops_to(m.to) {
+                continue;
+            }
             match links.get(&m.to) {
                 Some(link) => {
                     // Encode now, on the replica's task: entry data may be slices of a segment map, which

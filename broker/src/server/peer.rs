@@ -40,6 +40,9 @@ impl Peer for PeerService {
         let liveness = router.liveness();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            if crate::peer::faults::drops_from(batch.from) {
+                continue;
+            }
             liveness.heard(batch.from);
             if !learned && !batch.from_address.is_empty() {
                 if let Some(b) = self.broker.get() {

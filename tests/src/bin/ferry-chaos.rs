@@ -2,8 +2,9 @@
 //!
 //! Starts three `ferryd` processes on 127.0.0.1, publishes unique values with idempotent producers and
 //! consumes them with a consumer group, injects faults on a schedule (kill -9 of a leader, of a follower, of
-//! every broker; SIGSTOP of a leader; a torn tail; a bit flip in an old segment; deleted indexes; a rolling
-//! restart), heals, drains every partition from the beginning and checks the whole history:
+//! every broker; SIGSTOP of a leader; the leader cut off from its peers, deaf to them (one-way), or the two
+//! others cut apart (bridge), through the brokers' `FERRY_FAULT_FILE`; a torn tail; a bit flip in an old
+//! segment; deleted indexes; a rolling restart), heals, drains every partition from the beginning and checks the whole history:
 //!
 //! - `lost`: acknowledged values missing from the log;
 //! - `duplicated`: values stored at two offsets (zero with idempotent producers);
@@ -43,12 +44,18 @@ enum Fault {
     BitFlip,
     DeleteIndex,
     RollingRestart,
+    PartitionLeader,
+    OneWay,
+    Bridge,
 }
 
 impl Fault {
-    const ALL: [Fault; 8] = [
+    const ALL: [Fault; 11] = [
         Fault::KillLeader,
+        Fault::PartitionLeader,
         Fault::PauseLeader,
+        Fault::OneWay,
+        Fault::Bridge,
         Fault::TornTail,
         Fault::KillFollower,
         Fault::BitFlip,
@@ -67,6 +74,9 @@ impl Fault {
             Fault::BitFlip => "bit-flip",
             Fault::DeleteIndex => "delete-index",
             Fault::RollingRestart => "rolling-restart",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::OneWay => "one-way",
+            Fault::Bridge => "bridge",
         }
     }
 
@@ -236,6 +246,19 @@ async fn roles(nodes: &[Ferryd]) -> (Option<usize>, usize) {
     (leader, follower)
 }
 
+/// Writes each broker's network faults (`drop-to` / `drop-from` lines; empty heals).
+fn set_faults(nodes: &[Ferryd], rules: &[String]) {
+    for (n, r) in nodes.iter().zip(rules) {
+        let _ = std::fs::write(ferry_tests::fault_file(&n.data_dir), r);
+    }
+}
+
+/// Cuts broker `a` off from `b` in both directions.
+fn cut(rules: &mut [String], a: usize, b: usize) {
+    rules[a].push_str(&format!("drop-to {}\ndrop-from {}\n", b + 1, b + 1));
+    rules[b].push_str(&format!("drop-to {}\ndrop-from {}\n", a + 1, a + 1));
+}
+
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -336,6 +359,40 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
             block(|| nodes[i].restart_in_place());
             format!("broker {}, {removed} index files", i + 1)
         }
+        Fault::PartitionLeader | Fault::OneWay | Fault::Bridge => {
+            let mut rules = vec![String::new(); nodes.len()];
+            let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != leader).collect();
+            let what = match fault {
+                Fault::PartitionLeader => {
+                    for &o in &others {
+                        cut(&mut rules, leader, o);
+                    }
+                    format!("broker {} isolated from its peers", leader + 1)
+                }
+                Fault::OneWay => {
+                    for &o in &others {
+                        rules[leader].push_str(&format!("drop-from {}\n", o + 1));
+                    }
+                    format!("broker {} hears no peer", leader + 1)
+                }
+                _ => {
+                    cut(&mut rules, others[0], others[1]);
+                    format!(
+                        "brokers {} and {} cut apart, both see {}",
+                        others[0] + 1,
+                        others[1] + 1,
+                        leader + 1
+                    )
+                }
+            };
+            set_faults(nodes, &rules);
+            // The brokers reread their fault files every 100 ms.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            set_faults(nodes, &vec![String::new(); nodes.len()]);
+            what
+        }
         Fault::RollingRestart => {
             for node in nodes.iter_mut() {
                 block(|| {
@@ -428,6 +485,7 @@ async fn main() {
     }
 
     // Heal, stop the load, let the group catch up, drain.
+    set_faults(&nodes, &vec![String::new(); nodes.len()]);
     block(|| {
         nodes.iter().for_each(Ferryd::resume);
         restart_all(&mut nodes);
