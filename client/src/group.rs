@@ -38,6 +38,8 @@ pub type Tp = (String, u32);
 
 /// Records read ahead of the application, over all partitions.
 pub const PREFETCH_RECORDS_MAX: usize = 4096;
+/// Pause before a partition reader that stopped on an error reads on.
+const READER_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Session timeout when none is configured (ms).
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 /// How often offsets are committed automatically (ms).
@@ -435,15 +437,29 @@ impl Member {
             *e += 1;
             *e
         };
-        let stream = self.client.subscribe(&tp.0, tp.1, offset);
+        let client = self.client.clone();
         let tx = self.records.clone();
+        let (topic, partition) = tp.clone();
+        // A reader outlives broker failures: when its stream ends with an error (a fenced replica, retries
+        // exhausted), it reports the error once and reads on from where it was after a pause.
         let reader = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                let epoch = if item.is_ok() { epoch } else { u64::MAX };
-                if tx.send((epoch, item)).await.is_err() {
-                    return;
+            let mut next = offset;
+            loop {
+                let stream = client.subscribe(&topic, partition, next);
+                let mut stream = std::pin::pin!(stream);
+                while let Some(item) = stream.next().await {
+                    let gen = match &item {
+                        Ok(r) => {
+                            next = r.offset + 1;
+                            epoch
+                        }
+                        Err(_) => u64::MAX,
+                    };
+                    if tx.send((gen, item)).await.is_err() {
+                        return;
+                    }
                 }
+                tokio::time::sleep(READER_RETRY_PAUSE).await;
             }
         });
         self.readers.insert(tp, reader);

@@ -29,12 +29,14 @@ pub fn is_retriable(err: &ClientError) -> bool {
 
 /// Whether `err` may succeed if tried again, for a request that is safe to repeat even when its first
 /// attempt may have taken effect (an idempotent producer's publish: the leader recognizes the retry).
-/// Besides [`is_retriable`]: a connection broken mid-request and a timed-out attempt.
+/// Besides [`is_retriable`]: a connection broken mid-request, a timed-out attempt, and a replica that fenced
+/// itself (full disk, storage failure: another replica takes over the partition).
 pub fn is_retriable_when_idempotent(err: &ClientError) -> bool {
     is_retriable(err)
         || matches!(err, ClientError::Timeout { .. })
         || matches!(err, ClientError::Status { code, .. }
-            if matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded))
+            if matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted | tonic::Code::DataLoss))
 }
 
 /// The pause before retry number `retry` (1 for the first retry): exponential from the configured minimum,

@@ -80,6 +80,8 @@ impl Shared {
     pub fn fail(&self, why: String) {
         tracing::error!(partition = %self.name, "{why}");
         self.failed.lock().get_or_insert(why);
+        // A fenced replica neither leads nor knows who does: clients asking here look elsewhere.
+        self.leadership.send_replace(Leadership::default());
     }
 
     fn check(&self) -> Result<(), ReplicaError> {

@@ -59,11 +59,20 @@ async fn merge_from(
 /// broker that hosts each; with `from_leaders`, then every partition led elsewhere from its leader.
 pub async fn merge_views(b: &Broker, t: &TopicMeta, info: &mut v1::TopicInfo, from_leaders: bool) {
     let me = b.config.node_id;
-    let remote: Vec<u32> = (0..t.partitions).filter(|p| !t.hosts(*p, me)).collect();
+    // Partitions not hosted here, or whose replica here is fenced (it knows no leader).
+    let remote: Vec<u32> = (0..t.partitions)
+        .filter(|p| {
+            !t.hosts(*p, me)
+                || b.partition(&t.name, *p)
+                    .map_or(true, |r| r.failure().is_some())
+        })
+        .collect();
     if !remote.is_empty() {
+        // Every other replica of each: one of them knows the leader even when the first is down.
         let mut ask: Vec<u64> = remote
             .iter()
-            .filter_map(|p| t.replica_sets[*p as usize].first().copied())
+            .flat_map(|p| t.replica_sets[*p as usize].iter().copied())
+            .filter(|id| *id != me)
             .collect();
         ask.sort_unstable();
         ask.dedup();
@@ -71,6 +80,7 @@ pub async fn merge_views(b: &Broker, t: &TopicMeta, info: &mut v1::TopicInfo, fr
             remote.contains(&mine.partition)
                 && t.hosts(mine.partition, id)
                 && their.error.is_empty()
+                && their.leader != 0
         })
         .await;
     }

@@ -47,10 +47,11 @@ enum Fault {
     PartitionLeader,
     OneWay,
     Bridge,
+    DiskFull,
 }
 
 impl Fault {
-    const ALL: [Fault; 11] = [
+    const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::PartitionLeader,
         Fault::PauseLeader,
@@ -62,6 +63,7 @@ impl Fault {
         Fault::KillAll,
         Fault::DeleteIndex,
         Fault::RollingRestart,
+        Fault::DiskFull,
     ];
 
     fn name(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Fault {
             Fault::PartitionLeader => "partition-leader",
             Fault::OneWay => "one-way",
             Fault::Bridge => "bridge",
+            Fault::DiskFull => "disk-full",
         }
     }
 
@@ -275,6 +278,37 @@ fn restart_all(nodes: &mut [Ferryd]) {
     });
 }
 
+/// Size of the tmpfs broker 3 runs on, so its disk can be filled (bytes).
+const SMALL_DISK_BYTES: u64 = 512 << 20;
+
+/// Mounts a small tmpfs on `dir` (needs root); false when that is not possible.
+fn mount_small_disk(dir: &std::path::Path) -> bool {
+    std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={SMALL_DISK_BYTES}"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output();
+    out.ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.lines().nth(1).and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Injects `fault`, lets it last `hold`, heals. Returns a description and when the fault took effect.
 async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, Instant) {
     let (leader, follower) = roles(nodes).await;
@@ -393,6 +427,32 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
             set_faults(nodes, &vec![String::new(); nodes.len()]);
             what
         }
+        Fault::DiskFull => {
+            // Broker 3's data dir is a small tmpfs (when the run could mount one): fill it, hold, free it,
+            // restart the broker (replicas that hit the full disk are fenced until then).
+            let i = 2;
+            let filler = nodes[i].data_dir.join("filler");
+            let free = free_bytes(&nodes[i].data_dir);
+            if free == 0 || free > SMALL_DISK_BYTES {
+                return (
+                    "skipped: no small disk (mounting a tmpfs needs root)".into(),
+                    at,
+                );
+            }
+            let fill = free.saturating_sub(64 << 10);
+            let _ = std::process::Command::new("fallocate")
+                .args(["-l", &fill.to_string()])
+                .arg(&filler)
+                .status();
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            let _ = std::fs::remove_file(&filler);
+            block(|| {
+                nodes[i].stop();
+                nodes[i].restart_in_place();
+            });
+            format!("broker {}, {fill} bytes filled", i + 1)
+        }
         Fault::RollingRestart => {
             for node in nodes.iter_mut() {
                 block(|| {
@@ -419,6 +479,10 @@ async fn main() {
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
+    let small_disk = args.faults.contains(&Fault::DiskFull) && mount_small_disk(dirs[2].path());
+    if !small_disk && args.faults.contains(&Fault::DiskFull) {
+        eprintln!("chaos: disk-full is skipped: mounting a tmpfs needs root");
+    }
     let mut nodes = block(|| start_cluster(&dirs));
     let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let config = ClientConfig {
@@ -617,5 +681,10 @@ async fn main() {
     }
     drop(h);
     drop(nodes);
+    if small_disk {
+        let _ = std::process::Command::new("umount")
+            .arg(dirs[2].path())
+            .status();
+    }
     std::process::exit(i32::from(violations > 0));
 }
