@@ -38,6 +38,14 @@ pub type Tp = (String, u32);
 
 /// Records read ahead of the application, over all partitions.
 pub const PREFETCH_RECORDS_MAX: usize = 4096;
+/// Bytes read ahead of the application by default, over all partitions.
+pub const PREFETCH_BYTES_MAX_DEFAULT: usize = 16 << 20;
+
+/// What a record counts against the prefetch budget (bytes; at most the whole budget).
+fn prefetch_cost(r: &ConsumedRecord, budget: usize) -> usize {
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (r.value.len() + r.key.as_ref().map_or(0, |k| k.len()) + headers + 64).min(budget)
+}
 /// Pause before a partition reader that stopped on an error reads on.
 const READER_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Session timeout when none is configured (ms).
@@ -72,6 +80,9 @@ pub struct GroupConfig {
     pub start_from: StartFrom,
     /// "sticky" (default) or "range".
     pub assignor: String,
+    /// Bytes of records read ahead of the application, over all partitions (also at most
+    /// [`PREFETCH_RECORDS_MAX`] records).
+    pub prefetch_bytes_max: usize,
 }
 
 impl GroupConfig {
@@ -86,6 +97,7 @@ impl GroupConfig {
             auto_commit_interval_ms: AUTO_COMMIT_INTERVAL_MS_DEFAULT,
             start_from: StartFrom::Earliest,
             assignor: String::new(),
+            prefetch_bytes_max: PREFETCH_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -125,6 +137,10 @@ enum Control {
 /// A member of a consumer group: a stream of the records of the partitions assigned to it.
 pub struct GroupConsumer {
     records: mpsc::Receiver<Queued>,
+    /// Prefetch budget: readers take a record's cost before queueing it; it comes back when the record is
+    /// handed out or dropped.
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_max: usize,
     shared: Arc<Mutex<Shared>>,
     control: mpsc::Sender<Control>,
     held: Vec<ConsumedRecord>,
@@ -142,6 +158,8 @@ impl GroupConsumer {
             client.partition_count(t).await?;
         }
         let (tx, rx) = mpsc::channel(PREFETCH_RECORDS_MAX);
+        let budget_max = config.prefetch_bytes_max.clamp(1, u32::MAX as usize);
+        let budget = Arc::new(tokio::sync::Semaphore::new(budget_max));
         let (control_tx, control_rx) = mpsc::channel(16);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let task = Member {
@@ -154,10 +172,14 @@ impl GroupConsumer {
             shared: shared.clone(),
             records: tx,
             last_ok: Instant::now(),
+            budget: budget.clone(),
+            budget_max,
         };
         tokio::spawn(task.run(control_rx));
         Ok(GroupConsumer {
             records: rx,
+            budget,
+            budget_max,
             shared,
             control: control_tx,
             held: Vec::new(),
@@ -233,6 +255,7 @@ impl Stream for GroupConsumer {
                 .position(|r| !s.paused.contains(&(r.topic.clone(), r.partition)))
             {
                 let r = this.held.remove(i);
+                this.budget.add_permits(prefetch_cost(&r, this.budget_max));
                 let tp = (r.topic.clone(), r.partition);
                 if s.owned.contains(&tp) {
                     s.positions.insert(tp, r.offset + 1);
@@ -246,12 +269,16 @@ impl Stream for GroupConsumer {
                 Poll::Ready(Some((epoch, Ok(r)))) => {
                     let mut s = this.shared.lock();
                     let tp = (r.topic.clone(), r.partition);
+                    if s.paused.contains(&tp)
+                        && s.owned.contains(&tp)
+                        && s.epochs.get(&tp) == Some(&epoch)
+                    {
+                        this.held.push(r); // keeps its share of the budget while held
+                        continue;
+                    }
+                    this.budget.add_permits(prefetch_cost(&r, this.budget_max));
                     if !s.owned.contains(&tp) || s.epochs.get(&tp) != Some(&epoch) {
                         continue; // revoked (its new owner reads it from the commit) or read before a seek
-                    }
-                    if s.paused.contains(&tp) {
-                        this.held.push(r);
-                        continue;
                     }
                     s.positions.insert(tp, r.offset + 1);
                     return Poll::Ready(Some(Ok(r)));
@@ -275,6 +302,8 @@ struct Member {
     shared: Arc<Mutex<Shared>>,
     records: mpsc::Sender<Queued>,
     last_ok: Instant,
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_max: usize,
 }
 
 impl Member {
@@ -439,6 +468,7 @@ impl Member {
         };
         let client = self.client.clone();
         let tx = self.records.clone();
+        let (budget, budget_max) = (self.budget.clone(), self.budget_max);
         let (topic, partition) = tp.clone();
         // A reader outlives broker failures: when its stream ends with an error (a fenced replica, retries
         // exhausted), it reports the error once and reads on from where it was after a pause.
@@ -451,6 +481,11 @@ impl Member {
                     let gen = match &item {
                         Ok(r) => {
                             next = r.offset + 1;
+                            let cost = prefetch_cost(r, budget_max) as u32;
+                            match budget.acquire_many(cost).await {
+                                Ok(p) => p.forget(),
+                                Err(_) => return,
+                            }
                             epoch
                         }
                         Err(_) => u64::MAX,

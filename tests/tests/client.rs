@@ -495,3 +495,27 @@ async fn group_consumer_seeks_pauses_and_commits_what_it_handed_out() {
     let d = client.describe_group("lib").await.unwrap();
     assert!(d.members.is_empty(), "a dynamic member leaves on close");
 }
+
+/// A small prefetch budget bounds what is read ahead, yet every record still comes through (a record larger
+/// than the whole budget takes all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_prefetch_is_bounded_by_bytes() {
+    use ferry_client::{GroupConfig, GroupConsumer};
+    let (_dir, _broker, client) = setup(2).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let big = "x".repeat(6_000);
+    let records =
+        (0..300u32).map(|i| ProducerRecord::new("t", format!("{i}:{big}")).with_partition(i % 2));
+    send_all(&producer, records).await;
+    let mut config = GroupConfig::new("budget", vec!["t".into()]);
+    config.prefetch_bytes_max = 4096;
+    let mut consumer = within(GroupConsumer::join(client.clone(), config))
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 300 {
+        let r = within(consumer.next_record()).await.unwrap().unwrap();
+        seen.insert((r.partition, r.offset));
+    }
+    consumer.close().await;
+}
