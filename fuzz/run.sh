@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the batch_decode fuzz target and fuzzes it for a bounded time, on the stable toolchain.
+# Builds the fuzz targets and fuzzes each for a bounded time, on the stable toolchain.
 #
-#   fuzz/run.sh [SECONDS]     (default 60)
+#   fuzz/run.sh [SECONDS] [TARGET]     (default 60 seconds per target; every target)
 #
 # Exits 0 when the run ends by its time limit with no failure; non-zero when a regression input or a newly
 # found input panics, trips an oracle assertion, times out or exceeds the memory limit (the input is then in
@@ -15,7 +15,7 @@ if ! [[ "$secs" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 cd "$(dirname "$0")"
-target=batch_decode
+targets="${2:-batch_decode request_decode}"
 # The version docs/fuzzing.md was checked with; a newer 0.x should work the same way.
 cargo_fuzz_version=0.13.2
 
@@ -24,19 +24,22 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version "$cargo_fuzz_version"
 fi
 
-# -s none: no sanitizer, so no -Zsanitizer and no nightly. The target is safe Rust; what it looks for are
-# panics (overflow checks and debug assertions are on), oracle failures, hangs and memory blow-ups.
-cargo fuzz build -s none "$target"
+for target in $targets; do
+    # -s none: no sanitizer, so no -Zsanitizer and no nightly. The targets are safe Rust; what they look for
+    # are panics (overflow checks and debug assertions are on), oracle failures, hangs and memory blow-ups.
+    cargo fuzz build -s none "$target"
 
-# Replay inputs that failed before, so a regression fails fast and the same way every time.
-if compgen -G "regressions/$target/*" >/dev/null; then
-    echo "run.sh: replaying regressions/$target/" >&2
-    cargo fuzz run -s none "$target" regressions/"$target"/* -- -runs=1
-fi
+    # Replay inputs that failed before, so a regression fails fast and the same way every time.
+    if compgen -G "regressions/$target/*" >/dev/null; then
+        echo "run.sh: replaying regressions/$target/" >&2
+        cargo fuzz run -s none "$target" regressions/"$target"/* -- -runs=1
+    fi
 
-# The corpus directory gains the new inputs the run finds (git ignores all but the seed-* files).
-cargo fuzz run -s none "$target" "corpus/$target" -- \
-    -max_total_time="$secs" \
-    -timeout=10 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1
+    # The corpus directory gains the new inputs the run finds (git ignores all but the seed-* files).
+    mkdir -p "corpus/$target"
+    cargo fuzz run -s none "$target" "corpus/$target" -- \
+        -max_total_time="$secs" \
+        -timeout=10 \
+        -rss_limit_mb=2048 \
+        -print_final_stats=1
+done

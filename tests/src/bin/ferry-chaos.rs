@@ -48,10 +48,11 @@ enum Fault {
     OneWay,
     Bridge,
     DiskFull,
+    Membership,
 }
 
 impl Fault {
-    const ALL: [Fault; 12] = [
+    const ALL: [Fault; 13] = [
         Fault::KillLeader,
         Fault::PartitionLeader,
         Fault::PauseLeader,
@@ -64,6 +65,7 @@ impl Fault {
         Fault::DeleteIndex,
         Fault::RollingRestart,
         Fault::DiskFull,
+        Fault::Membership,
     ];
 
     fn name(self) -> &'static str {
@@ -80,6 +82,7 @@ impl Fault {
             Fault::OneWay => "one-way",
             Fault::Bridge => "bridge",
             Fault::DiskFull => "disk-full",
+            Fault::Membership => "membership",
         }
     }
 
@@ -278,6 +281,43 @@ fn restart_all(nodes: &mut [Ferryd]) {
     });
 }
 
+/// `ferry cluster status -o json` through the first broker that answers.
+fn cluster_status(nodes: &[Ferryd]) -> Option<serde_json::Value> {
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let out = ferry_tests::run_ferry(&addrs.join(","), &["cluster", "status", "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Waits (at most a minute) until the members are `ids`, all active, and no partition is moving.
+fn wait_members(nodes: &[Ferryd], ids: &[u64]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(s) = cluster_status(nodes) {
+            let members: Vec<(u64, String)> = s["brokers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    (
+                        b["id"].as_u64().unwrap_or(0),
+                        b["state"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            let ok = members.len() == ids.len()
+                && members
+                    .iter()
+                    .all(|(id, st)| ids.contains(id) && st == "active")
+                && s["moving_partitions"].as_u64() == Some(0);
+            if ok {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
 /// Size of the tmpfs broker 3 runs on, so its disk can be filled (bytes).
 const SMALL_DISK_BYTES: u64 = 512 << 20;
 
@@ -452,6 +492,59 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
                 nodes[i].restart_in_place();
             });
             format!("broker {}, {fill} bytes filled", i + 1)
+        }
+        Fault::Membership => {
+            // A fourth broker joins under load (partitions move to it), then leaves again.
+            let dir = tempfile::tempdir().expect("temp dir");
+            let peers = nodes[0].flag("--peers").unwrap_or_default();
+            let listen = format!("127.0.0.1:{}", ferry_tests::cluster::free_port());
+            let fourth = block(|| {
+                Ferryd::try_start(
+                    dir.path(),
+                    &[
+                        "--node-id",
+                        "4",
+                        "--peer-listen",
+                        &listen,
+                        "--peers",
+                        &peers,
+                    ],
+                )
+            });
+            let Ok(mut fourth) = fourth else {
+                return ("skipped: the fourth broker did not start".into(), at);
+            };
+            let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+            at = Instant::now();
+            let outcome = block(|| {
+                let add = ferry_tests::run_ferry(
+                    &addrs.join(","),
+                    &["cluster", "add-broker", "4", &listen],
+                    None,
+                );
+                if !add.status.success() {
+                    return format!(
+                        "add-broker failed: {}",
+                        String::from_utf8_lossy(&add.stderr).trim()
+                    );
+                }
+                let added = wait_members(nodes, &[1, 2, 3, 4]);
+                let remove = ferry_tests::run_ferry(
+                    &addrs.join(","),
+                    &["cluster", "remove-broker", "4"],
+                    None,
+                );
+                if !remove.status.success() {
+                    return format!(
+                        "remove-broker failed: {}",
+                        String::from_utf8_lossy(&remove.stderr).trim()
+                    );
+                }
+                let removed = wait_members(nodes, &[1, 2, 3]);
+                format!("broker 4 added (settled: {added}) and removed (settled: {removed})")
+            });
+            block(|| fourth.stop());
+            outcome
         }
         Fault::RollingRestart => {
             for node in nodes.iter_mut() {
