@@ -568,6 +568,20 @@ impl Broker {
     ) -> Result<TopicMeta, BrokerError> {
         ferry_protocol::topic::validate_user_topic_name(name)
             .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        self.create_any_topic(name, partitions, replicas, settings)
+            .await
+    }
+
+    /// Creates a topic, internal names allowed: places its replicas over the active brokers, proposes it
+    /// through the controller, starts its local replicas and waits (bounded) until each partition has a
+    /// leader. `replicas` 0 means three copies where the cluster has three brokers.
+    async fn create_any_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replicas: u32,
+        settings: TopicSettings,
+    ) -> Result<TopicMeta, BrokerError> {
         let max = ferry_protocol::limits::TOPIC_PARTITIONS_MAX;
         if partitions == 0 || partitions > max {
             return Err(BrokerError::Invalid(format!(
@@ -582,7 +596,6 @@ impl Broker {
                 active
             }
         };
-        // Default replication: three copies where the cluster has three brokers.
         let replicas = if replicas == 0 {
             brokers.len().min(3) as u32
         } else {

@@ -139,14 +139,20 @@ pub struct Member {
 impl Command {
     /// The command as a one-record batch.
     pub fn to_batch(&self) -> Bytes {
-        let json = serde_json::to_vec(self).expect("commands serialize");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let mut b = BatchBuilder::new(now);
-        b.push(now, None, &json, &[]);
-        b.finish()
+        json_record_batch(None, self)
     }
+}
+
+/// A one-record batch whose value is `value` as JSON, stamped now: how the broker writes its own records
+/// (controller commands, consumer-group records).
+pub fn json_record_batch(key: Option<&[u8]>, value: &impl Serialize) -> Bytes {
+    let json = serde_json::to_vec(value).expect("broker records serialize");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut b = BatchBuilder::new(now);
+    b.push(now, key, &json, &[]);
+    b.finish()
 }
 
 /// The metadata every broker derives from the controller log.

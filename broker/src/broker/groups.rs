@@ -4,14 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bytes::Bytes;
-use ferry_protocol::batch::{self, BatchBuilder, Records};
+use ferry_protocol::batch::{self, Records};
 use ferry_protocol::topic::{group_partition, GROUP_TOPIC, GROUP_TOPIC_PARTITIONS};
 
-use super::{Broker, BrokerError, NEW_PARTITION_SERVING_WAIT};
+use super::{Broker, BrokerError};
 use crate::groups::assign::Tp;
 use crate::groups::state::{Answer, Beat, Group, GroupError, GroupRecord};
-use crate::metadata::{Command, TopicSettings};
+use crate::metadata::TopicSettings;
 use crate::replica::handle::Durability;
 use crate::replica::Replica;
 
@@ -52,51 +51,24 @@ fn check_group_name(group: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// A group record as a one-record batch (keyed by group).
-fn record_batch(r: &GroupRecord) -> Bytes {
-    let json = serde_json::to_vec(r).expect("records serialize");
-    let now = now_ms() as i64;
-    let mut b = BatchBuilder::new(now);
-    b.push(now, Some(r.group().as_bytes()), &json, &[]);
-    b.finish()
-}
-
 impl Broker {
     /// Creates `__consumer_offsets` if it does not exist yet (the first group request does).
     async fn ensure_group_topic(&self) -> Result<(), BrokerError> {
         if self.metadata.state.read().topics.contains_key(GROUP_TOPIC) {
             return Ok(());
         }
-        let brokers = {
-            let active = self.metadata.state.read().active_members();
-            if active.is_empty() {
-                vec![self.config.node_id]
-            } else {
-                active
-            }
+        // Committed offsets are kept until their group is deleted: never by age.
+        let settings = TopicSettings {
+            retention_ms: u64::MAX,
+            ..TopicSettings::default()
         };
-        let replicas = brokers.len().min(3) as u32;
-        let start = self.metadata.state.read().next_topic_id;
-        let cmd = Command::CreateTopic {
-            name: GROUP_TOPIC.to_owned(),
-            partitions: GROUP_TOPIC_PARTITIONS,
-            replica_sets: crate::metadata::place(&brokers, GROUP_TOPIC_PARTITIONS, replicas, start),
-            // Committed offsets are kept until their group is deleted: never by age.
-            settings: TopicSettings {
-                retention_ms: u64::MAX,
-                ..TopicSettings::default()
-            },
-        };
-        self.propose_command(&cmd, |m| m.topics.contains_key(GROUP_TOPIC))
-            .await?;
-        self.reconcile().await?;
-        for p in 0..GROUP_TOPIC_PARTITIONS {
-            if let Ok(r) = self.partition(GROUP_TOPIC, p) {
-                r.wait_settled(self.config.node_id, NEW_PARTITION_SERVING_WAIT)
-                    .await;
-            }
+        match self
+            .create_any_topic(GROUP_TOPIC, GROUP_TOPIC_PARTITIONS, 0, settings)
+            .await
+        {
+            Ok(_) | Err(BrokerError::TopicExists(_)) => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// The local replica of the group's partition if it serves here; otherwise a not-leader error naming
@@ -191,7 +163,7 @@ impl Broker {
 
     /// Appends a group record through Raft (committed on a quorum).
     async fn persist(&self, replica: &Replica, r: &GroupRecord) -> Result<(), BrokerError> {
-        let b = record_batch(r);
+        let b = crate::metadata::json_record_batch(Some(r.group().as_bytes()), r);
         let h = batch::validate_records(&b).map_err(|e| BrokerError::Invalid(e.to_string()))?;
         replica
             .publish(b, h, Durability::Quorum)

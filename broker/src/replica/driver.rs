@@ -41,6 +41,20 @@ const RETENTION_EVERY_TICKS: u64 = 50;
 /// A replica is in sync while it answers the leader and its log is within this many entries of the commit
 /// index (under load a healthy follower is always a few entries behind the instant the leader looks).
 const IN_SYNC_LAG_ENTRIES: u64 = 256;
+/// An append rejection from `from` telling `to` that its log ends at Raft index `last`: how a repairing
+/// replica makes a leader that believes its log longer probe it again (`Driver::note_incoming`).
+fn log_ends_at(from: u64, to: u64, term: u64, last: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppendResponse);
+    m.from = from;
+    m.to = to;
+    m.term = term;
+    m.index = last;
+    m.reject = true;
+    m.reject_hint = last;
+    m
+}
+
 /// Whether a follower is in sync: caught up to the commit index, or (under load, when the leader looks
 /// between an append and its answer) answering and close behind.
 fn in_sync(p: &raft::Progress, committed: u64) -> bool {
@@ -484,14 +498,7 @@ impl Driver {
             if m.commit > last && self.repairing.is_some() {
                 // The leader believes this log longer than it now is, and a heartbeat answer cannot say
                 // otherwise: tell it with an append rejection naming where the log ends.
-                let mut nack = Message::default();
-                nack.set_msg_type(MessageType::MsgAppendResponse);
-                nack.to = m.from;
-                nack.from = self.node.raft.id;
-                nack.term = m.term;
-                nack.index = last;
-                nack.reject = true;
-                nack.reject_hint = last;
+                let nack = log_ends_at(self.node.raft.id, m.from, m.term, last);
                 self.transport.send(self.group, vec![nack]);
             }
             m.commit = m.commit.min(last);
@@ -536,17 +543,7 @@ impl Driver {
             .ids()
             .iter()
             .filter(|id| *id != raft.id)
-            .map(|to| {
-                let mut nack = Message::default();
-                nack.set_msg_type(MessageType::MsgAppendResponse);
-                nack.to = to;
-                nack.from = raft.id;
-                nack.term = raft.term;
-                nack.index = last;
-                nack.reject = true;
-                nack.reject_hint = last;
-                nack
-            })
+            .map(|to| log_ends_at(raft.id, to, raft.term, last))
             .collect();
         self.transport.send(self.group, nacks);
     }
