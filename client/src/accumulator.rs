@@ -6,7 +6,8 @@
 //! partitions are independent and run in parallel.
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max`, when its linger time has
-//! passed since its first record, or on flush. Linger is fixed, so open batches reach their deadlines in
+//! passed since its first record (or, if the partition still has a batch queued or in flight then, when
+//! that one is done: a slow round trip grows batches instead of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
 //! the order they were opened, and one queue sorted by opening time serves as the timer wheel.
 //!
 //! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
@@ -77,6 +78,9 @@ struct OpenBatch<A> {
     base_timestamp_ms: i64,
     acks: Vec<A>,
     records_bytes: usize,
+    /// Its linger time passed while an earlier batch of the partition was still queued or in flight: it
+    /// stays open, gaining records, and is sealed as soon as it can be sent.
+    lingered: bool,
 }
 
 impl<A> OpenBatch<A> {
@@ -181,6 +185,7 @@ impl<A> Accumulator<A> {
                 base_timestamp_ms: record.timestamp_ms,
                 acks: Vec::new(),
                 records_bytes: 0,
+                lingered: false,
             }
         });
         push_record(open, record, size);
@@ -208,7 +213,16 @@ impl<A> Accumulator<A> {
             }
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
-            if state.open.as_ref().is_some_and(|open| open.id == id) {
+            let busy = state.in_flight || !state.ready.is_empty();
+            let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
+                continue;
+            };
+            if busy {
+                // Sealing now would only queue it behind the batch in flight: one small batch per round
+                // trip is all a partition would send while the round trip is slow (a lossy network, a
+                // failover). Left open, it grows until it can go (as Kafka's accumulator does).
+                open.lingered = true;
+            } else {
                 seal(
                     state,
                     &topic,
@@ -274,7 +288,15 @@ impl<A> Accumulator<A> {
         assert!(state.in_flight, "completing a batch that is not in flight");
         state.in_flight = false;
         if !state.ready.is_empty() {
-            self.dispatchable.push_back((topic, partition));
+            self.dispatchable.push_back((topic.clone(), partition));
+        } else if state.open.as_ref().is_some_and(|open| open.lingered) {
+            seal(
+                state,
+                &topic,
+                partition,
+                &mut self.dispatchable,
+                self.compression,
+            );
         }
         let removed = self.unfinished.remove(&id);
         assert!(removed, "batch {id} completed twice");
@@ -441,6 +463,41 @@ mod tests {
         let sent = acc.take_dispatchable();
         assert_eq!((sent.len(), sent[0].partition), (1, 1));
         assert_eq!(acc.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_slow_round_trip_grows_the_next_batch_instead_of_queueing_small_ones() {
+        let linger = Duration::from_millis(5);
+        let mut acc = Accumulator::new(1 << 20, linger);
+        let t0 = Instant::now();
+        acc.append("t", 0, record(0, b"a"), t0);
+        acc.expire(t0 + linger);
+        let first = acc
+            .take_dispatchable()
+            .pop()
+            .expect("sent at its linger deadline");
+        // While it is in flight, records keep coming for many linger periods.
+        for i in 1..=10u32 {
+            let now = t0 + linger * (i + 1);
+            acc.append("t", 0, record(i, b"b"), now);
+            acc.expire(now + linger);
+            assert!(
+                acc.take_dispatchable().is_empty(),
+                "one batch in flight per partition"
+            );
+        }
+        acc.complete("t", 0, first.id);
+        let second = acc
+            .take_dispatchable()
+            .pop()
+            .expect("sealed once the first is done");
+        assert_eq!(
+            second.acks,
+            (1..=10).collect::<Vec<_>>(),
+            "one batch, not ten"
+        );
+        acc.complete("t", 0, second.id);
+        assert!(acc.is_idle());
     }
 
     #[test]

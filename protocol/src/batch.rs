@@ -98,6 +98,8 @@ pub enum BatchError {
     OffsetOverflow(u64),
     #[error("a data batch needs at least one record")]
     Empty,
+    #[error("control batch claims {0} records; control batches hold none")]
+    ControlWithRecords(u32),
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -169,7 +171,7 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 }
 
 /// Checks that `b` is exactly one whole, intact batch of a known version: length, magic, attributes and CRC.
-/// Records are not walked (see [`validate_records`]).
+/// A control batch must claim no records. Records are not walked (see [`validate_records`]).
 pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
     let h = BatchHeader::parse(b)?;
     if h.batch_len as usize != b.len() || (h.batch_len as usize) < HEADER_LEN {
@@ -190,6 +192,11 @@ pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     if h.attributes & !ATTR_KNOWN != 0 {
         return Err(BatchError::BadAttributes(h.attributes));
+    }
+    // A control batch takes a Raft index but no offset: readers skip it and the log's next offset does not
+    // move. One claiming records would move the log's end past offsets nothing serves (found by fuzzing).
+    if h.is_control() && h.record_count != 0 {
+        return Err(BatchError::ControlWithRecords(h.record_count));
     }
     if h.base_offset
         .checked_add(u64::from(h.record_count))

@@ -52,8 +52,13 @@ fn log_ends_at(from: u64, to: u64, term: u64, last: u64) -> Message {
     m.index = last;
     m.reject = true;
     m.reject_hint = last;
+    m.context = Bytes::from_static(LOG_ENDS_CONTEXT);
     m
 }
+
+/// Marks a [`log_ends_at`] rejection: the follower itself says its log now ends lower than the leader may
+/// think, so the leader believes it even though it answers no particular append.
+const LOG_ENDS_CONTEXT: &[u8] = b"ferry-log-ends";
 
 /// Whether a follower is in sync: caught up to the commit index, or (under load, when the leader looks
 /// between an append and its answer) answering and close behind.
@@ -474,8 +479,9 @@ impl Driver {
     ///
     /// Also the guards of a damaged log (answers whether to step the message): a repairing replica does not
     /// vote; no replica takes a commit index past its log (a leader may believe a repaired follower holds
-    /// more than it now does); and a leader whose follower answers with a log shorter than what it had
-    /// matched (the follower cut a damaged log) probes that follower again from where its log ends.
+    /// more than it now does); and a leader whose follower answers a current append (or says outright, with
+    /// [`log_ends_at`]) that its log is shorter than what it had matched (the follower cut a damaged log)
+    /// probes that follower again from where its log ends.
     fn note_incoming(&mut self, m: &mut Message) -> bool {
         let t = m.get_msg_type();
         if t == MessageType::MsgHeartbeat && m.context.as_ref() == QUIESCE_CONTEXT {
@@ -508,7 +514,13 @@ impl Driver {
             && self.node.raft.state == StateRole::Leader
         {
             if let Some(pr) = self.node.raft.mut_prs().get_mut(m.from) {
-                if m.reject_hint < pr.matched {
+                // A rejection of an append past what was matched means the log shrank; one of an append at
+                // or before it may be stale (delayed, reordered or duplicated on the way) and say nothing
+                // about the log now: raft-rs ignores those (`Progress::maybe_decr_to`), and so must this, or
+                // a lossy network keeps knocking followers back to probing. A repairing follower whose log
+                // is shorter than the commit index says so outright with `log_ends_at`.
+                let current = m.index > pr.matched || m.context.as_ref() == LOG_ENDS_CONTEXT;
+                if current && m.reject_hint < pr.matched {
                     tracing::warn!(partition = %self.shared.name, follower = m.from, had = pr.matched,
                         now = m.reject_hint, "a follower's log is shorter than it was (repairing); probing it again");
                     pr.matched = m.reject_hint;

@@ -56,6 +56,14 @@ impl Peer for PeerService {
                     batch.to
                 )));
             }
+            // Injected delay, loss and duplication (fault-injection runs only; see peer::faults).
+            let mut impaired = match crate::peer::faults::impairment() {
+                None => None,
+                Some(imp) => match imp.roll() {
+                    None => continue,
+                    Some(fate) => Some((fate, Vec::with_capacity(batch.messages.len()))),
+                },
+            };
             for env in batch.messages {
                 // Zero-copy: entry data are slices of the received buffer.
                 let msg = <Message as protobuf::Message>::parse_from_carllerche_bytes(&env.message)
@@ -67,7 +75,26 @@ impl Peer for PeerService {
                         "Raft message addressed inconsistently with its batch",
                     ));
                 }
-                router.deliver(env.group_id, msg);
+                match &mut impaired {
+                    None => {
+                        router.deliver(env.group_id, msg);
+                    }
+                    Some((_, held)) => held.push((env.group_id, msg)),
+                }
+            }
+            if let Some(((delay, copies), held)) = impaired {
+                let router = Arc::clone(router);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    for _ in 1..copies {
+                        for (group, msg) in &held {
+                            router.deliver(*group, msg.clone());
+                        }
+                    }
+                    for (group, msg) in held {
+                        router.deliver(group, msg);
+                    }
+                });
             }
         }
         Ok(Response::new(v1::RaftAck {}))

@@ -248,8 +248,18 @@ impl Segment {
         let mut since = 0;
         while pos < len {
             let h = self.header_at(pos)?;
+            // The file was closed cleanly, but a header is still only trusted as far as it cannot make this
+            // walk loop forever or overflow.
+            if (h.batch_len as usize) < HEADER_LEN
+                || u64::from(pos) + u64::from(h.batch_len) > u64::from(len)
+            {
+                return Err(self.corrupt(pos, "batch length runs past the segment"));
+            }
             self.next_offset = h.next_offset();
-            self.next_raft_index = h.raft_index + 1;
+            self.next_raft_index = h
+                .raft_index
+                .checked_add(1)
+                .ok_or_else(|| self.corrupt(pos, "raft index out of range"))?;
             self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
             pos += h.batch_len;
             since += h.batch_len;
@@ -294,6 +304,10 @@ impl Segment {
                 } else {
                     (self.next_offset, Some(self.next_raft_index))
                 };
+                // The largest index has no successor: a stamp holding it is damage (found by fuzzing).
+                if h.raft_index == u64::MAX {
+                    return Err(format!("batch stamp says raft index {}", h.raft_index));
+                }
                 if h.base_offset != want_offset || want_index.is_some_and(|i| i != h.raft_index) {
                     return Err(format!(
                         "batch stamp says offset {} / raft index {} but the log is at {want_offset} / {want_index:?}",

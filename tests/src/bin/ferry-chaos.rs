@@ -4,7 +4,9 @@
 //! consumes them with a consumer group, injects faults on a schedule (kill -9 of a leader, of a follower, of
 //! every broker; SIGSTOP of a leader; the leader cut off from its peers, deaf to them (one-way), or the two
 //! others cut apart (bridge), through the brokers' `FERRY_FAULT_FILE`; a torn tail; a bit flip in an old
-//! segment; deleted indexes; a rolling restart), heals, drains every partition from the beginning and checks the whole history:
+//! segment; deleted indexes; a full disk; a rolling restart; delay, loss and duplication of peer traffic; a
+//! fourth broker joining and leaving, also with the controller's leader killed while each change is in
+//! flight), heals, drains every partition from the beginning and checks the whole history:
 //!
 //! - `lost`: acknowledged values missing from the log;
 //! - `duplicated`: values stored at two offsets (zero with idempotent producers);
@@ -12,6 +14,7 @@
 //! - `unseen`: acknowledged values the group never delivered (at-least-once);
 //! - `commit_regressions` / `commit_beyond_end`: a group's committed offset going backwards, or past the
 //!   partition's end;
+//! - `stuck_membership`: a membership change that was refused or did not settle within 60 s;
 //! - per fault, the time from its start until every partition acknowledged a publish sent after it began.
 //!
 //! Prints one summary line, writes a JSON report (`--report`), and exits 1 on any violation.
@@ -49,10 +52,12 @@ enum Fault {
     Bridge,
     DiskFull,
     Membership,
+    MembershipKill,
+    SlowNetwork,
 }
 
 impl Fault {
-    const ALL: [Fault; 13] = [
+    const ALL: [Fault; 15] = [
         Fault::KillLeader,
         Fault::PartitionLeader,
         Fault::PauseLeader,
@@ -66,6 +71,8 @@ impl Fault {
         Fault::RollingRestart,
         Fault::DiskFull,
         Fault::Membership,
+        Fault::SlowNetwork,
+        Fault::MembershipKill,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +90,8 @@ impl Fault {
             Fault::Bridge => "bridge",
             Fault::DiskFull => "disk-full",
             Fault::Membership => "membership",
+            Fault::MembershipKill => "membership-kill",
+            Fault::SlowNetwork => "slow-network",
         }
     }
 
@@ -289,6 +298,18 @@ fn cluster_status(nodes: &[Ferryd]) -> Option<serde_json::Value> {
 }
 
 /// Waits (at most a minute) until the members are `ids`, all active, and no partition is moving.
+/// Kills (-9) the controller leader (or broker 1 when none is known) while a membership change is in flight,
+/// holds, and restarts it.
+fn kill_in_flight(nodes: &mut [Ferryd], hold: Duration) {
+    let leader = cluster_status(nodes)
+        .and_then(|s| s["controller"].as_u64())
+        .filter(|id| (1..=nodes.len() as u64).contains(id))
+        .map_or(0, |id| id as usize - 1);
+    nodes[leader].kill9();
+    std::thread::sleep(hold);
+    nodes[leader].restart_in_place();
+}
+
 fn wait_members(nodes: &[Ferryd], ids: &[u64]) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -350,7 +371,10 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
 }
 
 /// Injects `fault`, lets it last `hold`, heals. Returns a description and when the fault took effect.
-async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, Instant) {
+/// Injects `fault` and heals it. Returns what was done, when the fault took effect, and whether a
+/// membership change failed to settle within its deadline (a liveness violation).
+async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, Instant, bool) {
+    let mut stuck = false;
     let (leader, follower) = roles(nodes).await;
     let leader = leader.unwrap_or(0);
     let mut at = Instant::now();
@@ -467,6 +491,16 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
             set_faults(nodes, &vec![String::new(); nodes.len()]);
             what
         }
+        Fault::SlowNetwork => {
+            // netem's `delay 100ms 50ms loss 5% duplicate 1%` on every broker's incoming peer traffic
+            // (injected at the peer transport: this kernel has no netem qdisc).
+            set_faults(nodes, &vec!["impair 100 50 5 1\n".to_string(); nodes.len()]);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            set_faults(nodes, &vec![String::new(); nodes.len()]);
+            "peer traffic delayed 100 ± 50 ms, 5% lost, 1% duplicated".into()
+        }
         Fault::DiskFull => {
             // Broker 3's data dir is a small tmpfs (when the run could mount one): fill it, hold, free it,
             // restart the broker (replicas that hit the full disk are fenced until then).
@@ -477,6 +511,7 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
                 return (
                     "skipped: no small disk (mounting a tmpfs needs root)".into(),
                     at,
+                    false,
                 );
             }
             let fill = free.saturating_sub(64 << 10);
@@ -493,8 +528,11 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
             });
             format!("broker {}, {fill} bytes filled", i + 1)
         }
-        Fault::Membership => {
-            // A fourth broker joins under load (partitions move to it), then leaves again.
+        Fault::Membership | Fault::MembershipKill => {
+            // A fourth broker joins under load (partitions move to it), then leaves again. With
+            // `membership-kill`, a broker is killed (-9) while each change is in flight and restarted after
+            // the hold: the controller's leader, right after the join is accepted and again right after the
+            // removal is.
             let dir = tempfile::tempdir().expect("temp dir");
             let peers = nodes[0].flag("--peers").unwrap_or_default();
             let listen = format!("127.0.0.1:{}", ferry_tests::cluster::free_port());
@@ -512,7 +550,7 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
                 )
             });
             let Ok(mut fourth) = fourth else {
-                return ("skipped: the fourth broker did not start".into(), at);
+                return ("skipped: the fourth broker did not start".into(), at, false);
             };
             let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
             at = Instant::now();
@@ -523,10 +561,14 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
                     None,
                 );
                 if !add.status.success() {
+                    stuck = true;
                     return format!(
                         "add-broker failed: {}",
                         String::from_utf8_lossy(&add.stderr).trim()
                     );
+                }
+                if fault == Fault::MembershipKill {
+                    kill_in_flight(nodes, hold);
                 }
                 let added = wait_members(nodes, &[1, 2, 3, 4]);
                 let remove = ferry_tests::run_ferry(
@@ -535,12 +577,17 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
                     None,
                 );
                 if !remove.status.success() {
+                    stuck = true;
                     return format!(
                         "remove-broker failed: {}",
                         String::from_utf8_lossy(&remove.stderr).trim()
                     );
                 }
+                if fault == Fault::MembershipKill {
+                    kill_in_flight(nodes, hold);
+                }
                 let removed = wait_members(nodes, &[1, 2, 3]);
+                stuck = !added || !removed;
                 format!("broker 4 added (settled: {added}) and removed (settled: {removed})")
             });
             block(|| fourth.stop());
@@ -557,7 +604,7 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
             "brokers 1-3 in turn".into()
         }
     };
-    (what, at)
+    (what, at, stuck)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -630,12 +677,14 @@ async fn main() {
     // The schedule.
     let started = Instant::now();
     let mut events: Vec<(Fault, Instant, String)> = Vec::new();
+    let mut stuck_changes = 0usize;
     let mut k = 0;
     tokio::time::sleep(args.heal).await;
     while started.elapsed() + args.fault + args.heal < args.duration {
         let fault = args.faults[k % args.faults.len()];
         k += 1;
-        let (what, at) = inject(fault, &mut nodes, args.fault).await;
+        let (what, at, was_stuck) = inject(fault, &mut nodes, args.fault).await;
+        stuck_changes += usize::from(was_stuck);
         eprintln!("chaos: {} ({what}) at {:?}", fault.name(), at - started);
         events.push((fault, at, what));
         tokio::time::sleep(args.heal).await;
@@ -676,6 +725,27 @@ async fn main() {
         log.insert(p, read_all(&routes[&p], TOPIC, p).await);
     }
     let end = Instant::now();
+    if let Ok(path) = std::env::var("CHAOS_DUMP_ACKS") {
+        // Debugging aid: one line per acknowledged publish (partition, sent ms, acked ms since the start).
+        let mut lines: Vec<(u128, u32, u128)> = h
+            .lock()
+            .acked
+            .values()
+            .map(|(p, _, sent, acked)| {
+                (
+                    (*sent - started).as_millis(),
+                    *p,
+                    (*acked - started).as_millis(),
+                )
+            })
+            .collect();
+        lines.sort_unstable();
+        let text: String = lines
+            .iter()
+            .map(|(s, p, a)| format!("{p} {s} {a}\n"))
+            .collect();
+        let _ = std::fs::write(path, text);
+    }
 
     // Check.
     let h = h.lock();
@@ -748,9 +818,10 @@ async fn main() {
         .iter()
         .filter(|v| at.contains_key(v.as_str()))
         .count();
-    let violations = lost.len() + duplicated + inconsistent + unseen + regressions + beyond;
+    let violations =
+        lost.len() + duplicated + inconsistent + unseen + regressions + beyond + stuck_changes;
     println!(
-        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} acked={} failed={} failed_visible={failed_visible} polled={} faults={} max_unavailable_ms={max_unavailable}",
+        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} acked={} failed={} failed_visible={failed_visible} polled={} faults={} max_unavailable_ms={max_unavailable}",
         lost.len(),
         h.acked.len(),
         h.failed.len(),
@@ -760,7 +831,7 @@ async fn main() {
     let report = serde_json::json!({
         "lost": lost.len(), "lost_examples": lost.iter().take(10).collect::<Vec<_>>(),
         "duplicated": duplicated, "inconsistent": inconsistent, "unseen": unseen,
-        "commit_regressions": regressions, "commit_beyond_end": beyond,
+        "commit_regressions": regressions, "commit_beyond_end": beyond, "stuck_membership": stuck_changes,
         "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,
         "polled": h.polled.len(), "max_unavailable_ms": max_unavailable,
         "max_unavailable_ms_per_fault": per_fault, "faults": report_faults,
