@@ -3,6 +3,10 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET]     (default 60 seconds per target; every target)
 #
+# FUZZ_SEED=N fixes libFuzzer's random seed, so a run from the same corpus (a clean clone: the committed
+# seeds) takes the same path every time, as far as its time allows: CI uses it, so its verdict does not
+# depend on luck. Unset, every run explores afresh (the long runs in docs/fuzzing.md).
+#
 # Exits 0 when the run ends by its time limit with no failure; non-zero when a regression input or a newly
 # found input panics, trips an oracle assertion, times out or exceeds the memory limit (the input is then in
 # fuzz/artifacts/batch_decode/, and the output shows how to reproduce it). docs/fuzzing.md explains each step.
@@ -15,7 +19,7 @@ if ! [[ "$secs" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 cd "$(dirname "$0")"
-targets="${2:-batch_decode request_decode segment_recovery}"
+targets="${2:-batch_decode request_decode segment_recovery index_read}"
 # The version docs/fuzzing.md was checked with; a newer 0.x should work the same way.
 cargo_fuzz_version=0.13.2
 
@@ -38,6 +42,7 @@ for target in $targets; do
     # The corpus directory gains the new inputs the run finds (git ignores all but the seed-* files).
     mkdir -p "corpus/$target"
     cargo fuzz run -s none "$target" "corpus/$target" -- \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
         -max_total_time="$secs" \
         -timeout=10 \
         -rss_limit_mb=2048 \

@@ -73,12 +73,12 @@ impl Ferryd {
     /// error rather than a panic.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Ferryd, String> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Ferryd::try_spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+        Ferryd::try_spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, &[])
     }
 
     /// Starts `ferryd` on the given listeners and waits until it prints its listening line.
     fn spawn(data_dir: &Path, listen: &str, http_listen: &str, extra: Vec<String>) -> Ferryd {
-        Ferryd::try_spawn(data_dir, listen, http_listen, extra)
+        Ferryd::try_spawn(data_dir, listen, http_listen, extra, &[])
             .expect("ferryd did not start listening in time")
     }
 
@@ -87,6 +87,7 @@ impl Ferryd {
         listen: &str,
         http_listen: &str,
         extra: Vec<String>,
+        env: &[(&str, &str)],
     ) -> Result<Ferryd, String> {
         let mut child = Command::new(bin("ferryd"))
             .arg("--data-dir")
@@ -96,6 +97,7 @@ impl Ferryd {
             .env("FERRY_LOG", "warn")
             // Network faults for ferry-chaos: a file beside the data dir, absent unless a run writes it.
             .env("FERRY_FAULT_FILE", fault_file(data_dir))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -165,12 +167,25 @@ impl Ferryd {
     /// Starts the broker again on the same data dir and the same ports, as a restarted server would be:
     /// clients that know its address can reconnect. Call after [`Ferryd::kill9`] or [`Ferryd::stop`].
     pub fn restart_in_place(&mut self) {
+        self.restart_in_place_with_env(&[]);
+    }
+
+    /// [`Ferryd::restart_in_place`] with extra environment variables for the new process (ferry-chaos
+    /// starts a broker under libfaketime this way).
+    pub fn restart_in_place_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(
             matches!(self.child.try_wait(), Ok(Some(_))),
             "the old broker must have exited"
         );
         let (addr, http) = (self.addr.clone(), self.http.clone());
-        *self = Ferryd::spawn(&self.data_dir.clone(), &addr, &http, self.extra.clone());
+        *self = Ferryd::try_spawn(
+            &self.data_dir.clone(),
+            &addr,
+            &http,
+            self.extra.clone(),
+            env,
+        )
+        .expect("ferryd did not start listening in time");
     }
 
     /// Freezes the broker with SIGSTOP: it keeps its sockets but answers nothing until [`Ferryd::resume`].

@@ -5,6 +5,7 @@
 //! every broker; SIGSTOP of a leader; the leader cut off from its peers, deaf to them (one-way), or the two
 //! others cut apart (bridge), through the brokers' `FERRY_FAULT_FILE`; a torn tail; a bit flip in an old
 //! segment; deleted indexes; a full disk; a rolling restart; delay, loss and duplication of peer traffic; a
+//! broker's wall clock 5 minutes off (libfaketime); a
 //! fourth broker joining and leaving, also with the controller's leader killed while each change is in
 //! flight), heals, drains every partition from the beginning and checks the whole history:
 //!
@@ -54,14 +55,17 @@ enum Fault {
     Membership,
     MembershipKill,
     SlowNetwork,
+    ClockSkew,
 }
 
 impl Fault {
-    const ALL: [Fault; 15] = [
+    const ALL: [Fault; 16] = [
         Fault::KillLeader,
         Fault::PartitionLeader,
         Fault::PauseLeader,
+        Fault::SlowNetwork,
         Fault::OneWay,
+        Fault::ClockSkew,
         Fault::Bridge,
         Fault::TornTail,
         Fault::KillFollower,
@@ -70,9 +74,8 @@ impl Fault {
         Fault::DeleteIndex,
         Fault::RollingRestart,
         Fault::DiskFull,
-        Fault::Membership,
-        Fault::SlowNetwork,
         Fault::MembershipKill,
+        Fault::Membership,
     ];
 
     fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl Fault {
             Fault::Membership => "membership",
             Fault::MembershipKill => "membership-kill",
             Fault::SlowNetwork => "slow-network",
+            Fault::ClockSkew => "clock-skew",
         }
     }
 
@@ -310,6 +314,17 @@ fn kill_in_flight(nodes: &mut [Ferryd], hold: Duration) {
     nodes[leader].restart_in_place();
 }
 
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime, if it is installed.
+fn faketime_library() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+}
+
 fn wait_members(nodes: &[Ferryd], ids: &[u64]) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -500,6 +515,41 @@ async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, 
             tokio::time::sleep(hold).await;
             set_faults(nodes, &vec![String::new(); nodes.len()]);
             "peer traffic delayed 100 ± 50 ms, 5% lost, 1% duplicated".into()
+        }
+        Fault::ClockSkew => {
+            // A broker restarted under libfaketime with its wall clock 5 minutes ahead of its peers (then
+            // behind, on the next turn; the leader and a follower in turn), held, then restarted on the
+            // true clock: Raft and leases must not depend on wall clocks agreeing.
+            static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let Some(lib) = faketime_library() else {
+                return (
+                    "skipped: libfaketime is not installed (apt-get install faketime)".into(),
+                    at,
+                    false,
+                );
+            };
+            let turn = TURN.fetch_add(1, Ordering::Relaxed);
+            let i = if turn.is_multiple_of(2) {
+                leader
+            } else {
+                follower
+            };
+            let skew = if turn.is_multiple_of(2) {
+                "+300s"
+            } else {
+                "-300s"
+            };
+            block(|| {
+                nodes[i].stop();
+                nodes[i].restart_in_place_with_env(&[("LD_PRELOAD", lib), ("FAKETIME", skew)]);
+            });
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            block(|| {
+                nodes[i].stop();
+                nodes[i].restart_in_place();
+            });
+            format!("broker {} ran with its clock at {skew}", i + 1)
         }
         Fault::DiskFull => {
             // Broker 3's data dir is a small tmpfs (when the run could mount one): fill it, hold, free it,
