@@ -2,6 +2,7 @@
 //! [`DiskFile`]. [`OsDisk`] is the real thing; [`FaultyDisk`] wraps it so tests can inject torn writes, failed
 //! fsyncs and a full disk without root or special file systems.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -10,6 +11,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
@@ -168,6 +171,9 @@ pub struct Faults {
     pub torn_write_bytes: AtomicU64,
     /// Number of fsyncs done (for assertions on group commit).
     pub fsyncs: AtomicU64,
+    /// Per file written through this disk: (length made durable by its last fsync, length now). What lies
+    /// between is only in the page cache, which [`Faults::power_cut`] throws away.
+    written: Mutex<HashMap<PathBuf, (u64, u64)>>,
 }
 
 impl Faults {
@@ -178,7 +184,45 @@ impl Faults {
             space_left_bytes: AtomicU64::new(u64::MAX),
             torn_write_bytes: AtomicU64::new(u64::MAX),
             fsyncs: AtomicU64::new(0),
+            written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A power cut, as LazyFS's `clear-cache` makes one: every file written through this disk loses what
+    /// was written after its last fsync, except a prefix of that (`keep` picks its length from the durable
+    /// and the current length), since some dirty pages may have reached the disk: a torn tail. Call after
+    /// the broker stopped without a clean shutdown (its task aborted). Files renamed since are skipped.
+    pub fn power_cut(&self, keep: impl Fn(u64, u64) -> u64) -> io::Result<()> {
+        let mut written = self.written.lock();
+        for (path, (durable, len)) in written.iter_mut() {
+            if *len <= *durable || !path.exists() {
+                continue;
+            }
+            let kept = keep(*durable, *len).clamp(*durable, *len);
+            OpenOptions::new().write(true).open(path)?.set_len(kept)?;
+            tracing::debug!(path = %path.display(), durable = *durable, len = *len, kept, "power cut");
+            *len = kept;
+            *durable = kept;
+        }
+        Ok(())
+    }
+
+    fn note_write(&self, path: &Path, end: u64) {
+        let mut written = self.written.lock();
+        let e = written.entry(path.to_owned()).or_insert((0, 0));
+        e.1 = e.1.max(end);
+    }
+
+    fn note_sync(&self, path: &Path, len: u64) {
+        let mut written = self.written.lock();
+        let e = written.entry(path.to_owned()).or_insert((0, 0));
+        *e = (len, len);
+    }
+
+    fn note_set_len(&self, path: &Path, len: u64) {
+        let mut written = self.written.lock();
+        let e = written.entry(path.to_owned()).or_insert((len, len));
+        *e = (e.0.min(len), len);
     }
 }
 
@@ -242,6 +286,7 @@ impl DiskFile for FaultyFile {
                     .space_left_bytes
                     .fetch_sub(total, Ordering::SeqCst);
             }
+            self.faults.note_write(&self.path, offset + total);
             return self.inner.write_all_vectored_at(bufs, offset);
         }
         // Write the prefix that "made it", then fail as the kernel would.
@@ -250,6 +295,8 @@ impl DiskFile for FaultyFile {
             let room = allowed as usize - prefix.len();
             prefix.extend_from_slice(&b[..b.len().min(room)]);
         }
+        self.faults
+            .note_write(&self.path, offset + prefix.len() as u64);
         self.inner
             .write_all_vectored_at(&[IoSlice::new(&prefix)], offset)?;
         if space != u64::MAX {
@@ -271,10 +318,14 @@ impl DiskFile for FaultyFile {
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        self.inner.sync_data()
+        self.inner.sync_data()?;
+        self.faults.note_sync(&self.path, self.inner.len()?);
+        Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
+        self.inner.set_len(len)?;
+        self.faults.note_set_len(&self.path, len);
+        Ok(())
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
