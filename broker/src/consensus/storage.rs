@@ -53,6 +53,9 @@ pub struct Core {
     pub producers: ProducerTable,
     /// While repairing a damaged log: the last Raft index it held (see [`super::repair`]).
     repair_until: Option<u64>,
+    /// Damage a read for replication found (set under the read lock, taken by the driver, which fences the
+    /// replica so the scrub repairs it).
+    damage: parking_lot::Mutex<Option<String>>,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
@@ -135,6 +138,7 @@ impl ReplicaStorage {
             tail: VecDeque::new(),
             tail_bytes: 0,
             durable_last,
+            damage: parking_lot::Mutex::new(None),
         };
         Ok((
             ReplicaStorage {
@@ -142,6 +146,11 @@ impl ReplicaStorage {
             },
             recovery,
         ))
+    }
+
+    /// Damage a read for replication found since the last call, if any (see `entries`).
+    pub fn take_damage(&self) -> Option<String> {
+        self.core.read().damage.lock().take()
     }
 
     /// Read access to the log and state.
@@ -459,13 +468,25 @@ impl raft::Storage for ReplicaStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into().unwrap_or(u64::MAX);
         let c = self.core.read();
         if low < c.first_index() {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
+        // Damage inside the log, found while a leader reads entries to send: any error but these two is
+        // fatal inside raft-rs (a panic that would take the replica's task down with no repair). Where
+        // raft-rs allows it, answer "not now" instead and leave the damage for the driver, which fences
+        // the replica; the scrub then cuts the log and repairs it from the new leader.
+        let can_defer = context.can_async();
+        let to_raft_err = |e: StorageError| {
+            if can_defer && matches!(e, StorageError::Corrupt { .. }) {
+                *c.damage.lock() = Some(e.to_string());
+                return raft::Error::Store(RaftStorageError::LogTemporarilyUnavailable);
+            }
+            to_raft_err(e)
+        };
         assert!(
             high <= c.log.last_raft_index() + 1,
             "entries({low}, {high}) past the last index"

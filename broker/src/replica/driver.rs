@@ -378,6 +378,16 @@ impl Driver {
                 self.fail_all(err);
                 return;
             }
+            if let Some(damage) = self.shared.storage.take_damage() {
+                // A read for replication found damage inside the log: stop leading and serving at once
+                // (the other replicas elect a leader); the broker's scrub sees "corrupt" and repairs this
+                // replica from them.
+                let why = format!("corrupt log found while replicating: {damage}");
+                tracing::error!(partition = %self.shared.name, "{why}");
+                self.shared.fail(why.clone());
+                self.fail_all(ReplicaError::Failed(why));
+                return;
+            }
         }
         self.fail_all(ReplicaError::ShuttingDown);
         if let Err(e) = self.shared.storage.write().close() {
