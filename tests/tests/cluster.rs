@@ -385,13 +385,11 @@ async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
 /// A byte flipped inside the committed range of one follower's old segment: the cluster keeps serving only
 /// correct data, the follower finds the damage (scrub), cuts its log there, takes the missing entries from
 /// the leader without voting meanwhile, and afterwards serves everything intact as leader.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = start_cluster(&dirs);
-    let mut admin = nodes[0].admin().await;
+/// Creates `name`: one partition, 3 replicas, 64 KiB segments, so that 40 [`chunk_values`] batches fill
+/// several segments.
+async fn create_small_segment_topic(node: &ferry_tests::Ferryd, name: &str) {
     let req = v1::CreateTopicRequest {
-        name: "bits".into(),
+        name: name.into(),
         partitions: 1,
         replicas: 3,
         config: Some(v1::TopicConfig {
@@ -399,14 +397,26 @@ async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
             ..Default::default()
         }),
     };
-    admin.create_topic(req).await.unwrap();
+    node.admin().await.create_topic(req).await.unwrap();
+}
+
+/// The 50 values of publish number `chunk` (about 3 KiB).
+fn chunk_values(chunk: usize) -> Vec<String> {
+    (0..50)
+        .map(|i| format!("value-{chunk}-{i}-{}", "x".repeat(40)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    create_small_segment_topic(&nodes[0], "bits").await;
     let mut brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let mut pool = HashMap::new();
     let mut expected = Vec::new();
     for chunk in 0..40 {
-        let values: Vec<String> = (0..50)
-            .map(|i| format!("value-{chunk}-{i}-{}", "x".repeat(40)))
-            .collect();
+        let values = chunk_values(chunk);
         let routes = leaders(&brokers, "bits").await;
         publish_once(&mut pool, routes.get(&0), "bits", 0, &values)
             .await
@@ -478,17 +488,7 @@ async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
 async fn damage_a_leader_finds_while_replicating_is_repaired_from_peers() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    let mut admin = nodes[0].admin().await;
-    let req = v1::CreateTopicRequest {
-        name: "rot".into(),
-        partitions: 1,
-        replicas: 3,
-        config: Some(v1::TopicConfig {
-            segment_bytes: 65_536,
-            ..Default::default()
-        }),
-    };
-    admin.create_topic(req).await.unwrap();
+    create_small_segment_topic(&nodes[0], "rot").await;
     let mut brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     ferry_tests::wait_until(Duration::from_secs(20), "a leader", || {
         leader_of(&describe(&brokers, "rot"), 0) != 0
@@ -503,9 +503,7 @@ async fn damage_a_leader_finds_while_replicating_is_repaired_from_peers() {
     let mut pool = HashMap::new();
     let mut expected = Vec::new();
     for chunk in 0..40 {
-        let values: Vec<String> = (0..50)
-            .map(|i| format!("value-{chunk}-{i}-{}", "x".repeat(40)))
-            .collect();
+        let values = chunk_values(chunk);
         publish_once(&mut pool, Some(&brokers[l]), "rot", 0, &values)
             .await
             .expect("publish");
