@@ -4,7 +4,7 @@
 #   fuzz/run.sh [SECONDS] [TARGET]     (default 60 seconds per target; every target)
 #
 # FUZZ_SEED=N fixes libFuzzer's random seed, so a run from the same corpus (a clean clone: the committed
-# seeds) takes the same path every time, as far as its time allows: CI uses it, so its verdict does not
+# corpus) takes the same path every time, as far as its time allows: CI uses it, so its verdict does not
 # depend on luck. Unset, every run explores afresh (the long runs in docs/fuzzing.md).
 #
 # Exits 0 when the run ends by its time limit with no failure; non-zero when a regression input or a newly
@@ -39,7 +39,7 @@ for target in $targets; do
         cargo fuzz run -s none "$target" regressions/"$target"/* -- -runs=1
     fi
 
-    # The corpus directory gains the new inputs the run finds (git ignores all but the seed-* files).
+    # The corpus directory gains the new inputs the run finds (commit them after `cargo fuzz cmin`).
     mkdir -p "corpus/$target"
     cargo fuzz run -s none "$target" "corpus/$target" -- \
         ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
