@@ -201,3 +201,56 @@ pub fn all_in_sync(d: &serde_json::Value) -> bool {
 pub fn leader_of(d: &serde_json::Value, p: usize) -> u64 {
     d["partition_info"][p]["leader"].as_u64().unwrap_or(0)
 }
+
+/// `ferry cluster status -o json` through the first of `brokers` that answers; `None` when none does.
+pub fn cluster_status(brokers: &[String]) -> Option<serde_json::Value> {
+    let out = crate::run_ferry(
+        &brokers.join(","),
+        &["cluster", "status", "-o", "json"],
+        None,
+    );
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Whether a `cluster_status` answer shows exactly the brokers `ids` as members, all active, and no
+/// partition moving.
+pub fn members_settled(status: &serde_json::Value, ids: &[u64]) -> bool {
+    let members: Vec<(u64, &str)> = status["brokers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["id"].as_u64().unwrap_or(0),
+                b["state"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    members.len() == ids.len()
+        && members
+            .iter()
+            .all(|(id, st)| ids.contains(id) && *st == "active")
+        && status["moving_partitions"].as_u64() == Some(0)
+}
+
+/// Starts broker `id` on `dir` to join the cluster whose `--peers` list is `peers` (it is not in it), on a
+/// free peer port. Returns the broker and its peer address (for `ferry cluster add-broker`), or `None` when
+/// five tries all lost their port to another process.
+pub fn start_joining_broker(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &str,
+) -> Option<(Ferryd, String)> {
+    (0..5).find_map(|_| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "--node-id",
+            &id.to_string(),
+            "--peer-listen",
+            &listen,
+            "--peers",
+            peers,
+        ];
+        Ferryd::try_start(dir, &args).ok().map(|f| (f, listen))
+    })
+}

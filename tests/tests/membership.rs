@@ -9,48 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{
-    all_in_sync, describe, free_port, leaders, publish_once, read_all, start_cluster,
+    all_in_sync, cluster_status, describe, leaders, members_settled, publish_once, read_all,
+    start_cluster, start_joining_broker,
 };
-use ferry_tests::{run_ferry, wait_until, Ferryd};
+use ferry_tests::{run_ferry, wait_until};
 
 const TOPIC: &str = "moving";
 const PARTITIONS: u32 = 6;
 
-/// `ferry cluster status -o json` through any of `brokers`.
-fn status(brokers: &[String]) -> serde_json::Value {
-    let out = run_ferry(
-        &brokers.join(","),
-        &["cluster", "status", "-o", "json"],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Whether the cluster's members are exactly `ids`, all active, nothing moving, and every partition has
 /// three in-sync replicas on those brokers.
 fn settled_on(brokers: &[String], ids: &[u64]) -> bool {
-    let s = status(brokers);
-    let members: Vec<(u64, String)> = s["brokers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["id"].as_u64().unwrap(),
-                b["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let ok_members = members.len() == ids.len()
-        && members
-            .iter()
-            .all(|(id, st)| ids.contains(id) && st == "active");
-    if !ok_members || s["moving_partitions"].as_u64() != Some(0) {
+    let s = cluster_status(brokers).expect("ferry cluster status answers");
+    if !members_settled(&s, ids) {
         eprintln!("not settled yet: {s}");
         return false;
     }
@@ -124,25 +95,7 @@ async fn add_and_remove_a_broker_under_load() {
     };
 
     // A fourth broker starts with the cluster's --peers (it is not among them) and is added.
-    let mut fourth = None;
-    for _ in 0..5 {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        if let Ok(f) = Ferryd::try_start(
-            dirs[3].path(),
-            &[
-                "--node-id",
-                "4",
-                "--peer-listen",
-                &listen,
-                "--peers",
-                &peers,
-            ],
-        ) {
-            fourth = Some((f, listen));
-            break;
-        }
-    }
+    let fourth = start_joining_broker(dirs[3].path(), 4, &peers);
     let (fourth, fourth_peer) = fourth.expect("a fourth broker starts");
     let mut all = brokers.clone();
     all.push(fourth.addr.clone());

@@ -1,0 +1,132 @@
+//! The checker: the whole history against the drained log (a port of the Jepsen queue checks). Pure: it
+//! reads what the run observed and returns the verdict.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use crate::faults::Fault;
+use crate::load::History;
+use crate::PARTITIONS;
+
+/// What the checker concluded.
+pub struct Verdict {
+    /// The one summary line (`lost=0 duplicated=0 ...`).
+    pub line: String,
+    /// The JSON report.
+    pub report: serde_json::Value,
+    /// Violations of every kind together (0: the run is clean).
+    pub violations: usize,
+}
+
+/// Checks history `h` against `log` (every partition drained from offset 0 after healing). `events` are the
+/// faults with when each took effect; `stuck_changes` the membership changes that did not settle; the run
+/// lasted from `started` to `end`.
+pub fn check(
+    h: &History,
+    log: &BTreeMap<u32, Vec<String>>,
+    events: &[(Fault, Instant, String)],
+    stuck_changes: usize,
+    started: Instant,
+    end: Instant,
+) -> Verdict {
+    let mut at: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
+    for (p, values) in log {
+        for (o, v) in values.iter().enumerate() {
+            at.entry(v.as_str()).or_default().push((*p, o as u64));
+        }
+    }
+    let lost: Vec<&String> = h
+        .acked
+        .keys()
+        .filter(|v| !at.contains_key(v.as_str()))
+        .collect();
+    let duplicated = at.values().filter(|places| places.len() > 1).count();
+    let mut inconsistent = 0;
+    for (v, (p, o, _, _)) in &h.acked {
+        if log[p].get(*o as usize) != Some(v) {
+            inconsistent += 1;
+        }
+    }
+    for (_, p, o, v) in &h.polled {
+        if log.get(p).and_then(|l| l.get(*o as usize)) != Some(v) {
+            inconsistent += 1;
+        }
+    }
+    let seen: HashSet<&str> = h.polled.iter().map(|(_, _, _, v)| v.as_str()).collect();
+    let unseen = h
+        .acked
+        .keys()
+        .filter(|v| !seen.contains(v.as_str()))
+        .count();
+    let mut last_commit: HashMap<u32, i64> = HashMap::new();
+    let (mut regressions, mut beyond, mut stale_views) = (0, 0, 0);
+    for (p, committed, end_offset) in &h.commits {
+        if let Some(prev) = last_commit.get(p) {
+            if committed < prev {
+                regressions += 1;
+            }
+        }
+        // Past the end of what the partition ever held: the drained log is the whole partition.
+        if *committed > log.get(p).map_or(0, |l| l.len() as i64) {
+            beyond += 1;
+        }
+        // A describe's end offset is the high watermark as the replica it asked knew it, a lower bound: a
+        // leader elected a moment ago learns the commit index only when it commits in its own term. A
+        // commit past it is counted, not a violation (commits are checked against such a lower bound).
+        if *end_offset >= 0 && committed > end_offset {
+            stale_views += 1;
+        }
+        last_commit.insert(*p, *committed);
+    }
+    // Unavailability: per fault, until every partition acknowledged a publish sent after the fault began.
+    let mut per_fault: BTreeMap<&str, u128> = BTreeMap::new();
+    let mut report_faults = Vec::new();
+    for (fault, start, what) in events {
+        let mut worst = 0u128;
+        for p in 0..PARTITIONS {
+            let first = h
+                .acked
+                .values()
+                .filter(|(q, _, sent, _)| *q == p && sent >= start)
+                .map(|(_, _, _, acked)| *acked)
+                .min()
+                .unwrap_or(end);
+            worst = worst.max((first - *start).as_millis());
+        }
+        let e = per_fault.entry(fault.name()).or_default();
+        *e = (*e).max(worst);
+        report_faults.push(
+            serde_json::json!({"fault": fault.name(), "what": what, "unavailable_ms": worst}),
+        );
+    }
+    let max_unavailable = per_fault.values().copied().max().unwrap_or(0);
+    let failed_visible = h
+        .failed
+        .iter()
+        .filter(|v| at.contains_key(v.as_str()))
+        .count();
+    let violations =
+        lost.len() + duplicated + inconsistent + unseen + regressions + beyond + stuck_changes;
+    let line = format!(
+        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} max_unavailable_ms={max_unavailable}",
+        lost.len(),
+        h.acked.len(),
+        h.failed.len(),
+        h.polled.len(),
+        events.len(),
+    );
+    let report = serde_json::json!({
+        "lost": lost.len(), "lost_examples": lost.iter().take(10).collect::<Vec<_>>(),
+        "duplicated": duplicated, "inconsistent": inconsistent, "unseen": unseen,
+        "commit_regressions": regressions, "commit_beyond_end": beyond, "stuck_membership": stuck_changes, "stale_end_views": stale_views,
+        "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,
+        "polled": h.polled.len(), "max_unavailable_ms": max_unavailable,
+        "max_unavailable_ms_per_fault": per_fault, "faults": report_faults,
+        "duration_ms": (end - started).as_millis(),
+    });
+    Verdict {
+        line,
+        report,
+        violations,
+    }
+}

@@ -1,0 +1,448 @@
+//! The faults `ferry-chaos` injects, and how: each [`Fault`] is injected on the running brokers by
+//! [`inject`], held, and healed.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferry_tests::cluster::leaders;
+use ferry_tests::{segment_files, Ferryd};
+
+use crate::TOPIC;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    KillLeader,
+    KillFollower,
+    KillAll,
+    PauseLeader,
+    TornTail,
+    BitFlip,
+    DeleteIndex,
+    RollingRestart,
+    PartitionLeader,
+    OneWay,
+    Bridge,
+    DiskFull,
+    Membership,
+    MembershipKill,
+    SlowNetwork,
+    ClockSkew,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 16] = [
+        Fault::KillLeader,
+        Fault::PartitionLeader,
+        Fault::PauseLeader,
+        Fault::SlowNetwork,
+        Fault::OneWay,
+        Fault::ClockSkew,
+        Fault::Bridge,
+        Fault::TornTail,
+        Fault::KillFollower,
+        Fault::BitFlip,
+        Fault::KillAll,
+        Fault::DeleteIndex,
+        Fault::RollingRestart,
+        Fault::DiskFull,
+        Fault::MembershipKill,
+        Fault::Membership,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill-leader",
+            Fault::KillFollower => "kill-follower",
+            Fault::KillAll => "kill-all",
+            Fault::PauseLeader => "pause-leader",
+            Fault::TornTail => "torn-tail",
+            Fault::BitFlip => "bit-flip",
+            Fault::DeleteIndex => "delete-index",
+            Fault::RollingRestart => "rolling-restart",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::OneWay => "one-way",
+            Fault::Bridge => "bridge",
+            Fault::DiskFull => "disk-full",
+            Fault::Membership => "membership",
+            Fault::MembershipKill => "membership-kill",
+            Fault::SlowNetwork => "slow-network",
+            Fault::ClockSkew => "clock-skew",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// The node leading partition 0, and one following it.
+async fn roles(nodes: &[Ferryd]) -> (Option<usize>, usize) {
+    let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let routes = leaders(&brokers, TOPIC).await;
+    let leader = routes
+        .get(&0)
+        .and_then(|a| nodes.iter().position(|n| &n.addr == a));
+    let follower = (0..nodes.len()).find(|i| Some(*i) != leader).unwrap_or(0);
+    (leader, follower)
+}
+
+/// Writes each broker's network faults (`drop-to` / `drop-from` lines; empty heals).
+pub fn set_faults(nodes: &[Ferryd], rules: &[String]) {
+    for (n, r) in nodes.iter().zip(rules) {
+        let _ = std::fs::write(ferry_tests::fault_file(&n.data_dir), r);
+    }
+}
+
+/// Cuts broker `a` off from `b` in both directions.
+fn cut(rules: &mut [String], a: usize, b: usize) {
+    rules[a].push_str(&format!("drop-to {}\ndrop-from {}\n", b + 1, b + 1));
+    rules[b].push_str(&format!("drop-to {}\ndrop-from {}\n", a + 1, a + 1));
+}
+
+pub fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+pub fn restart_all(nodes: &mut [Ferryd]) {
+    std::thread::scope(|s| {
+        for n in nodes.iter_mut() {
+            s.spawn(move || {
+                if matches!(n.child.try_wait(), Ok(Some(_))) {
+                    n.restart_in_place();
+                }
+            });
+        }
+    });
+}
+
+/// `ferry cluster status -o json` through the first broker that answers.
+fn cluster_status(nodes: &[Ferryd]) -> Option<serde_json::Value> {
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    ferry_tests::cluster::cluster_status(&addrs)
+}
+
+/// Kills (-9) the controller leader (or broker 1 when none is known) while a membership change is in flight,
+/// holds, and restarts it.
+fn kill_in_flight(nodes: &mut [Ferryd], hold: Duration) {
+    let leader = cluster_status(nodes)
+        .and_then(|s| s["controller"].as_u64())
+        .filter(|id| (1..=nodes.len() as u64).contains(id))
+        .map_or(0, |id| id as usize - 1);
+    nodes[leader].kill9();
+    std::thread::sleep(hold);
+    nodes[leader].restart_in_place();
+}
+
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime, if it is installed.
+fn faketime_library() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Waits (at most a minute) until the members are `ids`, all active, and no partition is moving.
+fn wait_members(nodes: &[Ferryd], ids: &[u64]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if cluster_status(nodes).is_some_and(|s| ferry_tests::cluster::members_settled(&s, ids)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Size of the tmpfs broker 3 runs on, so its disk can be filled (bytes).
+const SMALL_DISK_BYTES: u64 = 512 << 20;
+
+/// Mounts a small tmpfs on `dir` (needs root); false when that is not possible.
+pub fn mount_small_disk(dir: &std::path::Path) -> bool {
+    std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={SMALL_DISK_BYTES}"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output();
+    out.ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.lines().nth(1).and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Injects `fault`, lets it last `hold`, heals it. Returns what was done, when the fault took effect, and whether a
+/// membership change failed to settle within its deadline (a liveness violation).
+pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, Instant, bool) {
+    let mut stuck = false;
+    let (leader, follower) = roles(nodes).await;
+    let leader = leader.unwrap_or(0);
+    let mut at = Instant::now();
+    let what = match fault {
+        Fault::KillLeader | Fault::KillFollower => {
+            let i = if fault == Fault::KillLeader {
+                leader
+            } else {
+                follower
+            };
+            block(|| nodes[i].kill9());
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}", i + 1)
+        }
+        Fault::KillAll => {
+            block(|| nodes.iter_mut().for_each(Ferryd::kill9));
+            at = Instant::now();
+            tokio::time::sleep(hold.min(Duration::from_secs(2))).await;
+            block(|| restart_all(nodes));
+            "every broker".into()
+        }
+        Fault::PauseLeader => {
+            nodes[leader].pause();
+            at = Instant::now();
+            tokio::time::sleep(hold.max(Duration::from_secs(3))).await;
+            nodes[leader].resume();
+            format!("broker {}", leader + 1)
+        }
+        Fault::TornTail => {
+            let i = follower;
+            block(|| nodes[i].kill9());
+            at = Instant::now();
+            let cut = (Instant::now().elapsed().subsec_nanos() % 200 + 1) as u64;
+            if let Some(last) = segment_files(&nodes[i].data_dir, TOPIC, 0).last() {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(last) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = f.set_len(len.saturating_sub(cut));
+                }
+            }
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}, {cut} bytes", i + 1)
+        }
+        Fault::BitFlip => {
+            let i = follower;
+            block(|| nodes[i].stop());
+            let segs = segment_files(&nodes[i].data_dir, TOPIC, 0);
+            let mut what = "no sealed segment yet".to_owned();
+            if segs.len() > 1 {
+                if let Ok(mut b) = std::fs::read(&segs[0]) {
+                    if !b.is_empty() {
+                        let at = b.len() / 2;
+                        b[at] ^= 0x40;
+                        let _ = std::fs::write(&segs[0], &b);
+                        what = format!("{} byte {at}", segs[0].display());
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}, {what}", i + 1)
+        }
+        Fault::DeleteIndex => {
+            let i = follower;
+            block(|| nodes[i].stop());
+            let mut removed = 0;
+            if let Some(dir) = segment_files(&nodes[i].data_dir, TOPIC, 0)
+                .first()
+                .and_then(|p| p.parent())
+            {
+                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if e.path().extension().is_some_and(|x| x == "index") {
+                        removed += usize::from(std::fs::remove_file(e.path()).is_ok());
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            block(|| nodes[i].restart_in_place());
+            format!("broker {}, {removed} index files", i + 1)
+        }
+        Fault::PartitionLeader | Fault::OneWay | Fault::Bridge => {
+            let mut rules = vec![String::new(); nodes.len()];
+            let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != leader).collect();
+            let what = match fault {
+                Fault::PartitionLeader => {
+                    for &o in &others {
+                        cut(&mut rules, leader, o);
+                    }
+                    format!("broker {} isolated from its peers", leader + 1)
+                }
+                Fault::OneWay => {
+                    for &o in &others {
+                        rules[leader].push_str(&format!("drop-from {}\n", o + 1));
+                    }
+                    format!("broker {} hears no peer", leader + 1)
+                }
+                _ => {
+                    cut(&mut rules, others[0], others[1]);
+                    format!(
+                        "brokers {} and {} cut apart, both see {}",
+                        others[0] + 1,
+                        others[1] + 1,
+                        leader + 1
+                    )
+                }
+            };
+            set_faults(nodes, &rules);
+            // The brokers reread their fault files every 100 ms.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            set_faults(nodes, &vec![String::new(); nodes.len()]);
+            what
+        }
+        Fault::SlowNetwork => {
+            // netem's `delay 100ms 50ms loss 5% duplicate 1%` on every broker's incoming peer traffic
+            // (injected at the peer transport: this kernel has no netem qdisc).
+            set_faults(nodes, &vec!["impair 100 50 5 1\n".to_string(); nodes.len()]);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            set_faults(nodes, &vec![String::new(); nodes.len()]);
+            "peer traffic delayed 100 ± 50 ms, 5% lost, 1% duplicated".into()
+        }
+        Fault::ClockSkew => {
+            // A broker restarted under libfaketime with its wall clock 5 minutes ahead of its peers (then
+            // behind, on the next turn; the leader and a follower in turn), held, then restarted on the
+            // true clock: Raft and leases must not depend on wall clocks agreeing.
+            static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let Some(lib) = faketime_library() else {
+                return (
+                    "skipped: libfaketime is not installed (apt-get install faketime)".into(),
+                    at,
+                    false,
+                );
+            };
+            let turn = TURN.fetch_add(1, Ordering::Relaxed);
+            let i = if turn.is_multiple_of(2) {
+                leader
+            } else {
+                follower
+            };
+            let skew = if turn.is_multiple_of(2) {
+                "+300s"
+            } else {
+                "-300s"
+            };
+            block(|| {
+                nodes[i].stop();
+                nodes[i].restart_in_place_with_env(&[("LD_PRELOAD", lib), ("FAKETIME", skew)]);
+            });
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            block(|| {
+                nodes[i].stop();
+                nodes[i].restart_in_place();
+            });
+            format!("broker {} ran with its clock at {skew}", i + 1)
+        }
+        Fault::DiskFull => {
+            // Broker 3's data dir is a small tmpfs (when the run could mount one): fill it, hold, free it,
+            // restart the broker (replicas that hit the full disk are fenced until then).
+            let i = 2;
+            let filler = nodes[i].data_dir.join("filler");
+            let free = free_bytes(&nodes[i].data_dir);
+            if free == 0 || free > SMALL_DISK_BYTES {
+                return (
+                    "skipped: no small disk (mounting a tmpfs needs root)".into(),
+                    at,
+                    false,
+                );
+            }
+            let fill = free.saturating_sub(64 << 10);
+            let _ = std::process::Command::new("fallocate")
+                .args(["-l", &fill.to_string()])
+                .arg(&filler)
+                .status();
+            at = Instant::now();
+            tokio::time::sleep(hold).await;
+            let _ = std::fs::remove_file(&filler);
+            block(|| {
+                nodes[i].stop();
+                nodes[i].restart_in_place();
+            });
+            format!("broker {}, {fill} bytes filled", i + 1)
+        }
+        Fault::Membership | Fault::MembershipKill => {
+            // A fourth broker joins under load (partitions move to it), then leaves again. With
+            // `membership-kill`, a broker is killed (-9) while each change is in flight and restarted after
+            // the hold: the controller's leader, right after the join is accepted and again right after the
+            // removal is.
+            let dir = tempfile::tempdir().expect("temp dir");
+            let peers = nodes[0].flag("--peers").unwrap_or_default();
+            let joined =
+                block(|| ferry_tests::cluster::start_joining_broker(dir.path(), 4, &peers));
+            let Some((mut fourth, listen)) = joined else {
+                return ("skipped: the fourth broker did not start".into(), at, false);
+            };
+            let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+            at = Instant::now();
+            let outcome = block(|| {
+                // One membership command through the CLI; its error line when it is refused.
+                let run = |args: &[&str]| {
+                    let out = ferry_tests::run_ferry(&addrs.join(","), args, None);
+                    if out.status.success() {
+                        return Ok(());
+                    }
+                    Err(format!(
+                        "{} failed: {}",
+                        args[1],
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                };
+                let mut step = |args: &[&str], members: &[u64]| {
+                    run(args)?;
+                    if fault == Fault::MembershipKill {
+                        kill_in_flight(nodes, hold);
+                    }
+                    Ok::<bool, String>(wait_members(nodes, members))
+                };
+                let settled = step(&["cluster", "add-broker", "4", &listen], &[1, 2, 3, 4])
+                    .and_then(|added| {
+                        Ok((added, step(&["cluster", "remove-broker", "4"], &[1, 2, 3])?))
+                    });
+                match settled {
+                    Ok((added, removed)) => {
+                        stuck = !added || !removed;
+                        format!(
+                            "broker 4 added (settled: {added}) and removed (settled: {removed})"
+                        )
+                    }
+                    Err(why) => {
+                        stuck = true;
+                        why
+                    }
+                }
+            });
+            block(|| fourth.stop());
+            outcome
+        }
+        Fault::RollingRestart => {
+            for node in nodes.iter_mut() {
+                block(|| {
+                    node.stop();
+                    node.restart_in_place();
+                });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            "brokers 1-3 in turn".into()
+        }
+    };
+    (what, at, stuck)
+}

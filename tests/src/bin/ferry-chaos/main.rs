@@ -1,0 +1,261 @@
+//! `ferry-chaos`: a fault-injection run with a history checker (a port of the Jepsen queue checks).
+//!
+//! Starts three `ferryd` processes on 127.0.0.1, publishes unique values with idempotent producers and
+//! consumes them with a consumer group, injects faults on a schedule (kill -9 of a leader, of a follower, of
+//! every broker; SIGSTOP of a leader; the leader cut off from its peers, deaf to them (one-way), or the two
+//! others cut apart (bridge), through the brokers' `FERRY_FAULT_FILE`; a torn tail; a bit flip in an old
+//! segment; deleted indexes; a full disk; a rolling restart; delay, loss and duplication of peer traffic; a
+//! broker's wall clock 5 minutes off (libfaketime); a
+//! fourth broker joining and leaving, also with the controller's leader killed while each change is in
+//! flight), heals, drains every partition from the beginning and checks the whole history:
+//!
+//! - `lost`: acknowledged values missing from the log;
+//! - `duplicated`: values stored at two offsets (zero with idempotent producers);
+//! - `inconsistent`: an acknowledged or consumed offset holding another value than the log has there;
+//! - `unseen`: acknowledged values the group never delivered (at-least-once);
+//! - `commit_regressions` / `commit_beyond_end`: a group's committed offset going backwards, or past the
+//!   partition's end (the drained log); `stale_end_views` counts describes whose end offset, a lower bound
+//!   right after a failover, was below the committed offset (reported, not a violation);
+//! - `stuck_membership`: a membership change that was refused or did not settle within 60 s;
+//! - per fault, the time from its start until every partition acknowledged a publish sent after it began.
+//!
+//! Prints one summary line, writes a JSON report (`--report`), and exits 1 on any violation.
+//!
+//!   cargo build --workspace --bins && target/debug/ferry-chaos --duration-secs 120 --report chaos.json
+//!
+//! `CHAOS_DUMP_ACKS=FILE` also writes one line per acknowledged publish (partition, sent and acknowledged
+//! ms since the schedule began), for looking at throughput over time.
+//!
+//! Files: `faults.rs` (what each fault does), `load.rs` (producers, consumers, the history), `check.rs`
+//! (the verdict).
+
+mod check;
+mod faults;
+mod load;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_client::{Client, ClientConfig};
+use ferry_tests::cluster::{leaders, read_all, start_cluster};
+
+use faults::{block, inject, mount_small_disk, restart_all, set_faults, Fault};
+use ferry_tests::Ferryd;
+use load::{consume, produce, sample_commits, Shared};
+
+const TOPIC: &str = "chaos";
+const PARTITIONS: u32 = 3;
+const GROUP: &str = "chaos-readers";
+
+struct Args {
+    duration: Duration,
+    fault: Duration,
+    heal: Duration,
+    rate: u64,
+    faults: Vec<Fault>,
+    report: Option<String>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        duration: Duration::from_secs(120),
+        fault: Duration::from_secs(5),
+        heal: Duration::from_secs(5),
+        rate: 400,
+        faults: Fault::ALL.to_vec(),
+        report: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let secs = |v: String| {
+            v.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| format!("{v} is not a number of seconds"))
+        };
+        match flag.as_str() {
+            "--duration-secs" => a.duration = secs(value()?)?,
+            "--fault-secs" => a.fault = secs(value()?)?,
+            "--heal-secs" => a.heal = secs(value()?)?,
+            "--rate" => {
+                a.rate = value()?
+                    .parse()
+                    .map_err(|_| "--rate is messages per second")?
+            }
+            "--faults" => {
+                a.faults = value()?
+                    .split(',')
+                    .map(|f| Fault::parse(f).ok_or(format!("unknown fault {f}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--report" => a.report = Some(value()?),
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; see the file header for usage"
+                ))
+            }
+        }
+    }
+    Ok(a)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let args = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let small_disk = args.faults.contains(&Fault::DiskFull) && mount_small_disk(dirs[2].path());
+    if !small_disk && args.faults.contains(&Fault::DiskFull) {
+        eprintln!("chaos: disk-full is skipped: mounting a tmpfs needs root");
+    }
+    let mut nodes = block(|| start_cluster(&dirs));
+    let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let config = ClientConfig {
+        retries_max: 1_000,
+        retry_backoff_ms_max: 200,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(brokers.clone(), config)
+        .await
+        .expect("connect");
+    let mut admin = nodes[0].admin().await;
+    admin
+        .create_topic(ferry_client::v1::CreateTopicRequest {
+            name: TOPIC.into(),
+            partitions: PARTITIONS,
+            replicas: 3,
+            config: Some(ferry_client::v1::TopicConfig {
+                segment_bytes: 256 * 1024,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create topic");
+    let h: Shared = Default::default();
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for id in 0..2 {
+        producers.push(tokio::spawn(produce(
+            id,
+            client.clone(),
+            args.rate / 2,
+            stop_producers.clone(),
+            h.clone(),
+        )));
+    }
+    let mut consumers = Vec::new();
+    for m in 0..2 {
+        consumers.push(tokio::spawn(consume(
+            m,
+            client.clone(),
+            stop_consumers.clone(),
+            h.clone(),
+        )));
+    }
+    let sampler = tokio::spawn(sample_commits(
+        client.clone(),
+        stop_consumers.clone(),
+        h.clone(),
+    ));
+
+    // The schedule.
+    let started = Instant::now();
+    let mut events: Vec<(Fault, Instant, String)> = Vec::new();
+    let mut stuck_changes = 0usize;
+    let mut k = 0;
+    tokio::time::sleep(args.heal).await;
+    while started.elapsed() + args.fault + args.heal < args.duration {
+        let fault = args.faults[k % args.faults.len()];
+        k += 1;
+        let (what, at, was_stuck) = inject(fault, &mut nodes, args.fault).await;
+        stuck_changes += usize::from(was_stuck);
+        eprintln!("chaos: {} ({what}) at {:?}", fault.name(), at - started);
+        events.push((fault, at, what));
+        tokio::time::sleep(args.heal).await;
+    }
+
+    // Heal, stop the load, let the group catch up, drain.
+    set_faults(&nodes, &vec![String::new(); nodes.len()]);
+    block(|| {
+        nodes.iter().for_each(Ferryd::resume);
+        restart_all(&mut nodes);
+    });
+    for n in &nodes {
+        block(|| n.wait_ready());
+    }
+    stop_producers.store(true, Ordering::Relaxed);
+    for p in producers {
+        let _ = p.await;
+    }
+    let drained_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lagging = match client.describe_group(GROUP).await {
+            Ok(d) => d.partitions.iter().map(|p| p.lag).sum::<i64>(),
+            Err(_) => 1,
+        };
+        if lagging == 0 || Instant::now() > drained_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_consumers.store(true, Ordering::Relaxed);
+    for c in consumers {
+        let _ = c.await;
+    }
+    let _ = sampler.await;
+    let routes = leaders(&brokers, TOPIC).await;
+    let mut log: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        log.insert(p, read_all(&routes[&p], TOPIC, p).await);
+    }
+    let end = Instant::now();
+    if let Ok(path) = std::env::var("CHAOS_DUMP_ACKS") {
+        // Debugging aid: one line per acknowledged publish (partition, sent ms, acked ms since the start).
+        let mut lines: Vec<(u128, u32, u128)> = h
+            .lock()
+            .acked
+            .values()
+            .map(|(p, _, sent, acked)| {
+                (
+                    (*sent - started).as_millis(),
+                    *p,
+                    (*acked - started).as_millis(),
+                )
+            })
+            .collect();
+        lines.sort_unstable();
+        let text: String = lines
+            .iter()
+            .map(|(s, p, a)| format!("{p} {s} {a}\n"))
+            .collect();
+        let _ = std::fs::write(path, text);
+    }
+
+    let verdict = check::check(&h.lock(), &log, &events, stuck_changes, started, end);
+    println!("{}", verdict.line);
+    if let Some(path) = &args.report {
+        if let Err(e) = std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&verdict.report).unwrap_or_default(),
+        ) {
+            eprintln!("error: writing {path}: {e}");
+        }
+    }
+    drop(nodes);
+    if small_disk {
+        let _ = std::process::Command::new("umount")
+            .arg(dirs[2].path())
+            .status();
+    }
+    std::process::exit(i32::from(verdict.violations > 0));
+}
