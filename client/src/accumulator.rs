@@ -119,12 +119,11 @@ pub struct Accumulator<A> {
     /// Open batches in opening order, each with its linger deadline. Entries of batches sealed early
     /// are left in place and ignored when they come up.
     lingering: VecDeque<(Instant, Arc<str>, u32, u64)>,
-    /// Partitions that may have a batch to send; checked (and duplicates ignored) by `take_dispatchable`.
-    dispatchable: VecDeque<(Arc<str>, u32)>,
+    /// Where sealed batches are announced, and how they are compressed.
+    sealer: Sealer,
     /// Ids of batches opened and not yet completed.
     unfinished: BTreeSet<u64>,
     next_batch_id: u64,
-    compression: Compression,
 }
 
 impl<A> Accumulator<A> {
@@ -140,16 +139,18 @@ impl<A> Accumulator<A> {
             linger,
             topics: HashMap::new(),
             lingering: VecDeque::new(),
-            dispatchable: VecDeque::new(),
+            sealer: Sealer {
+                dispatchable: VecDeque::new(),
+                compression: Compression::None,
+            },
             unfinished: BTreeSet::new(),
             next_batch_id: 0,
-            compression: Compression::None,
         }
     }
 
     /// Compresses sealed batches with `compression` (when that makes them smaller).
     pub fn with_compression(mut self, compression: Compression) -> Self {
-        self.compression = compression;
+        self.sealer.compression = compression;
         self
     }
 
@@ -164,13 +165,7 @@ impl<A> Accumulator<A> {
         let state = partition_state(&mut self.topics, &topic, partition);
         if let Some(open) = &state.open {
             if !open.fits(size, record.timestamp_ms, self.batch_bytes_max) {
-                seal(
-                    state,
-                    &topic,
-                    partition,
-                    &mut self.dispatchable,
-                    self.compression,
-                );
+                self.sealer.seal(state, &topic, partition);
             }
         }
         let open = state.open.get_or_insert_with(|| {
@@ -195,13 +190,7 @@ impl<A> Accumulator<A> {
             open.base_timestamp_ms,
             self.batch_bytes_max,
         ) {
-            seal(
-                state,
-                &topic,
-                partition,
-                &mut self.dispatchable,
-                self.compression,
-            );
+            self.sealer.seal(state, &topic, partition);
         }
     }
 
@@ -223,13 +212,7 @@ impl<A> Accumulator<A> {
                 // failover). Left open, it grows until it can go (as Kafka's accumulator does).
                 open.lingered = true;
             } else {
-                seal(
-                    state,
-                    &topic,
-                    partition,
-                    &mut self.dispatchable,
-                    self.compression,
-                );
+                self.sealer.seal(state, &topic, partition);
             }
         }
     }
@@ -245,13 +228,7 @@ impl<A> Accumulator<A> {
         for (topic, partitions) in &mut self.topics {
             for (partition, state) in partitions.iter_mut() {
                 if state.open.is_some() {
-                    seal(
-                        state,
-                        topic,
-                        *partition,
-                        &mut self.dispatchable,
-                        self.compression,
-                    );
+                    self.sealer.seal(state, topic, *partition);
                 }
             }
         }
@@ -261,14 +238,14 @@ impl<A> Accumulator<A> {
 
     /// Whether some sealed batch waits to be sent.
     pub fn has_dispatchable(&self) -> bool {
-        !self.dispatchable.is_empty()
+        !self.sealer.dispatchable.is_empty()
     }
 
     /// Sealed batches that may be sent now, at most one per partition; each is marked in flight until
     /// [`Accumulator::complete`] is called for it.
     pub fn take_dispatchable(&mut self) -> Vec<SealedBatch<A>> {
         let mut out = Vec::new();
-        while let Some((topic, partition)) = self.dispatchable.pop_front() {
+        while let Some((topic, partition)) = self.sealer.dispatchable.pop_front() {
             let state = partition_state(&mut self.topics, &topic, partition);
             if state.in_flight {
                 continue;
@@ -288,15 +265,11 @@ impl<A> Accumulator<A> {
         assert!(state.in_flight, "completing a batch that is not in flight");
         state.in_flight = false;
         if !state.ready.is_empty() {
-            self.dispatchable.push_back((topic.clone(), partition));
+            self.sealer
+                .dispatchable
+                .push_back((topic.clone(), partition));
         } else if state.open.as_ref().is_some_and(|open| open.lingered) {
-            seal(
-                state,
-                &topic,
-                partition,
-                &mut self.dispatchable,
-                self.compression,
-            );
+            self.sealer.seal(state, &topic, partition);
         }
         let removed = self.unfinished.remove(&id);
         assert!(removed, "batch {id} completed twice");
@@ -357,25 +330,30 @@ fn push_record<A>(open: &mut OpenBatch<A>, record: PendingRecord<A>, size: usize
 }
 
 /// Moves the open batch of `state` to its ready queue.
-fn seal<A>(
-    state: &mut PartitionState<A>,
-    topic: &Arc<str>,
-    partition: u32,
-    dispatchable: &mut VecDeque<(Arc<str>, u32)>,
+/// Where sealed batches go: the queue of partitions that may have a batch to send (checked, and duplicates
+/// ignored, by [`Accumulator::take_dispatchable`]), and the codec batches are sealed with.
+struct Sealer {
+    dispatchable: VecDeque<(Arc<str>, u32)>,
     compression: Compression,
-) {
-    let open = state.open.take().expect("sealing an open batch");
-    debug_assert!(!open.acks.is_empty(), "open batches hold a record");
-    state.ready.push_back(SealedBatch {
-        id: open.id,
-        topic: topic.clone(),
-        partition,
-        bytes: open.builder.finish_with(compression),
-        acks: open.acks,
-        records_bytes: open.records_bytes,
-    });
-    if !state.in_flight {
-        dispatchable.push_back((topic.clone(), partition));
+}
+
+impl Sealer {
+    /// Seals the open batch of `partition` of `topic` into its ready queue, and announces the partition
+    /// when nothing of it is in flight.
+    fn seal<A>(&mut self, state: &mut PartitionState<A>, topic: &Arc<str>, partition: u32) {
+        let open = state.open.take().expect("sealing an open batch");
+        debug_assert!(!open.acks.is_empty(), "open batches hold a record");
+        state.ready.push_back(SealedBatch {
+            id: open.id,
+            topic: topic.clone(),
+            partition,
+            bytes: open.builder.finish_with(self.compression),
+            acks: open.acks,
+            records_bytes: open.records_bytes,
+        });
+        if !state.in_flight {
+            self.dispatchable.push_back((topic.clone(), partition));
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use ferry_protocol::batch::{self, BatchHeader};
@@ -53,15 +53,15 @@ pub struct Core {
     pub producers: ProducerTable,
     /// While repairing a damaged log: the last Raft index it held (see [`super::repair`]).
     repair_until: Option<u64>,
-    /// Damage a read for replication found (set under the read lock, taken by the driver, which fences the
-    /// replica so the scrub repairs it).
-    damage: parking_lot::Mutex<Option<String>>,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
 #[derive(Debug, Clone)]
 pub struct ReplicaStorage {
     core: Arc<RwLock<Core>>,
+    /// Damage a read for replication found (see `entries`): set once, read by the driver after every step
+    /// (one atomic load), which then fences the replica so the scrub repairs it.
+    damage: Arc<OnceLock<String>>,
 }
 
 fn to_raft_err(e: StorageError) -> raft::Error {
@@ -138,19 +138,19 @@ impl ReplicaStorage {
             tail: VecDeque::new(),
             tail_bytes: 0,
             durable_last,
-            damage: parking_lot::Mutex::new(None),
         };
         Ok((
             ReplicaStorage {
                 core: Arc::new(RwLock::new(core)),
+                damage: Arc::new(OnceLock::new()),
             },
             recovery,
         ))
     }
 
-    /// Damage a read for replication found since the last call, if any (see `entries`).
-    pub fn take_damage(&self) -> Option<String> {
-        self.core.read().damage.lock().take()
+    /// Damage a read for replication found, if any (see `entries`).
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.get().map(String::as_str)
     }
 
     /// Read access to the log and state.
@@ -482,7 +482,7 @@ impl raft::Storage for ReplicaStorage {
         let can_defer = context.can_async();
         let to_raft_err = |e: StorageError| {
             if can_defer && matches!(e, StorageError::Corrupt { .. }) {
-                *c.damage.lock() = Some(e.to_string());
+                let _ = self.damage.set(e.to_string());
                 return raft::Error::Store(RaftStorageError::LogTemporarilyUnavailable);
             }
             to_raft_err(e)

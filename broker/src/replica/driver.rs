@@ -378,7 +378,7 @@ impl Driver {
                 self.fail_all(err);
                 return;
             }
-            if let Some(damage) = self.shared.storage.take_damage() {
+            if let Some(damage) = self.shared.storage.damage() {
                 // A read for replication found damage inside the log: stop leading and serving at once
                 // (the other replicas elect a leader); the broker's scrub sees "corrupt" and repairs this
                 // replica from them.
