@@ -56,14 +56,19 @@ pub fn assign(
     }
 }
 
+/// Every member with no partition yet.
+fn nothing_assigned(members: &BTreeMap<String, Subscriber>) -> BTreeMap<String, BTreeSet<Tp>> {
+    members
+        .keys()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect()
+}
+
 fn range(
     partitions: &BTreeMap<String, u32>,
     members: &BTreeMap<String, Subscriber>,
 ) -> BTreeMap<String, BTreeSet<Tp>> {
-    let mut out: BTreeMap<String, BTreeSet<Tp>> = members
-        .keys()
-        .map(|m| (m.clone(), BTreeSet::new()))
-        .collect();
+    let mut out = nothing_assigned(members);
     for (topic, &count) in partitions {
         let subs: Vec<&String> = members
             .iter()
@@ -91,10 +96,7 @@ fn sticky(
     partitions: &BTreeMap<String, u32>,
     members: &BTreeMap<String, Subscriber>,
 ) -> BTreeMap<String, BTreeSet<Tp>> {
-    let mut out: BTreeMap<String, BTreeSet<Tp>> = members
-        .keys()
-        .map(|m| (m.clone(), BTreeSet::new()))
-        .collect();
+    let mut out = nothing_assigned(members);
     if members.is_empty() {
         return out;
     }
