@@ -141,7 +141,14 @@ pub async fn publish_once(
 
 /// Every committed value of partition `p`, read from its leader.
 pub async fn read_all(leader: &str, topic: &str, p: u32) -> Vec<String> {
-    let mut c = client(leader).await.expect("leader reachable");
+    try_read_all(leader, topic, p).await.expect("fetch")
+}
+
+/// [`read_all`], or the error that stopped it (an unreachable broker, one that no longer leads `p`).
+pub async fn try_read_all(leader: &str, topic: &str, p: u32) -> Result<Vec<String>, tonic::Status> {
+    let mut c = client(leader)
+        .await
+        .ok_or_else(|| tonic::Status::unavailable(format!("{leader} unreachable")))?;
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -154,8 +161,7 @@ pub async fn read_all(leader: &str, topic: &str, p: u32) -> Vec<String> {
                 max_wait_ms: 0,
                 format: v1::Format::Batches as i32,
             })
-            .await
-            .expect("fetch")
+            .await?
             .into_inner();
         for b in &r.batches {
             let h = batch::validate(b).unwrap();
@@ -167,7 +173,7 @@ pub async fn read_all(leader: &str, topic: &str, p: u32) -> Vec<String> {
             }
         }
         if r.next_offset >= r.high_watermark {
-            return out;
+            return Ok(out);
         }
         offset = r.next_offset;
     }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_client::{Client, ClientConfig};
-use ferry_tests::cluster::{leaders, read_all, start_cluster};
+use ferry_tests::cluster::{leaders, start_cluster, try_read_all};
 
 use faults::{block, inject, mount_small_disk, restart_all, set_faults, Fault};
 use ferry_tests::Ferryd;
@@ -99,6 +99,30 @@ fn args() -> Result<Args, String> {
         }
     }
     Ok(a)
+}
+
+/// Every committed value of partition `p`, from its leader. Leadership may still move right after the
+/// last heal (a repaired replica rejoining, leaders balancing back): a read that meets another leader starts
+/// again from the current one, for at most a minute.
+async fn drain(brokers: &[String], p: u32) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let routes = leaders(brokers, TOPIC).await;
+        let read = match routes.get(&p) {
+            Some(leader) => try_read_all(leader, TOPIC, p)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("no leader".into()),
+        };
+        match read {
+            Ok(values) => return values,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chaos: draining partition {p}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("draining partition {p}: {e}"),
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -213,10 +237,9 @@ async fn main() {
         let _ = c.await;
     }
     let _ = sampler.await;
-    let routes = leaders(&brokers, TOPIC).await;
     let mut log: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for p in 0..PARTITIONS {
-        log.insert(p, read_all(&routes[&p], TOPIC, p).await);
+        log.insert(p, drain(&brokers, p).await);
     }
     let end = Instant::now();
     if let Ok(path) = std::env::var("CHAOS_DUMP_ACKS") {
