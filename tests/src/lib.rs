@@ -1,8 +1,9 @@
 //! Support code for Ferry's integration tests: start real `ferryd` processes on 127.0.0.1 with ephemeral
 //! ports and temporary data dirs, run the real `ferry` CLI, and wait on conditions with deadlines.
 //!
-//! The binaries must be built first (`cargo build --workspace --bins`, which the README's test command does);
-//! they are found next to the test executable's directory (`target/<profile>/`).
+//! The binaries are built by `cargo test --workspace` (the README's test command): `ferryd` and `ferry` have
+//! integration tests of their own, which makes cargo build them; they are found next to the test
+//! executable's directory (`target/<profile>/`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,11 +32,41 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --workspace --bins` first)",
         p.display()
     );
     p
 }
+
+/// The cargo target directory these binaries were built into (`target/`): where tests cache tools they
+/// fetch for themselves (a Python environment, libfaketime).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("executable directory");
+    // target/<profile>/deps/x or target/<profile>/x
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
+    dir.parent().expect("target/").to_owned()
+}
+
+/// Serializes the tests that hold it: one process-wide lock. The multi-broker tests (cluster, membership,
+/// chaos, group takeover) time failovers and sessions against Raft's election timeout, so they must not
+/// share the two cores with another test of their own binary. Plain `cargo test` runs the tests of one
+/// binary on parallel threads; this lock makes it behave like nextest's `threads-required` override
+/// (`.config/nextest.toml`), where each test is its own process and the lock is uncontended.
+/// For a synchronous test; [`serial_async`] in a `#[tokio::test]`. The lock never poisons: a test that
+/// panicked while holding it does not fail the ones after it.
+pub fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.blocking_lock()
+}
+
+/// [`serial`] for an async test.
+pub async fn serial_async() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The fault file (`FERRY_FAULT_FILE`) of the broker on `data_dir`.
 pub fn fault_file(data_dir: &Path) -> PathBuf {

@@ -17,6 +17,8 @@ const PER_PUBLISH: usize = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill9_and_restart_lose_nothing_acknowledged() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial_async().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
     let mut admin = nodes[0].admin().await;
@@ -114,6 +116,8 @@ async fn leader_kill9_and_restart_lose_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catch_up_transfer_and_rolling_restart() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial_async().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
     let mut brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
@@ -280,6 +284,8 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
 /// log exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial_async().await;
     use ferry_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
@@ -409,6 +415,8 @@ fn chunk_values(chunk: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial_async().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
     create_small_segment_topic(&nodes[0], "bits").await;
@@ -486,6 +494,8 @@ async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
 /// new leader. Nothing acknowledged is lost, and nothing damaged is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_a_leader_finds_while_replicating_is_repaired_from_peers() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial_async().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
     create_small_segment_topic(&nodes[0], "rot").await;

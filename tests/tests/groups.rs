@@ -148,6 +148,8 @@ fn setup() -> (tempfile::TempDir, Ferryd, tempfile::TempDir) {
 
 #[test]
 fn two_members_share_and_one_takes_over_after_kill9() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial();
     let (_dir, broker, outs) = setup();
     let addr = broker.addr.clone();
     let a = Member::start(&addr, outs.path(), "a", "g", None);
@@ -233,6 +235,8 @@ fn two_members_share_and_one_takes_over_after_kill9() {
 
 #[test]
 fn a_static_member_gets_its_partitions_back() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial();
     let (_dir, broker, outs) = setup();
     let addr = broker.addr.clone();
     let a = Member::start(&addr, outs.path(), "a", "s", Some("pod-a"));

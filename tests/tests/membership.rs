@@ -50,6 +50,8 @@ fn cli_ok(brokers: &[String], args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_and_remove_a_broker_under_load() {
+    // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
+    let _serial = ferry_tests::serial_async().await;
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs[..3]);
     let peers = nodes[0].flag("--peers").unwrap();

@@ -1,19 +1,89 @@
 //! A Python client generated from the .proto files alone creates a topic, publishes and consumes
-//! (tests/python/polyglot.py; needs python3 with grpcio-tools, which .ci/run installs).
+//! (tests/python/polyglot.py). The test brings its own Python tools: a virtual environment with
+//! `grpcio-tools` from PyPI, made once under `target/` and reused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use ferry_tests::Ferryd;
 
-#[test]
-fn python_client_from_protos_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Ferryd::start(dir.path(), &[]);
+/// The grpcio-tools the test installs (any release since gRPC 1.60 generates code the script runs).
+const GRPCIO_TOOLS: &str = "grpcio-tools>=1.60";
+
+/// The last line of a command's stderr (pip's and venv's errors end with their reason).
+fn last_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no message)")
+        .trim()
+        .to_owned()
+}
+
+/// The Python interpreter of `target/polyglot-venv`, made (once) with grpcio-tools installed. It is built
+/// beside and renamed into place, so a half-made environment is never used. `Err` is one line saying what
+/// to install.
+fn python_with_grpc_tools() -> Result<PathBuf, String> {
+    let venv = ferry_tests::target_dir().join("polyglot-venv");
+    let python = venv.join("bin").join("python");
+    if python.exists() {
+        return Ok(python);
+    }
+    let staging = venv.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&staging)
+        .output()
+        .map_err(|e| format!("python3 is needed for this test (install Python 3): {e}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "cannot create a Python virtual environment ({}): install Python's venv module \
+             (Debian: apt-get install python3-venv)",
+            last_line(&made)
+        ));
+    }
+    let pip = Command::new(staging.join("bin").join("python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(GRPCIO_TOOLS)
+        .output()
+        .map_err(|e| format!("cannot run the new environment's Python: {e}"))?;
+    if !pip.status.success() {
+        return Err(format!(
+            "cannot install {GRPCIO_TOOLS} from PyPI ({}): make PyPI reachable, or install it with \
+             `python3 -m pip install '{GRPCIO_TOOLS}'` and put it in {}",
+            last_line(&pip),
+            venv.display()
+        ));
+    }
+    std::fs::rename(&staging, &venv)
+        .map_err(|e| format!("cannot move {}: {e}", staging.display()))?;
+    Ok(python)
+}
+
+fn run_script(python: &Path, addr: &str) -> std::process::Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/polyglot.py");
-    let out = std::process::Command::new("python3")
+    Command::new(python)
         .arg(script)
-        .arg(&broker.addr)
+        .arg(addr)
         .arg("polyglot")
         .output()
-        .expect("python3");
+        .expect("run the Python client")
+}
+
+#[test]
+fn python_client_from_protos_alone() {
+    let python = python_with_grpc_tools().unwrap_or_else(|why| panic!("polyglot test: {why}"));
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Ferryd::start(dir.path(), &[]);
+    let out = run_script(&python, &broker.addr);
     assert!(
         out.status.success(),
         "python client failed:\n{}\n{}",

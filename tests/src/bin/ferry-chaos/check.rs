@@ -100,6 +100,12 @@ pub fn check(
         );
     }
     let max_unavailable = per_fault.values().copied().max().unwrap_or(0);
+    // Faults that could not run on this machine (each says why in its `what`): printed and counted.
+    let skipped: Vec<String> = events
+        .iter()
+        .filter(|(_, _, what)| what.starts_with("skipped"))
+        .map(|(fault, _, what)| format!("{} ({what})", fault.name()))
+        .collect();
     let failed_visible = h
         .failed
         .iter()
@@ -108,12 +114,13 @@ pub fn check(
     let violations =
         lost.len() + duplicated + inconsistent + unseen + regressions + beyond + stuck_changes;
     let line = format!(
-        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} max_unavailable_ms={max_unavailable}",
+        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} max_unavailable_ms={max_unavailable}",
         lost.len(),
         h.acked.len(),
         h.failed.len(),
         h.polled.len(),
         events.len(),
+        skipped.len(),
     );
     let report = serde_json::json!({
         "lost": lost.len(), "lost_examples": lost.iter().take(10).collect::<Vec<_>>(),
@@ -121,7 +128,7 @@ pub fn check(
         "commit_regressions": regressions, "commit_beyond_end": beyond, "stuck_membership": stuck_changes, "stale_end_views": stale_views,
         "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,
         "polled": h.polled.len(), "max_unavailable_ms": max_unavailable,
-        "max_unavailable_ms_per_fault": per_fault, "faults": report_faults,
+        "max_unavailable_ms_per_fault": per_fault, "faults": report_faults, "skipped": skipped,
         "duration_ms": (end - started).as_millis(),
     });
     Verdict {

@@ -133,15 +133,59 @@ fn kill_in_flight(nodes: &mut [Ferryd], hold: Duration) {
     nodes[leader].restart_in_place();
 }
 
-/// Where Debian's `faketime` package puts the multi-threaded libfaketime, if it is installed.
-fn faketime_library() -> Option<&'static str> {
-    [
+/// Where the multi-threaded libfaketime is: Debian's `libfaketime` package if installed, else a copy this
+/// harness unpacked under `target/tools/` earlier, else one it unpacks there now from the package
+/// (`apt-get download` and `dpkg -x`, which need no root). `Err` says in one line what is missing.
+pub fn faketime_library() -> Result<std::path::PathBuf, String> {
+    const SYSTEM: [&str; 3] = [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
         "/usr/lib/faketime/libfaketimeMT.so.1",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
+    ];
+    if let Some(p) = SYSTEM.iter().map(std::path::Path::new).find(|p| p.exists()) {
+        return Ok(p.to_owned());
+    }
+    let tools = ferry_tests::target_dir().join("tools").join("libfaketime");
+    let unpacked = |root: &std::path::Path| {
+        SYSTEM
+            .iter()
+            .map(|p| root.join(p.trim_start_matches('/')))
+            .find(|p| p.exists())
+    };
+    if let Some(p) = unpacked(&tools) {
+        return Ok(p);
+    }
+    let missing = "libfaketime is not installed and could not be unpacked from Debian's package \
+        (install it with `apt-get install faketime`)";
+    let work = tempfile::tempdir().map_err(|e| format!("{missing}: {e}"))?;
+    let downloaded = std::process::Command::new("apt-get")
+        .args(["download", "-qq", "libfaketime"])
+        .current_dir(work.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let deb = std::fs::read_dir(work.path()).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+    });
+    let (true, Some(deb)) = (downloaded, deb) else {
+        return Err(missing.into());
+    };
+    let staging = tools.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{missing}: {e}"))?;
+    let extracted = std::process::Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&staging)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !extracted || std::fs::rename(&staging, &tools).is_err() {
+        return Err(missing.into());
+    }
+    eprintln!("chaos: unpacked libfaketime into {}", tools.display());
+    unpacked(&tools).ok_or_else(|| missing.into())
 }
 
 /// Waits (at most a minute) until the members are `ids`, all active, and no partition is moving.
@@ -322,12 +366,9 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             // behind, on the next turn; the leader and a follower in turn), held, then restarted on the
             // true clock: Raft and leases must not depend on wall clocks agreeing.
             static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let Some(lib) = faketime_library() else {
-                return (
-                    "skipped: libfaketime is not installed (apt-get install faketime)".into(),
-                    at,
-                    false,
-                );
+            let lib = match faketime_library() {
+                Ok(lib) => lib,
+                Err(why) => return (format!("skipped: {why}"), at, false),
             };
             let turn = TURN.fetch_add(1, Ordering::Relaxed);
             let i = if turn.is_multiple_of(2) {
@@ -342,7 +383,9 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             };
             block(|| {
                 nodes[i].stop();
-                nodes[i].restart_in_place_with_env(&[("LD_PRELOAD", lib), ("FAKETIME", skew)]);
+                let lib = lib.to_string_lossy();
+                nodes[i]
+                    .restart_in_place_with_env(&[("LD_PRELOAD", lib.as_ref()), ("FAKETIME", skew)]);
             });
             at = Instant::now();
             tokio::time::sleep(hold).await;
