@@ -19,7 +19,7 @@ if ! [[ "$secs" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 cd "$(dirname "$0")"
-targets="${2:-batch_decode request_decode segment_recovery index_read}"
+targets="${2:-batch_decode request_decode segment_recovery index_read controller_command}"
 # The version docs/fuzzing.md was checked with; a newer 0.x should work the same way.
 cargo_fuzz_version=0.13.2
 

@@ -17,7 +17,7 @@ fn batch_of(records: usize, size: usize) -> bytes::Bytes {
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) =
-        PartitionLog::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), 1, 0).unwrap();
+        PartitionLog::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), 1, 0, 1).unwrap();
     let data = batch_of(1000, 100);
     let h = batch::validate(&data).unwrap();
     let mut g = c.benchmark_group("log");
@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
             let offset = log.next_offset();
             let idx = log.last_raft_index() + 1;
             black_box(
-                log.append(&[Append::new(&data, &h, offset, 1, idx)])
+                log.append(&[Append::new(&data, &h, offset, 1, idx).unwrap()])
                     .unwrap(),
             );
         })

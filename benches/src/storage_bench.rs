@@ -77,17 +77,19 @@ fn dd_rate(dir: &Path, total_bytes: u64) -> anyhow::Result<f64> {
 /// One timed log run: (MB/s, records/s, mean fsync ms).
 fn log_rate(dir: &Path, data: &bytes::Bytes, total_bytes: u64) -> anyhow::Result<(f64, f64, f64)> {
     let h = batch::validate(data)?;
-    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir, LogConfig::default(), 1, 0)?;
+    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir, LogConfig::default(), 1, 0, 1)?;
     let batches = (total_bytes / data.len() as u64).max(1);
     let mut fsync_time = Duration::ZERO;
     let started = Instant::now();
     for _ in 0..batches {
         let offset = log.next_offset();
         let idx = log.last_raft_index() + 1;
-        let file = log.append(&[Append::new(data, &h, offset, 1, idx)])?;
+        let file = log.append(&[Append::new(data, &h, offset, 1, idx)?])?;
         let t = Instant::now();
         file.sync_data()?;
         fsync_time += t.elapsed();
+        // As the broker does after each fsync: the durable watermark moves (one pwrite).
+        log.mark_durable()?;
     }
     let secs = started.elapsed().as_secs_f64();
     drop(log);

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod groups;
+mod restart;
 mod tasks;
 
 pub use groups::{GROUP_NAME_LEN_MAX, HEARTBEAT_INTERVAL_MS};
@@ -47,6 +48,8 @@ pub enum BrokerError {
     NotLeader { leader: u64, address: String },
     #[error("no leader is known for this partition yet; retry")]
     NoLeader,
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error(transparent)]
@@ -90,7 +93,8 @@ pub struct Broker {
     pub config: BrokerConfig,
     disk: Arc<dyn Disk>,
     metadata: MetadataMachine,
-    controller: Replica,
+    /// The controller replica (replaced when it is restarted or repaired: `restart`).
+    controller: parking_lot::RwLock<Replica>,
     controller_task: parking_lot::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
     router: Arc<Router>,
     transport: Arc<dyn Transport>,
@@ -103,6 +107,10 @@ pub struct Broker {
     groups: groups::Coordinated,
     /// Local replicas that failed to open, and why (they stay down until an operator repairs them).
     unopenable: RwLock<HashMap<(String, u32), String>>,
+    /// Producer ids this broker may still hand out (allocated from the controller in blocks).
+    producer_ids: tokio::sync::Mutex<std::ops::Range<u64>>,
+    /// The byte budget of publishes in flight, in KiB permits (`BrokerConfig::inflight_bytes_max`).
+    inflight: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -141,33 +149,18 @@ impl Broker {
         };
         let metadata = MetadataMachine::new(&config.peers);
         let clock = Clock::start(config.replica.tick_ms, cancel.clone());
-        // Replay the commands up to the persisted commit; Raft delivers the rest as they commit.
-        {
-            let core = storage.read();
-            let commit = core.state().hard_state.commit;
-            let mut next = core.log.first_raft_index();
-            while next <= commit {
-                let batches = core.log.batches_by_raft_index(next, commit + 1, 1 << 20)?;
-                let Some((last, _)) = batches.last() else {
-                    break;
-                };
-                next = last.raft_index + 1;
-                for (h, b) in batches {
-                    metadata.apply_batch(h.raft_index, &b);
-                }
-            }
-        }
-        let ctl_cancel = cancel.child_token();
-        let (controller, ctl_task) = replica::spawn(
-            CONTROLLER_GROUP,
-            "__cluster".into(),
+        let inflight_kib = usize::try_from(config.inflight_bytes_max / 1024)
+            .unwrap_or(usize::MAX)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        replay_controller(&storage, &metadata)?;
+        let (controller, ctl_cancel, ctl_task) = restart::spawn_controller(
             storage,
-            config.replica,
-            Some(Box::new(metadata.clone())),
+            &config,
+            &metadata,
             Wiring {
                 transport: transport.clone(),
                 clock: clock.clone(),
-                cancel: ctl_cancel.clone(),
+                cancel: cancel.child_token(),
                 liveness: router.liveness(),
             },
         )?;
@@ -176,7 +169,7 @@ impl Broker {
             config,
             disk,
             metadata,
-            controller,
+            controller: parking_lot::RwLock::new(controller),
             controller_task: parking_lot::Mutex::new(Some((ctl_cancel, ctl_task))),
             router,
             transport,
@@ -186,12 +179,14 @@ impl Broker {
             reconcile: tokio::sync::Mutex::new(false),
             groups: Default::default(),
             unopenable: Default::default(),
+            producer_ids: tokio::sync::Mutex::new(0..0),
+            inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib)),
             cancel,
         });
         // Commands past the persisted commit are applied once the controller commits them again: wait for
         // that (bounded) so the partitions exist before clients are served.
-        let log_end = broker.controller.log_end_offset();
-        let mut hw = broker.controller.watch_high_watermark();
+        let log_end = broker.controller().log_end_offset();
+        let mut hw = broker.controller().watch_high_watermark();
         let caught_up = tokio::time::timeout(CONTROLLER_CATCH_UP, hw.wait_for(|hw| *hw >= log_end))
             .await
             .is_ok_and(|r| r.is_ok());
@@ -216,6 +211,10 @@ impl Broker {
             ));
             tokio::spawn(tasks::scrub(Arc::downgrade(&broker), broker.cancel.clone()));
         }
+        tokio::spawn(tasks::supervise(
+            Arc::downgrade(&broker),
+            broker.cancel.clone(),
+        ));
         Ok(broker)
     }
 
@@ -228,9 +227,9 @@ impl Broker {
         self.metadata.state.read().clone()
     }
 
-    /// The controller replica.
-    pub fn controller(&self) -> &Replica {
-        &self.controller
+    /// The controller replica (a handle: it may be replaced by a restart).
+    pub fn controller(&self) -> Replica {
+        self.controller.read().clone()
     }
 
     /// Where incoming Raft messages are delivered.
@@ -268,16 +267,23 @@ impl Broker {
     fn log_config(&self, s: &TopicSettings) -> LogConfig {
         let mut c = self.config.log;
         if s.segment_bytes > 0 {
-            c.limits.segment_bytes = s.segment_bytes.min(u64::from(u32::MAX / 2)) as u32;
+            c.limits.segment_bytes =
+                u32::try_from(s.segment_bytes.min(crate::metadata::SEGMENT_BYTES_MAX))
+                    .unwrap_or(u32::MAX / 2);
         }
         if s.segment_ms > 0 {
             c.segment_ms = s.segment_ms;
         }
-        if s.retention_bytes > 0 {
-            c.retention_bytes = s.retention_bytes;
+        // FOREVER is the log's 0 ("never by this measure"), whatever the broker default.
+        match s.retention_bytes {
+            0 => {}
+            TopicSettings::FOREVER => c.retention_bytes = 0,
+            n => c.retention_bytes = n,
         }
-        if s.retention_ms > 0 {
-            c.retention_ms = s.retention_ms;
+        match s.retention_ms {
+            0 => {}
+            TopicSettings::FOREVER => c.retention_ms = 0,
+            n => c.retention_ms = n,
         }
         c
     }
@@ -454,13 +460,18 @@ impl Broker {
     pub async fn propose_local(&self, batch: Bytes) -> Result<u64, BrokerError> {
         let h = ferry_protocol::batch::validate_records(&batch)
             .map_err(|e| BrokerError::Invalid(format!("invalid controller command batch: {e}")))?;
-        let decodable = ferry_protocol::batch::Records::new(batch.clone(), h)
-            .all(|r| r.is_ok_and(|r| serde_json::from_slice::<Command>(&r.value).is_ok()));
-        if !decodable {
-            return Err(BrokerError::Invalid("not a controller command".into()));
+        // Every command is checked here (a forwarded one too, from the peer port) and again when applied.
+        for r in ferry_protocol::batch::Records::new(batch.clone(), h) {
+            let cmd = r
+                .ok()
+                .and_then(|r| serde_json::from_slice::<Command>(&r.value).ok())
+                .ok_or_else(|| BrokerError::Invalid("not a controller command".into()))?;
+            cmd.check(&self.metadata.state.read()).map_err(|why| {
+                BrokerError::Invalid(format!("controller command refused: {why}"))
+            })?;
         }
         let ack = self
-            .controller
+            .controller()
             .publish(batch, h, Durability::Quorum)
             .await
             .map_err(|e| self.replica_error(e))?;
@@ -513,7 +524,7 @@ impl Broker {
         let offset;
         let deadline = tokio::time::Instant::now() + CONTROLLER_COMMAND_TIMEOUT;
         loop {
-            let leader = self.controller.leader();
+            let leader = self.controller().leader();
             let attempt = if leader == self.config.node_id {
                 self.propose_local(batch.clone()).await
             } else if leader != 0 {
@@ -536,7 +547,7 @@ impl Broker {
                 Err(e) => return Err(e),
             }
         }
-        let mut hw = self.controller.watch_high_watermark();
+        let mut hw = self.controller().watch_high_watermark();
         let done = tokio::time::timeout_at(
             deadline,
             hw.wait_for(|_| applied(&self.metadata.state.read())),
@@ -548,14 +559,26 @@ impl Broker {
         }
     }
 
-    /// A new idempotent producer id: the controller log offset of an allocation record, unique for the
-    /// life of the cluster (the controller log is never truncated).
+    /// A new idempotent producer id, unique for the life of the cluster: taken from a block this broker
+    /// allocated through the controller (`offset × PRODUCER_ID_BLOCK + k` for the block record's offset in
+    /// the controller log, which is never truncated), so a thousand calls cost one controller record.
     pub async fn init_producer(&self) -> Result<i64, BrokerError> {
-        let offset = self
-            .propose_command_at(&Command::AllocateProducerId {}, |_| true)
-            .await?;
-        i64::try_from(offset)
-            .map_err(|_| BrokerError::Unsatisfiable("producer ids exhausted".into()))
+        use crate::metadata::PRODUCER_ID_BLOCK;
+        let mut block = self.producer_ids.lock().await;
+        if block.start >= block.end {
+            let cmd = Command::AllocateProducerIds {
+                count: PRODUCER_ID_BLOCK,
+            };
+            let offset = self.propose_command_at(&cmd, |_| true).await?;
+            let start = offset
+                .checked_mul(u64::from(PRODUCER_ID_BLOCK))
+                .filter(|s| *s <= i64::MAX as u64 - u64::from(PRODUCER_ID_BLOCK))
+                .ok_or_else(|| BrokerError::Unsatisfiable("producer ids exhausted".into()))?;
+            *block = start..start + u64::from(PRODUCER_ID_BLOCK);
+        }
+        let id = block.start;
+        block.start += 1;
+        i64::try_from(id).map_err(|_| BrokerError::Unsatisfiable("producer ids exhausted".into()))
     }
 
     /// Creates a topic through the controller and starts its local replicas.
@@ -588,6 +611,7 @@ impl Broker {
                 "a topic needs 1 to {max} partitions, not {partitions}"
             )));
         }
+        settings.validate().map_err(BrokerError::Invalid)?;
         let brokers = {
             let active = self.metadata.state.read().active_members();
             if active.is_empty() {
@@ -610,8 +634,15 @@ impl Broker {
         if self.metadata.state.read().topics.contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_owned()));
         }
+        if replicas as usize > crate::metadata::REPLICATION_FACTOR_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "replication factor {replicas} is past the limit of {}",
+                crate::metadata::REPLICATION_FACTOR_MAX
+            )));
+        }
         let start = self.metadata.state.read().next_topic_id;
         let replica_sets = crate::metadata::place(&brokers, partitions, replicas, start);
+        self.check_replica_budget(&replica_sets)?;
         let cmd = Command::CreateTopic {
             name: name.to_owned(),
             partitions,
@@ -640,6 +671,50 @@ impl Broker {
         self.propose_command(&cmd, |m| !m.topics.contains_key(name))
             .await?;
         self.reconcile().await
+    }
+
+    /// Refuses a placement that would put more replicas on a broker than its `partitions_max` (each
+    /// replica holds file descriptors, maps, a Raft group and caches: H7 in the durability audit).
+    fn check_replica_budget(&self, new_sets: &[Vec<u64>]) -> Result<(), BrokerError> {
+        let max = self.config.partitions_max;
+        let meta = self.metadata.state.read();
+        let mut ids: Vec<u64> = new_sets.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let adding = new_sets.iter().filter(|s| s.contains(&id)).count();
+            let have = meta.replicas_on(id);
+            if have + adding > max {
+                return Err(BrokerError::Unsatisfiable(format!(
+                    "this topic would put {} replicas on broker {id}, past its limit of {max} \
+                     (ferryd --partitions-max)",
+                    have + adding
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `bytes` of the broker's in-flight publish budget, waiting at most `wait` for others to finish
+    /// (backpressure instead of unbounded queues: M7 in the durability audit). The budget is held until
+    /// the returned permit drops.
+    pub async fn admit_publish(
+        &self,
+        bytes: usize,
+        wait: std::time::Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, BrokerError> {
+        let total = u32::try_from(self.config.inflight_bytes_max / 1024).unwrap_or(u32::MAX);
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, total.max(1));
+        match tokio::time::timeout(wait, self.inflight.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(BrokerError::Busy(format!(
+                "{} MiB of publishes are in flight on this broker and none finished within {} ms; retry",
+                self.config.inflight_bytes_max >> 20,
+                wait.as_millis()
+            ))),
+        }
     }
 
     /// Publishes one validated batch to a partition.
@@ -765,7 +840,7 @@ impl Broker {
             .into_iter()
             .map(|(_, r)| r)
             .collect();
-        replicas.push(self.controller.clone());
+        replicas.push(self.controller());
         let moves = replicas
             .into_iter()
             .filter(|r| r.leader() == me)
@@ -786,7 +861,7 @@ impl Broker {
     pub fn readiness(&self) -> Result<(), String> {
         let settled =
             |r: &Replica| r.is_serving() || (r.leader() != 0 && r.leader() != self.config.node_id);
-        if !settled(&self.controller) {
+        if !settled(&self.controller()) {
             return Err("controller has no leader yet".into());
         }
         if let Some(((t, p), why)) = self.unopenable.read().iter().next() {
@@ -836,18 +911,26 @@ impl Broker {
             storage.write().close()?;
             Ok::<u64, BrokerError>(until)
         })();
-        match &result {
-            Ok(until) => {
-                tracing::warn!(%topic, partition = p, from, until, "damaged log cut; repairing from the leader")
+        let reopened = result.and_then(|until| {
+            tracing::warn!(%topic, partition = p, from, until, "damaged log cut; repairing from the leader");
+            self.open_partition(&t, p)
+        });
+        match reopened {
+            Ok(r) => {
+                self.router.register(t.group_id(p), r.replica.inbox());
+                self.partitions.write().insert(key, r);
+                Ok(())
             }
-            Err(e) => tracing::error!(%topic, partition = p, "repair failed: {e}"),
+            // A cut that failed leaves the damaged log as it was: never reopened as if intact (L9), it stays
+            // down, named by /readyz and describe, until an operator looks.
+            Err(e) => {
+                tracing::error!(%topic, partition = p, "repair failed; the replica stays down: {e}");
+                self.unopenable
+                    .write()
+                    .insert(key, format!("repair failed: {e}"));
+                Err(e)
+            }
         }
-        let reopened = self.open_partition(&t, p)?;
-        self.router
-            .register(t.group_id(p), reopened.replica.inbox());
-        self.partitions.write().insert(key, reopened);
-        drop(guard);
-        result.map(|_| ())
     }
 
     /// Replicas running here, by (topic, partition).
@@ -876,6 +959,43 @@ impl Broker {
             let _ = task.await;
         }
     }
+}
+
+/// Replays the controller's commands up to its persisted commit into `metadata` (Raft delivers the rest as
+/// they commit). Damage found on the way is cut for repair from peers (the replica then does not vote until
+/// it holds those commands again) rather than refusing to start (M6 in the durability audit).
+fn replay_controller(
+    storage: &ReplicaStorage,
+    metadata: &MetadataMachine,
+) -> Result<(), BrokerError> {
+    let commit = storage.read().state().hard_state.commit;
+    let mut next = storage.read().log.first_raft_index();
+    while next <= commit {
+        let read = storage
+            .read()
+            .log
+            .batches_by_raft_index(next, commit + 1, 1 << 20);
+        let batches = match read {
+            Ok(b) => b,
+            Err(e) if e.is_damage() => {
+                tracing::error!(
+                    from = next,
+                    "controller log damaged: {e}; repairing from peers"
+                );
+                storage.write().cut_for_repair(next)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some((last, _)) = batches.last() else {
+            break;
+        };
+        next = last.raft_index + 1;
+        for (h, b) in batches {
+            metadata.apply_batch(h.raft_index, &b);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,7 +32,18 @@ pub struct BrokerConfig {
     pub peers: BTreeMap<u64, String>,
     /// host:port other brokers reach this broker's peer listener at.
     pub peer_advertise: String,
+    /// Most partition replicas this broker hosts (each holds file descriptors, index maps, a Raft group
+    /// and caches): topic creation refuses a placement past it.
+    pub partitions_max: usize,
+    /// Bytes of publish requests this broker holds at once, decoded and queued until they are acknowledged
+    /// (more wait: backpressure, not memory growth).
+    pub inflight_bytes_max: u64,
 }
+
+/// Default [`BrokerConfig::partitions_max`].
+pub const PARTITIONS_MAX_DEFAULT: usize = 4_096;
+/// Default [`BrokerConfig::inflight_bytes_max`] (bytes).
+pub const INFLIGHT_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 
 impl BrokerConfig {
     /// Settings for a broker on the given listeners, with defaults for everything else.
@@ -58,6 +69,8 @@ impl BrokerConfig {
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             peers: BTreeMap::new(),
             peer_advertise: "127.0.0.1:7401".into(),
+            partitions_max: PARTITIONS_MAX_DEFAULT,
+            inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
         }
     }
 

@@ -165,8 +165,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.peer_listen))?;
         Some(l)
     };
+    #[cfg(feature = "fault-injection")]
     if let Some(path) = std::env::var_os("FERRY_FAULT_FILE") {
         ferry_broker::peer::faults::watch(path.into());
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    if std::env::var_os("FERRY_FAULT_FILE").is_some() {
+        tracing::error!(
+            "FERRY_FAULT_FILE is ignored: this ferryd is built without fault injection"
+        );
     }
     let cancel = CancellationToken::new();
     // The peer server runs before the broker starts: a starting broker waits for its controller to catch

@@ -17,13 +17,46 @@ pub const CONTROLLER_GROUP: u64 = 0;
 /// Bits of a partition group id that hold the partition number (the rest is the topic id).
 const PARTITION_BITS: u32 = 16;
 
-/// Per-topic settings; 0 means the broker default.
+/// Per-topic settings; 0 means the broker default, [`TopicSettings::FOREVER`] (in the retention fields)
+/// keeps data whatever the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicSettings {
     pub retention_bytes: u64,
     pub retention_ms: u64,
     pub segment_bytes: u64,
     pub segment_ms: u64,
+}
+
+/// Smallest segment a topic may ask for (bytes): each segment holds a file descriptor and two index maps
+/// for as long as it is kept, so tiny segments are a way to exhaust a broker (H7 in the durability audit).
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest segment (bytes): positions inside a segment are 32-bit.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Shortest roll interval a topic may ask for (ms): a roll per batch is the same exhaustion as tiny segments.
+pub const SEGMENT_MS_MIN: u64 = 1_000;
+
+impl TopicSettings {
+    /// Retention "forever": never delete by this measure.
+    pub const FOREVER: u64 = u64::MAX;
+
+    /// Checks the settings a client asked for (0 is always the broker default).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes != 0
+            && !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes)
+        {
+            return Err(format!(
+                "segment_bytes {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX} (0: the broker default)",
+                self.segment_bytes
+            ));
+        }
+        if self.segment_ms != 0 && self.segment_ms < SEGMENT_MS_MIN {
+            return Err(format!(
+                "segment_ms {} is below {SEGMENT_MS_MIN} (0: the broker default)",
+                self.segment_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One topic.
@@ -112,8 +145,14 @@ pub enum Command {
         partition: u32,
         replicas: Vec<u64>,
     },
-    /// Allocates an idempotent producer id: the offset of this record in the controller log.
+    /// Allocates an idempotent producer id: the offset of this record in the controller log (the format of
+    /// earlier versions; new brokers allocate blocks).
     AllocateProducerId {},
+    /// Allocates a block of `count` producer ids: `offset × PRODUCER_ID_BLOCK + k` for `k < count`, where
+    /// `offset` is this record's offset in the controller log.
+    AllocateProducerIds {
+        count: u32,
+    },
     /// A partition's leader reports that its voters are `voters` (matching its assignment).
     SettleReplicas {
         topic: String,
@@ -121,6 +160,110 @@ pub enum Command {
         voters: Vec<u64>,
     },
 }
+
+impl Command {
+    /// Checks a command against the metadata it would apply to: every name a valid (path-safe) topic name,
+    /// every count in range, every replica set as long as the partitions and made of distinct members. A
+    /// command that fails is never applied (the controller log may hold one forwarded by a bad peer: M8 in
+    /// the durability audit).
+    pub fn check(&self, m: &Metadata) -> Result<(), String> {
+        let name_ok = |n: &str| {
+            ferry_protocol::topic::validate_topic_name(n).map_err(|e| format!("{e}: '{n}'"))
+        };
+        let set_ok = |s: &[u64]| {
+            let mut u = s.to_vec();
+            u.sort_unstable();
+            u.dedup();
+            if s.is_empty() || u.len() != s.len() || s.len() > REPLICATION_FACTOR_MAX {
+                return Err(format!(
+                    "replica set {s:?} is empty, repeats a broker or is too large"
+                ));
+            }
+            if !m.members.is_empty() && s.iter().any(|id| !m.members.contains_key(id)) {
+                return Err(format!(
+                    "replica set {s:?} names a broker that is not a member"
+                ));
+            }
+            Ok(())
+        };
+        let addr_ok = |a: &str| {
+            let ok = a.len() <= ADDRESS_LEN_MAX
+                && a.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("'{a}' is not HOST:PORT"))
+            }
+        };
+        match self {
+            Command::CreateTopic {
+                name,
+                partitions,
+                replica_sets,
+                settings,
+            } => {
+                name_ok(name)?;
+                let max = ferry_protocol::limits::TOPIC_PARTITIONS_MAX;
+                if *partitions == 0 || *partitions > max {
+                    return Err(format!(
+                        "a topic needs 1 to {max} partitions, not {partitions}"
+                    ));
+                }
+                if replica_sets.len() != *partitions as usize {
+                    return Err(format!(
+                        "{} replica sets for {partitions} partitions",
+                        replica_sets.len()
+                    ));
+                }
+                replica_sets.iter().try_for_each(|s| set_ok(s))?;
+                settings.validate()
+            }
+            Command::DeleteTopic { name } => name_ok(name),
+            Command::RegisterBroker { id, client_address } => {
+                if *id == 0 {
+                    return Err("broker ids start at 1".into());
+                }
+                addr_ok(client_address)
+            }
+            Command::AddBroker { id, peer_address } => {
+                if *id == 0 {
+                    return Err("broker ids start at 1".into());
+                }
+                addr_ok(peer_address)
+            }
+            Command::RemoveBroker { .. } | Command::ForgetBroker { .. } => Ok(()),
+            Command::MoveReplicas {
+                topic, replicas, ..
+            }
+            | Command::SettleReplicas {
+                topic,
+                voters: replicas,
+                ..
+            } => {
+                name_ok(topic)?;
+                set_ok(replicas)
+            }
+            Command::AllocateProducerId {} => Ok(()),
+            Command::AllocateProducerIds { count } => {
+                if *count == 0 || *count > PRODUCER_ID_BLOCK {
+                    return Err(format!(
+                        "a producer id block holds 1 to {PRODUCER_ID_BLOCK} ids"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Most replicas of one partition.
+pub const REPLICATION_FACTOR_MAX: usize = 7;
+/// Longest broker address in the metadata (bytes).
+pub const ADDRESS_LEN_MAX: usize = 255;
+/// Producer ids one allocation record hands out: id = record offset × this + k (M9 in the audit: one
+/// controller record per thousand `InitProducer` calls, not per call).
+pub const PRODUCER_ID_BLOCK: u32 = 1024;
 
 /// Whether two id lists hold the same ids, order aside.
 pub fn same_set(a: &[u64], b: &[u64]) -> bool {
@@ -205,8 +348,13 @@ impl Metadata {
     }
 
     /// Applies one command. Commands that no longer make sense (creating an existing topic, deleting a
-    /// missing one: a race between two admins) change nothing; the proposer checks the outcome.
+    /// missing one: a race between two admins) change nothing; the proposer checks the outcome. An invalid
+    /// command ([`Command::check`]) changes nothing either.
     pub fn apply(&mut self, cmd: Command) {
+        if let Err(why) = cmd.check(self) {
+            tracing::error!(?cmd, "invalid controller command ignored: {why}");
+            return;
+        }
         match cmd {
             Command::CreateTopic {
                 name,
@@ -269,7 +417,7 @@ impl Metadata {
                     *s = replicas;
                 }
             }
-            Command::AllocateProducerId {} => {}
+            Command::AllocateProducerId {} | Command::AllocateProducerIds { .. } => {}
             Command::SettleReplicas {
                 topic,
                 partition,
@@ -322,8 +470,12 @@ impl MetadataMachine {
         }
     }
 
-    /// Applies every record of a committed batch.
+    /// Applies every record of a committed batch; a batch at or below the last applied index is ignored
+    /// (a restarted controller replica is delivered entries its state machine already applied).
     pub fn apply_batch(&self, index: u64, data: &Bytes) {
+        if index <= self.state.read().applied_index {
+            return;
+        }
         let h = match batch::validate(data) {
             Ok(h) if !h.is_control() => h,
             Ok(_) => return,

@@ -240,7 +240,7 @@ pub(crate) fn convert_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_protocol::batch::{control_batch, stamp, BatchBuilder, STAMP_LEN};
+    use ferry_protocol::batch::{control_batch, stamp, BatchBuilder, BatchHeader, STAMP_LEN};
 
     /// A batch as a broker stores it: built by a client, then stamped with `base_offset`.
     fn stored_batch(base_offset: u64, values: &[&str]) -> Bytes {
@@ -255,7 +255,8 @@ mod tests {
             );
         }
         let batch = builder.finish();
-        let mut stored = stamp(base_offset, 1, 1).to_vec();
+        let h = BatchHeader::parse(&batch).unwrap();
+        let mut stored = stamp(&h, base_offset, 1, 1).unwrap().to_vec();
         stored.extend_from_slice(&batch[STAMP_LEN..]);
         Bytes::from(stored)
     }

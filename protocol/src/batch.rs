@@ -4,7 +4,8 @@
 //! ```text
 //! offset size field              CRC  set by
 //!      0    8 base_offset u64     no   broker (offset of the first record)
-//!      8    8 raft_term u64       no   broker (Raft term of the entry)
+//!      8    4 raft_term u32       no   broker (Raft term of the entry)
+//!     12    4 stamp_crc u32       no   broker (checksum of bytes 0..12 and 16..32, see crate::stamp)
 //!     16    8 raft_index u64      no   broker (Raft index of the entry)
 //!     24    4 batch_len u32       no   client (whole batch, header included)
 //!     28    4 crc u32             -    client (crc32 of bytes 32..batch_len)
@@ -20,8 +21,10 @@
 //!     70      records             yes
 //! ```
 //!
-//! The broker stamps `base_offset`, `raft_term` and `raft_index` when it appends, which the CRC does not cover
-//! (as Kafka's base offset), so appending never re-encodes and the client's CRC is checked end to end.
+//! The broker stamps `base_offset`, `raft_term` and `raft_index` when it appends, which the batch CRC does not
+//! cover (as Kafka's base offset), so appending never re-encodes and the client's CRC is checked end to end.
+//! The stamp has a checksum of its own ([`crate::stamp`]), over the stamp, `batch_len` and the CRC: a stored
+//! batch is covered whole.
 //!
 //! Each record:
 //! ```text
@@ -42,8 +45,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Size of the fixed batch header (bytes).
 pub const HEADER_LEN: usize = 70;
-/// Bytes at the start of the header that the broker stamps and the CRC does not cover.
-pub const STAMP_LEN: usize = 24;
+pub use crate::stamp::STAMP_LEN;
 /// Start of the CRC-covered region.
 const CRC_START: usize = 32;
 /// The batch format version this code reads and writes.
@@ -100,6 +102,10 @@ pub enum BatchError {
     Empty,
     #[error("control batch claims {0} records; control batches hold none")]
     ControlWithRecords(u32),
+    #[error("broker stamp checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    StampMismatch { stored: u32, computed: u32 },
+    #[error("raft term {0} does not fit the stamp's 32 bits")]
+    TermOverflow(u64),
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -117,6 +123,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub struct BatchHeader {
     pub base_offset: u64,
     pub raft_term: u64,
+    /// Checksum of the broker stamp ([`crate::stamp`]); 0 in a batch a client sent.
+    pub stamp_crc: u32,
     pub raft_index: u64,
     pub batch_len: u32,
     pub crc: u32,
@@ -138,7 +146,8 @@ impl BatchHeader {
         }
         Ok(BatchHeader {
             base_offset: u64_at(b, 0),
-            raft_term: u64_at(b, 8),
+            raft_term: u64::from(u32_at(b, 8)),
+            stamp_crc: u32_at(b, 12),
             raft_index: u64_at(b, 16),
             batch_len: u32_at(b, 24),
             crc: u32_at(b, 28),
@@ -205,6 +214,12 @@ pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::OffsetOverflow(h.base_offset));
     }
     Ok(h)
+}
+
+/// [`validate`] for a batch read back from storage: the broker stamp's checksum too.
+pub fn validate_stored(b: &[u8]) -> Result<BatchHeader, BatchError> {
+    crate::stamp::check(b)?;
+    validate(b)
 }
 
 /// Full check of a client batch before a broker accepts it: [`validate`], no control bit, no compression this
@@ -275,13 +290,15 @@ fn decompress(b: &[u8], h: &BatchHeader) -> Result<Vec<u8>, BatchError> {
     Ok(out)
 }
 
-/// The 24 stamped bytes a broker writes in front of a client batch's remaining bytes (`batch[STAMP_LEN..]`).
-pub fn stamp(base_offset: u64, raft_term: u64, raft_index: u64) -> [u8; STAMP_LEN] {
-    let mut s = [0u8; STAMP_LEN];
-    s[0..8].copy_from_slice(&base_offset.to_le_bytes());
-    s[8..16].copy_from_slice(&raft_term.to_le_bytes());
-    s[16..24].copy_from_slice(&raft_index.to_le_bytes());
-    s
+/// The stamp a broker writes in front of batch `h`'s remaining bytes (`batch[STAMP_LEN..]`): see
+/// [`crate::stamp::stamp`].
+pub fn stamp(
+    h: &BatchHeader,
+    base_offset: u64,
+    raft_term: u64,
+    raft_index: u64,
+) -> Result<[u8; STAMP_LEN], BatchError> {
+    crate::stamp::stamp(base_offset, raft_term, raft_index, h.batch_len, h.crc)
 }
 
 /// One header.
@@ -837,10 +854,10 @@ mod tests {
             let h = validate_records(&batch).unwrap();
             prop_assert_eq!(h.record_count as usize, recs.len());
             // The broker's stamp does not disturb the CRC.
-            let mut stored = stamp(base_offset, 7, 9).to_vec();
+            let mut stored = stamp(&h, base_offset, 7, 9).unwrap().to_vec();
             stored.extend_from_slice(&batch[STAMP_LEN..]);
             let stored = Bytes::from(stored);
-            let h = validate(&stored).unwrap();
+            let h = validate_stored(&stored).unwrap();
             prop_assert_eq!((h.base_offset, h.raft_term, h.raft_index), (base_offset, 7, 9));
             let got: Vec<Record> = Records::new(stored.clone(), h).map(Result::unwrap).collect();
             prop_assert_eq!(got.len(), recs.len());
@@ -855,6 +872,18 @@ mod tests {
                     prop_assert_eq!(&a.value[..], &hv[..]);
                 }
             }
+        }
+
+        #[test]
+        fn any_flipped_byte_of_a_stored_batch_is_caught(pos in 0..200usize, bit in 0u8..8) {
+            let batch = build(1000, &[(1000, Some(b"k".to_vec()), vec![7u8; 150], vec![])]);
+            let h = BatchHeader::parse(&batch).unwrap();
+            let mut stored = stamp(&h, 40, 2, 17).unwrap().to_vec();
+            stored.extend_from_slice(&batch[STAMP_LEN..]);
+            validate_stored(&stored).unwrap();
+            let pos = pos % stored.len();
+            stored[pos] ^= 1 << bit;
+            prop_assert!(validate_stored(&stored).is_err(), "flip at {} passed", pos);
         }
 
         #[test]
@@ -903,9 +932,14 @@ mod tests {
                 (1, None, b"b".to_vec(), vec![]),
             ],
         );
-        let mut stored = stamp(u64::MAX, 1, 1).to_vec();
+        let h = BatchHeader::parse(&batch).unwrap();
+        let mut stored = stamp(&h, u64::MAX, 1, 1).unwrap().to_vec();
         stored.extend_from_slice(&batch[STAMP_LEN..]);
         assert_eq!(validate(&stored), Err(BatchError::OffsetOverflow(u64::MAX)));
+        assert_eq!(
+            validate_stored(&stored),
+            Err(BatchError::OffsetOverflow(u64::MAX))
+        );
         let h = BatchHeader::parse(&stored).unwrap();
         let _ = h.next_offset();
         let _: Vec<_> = Records::new(Bytes::from(stored), h).collect();

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`batch`]: the packed record batch, Ferry's one data format on the wire and on disk (docs/design.md).
+//! - [`stamp`]: the broker's stamp in a stored batch (offset, Raft term and index) and its checksum.
 //! - [`partitioner`]: the stable key hash that maps a key to a partition (murmur2, as Kafka).
 //! - [`topic`]: topic name rules shared by every component.
 //! - [`v1`]: the generated `ferry.v1` gRPC messages and services.
@@ -10,6 +11,7 @@
 pub mod batch;
 pub mod limits;
 pub mod partitioner;
+pub mod stamp;
 pub mod topic;
 
 /// Generated code of the `ferry.v1` gRPC package.

@@ -367,9 +367,10 @@ async fn corruption_on_disk_reaches_the_client_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Ferryd::start(dir.path(), &[]);
     let client = Client::connect(vec![broker.addr.clone()]).await.unwrap();
-    // Small segments, so the first one is sealed and read back (and checked) on restart.
+    // Small segments (the smallest a topic may have), so the first one is sealed and read back (and
+    // checked) on restart.
     let config = TopicConfig {
-        segment_bytes: 4096,
+        segment_bytes: 65_536,
         ..TopicConfig::default()
     };
     client
@@ -378,7 +379,7 @@ async fn corruption_on_disk_reaches_the_client_as_an_error() {
         .unwrap();
     let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
     for i in 0..40 {
-        let value = format!("{i}-{}", "x".repeat(200));
+        let value = format!("{i}-{}", "x".repeat(2_000));
         send_all(&producer, [ProducerRecord::new("t", value)]).await;
     }
     producer.close().await;

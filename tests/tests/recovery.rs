@@ -110,12 +110,12 @@ async fn kill9_mid_publish_loses_nothing_acknowledged() {
 async fn torn_tails_are_truncated_and_corruption_is_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Ferryd::start(dir.path(), &[]);
-    // Small segments so partition 0 has older, sealed segments.
-    create(&broker, "tails", 2, 4096).await;
+    // Small segments (the smallest allowed) so partition 0 has older, sealed segments.
+    create(&broker, "tails", 2, 65_536).await;
     let mut client = broker.client().await;
     for i in 0..60 {
         let values: Vec<String> = (0..5)
-            .map(|j| format!("v{i}-{j}-{}", "x".repeat(40)))
+            .map(|j| format!("v{i}-{j}-{}", "x".repeat(1_000)))
             .collect();
         for p in 0..2 {
             let req = v1::PublishRequest {
@@ -148,28 +148,22 @@ async fn torn_tails_are_truncated_and_corruption_is_never_served() {
         before
     );
 
-    // Bytes cut from the tail: the last batch is torn away, the rest is served, appends go on.
+    // Half a batch after the tail, as a write torn by a crash before its fsync: cut, the rest is served,
+    // appends go on.
     broker.kill9();
     let active = segment_files(dir.path(), "tails", 1).pop().unwrap();
-    let len = std::fs::metadata(&active).unwrap().len();
-    // The restart above appended the new leader's empty entry (a 71-byte control batch): cut through it
-    // into the last data batch.
+    let half = batch_of(&["torn".repeat(100)]);
     std::fs::OpenOptions::new()
-        .write(true)
+        .append(true)
         .open(&active)
         .unwrap()
-        .set_len(len - 71 - 7)
+        .write_all(&half[..half.len() / 2])
         .unwrap();
     broker.restart();
     broker.wait_ready();
     let mut client = broker.client().await;
     let after = read_partition(&mut client, "tails", 1).await.unwrap();
-    assert!(
-        after.len() >= 295 && after.len() < 300,
-        "only the torn batch goes: {}",
-        after.len()
-    );
-    assert!(after.iter().all(|(o, v)| before.get(o) == Some(v)));
+    assert_eq!(after, before, "only the torn write goes");
     let req = v1::PublishRequest {
         topic: "tails".into(),
         partition: Some(1),
@@ -211,4 +205,38 @@ async fn torn_tails_are_truncated_and_corruption_is_never_served() {
         .into_inner();
     assert!(info.partition_info[0].error.contains(file_name));
     assert!(read_partition(&mut client, "tails", 1).await.is_ok());
+
+    // Bytes cut from fsynced (acknowledged) data of partition 1: never taken for a torn tail. Its only
+    // replica lost acknowledged data, so it is not served as if intact: it waits to repair from a peer
+    // (there is none), says so, and never reuses the lost offsets.
+    broker.kill9();
+    let active = segment_files(dir.path(), "tails", 1).pop().unwrap();
+    let len = std::fs::metadata(&active).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(len - 71 - 7)
+        .unwrap();
+    broker.restart();
+    let mut admin = broker.admin().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let info = admin
+            .describe_topic(v1::DescribeTopicRequest {
+                name: "tails".into(),
+                local_only: false,
+            })
+            .await;
+        if info.is_ok_and(|i| i.into_inner().partition_info[1].error.contains("repairing")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition 1 reports that it repairs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut client = broker.client().await;
+    assert!(read_partition(&mut client, "tails", 1).await.is_err());
 }

@@ -18,6 +18,8 @@ use crate::replica::Replica;
 pub const GROUP_NAME_LEN_MAX: usize = 249;
 /// How often a member should heartbeat (ms).
 pub const HEARTBEAT_INTERVAL_MS: u32 = 500;
+/// Longest a coordinator request waits for the coordinator's lease to be confirmed.
+const COORDINATOR_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The groups of one `__consumer_offsets` partition led here, as of the Raft term they were loaded in.
 #[derive(Debug, Default)]
@@ -57,9 +59,10 @@ impl Broker {
         if self.metadata.state.read().topics.contains_key(GROUP_TOPIC) {
             return Ok(());
         }
-        // Committed offsets are kept until their group is deleted: never by age.
+        // Committed offsets are kept until their group is deleted: never by age, whatever the broker's
+        // default retention (C1 in the durability audit: this once read as "older than -1 ms").
         let settings = TopicSettings {
-            retention_ms: u64::MAX,
+            retention_ms: TopicSettings::FOREVER,
             ..TopicSettings::default()
         };
         match self
@@ -78,12 +81,14 @@ impl Broker {
         self.ensure_group_topic().await?;
         let p = group_partition(group);
         if let Ok(r) = self.partition(GROUP_TOPIC, p) {
-            if r.serving_term().is_some() {
-                return Ok((p, r));
-            }
-            return Err(
-                self.replica_error(crate::replica::ReplicaError::NotLeader { leader: r.leader() })
-            );
+            // Answers come from state in memory: only a leader under its lease may give them (a partitioned
+            // old coordinator must not hand out partitions its successor also hands out: M3).
+            return match r.ready_to_read(COORDINATOR_LEASE_WAIT).await {
+                Ok(()) => Ok((p, r)),
+                Err(e @ crate::replica::ReplicaError::NoLease) => Err(self.replica_error(e)),
+                Err(_) => Err(self
+                    .replica_error(crate::replica::ReplicaError::NotLeader { leader: r.leader() })),
+            };
         }
         let t = self.topic(GROUP_TOPIC)?;
         let mut info = crate::server::topic_info(self, &t);
@@ -164,6 +169,14 @@ impl Broker {
     /// Appends a group record through Raft (committed on a quorum).
     async fn persist(&self, replica: &Replica, r: &GroupRecord) -> Result<(), BrokerError> {
         let b = crate::metadata::json_record_batch(Some(r.group().as_bytes()), r);
+        let max = self.config.batch_bytes_max as usize;
+        if b.len() > max {
+            return Err(BrokerError::Invalid(format!(
+                "group '{}' would need a {}-byte record, past the {max}-byte batch limit: refused",
+                r.group(),
+                b.len()
+            )));
+        }
         let h = batch::validate_records(&b).map_err(|e| BrokerError::Invalid(e.to_string()))?;
         replica
             .publish(b, h, Durability::Quorum)

@@ -7,15 +7,79 @@ use tokio_util::sync::CancellationToken;
 use super::{Broker, LEADER_TRANSFER_WAIT};
 use crate::metadata::Command;
 
+/// How often metadata is reconciled even when the controller's high watermark did not move (a restarted
+/// controller replica has a new watermark to follow).
+const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts and stops local partitions whenever the controller applies new metadata.
 pub(super) async fn follow_metadata(
     broker: std::sync::Weak<Broker>,
     mut hw: tokio::sync::watch::Receiver<u64>,
 ) {
-    while hw.changed().await.is_ok() {
+    loop {
+        let changed = tokio::time::timeout(RECONCILE_INTERVAL, hw.changed()).await;
         let Some(b) = broker.upgrade() else { return };
+        if b.cancel.is_cancelled() {
+            return;
+        }
+        if !matches!(changed, Ok(Ok(()))) {
+            // Timed out, or the controller replica was replaced: watch the current one.
+            hw = b.controller().watch_high_watermark();
+        }
         if let Err(e) = b.reconcile().await {
             tracing::error!("applying metadata failed: {e}");
+        }
+    }
+}
+
+/// How often supervision looks for replicas whose task ended.
+const SUPERVISE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// First and longest pause before a replica that ended is restarted again.
+const RESTART_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// A replica that ran this long since its last restart starts over at the shortest backoff.
+const RESTART_BACKOFF_RESET: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Supervision: a replica whose task ended while it was meant to run (a panic, a fatal I/O error, a full
+/// disk) is restarted from its files with a growing backoff, logged and counted
+/// (`ferry_replica_restarts_total`); one fenced for damaged data is left to the scrub, which repairs it.
+pub(super) async fn supervise(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
+    use std::time::Instant;
+    let mut last: std::collections::HashMap<(String, u32), (std::time::Duration, Instant)> =
+        Default::default();
+    let mut due = |key: &(String, u32)| {
+        let now = Instant::now();
+        let (delay, at) = last
+            .entry(key.clone())
+            .or_insert((std::time::Duration::ZERO, now - RESTART_BACKOFF_RESET));
+        if now.duration_since(*at) >= RESTART_BACKOFF_RESET {
+            *delay = std::time::Duration::ZERO;
+        }
+        if now.duration_since(*at) < *delay {
+            return false;
+        }
+        *delay = (*delay * 2).clamp(RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX);
+        *at = now;
+        true
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SUPERVISE_INTERVAL) => {}
+        }
+        let Some(b) = broker.upgrade() else { return };
+        for ((topic, p), damaged) in b.ended_replicas() {
+            if damaged || !due(&(topic.clone(), p)) {
+                continue;
+            }
+            tracing::warn!(%topic, partition = p, "replica task ended; restarting it");
+            let _ = b.restart_partition(&topic, p).await;
+        }
+        if b.controller_ended() == Some(false) && due(&("__cluster".to_owned(), 0)) {
+            tracing::warn!("controller replica task ended; restarting it");
+            if let Err(e) = b.restart_controller(None).await {
+                tracing::error!("restarting the controller replica: {e}");
+            }
         }
     }
 }
@@ -137,7 +201,7 @@ pub(super) async fn membership(broker: std::sync::Weak<Broker>, cancel: Cancella
                 }
             }
         }
-        let ctl = &b.controller;
+        let ctl = b.controller();
         if ctl.leader() != me || !ctl.is_serving() {
             continue;
         }
@@ -205,12 +269,13 @@ pub(super) async fn scrub(broker: std::sync::Weak<Broker>, cancel: CancellationT
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
         let Some(b) = broker.upgrade() else { return };
-        let due: Vec<((String, u32), crate::replica::Replica)> = b
-            .local_partitions()
+        // Every local replica, the controller's included (under the name "__cluster", partition 0).
+        let mut replicas = b.local_partitions();
+        replicas.push((("__cluster".to_owned(), 0), b.controller()));
+        let due: Vec<((String, u32), crate::replica::Replica)> = replicas
             .into_iter()
             .filter(|(k, r)| {
-                let fenced = r.failure().is_some_and(|why| why.contains("corrupt"));
-                fenced
+                r.is_damaged()
                     || done.get(k).is_none_or(|(group, at)| {
                         *group != r.group() || at.elapsed() > SCRUB_INTERVAL
                     })
@@ -219,30 +284,55 @@ pub(super) async fn scrub(broker: std::sync::Weak<Broker>, cancel: CancellationT
         drop(b);
         for ((topic, p), r) in due {
             let storage = r.shared.storage.clone();
-            let mut next = storage.read().log.first_raft_index();
+            let mut at = storage.read().scrub_start();
             let damage = loop {
                 if cancel.is_cancelled() {
                     return;
                 }
                 let s = storage.clone();
                 let step =
-                    tokio::task::spawn_blocking(move || s.read().verify(next, SCRUB_STEP_BYTES))
+                    tokio::task::spawn_blocking(move || s.read().verify(at, SCRUB_STEP_BYTES))
                         .await;
                 match step {
-                    Ok(Ok(n)) if n > storage.read().log.last_raft_index() => break None,
-                    Ok(Ok(n)) => next = n,
+                    Ok(Ok(n)) if n.next_raft_index > storage.read().log.last_raft_index() => {
+                        break None
+                    }
+                    Ok(Ok(n)) => at = n,
                     Ok(Err(e)) => break Some(e),
                     Err(_) => break None,
                 }
                 tokio::time::sleep(SCRUB_PAUSE).await;
             };
+            let next = at.next_raft_index;
             done.insert((topic.clone(), p), (r.group(), std::time::Instant::now()));
-            if let Some(e) = damage {
-                tracing::error!(%topic, partition = p, from = next, "scrub found damage: {e}");
-                let Some(b) = broker.upgrade() else { return };
-                if let Err(e) = b.repair_partition(&topic, p, next).await {
-                    tracing::error!(%topic, partition = p, "repair failed: {e}");
+            let controller = topic == "__cluster";
+            let Some(b) = broker.upgrade() else { return };
+            match damage {
+                Some(e) => {
+                    tracing::error!(%topic, partition = p, from = next, "scrub found damage: {e}");
+                    let repaired = if controller {
+                        b.restart_controller(Some(next)).await
+                    } else {
+                        b.repair_partition(&topic, p, next).await
+                    };
+                    if let Err(e) = repaired {
+                        tracing::error!(%topic, partition = p, "repair failed: {e}");
+                    }
                 }
+                // Fenced for damage a read found, but the log checks out whole now (the damage was in an
+                // index, or the read failed for a passing reason): start it again.
+                None if r.is_damaged() => {
+                    tracing::warn!(%topic, partition = p, "fenced replica's log checks out; restarting it");
+                    let restarted = if controller {
+                        b.restart_controller(None).await
+                    } else {
+                        b.restart_partition(&topic, p).await
+                    };
+                    if let Err(e) = restarted {
+                        tracing::error!(%topic, partition = p, "restart failed: {e}");
+                    }
+                }
+                None => {}
             }
         }
     }

@@ -17,8 +17,7 @@ use raft::{GetEntriesContext, RaftState as RaftInitial, StorageError as RaftStor
 
 use super::producers::{ProducerTable, REBUILD_SEGMENTS};
 use super::state::RaftState;
-use crate::storage::log::Recovery;
-use crate::storage::{Append, Disk, DiskFile, LogConfig, PartitionLog, StorageError};
+use crate::storage::{Append, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError};
 
 /// Bytes of recent entries kept in the tail cache.
 const TAIL_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -31,6 +30,16 @@ pub struct Placed {
     pub raft_index: u64,
     pub base_offset: u64,
     pub record_count: u32,
+}
+
+/// How far a scrub got: the next Raft index to check and what it must continue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubCursor {
+    pub next_raft_index: u64,
+    /// Offset the next batch must start at (unknown: not checked).
+    pub next_offset: Option<u64>,
+    /// Term of the last batch checked (the next may not be older).
+    pub term: u64,
 }
 
 /// What [`Core::append_entries`] wrote: the file to fsync (if anything was written) and where entries landed.
@@ -49,6 +58,10 @@ pub struct Core {
     tail_bytes: usize,
     /// Last Raft index known fsynced: a commit index written to the state file never passes it.
     durable_last: u64,
+    /// Last Raft index whose entry (and every one before it) has been applied: a commit index written to the
+    /// state file never passes it either, so a restart (`Config.applied` = the persisted commit) never skips
+    /// applying a configuration change (M1 in the durability audit).
+    applied: u64,
     /// Idempotent producers' recent batches, as the log holds them.
     pub producers: ProducerTable,
     /// While repairing a damaged log: the last Raft index it held (see [`super::repair`]).
@@ -77,9 +90,9 @@ impl ReplicaStorage {
         config: LogConfig,
         initial_voters: &[u64],
     ) -> Result<(Self, Recovery), StorageError> {
-        disk.create_dir_all(dir)
+        crate::storage::disk::create_dir_durable(disk.as_ref(), dir)
             .map_err(|e| StorageError::io(dir, e))?;
-        let state = match RaftState::read(disk.as_ref(), dir)? {
+        let mut state = match RaftState::read(disk.as_ref(), dir)? {
             Some(s) => s,
             None => {
                 let mut s = RaftState::default();
@@ -88,14 +101,28 @@ impl ReplicaStorage {
                 s
             }
         };
-        let (log, recovery) = PartitionLog::open(
+        let (mut log, recovery) = PartitionLog::open(
             disk.clone(),
             dir,
             config,
             state.marker_index + 1,
             state.marker_offset,
+            state.hard_state.term,
         )?;
-        let mut log = log;
+        let mut repair_until = super::repair::read(disk.as_ref(), dir)?;
+        if let Some(d) = &recovery.damage {
+            // Fsynced data is damaged: this replica may have acknowledged what is lost. Record how far its
+            // log reached before cutting anything, so it never votes with the shorter log (FAST'18).
+            let until = d
+                .evidence_raft_index
+                .max(state.hard_state.commit)
+                .max(repair_until.unwrap_or(0));
+            super::repair::mark(disk.as_ref(), dir, until)?;
+            repair_until = Some(until);
+            log.finish_cut()?;
+            tracing::error!(dir = %dir.display(), from = d.at.raft_index, until,
+                "damaged log cut at open; repairing from peers (no votes until then)");
+        }
         if log.first_raft_index() < state.marker_index + 1 {
             // The marker is written before segments are deleted or the log is reset: finish that work.
             log.align_start(state.marker_index + 1, state.marker_offset)?;
@@ -111,22 +138,41 @@ impl ReplicaStorage {
                 ),
             });
         }
-        if state.hard_state.commit > log.last_raft_index() {
+        let last = log.last_raft_index();
+        if state.hard_state.commit > last {
             // Committed entries are fsynced before they commit: missing ones mean lost or damaged data.
-            return Err(StorageError::Corrupt {
-                path: dir.to_owned(),
-                position: 0,
-                why: format!(
-                    "raft commit index {} is past the last stored entry {}: committed data is missing",
-                    state.hard_state.commit,
-                    log.last_raft_index()
-                ),
-            });
+            // Repair them from peers rather than refuse to start; never vote without them.
+            let until = state.hard_state.commit.max(repair_until.unwrap_or(0));
+            if repair_until.is_none() {
+                tracing::error!(dir = %dir.display(), commit = state.hard_state.commit, last,
+                    "committed entries are missing from the log; repairing from peers");
+            }
+            super::repair::mark(disk.as_ref(), dir, until)?;
+            repair_until = Some(until);
+            state.hard_state.commit = last;
+            state.write(disk.as_ref(), dir)?;
         }
-        // What recovery found on disk is what is durable.
-        let durable_last = log.last_raft_index();
-        let producers = ProducerTable::rebuild(&log.recent_headers(REBUILD_SEGMENTS)?);
-        let repair_until = super::repair::read(disk.as_ref(), dir)?;
+        // The producer table comes from the recent batch headers; damage there (in a segment trusted at open)
+        // is cut for repair like damage found by recovery.
+        let (headers, bad) = log.recent_headers(REBUILD_SEGMENTS);
+        if let Some((from, e)) = bad {
+            let until = last
+                .max(state.hard_state.commit)
+                .max(repair_until.unwrap_or(0));
+            tracing::error!(dir = %dir.display(), from, until, "damaged batch header at open: {e}; repairing from peers");
+            super::repair::mark(disk.as_ref(), dir, until)?;
+            repair_until = Some(until);
+            log.truncate_from_raft_index(from)?;
+            if state.hard_state.commit > log.last_raft_index() {
+                state.hard_state.commit = log.last_raft_index();
+                state.write(disk.as_ref(), dir)?;
+            }
+        }
+        let producers = ProducerTable::rebuild(&headers);
+        let last = log.last_raft_index();
+        // What recovery kept is fsynced by now (`PartitionLog::open`): it is what is durable.
+        let durable_last = last;
+        let applied = state.hard_state.commit;
         let core = Core {
             producers,
             repair_until,
@@ -138,6 +184,7 @@ impl ReplicaStorage {
             tail: VecDeque::new(),
             tail_bytes: 0,
             durable_last,
+            applied,
         };
         Ok((
             ReplicaStorage {
@@ -209,17 +256,21 @@ impl Core {
             return Ok((None, Vec::new()));
         };
         if first.index <= self.log.last_raft_index() {
+            // Not against `hard_state.commit`: it already holds this Ready's commit, which may cover the very
+            // entries that replace a conflicting tail. What was applied was committed before this Ready.
             assert!(
-                first.index > self.hard_state.commit,
-                "raft never replaces committed entries"
+                first.index > self.applied,
+                "raft never replaces committed (here: applied) entries"
             );
             self.log.truncate_from_raft_index(first.index)?;
+            // What replaced entries were fsynced as no longer is (L5 in the durability audit).
+            self.durable_last = self.durable_last.min(first.index - 1);
             while self.tail.back().is_some_and(|e| e.index >= first.index) {
                 let e = self.tail.pop_back().expect("checked");
                 self.tail_bytes -= e.data.len();
             }
             // The replaced batches no longer count as written.
-            self.producers = ProducerTable::rebuild(&self.log.recent_headers(REBUILD_SEGMENTS)?);
+            self.producers = self.rebuilt_producers()?;
         }
         let mut next_offset = self.log.next_offset();
         let mut appends = Vec::with_capacity(entries.len());
@@ -239,7 +290,7 @@ impl Core {
                 let h = BatchHeader::parse(&c).expect("control batch has a header");
                 (c, h)
             };
-            appends.push(Append::new(&stored, &h, next_offset, e.term, e.index));
+            appends.push(Append::new(&stored, &h, next_offset, e.term, e.index)?);
             self.producers.record(&h, next_offset, e.index);
             placed.push(Placed {
                 raft_index: e.index,
@@ -282,18 +333,42 @@ impl Core {
         Ok(())
     }
 
-    /// Records that the log is fsynced up to Raft index `upto`.
-    pub fn mark_durable(&mut self, upto: u64) {
+    /// Records that the log is fsynced up to Raft index `upto` (everything written so far): the durable
+    /// watermark moves first, so recovery never cuts what may be acknowledged from here on.
+    pub fn mark_durable(&mut self, upto: u64) -> Result<(), StorageError> {
+        self.log.mark_durable()?;
         self.durable_last = self.durable_last.max(upto).min(self.log.last_raft_index());
+        Ok(())
+    }
+
+    /// Records, best effort, that an fsync of this log failed (recovery then trusts nothing unsynced).
+    pub fn note_fsync_failed(&mut self) {
+        self.log.note_fsync_failed();
+    }
+
+    /// The producer table as the log's recent headers say (after a truncation).
+    fn rebuilt_producers(&self) -> Result<ProducerTable, StorageError> {
+        match self.log.recent_headers(REBUILD_SEGMENTS) {
+            (headers, None) => Ok(ProducerTable::rebuild(&headers)),
+            (_, Some((_, e))) => Err(e),
+        }
+    }
+
+    /// Records that every entry up to `index` has been applied.
+    pub fn set_applied(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
     }
 
     /// The hard state to write: Raft's, with the commit index clamped to the durable log (Raft re-learns a
-    /// higher commit; a state file claiming more than the log holds would refuse to start).
+    /// higher commit; a state file claiming more than the log holds would refuse to start) and to what has
+    /// been applied (a restart starts applying after the persisted commit).
     fn durable_hard_state(&self) -> HardState {
         let mut hs = self.hard_state.clone();
-        hs.commit = hs
-            .commit
-            .min(self.durable_last.max(self.state.marker_index));
+        hs.commit = hs.commit.min(
+            self.durable_last
+                .min(self.applied)
+                .max(self.state.marker_index),
+        );
         hs
     }
 
@@ -302,8 +377,10 @@ impl Core {
         self.hard_state.commit = commit;
     }
 
-    /// Persists a new configuration (applied conf change), with the current hard state.
-    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StorageError> {
+    /// Persists a new configuration, applied from the entry at Raft index `index` (every entry before it
+    /// was applied first), with the current hard state.
+    pub fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<(), StorageError> {
+        self.set_applied(index);
         self.state.conf_state = cs;
         self.state.hard_state = self.durable_hard_state();
         self.state.write(self.disk.as_ref(), &self.dir)
@@ -345,10 +422,15 @@ impl Core {
     /// the offset its data names (8 bytes, little-endian).
     pub fn install_snapshot(&mut self, s: &Snapshot) -> Result<(), StorageError> {
         let m = s.get_metadata();
-        let offset = s
-            .data
-            .get(..8)
-            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let offset = match s.data.get(..) {
+            Some(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            _ => {
+                return Err(StorageError::Failed(format!(
+                    "a snapshot's data must be the 8-byte offset its log starts at, not {} bytes",
+                    s.data.len()
+                )))
+            }
+        };
         self.state.marker_index = m.index;
         self.state.marker_term = m.term;
         self.state.marker_offset = offset;
@@ -360,6 +442,7 @@ impl Core {
         self.state.write(self.disk.as_ref(), &self.dir)?;
         self.log.reset(m.index + 1, offset)?;
         self.durable_last = m.index;
+        self.applied = self.applied.max(m.index);
         self.producers = ProducerTable::default();
         self.tail.clear();
         self.tail_bytes = 0;
@@ -406,26 +489,66 @@ impl Core {
         self.state.hard_state.commit = self.state.hard_state.commit.min(last);
         self.state.write(self.disk.as_ref(), &self.dir)?;
         self.durable_last = last;
-        self.producers = ProducerTable::rebuild(&self.log.recent_headers(REBUILD_SEGMENTS)?);
+        self.producers = self.rebuilt_producers()?;
         Ok(until)
     }
 
-    /// CRC-checks batches from Raft index `from`, up to about `max_bytes`; answers the next index to check
-    /// (past the end: done), or the damage found.
-    pub fn verify(&self, from: u64, max_bytes: u64) -> Result<u64, StorageError> {
-        if from > self.log.last_raft_index() {
-            return Ok(from);
+    /// Checks batches from `at`, up to about `max_bytes` (the scrub): each whole (stamp and CRC), Raft
+    /// indexes and offsets continuing each other, terms never going back nor past the replica's term.
+    /// Answers where to go on (past the end: done), or the damage found.
+    pub fn verify(&self, at: ScrubCursor, max_bytes: u64) -> Result<ScrubCursor, StorageError> {
+        if at.next_raft_index > self.log.last_raft_index() {
+            return Ok(at);
         }
-        let batches = self.log.batches_by_raft_index(from, u64::MAX, max_bytes)?;
-        Ok(batches.last().map_or(from + 1, |(h, _)| h.raft_index + 1))
+        let batches = self
+            .log
+            .batches_by_raft_index(at.next_raft_index, u64::MAX, max_bytes)?;
+        let mut cur = at;
+        for (h, _) in &batches {
+            let bad = |why: String| StorageError::Corrupt {
+                path: self.dir.clone(),
+                position: h.raft_index,
+                why: format!("raft index {}: {why}", h.raft_index),
+            };
+            if cur.next_offset.is_some_and(|o| o != h.base_offset) {
+                return Err(bad(format!(
+                    "offset {} where {:?} belongs",
+                    h.base_offset, cur.next_offset
+                )));
+            }
+            if h.raft_term < cur.term || h.raft_term > self.hard_state.term {
+                return Err(bad(format!(
+                    "term {} after term {} (the replica is at term {})",
+                    h.raft_term, cur.term, self.hard_state.term
+                )));
+            }
+            cur = ScrubCursor {
+                next_raft_index: h.raft_index + 1,
+                next_offset: Some(h.next_offset()),
+                term: h.raft_term,
+            };
+        }
+        if batches.is_empty() {
+            cur.next_raft_index += 1;
+        }
+        Ok(cur)
+    }
+
+    /// Where a scrub of this log starts.
+    pub fn scrub_start(&self) -> ScrubCursor {
+        ScrubCursor {
+            next_raft_index: self.log.first_raft_index(),
+            next_offset: Some(self.log.start_offset()),
+            term: self.state.marker_term,
+        }
     }
 
     /// Clean shutdown: the log's clean checkpoint and the latest commit index.
     pub fn close(&mut self) -> Result<(), StorageError> {
         self.log.close()?;
-        // Only a commit the log holds durably (everything written is fsynced by now).
-        self.state.hard_state = self.hard_state.clone();
-        self.state.hard_state.commit = self.state.hard_state.commit.min(self.log.last_raft_index());
+        // Everything written is fsynced by now: only what is applied bounds the commit written.
+        self.durable_last = self.log.last_raft_index();
+        self.state.hard_state = self.durable_hard_state();
         self.state.write(self.disk.as_ref(), &self.dir)
     }
 

@@ -21,6 +21,14 @@ pub const SESSION_TIMEOUT_MS_MIN: u64 = 1_000;
 pub const SESSION_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Members per group.
 pub const MEMBERS_PER_GROUP_MAX: usize = 1_000;
+/// Longest member id a heartbeat may carry (bytes): the coordinator's own ids are about 40.
+pub const MEMBER_ID_LEN_MAX: usize = 255;
+/// Longest static-membership instance id (bytes; Kafka's `group.instance.id` has the same bound).
+pub const INSTANCE_ID_LEN_MAX: usize = 249;
+/// Topics one member may subscribe to.
+pub const TOPICS_PER_MEMBER_MAX: usize = 1_000;
+/// Partitions one member may report owning in a heartbeat.
+pub const OWNED_PER_MEMBER_MAX: usize = 10_000;
 
 /// Why a group request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +116,47 @@ pub struct Beat {
     pub owned: BTreeSet<Tp>,
     pub leave: bool,
     pub assignor: Assignor,
+}
+
+impl Beat {
+    /// Bounds every identifier and list a client sends before any of it is stored or copied into a
+    /// membership record (H8 in the durability audit).
+    pub fn check(&self) -> Result<(), GroupError> {
+        let too_long = |what: &str, len: usize, max: usize| {
+            GroupError::Invalid(format!("{what} is {len} bytes; the limit is {max}"))
+        };
+        if self.member_id.len() > MEMBER_ID_LEN_MAX {
+            return Err(too_long(
+                "member id",
+                self.member_id.len(),
+                MEMBER_ID_LEN_MAX,
+            ));
+        }
+        if let Some(i) = self
+            .instance_id
+            .as_ref()
+            .filter(|i| i.len() > INSTANCE_ID_LEN_MAX)
+        {
+            return Err(too_long("instance id", i.len(), INSTANCE_ID_LEN_MAX));
+        }
+        if self.topics.len() > TOPICS_PER_MEMBER_MAX {
+            return Err(GroupError::Invalid(format!(
+                "{} topics; a member subscribes to at most {TOPICS_PER_MEMBER_MAX}",
+                self.topics.len()
+            )));
+        }
+        if self.owned.len() > OWNED_PER_MEMBER_MAX {
+            return Err(GroupError::Invalid(format!(
+                "{} owned partitions; a member reports at most {OWNED_PER_MEMBER_MAX}",
+                self.owned.len()
+            )));
+        }
+        for t in self.topics.iter().chain(self.owned.iter().map(|(t, _)| t)) {
+            ferry_protocol::topic::validate_topic_name(t)
+                .map_err(|e| GroupError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// The answer to a heartbeat.
@@ -220,6 +269,7 @@ impl Group {
         now_ms: u64,
         partitions: &BTreeMap<String, u32>,
     ) -> Result<(Answer, bool), GroupError> {
+        beat.check()?;
         let session_ms = match beat.session_ms {
             0 => SESSION_TIMEOUT_MS_DEFAULT,
             s if (SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&s) => s,
@@ -261,9 +311,12 @@ impl Group {
                         )));
                     }
                     self.generation += 1;
+                    // Unpredictable and never reused, even after the group is deleted and its generation
+                    // starts over: a zombie from an earlier membership can never pass as a new member.
+                    let nonce: u64 = rand::random();
                     let id = match &beat.instance_id {
-                        Some(i) => format!("{i}-{}", self.generation),
-                        None => format!("member-{}", self.generation),
+                        Some(i) => format!("{i}-{}-{nonce:016x}", self.generation),
+                        None => format!("member-{}-{nonce:016x}", self.generation),
                     };
                     self.members.insert(
                         id.clone(),
@@ -293,7 +346,9 @@ impl Group {
             let m = self.members.get_mut(&id).expect("member present");
             m.last_seen_ms = now_ms;
             m.session_ms = session_ms;
-            m.owned = beat.owned.clone();
+            // A member releases what it no longer reports, but cannot claim what it was never handed: what
+            // it owns is what the coordinator gave it, as far as it still reports it (M4 in the audit).
+            m.owned.retain(|tp| beat.owned.contains(tp));
             if m.topics != beat.topics && !beat.topics.is_empty() {
                 m.topics = beat.topics.clone();
                 changed = true;
@@ -377,6 +432,12 @@ impl Group {
                 got: generation,
                 current: m.joined,
             });
+        }
+        if generation > self.generation {
+            return Err(GroupError::Invalid(format!(
+                "generation {generation} is past the group's generation {}: commit refused",
+                self.generation
+            )));
         }
         for tp in tps {
             if !m.owned.contains(tp) {

@@ -4,6 +4,12 @@
 //! Layers: [`router`] (group id → local replica inbox) and [`network`] (the outgoing links, a
 //! [`crate::replica::Transport`]). The `Peer` gRPC server that feeds the router is `server::peer`.
 
+/// Test-only network faults (`FERRY_FAULT_FILE`): compiled only with the `fault-injection` feature, which
+/// the tests and `ferry-chaos` enable and release builds of `ferryd` do not (L10 in the durability audit).
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+#[cfg(not(feature = "fault-injection"))]
+#[path = "no_faults.rs"]
 pub mod faults;
 pub mod network;
 pub mod router;

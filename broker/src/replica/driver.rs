@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
@@ -19,6 +18,7 @@ use super::handle::{
     Ack, Control, Durability, Leadership, Membership, Proposal, Reconfigure, Replica, ReplicaError,
     Shared,
 };
+use super::lease::{Lease, HEARTBEAT_CONTEXT, QUIESCE_CONTEXT};
 use super::transport::Transport;
 use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
 
@@ -191,6 +191,8 @@ struct Driver {
     /// Repairing a damaged log up to this Raft index: no voting, no campaigning (see
     /// `consensus::repair`).
     repairing: Option<u64>,
+    /// While leading: which heartbeats a quorum answered (see `lease`).
+    lease: Lease,
 }
 
 /// Quiescence: an idle group stops ticking, so a broker with thousands of idle partitions sends no
@@ -210,10 +212,29 @@ struct Quiet {
     active_tick: u64,
 }
 
-/// Context of the heartbeat that quiesces a group.
-const QUIESCE_CONTEXT: &[u8] = b"ferry-quiesce";
 /// Idle ticks before a leader quiesces its group (a few heartbeats, so followers learned the commit).
 const QUIESCE_IDLE_TICKS: u64 = 10;
+
+/// Whatever way the driver task ends (stopped, fenced, or a panic unwinding through it), readers must learn
+/// that this replica no longer leads or serves: otherwise a dead replica keeps claiming leadership, serves a
+/// frozen log and stays "ready" (M2 in the durability audit). Supervision (`broker::tasks::supervise`)
+/// restarts it.
+struct ExitGuard {
+    shared: Arc<Shared>,
+    /// The driver returned (rather than panicking).
+    ended: bool,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        // Unwinding: the driver panicked. Dropped unfinished but not unwinding: the runtime is going away.
+        if !self.ended && std::thread::panicking() {
+            self.shared
+                .fail("replica task panicked; the replica is fenced until restarted".into());
+        }
+        self.shared.stop();
+    }
+}
 
 /// Starts the replica of group `group` over `storage`. `applied` state machines see every committed data
 /// batch after those already in the log up to the persisted commit (the caller replays those).
@@ -257,21 +278,15 @@ pub fn spawn(
     // leader (first replica) of a brand-new group, which spreads leaders as placement spread replicas. If its
     // peers are not up yet, the normal election timeout takes over.
     let fresh = node.raft.term == 0 && node.raft.raft_log.last_index() == 0;
-    if voters == [config.node_id] || (fresh && voters.first() == Some(&config.node_id)) {
+    // A repairing replica never campaigns, even alone: its log lost what it once held (a cluster of one
+    // with nothing to repair from stays down, and says so, rather than serve the shorter log).
+    let repairing = storage.read().repair_until().is_some();
+    if !repairing
+        && (voters == [config.node_id] || (fresh && voters.first() == Some(&config.node_id)))
+    {
         let _ = node.campaign();
     }
-    let (hw_tx, _) = watch::channel(hw);
-    let shared = Arc::new(Shared {
-        group,
-        name,
-        storage,
-        high_watermark: hw_tx,
-        leadership: watch::channel(Leadership::default()).0,
-        in_sync: Mutex::new(Vec::new()),
-        failed: Mutex::new(None),
-        membership: Mutex::new(Membership::default()),
-        quiesced: Default::default(),
-    });
+    let shared = Arc::new(Shared::new(group, name, storage, hw));
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
@@ -288,6 +303,7 @@ pub fn spawn(
         unsynced: None,
         last_sync: std::time::Instant::now(),
         repairing: shared.storage.read().repair_until(),
+        lease: Lease::new(config.tick_ms, config.election_ticks),
         quiet: Quiet {
             liveness,
             window: Duration::from_millis(config.tick_ms * config.election_ticks as u64),
@@ -297,7 +313,15 @@ pub fn spawn(
         },
     };
     driver.note_membership();
-    let task = tokio::spawn(driver.run(rx, inbox_rx, control_rx, clock, cancel));
+    let exit = ExitGuard {
+        shared: shared.clone(),
+        ended: false,
+    };
+    let task = tokio::spawn(async move {
+        let mut exit = exit;
+        driver.run(rx, inbox_rx, control_rx, clock, cancel).await;
+        exit.ended = true;
+    });
     Ok((
         Replica {
             tx,
@@ -362,6 +386,13 @@ impl Driver {
                     self.wake();
                     self.propose(std::mem::take(&mut batch));
                 }
+                _ = self.shared.renew.notified() => {
+                    // A reader found the lease run out: confirm leadership with a heartbeat round now.
+                    if self.node.raft.state == StateRole::Leader {
+                        self.wake();
+                        self.node.ping();
+                    }
+                }
                 Some(c) = control.recv() => {
                     self.wake();
                     match c {
@@ -384,7 +415,7 @@ impl Driver {
                 // replica from them.
                 let why = format!("corrupt log found while replicating: {damage}");
                 tracing::error!(partition = %self.shared.name, "{why}");
-                self.shared.fail(why.clone());
+                self.shared.fail_damaged(why.clone());
                 self.fail_all(ReplicaError::Failed(why));
                 return;
             }
@@ -494,7 +525,10 @@ impl Driver {
     /// probes that follower again from where its log ends.
     fn note_incoming(&mut self, m: &mut Message) -> bool {
         let t = m.get_msg_type();
-        if t == MessageType::MsgHeartbeat && m.context.as_ref() == QUIESCE_CONTEXT {
+        if t == MessageType::MsgHeartbeatResponse && self.node.raft.state == StateRole::Leader {
+            self.lease.on_answer(m.from, &m.context);
+        }
+        if t == MessageType::MsgHeartbeat && m.context.starts_with(QUIESCE_CONTEXT) {
             self.set_quiesced(true);
         } else if !(t == MessageType::MsgHeartbeatResponse
             && self.node.raft.state == StateRole::Leader)
@@ -504,9 +538,12 @@ impl Driver {
         if self.repairing.is_some()
             && matches!(
                 t,
-                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                MessageType::MsgRequestVote
+                    | MessageType::MsgRequestPreVote
+                    | MessageType::MsgTimeoutNow
             )
         {
+            // No votes, and no leadership handed over either: a handed-over leader campaigns at once.
             return false;
         }
         if t == MessageType::MsgHeartbeat {
@@ -630,8 +667,12 @@ impl Driver {
     fn retain(&mut self) {
         if self.ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
             let applied = self.node.raft.raft_log.applied;
-            if let Err(e) = self.shared.storage.write().apply_retention(applied) {
-                tracing::warn!(partition = %self.shared.name, "retention failed: {e}");
+            // A failed delete or directory fsync is an I/O failure like any other: fatal for the replica,
+            // never retried into a "success" over lost state (fsyncgate; L1 in the durability audit).
+            let retained = self.shared.storage.write().apply_retention(applied);
+            if let Err(e) = retained {
+                self.shared
+                    .fail(format!("retention failed, replica fenced: {e}"));
             }
         }
     }
@@ -790,20 +831,17 @@ impl Driver {
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
             if ss.raft_state != StateRole::Leader {
-                self.fail_all(ReplicaError::NotLeader {
-                    leader: ss.leader_id,
-                });
+                // Proposals not yet known committed: their entries may still commit under the new leader,
+                // so their outcome is unknown, not "not leader" (L3 in the durability audit).
+                self.fail_all(ReplicaError::Dropped(format!(
+                    "leadership moved to broker {} before the publish committed; outcome unknown",
+                    ss.leader_id
+                )));
+                self.lease.reset();
             }
         }
         let mut msgs = rd.take_messages();
-        if std::mem::take(&mut self.quiet.quiescing) {
-            for m in msgs
-                .iter_mut()
-                .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
-            {
-                m.context = Bytes::from_static(QUIESCE_CONTEXT);
-            }
-        }
+        self.stamp_heartbeats(&mut msgs);
         if !rd.entries().is_empty() || !rd.committed_entries().is_empty() {
             self.quiet.active_tick = self.ticks;
         }
@@ -820,35 +858,8 @@ impl Driver {
         let leading = self.node.raft.state == StateRole::Leader;
         let committed = rd.take_committed_entries();
         self.apply_committed(committed)?;
-        let (file, placed) = self
-            .shared
-            .storage
-            .write()
-            .append_entries(rd.entries(), leading)
-            .map_err(|e| {
-                if e.is_disk_full() {
-                    Fatal::DiskFull(e.to_string())
-                } else {
-                    Fatal::Other(e.to_string())
-                }
-            })?;
-        let last_written = rd.entries().last().map(|e| e.index);
-        if let Some(file) = file {
-            match self.fsync {
-                // One fsync for every batch of this Ready; off the async threads.
-                FsyncPolicy::PerBatch => {
-                    sync(file).await?;
-                    if let Some(i) = last_written {
-                        self.shared.storage.write().mark_durable(i);
-                    }
-                }
-                FsyncPolicy::IntervalMs(_) => {
-                    self.unsynced = Some((file, last_written.unwrap_or(0)))
-                }
-            }
-            self.note_persisted(&placed);
-        }
-        // After the entries' fsync: the state file never records a commit past what the log holds durably.
+        // Term and vote before the entries of a new term: no stored batch ever carries a term past the state
+        // file's, which recovery and the scrub check. The commit written is clamped to what is durable.
         if let Some(hs) = rd.hs() {
             self.shared
                 .storage
@@ -856,13 +867,16 @@ impl Driver {
                 .set_hard_state(hs)
                 .map_err(|e| e.to_string())?;
         }
+        self.persist_entries(rd.entries(), leading).await?;
         self.transport
             .send(self.group, rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.shared.storage.write().set_commit(commit);
         }
-        self.transport.send(self.group, light.take_messages());
+        let mut light_msgs = light.take_messages();
+        self.stamp_heartbeats(&mut light_msgs);
+        self.transport.send(self.group, light_msgs);
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
         let now = Leadership {
@@ -875,6 +889,7 @@ impl Driver {
             .leadership
             .send_if_modified(|l| std::mem::replace(l, now) != now);
         self.note_in_sync(now.serving);
+        self.publish_lease();
         if self.repairing.is_some() {
             let committed = self.node.raft.raft_log.committed;
             let done = self
@@ -889,6 +904,89 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Writes a Ready's entries and, with the per-batch policy, fsyncs them once (group commit); moves the
+    /// durable watermark before anything they hold is acknowledged.
+    async fn persist_entries(&mut self, entries: &[Entry], leading: bool) -> Result<(), Fatal> {
+        let (file, placed) = self
+            .shared
+            .storage
+            .write()
+            .append_entries(entries, leading)
+            .map_err(|e| {
+                if e.is_disk_full() {
+                    Fatal::DiskFull(e.to_string())
+                } else {
+                    Fatal::Other(e.to_string())
+                }
+            })?;
+        let last_written = entries.last().map(|e| e.index);
+        let Some(file) = file else {
+            return Ok(());
+        };
+        match self.fsync {
+            // One fsync for every batch of this Ready; off the async threads.
+            FsyncPolicy::PerBatch => {
+                if let Err(why) = sync(file).await {
+                    self.shared.storage.write().note_fsync_failed();
+                    return Err(why.into());
+                }
+                if let Some(i) = last_written {
+                    self.shared
+                        .storage
+                        .write()
+                        .mark_durable(i)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            FsyncPolicy::IntervalMs(_) => self.unsynced = Some((file, last_written.unwrap_or(0))),
+        }
+        self.note_persisted(&placed);
+        Ok(())
+    }
+
+    /// Gives this leader's outgoing heartbeats their send time (and the quiesce mark when quiescing): the
+    /// answers, which echo it, renew the lease.
+    fn stamp_heartbeats(&mut self, msgs: &mut [Message]) {
+        let quiescing = std::mem::take(&mut self.quiet.quiescing);
+        if self.node.raft.state != StateRole::Leader {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let prefix = if quiescing {
+            QUIESCE_CONTEXT
+        } else {
+            HEARTBEAT_CONTEXT
+        };
+        let ctx = self.lease.context(prefix, now);
+        for m in msgs
+            .iter_mut()
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+        {
+            m.context = ctx.clone();
+        }
+    }
+
+    /// Publishes until when this leader's reads are safe; none while it does not lead or hands over.
+    fn publish_lease(&mut self) {
+        let raft = &self.node.raft;
+        let until = if raft.state == StateRole::Leader && raft.lead_transferee.is_none() {
+            let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+            let prs = raft.prs();
+            self.lease
+                .until(raft.id, &voters, std::time::Instant::now(), |ids| {
+                    prs.has_quorum(&ids.iter().copied().collect())
+                })
+        } else {
+            None
+        };
+        if raft.lead_transferee.is_some() {
+            self.lease.reset();
+        }
+        self.shared
+            .lease
+            .send_if_modified(|l| std::mem::replace(l, until) != until);
     }
 
     fn note_in_sync(&mut self, leading: bool) {
@@ -920,9 +1018,15 @@ impl Driver {
         self.last_sync = std::time::Instant::now();
         match self.unsynced.take() {
             Some((file, last)) => {
-                sync(file).await?;
-                self.shared.storage.write().mark_durable(last);
-                Ok(())
+                if let Err(why) = sync(file).await {
+                    self.shared.storage.write().note_fsync_failed();
+                    return Err(why);
+                }
+                self.shared
+                    .storage
+                    .write()
+                    .mark_durable(last)
+                    .map_err(|e| e.to_string())
             }
             None => Ok(()),
         }
@@ -963,16 +1067,17 @@ impl Driver {
                     let mut cc = ConfChange::default();
                     cc.merge_from_bytes(&e.data)
                         .map_err(|e| format!("bad conf change: {e}"))?;
-                    self.apply_conf_change(&cc)?;
+                    self.apply_conf_change(&cc, e.index)?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
                     cc.merge_from_bytes(&e.data)
                         .map_err(|e| format!("bad conf change: {e}"))?;
-                    self.apply_conf_change(&cc)?;
+                    self.apply_conf_change(&cc, e.index)?;
                 }
             }
         }
+        self.shared.storage.write().set_applied(last_index);
         let hw = self
             .shared
             .storage
@@ -1000,7 +1105,11 @@ impl Driver {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) -> Result<(), String> {
+    fn apply_conf_change(
+        &mut self,
+        cc: &impl raft_proto::ConfChangeI,
+        index: u64,
+    ) -> Result<(), String> {
         let cs = self
             .node
             .apply_conf_change(cc)
@@ -1009,7 +1118,7 @@ impl Driver {
         self.shared
             .storage
             .write()
-            .set_conf_state(cs)
+            .set_conf_state(cs, index)
             .map_err(|e| e.to_string())
     }
 

@@ -23,6 +23,10 @@ pub enum ReplicaError {
     Dropped(String),
     #[error("partition is shutting down")]
     ShuttingDown,
+    /// This replica leads but a quorum has not confirmed it lately (it may have been partitioned away and
+    /// replaced): it serves no reads until one does.
+    #[error("this broker leads the partition but no quorum confirmed its lease lately; retry")]
+    NoLease,
     #[error("{0}")]
     OutOfRange(String),
     /// An idempotent producer's batch out of sequence, or from a fenced epoch.
@@ -73,22 +77,75 @@ pub struct Shared {
     pub membership: Mutex<Membership>,
     /// The group is quiesced here: idle, its Raft timers stopped.
     pub quiesced: std::sync::atomic::AtomicBool,
+    /// While this replica leads: until when its reads are safe (see `lease`).
+    pub lease: watch::Sender<Option<std::time::Instant>>,
+    /// A reader found the lease run out: the driver sends heartbeats now rather than at its next beat.
+    pub renew: tokio::sync::Notify,
+    /// The driver task has ended (stopped, fenced or panicked): nothing is served from here any more.
+    pub stopped: std::sync::atomic::AtomicBool,
+    /// The fence is for damaged data (the scrub repairs it from peers; supervision leaves it alone).
+    pub damaged: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// A replica's shared state over `storage`, serving nothing yet.
+    pub fn new(group: u64, name: String, storage: ReplicaStorage, high_watermark: u64) -> Self {
+        Shared {
+            group,
+            name,
+            storage,
+            high_watermark: watch::channel(high_watermark).0,
+            leadership: watch::channel(Leadership::default()).0,
+            in_sync: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
+            membership: Mutex::new(Membership::default()),
+            quiesced: Default::default(),
+            lease: watch::channel(None).0,
+            renew: tokio::sync::Notify::new(),
+            stopped: Default::default(),
+            damaged: Default::default(),
+        }
+    }
+
     /// Fences the replica: it serves nothing more until restarted and repaired.
     pub fn fail(&self, why: String) {
         tracing::error!(partition = %self.name, "{why}");
         self.failed.lock().get_or_insert(why);
         // A fenced replica neither leads nor knows who does: clients asking here look elsewhere.
         self.leadership.send_replace(Leadership::default());
+        self.lease.send_replace(None);
+    }
+
+    /// Fences the replica for damaged data (found by a read, or while replicating).
+    pub fn fail_damaged(&self, why: String) {
+        self.damaged
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.fail(why);
+    }
+
+    /// The driver ended: clear leadership so nobody is told this replica leads, and refuse reads.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.leadership.send_replace(Leadership::default());
+        self.lease.send_replace(None);
     }
 
     fn check(&self) -> Result<(), ReplicaError> {
-        match &*self.failed.lock() {
-            Some(why) => Err(ReplicaError::Failed(why.clone())),
-            None => Ok(()),
+        if let Some(why) = &*self.failed.lock() {
+            return Err(ReplicaError::Failed(why.clone()));
         }
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ReplicaError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Whether the lease is valid now.
+    fn leased(&self) -> bool {
+        self.lease
+            .borrow()
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 }
 
@@ -182,12 +239,32 @@ impl Replica {
                 leader: self.leader(),
             });
         }
+        if !self.shared.leased() {
+            return Err(ReplicaError::NoLease);
+        }
         Ok(())
     }
 
-    /// Whether this replica serves reads (see [`Shared::serving`]).
+    /// Whether this replica leads and has applied an entry of its term (see [`Leadership::serving`]); reads
+    /// also need its lease ([`Replica::ready_to_read`]).
     pub fn is_serving(&self) -> bool {
         self.shared.leadership.borrow().serving
+    }
+
+    /// Waits (at most `wait`) until this replica may serve reads: it leads, has applied an entry of its term
+    /// and holds a lease. A leader whose lease ran out asks its driver to confirm it with a heartbeat round
+    /// now. Errors say who leads instead, or that no quorum confirmed this one.
+    pub async fn ready_to_read(&self, wait: std::time::Duration) -> Result<(), ReplicaError> {
+        match self.check_serving() {
+            Err(ReplicaError::NoLease) => {}
+            other => return other,
+        }
+        self.shared.renew.notify_one();
+        let mut rx = self.shared.lease.subscribe();
+        let leased =
+            |l: &Option<std::time::Instant>| l.is_some_and(|u| std::time::Instant::now() < u);
+        let _ = tokio::time::timeout(wait, rx.wait_for(leased)).await;
+        self.check_serving()
     }
 
     /// Waits until the group has a leader that serves (this replica) or is known (another broker), or `wait`
@@ -219,7 +296,11 @@ impl Replica {
             Err(e) => {
                 drop(core);
                 let why = e.to_string();
-                self.shared.fail(why.clone());
+                if e.is_damage() {
+                    self.shared.fail_damaged(why.clone());
+                } else {
+                    self.shared.fail(why.clone());
+                }
                 Err(ReplicaError::Failed(why))
             }
         }
@@ -229,14 +310,25 @@ impl Replica {
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, ReplicaError> {
         self.check_serving()?;
         let hw = *self.shared.high_watermark.borrow();
-        let o = self
-            .shared
-            .storage
-            .read()
-            .log
-            .offset_for_time(timestamp_ms)
-            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        let found = self.shared.storage.read().log.offset_for_time(timestamp_ms);
+        let o = found.map_err(|e| self.storage_failure(e))?;
         Ok(o.min(hw))
+    }
+
+    /// The high watermark and log start, as the serving leader knows them (a follower's or a stale leader's
+    /// would be behind: L6 in the durability audit).
+    pub fn bounds(&self) -> Result<(u64, u64), ReplicaError> {
+        self.check_serving()?;
+        Ok((self.high_watermark(), self.log_start_offset()))
+    }
+
+    /// A storage error met while serving: damage fences the replica (the scrub repairs it).
+    fn storage_failure(&self, e: StorageError) -> ReplicaError {
+        let why = e.to_string();
+        if e.is_damage() {
+            self.shared.fail_damaged(why.clone());
+        }
+        ReplicaError::Failed(why)
     }
 
     /// Waits until the high watermark passes `offset` or `wait` elapses.
@@ -330,10 +422,42 @@ impl Replica {
     }
 
     /// The Raft term while this replica serves as leader (`None` otherwise): state derived from the log on
-    /// a leader (consumer groups) is reloaded when it changes.
+    /// a leader (consumer groups) is reloaded when it changes. Answers from that state also need the lease
+    /// ([`Replica::ready_to_read`]).
     pub fn serving_term(&self) -> Option<u64> {
         let l = *self.shared.leadership.borrow();
         l.serving.then_some(l.term)
+    }
+
+    /// While this replica repairs a damaged log: the Raft index it must hold again before it votes.
+    pub fn repairing(&self) -> Option<u64> {
+        self.shared.storage.read().repair_until()
+    }
+
+    /// Why this replica does not serve as usual: fenced, or repairing (`None`: neither).
+    pub fn trouble(&self) -> Option<String> {
+        self.failure().or_else(|| {
+            self.repairing().map(|until| {
+                format!(
+                    "repairing: this replica lost data it had fsynced and takes it back from a peer \
+                     (up to raft index {until}) before it votes or leads"
+                )
+            })
+        })
+    }
+
+    /// Whether the fence on this replica is for damaged data (the scrub repairs those).
+    pub fn is_damaged(&self) -> bool {
+        self.shared
+            .damaged
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the driver task ended (stopped, fenced, or panicked).
+    pub fn has_stopped(&self) -> bool {
+        self.shared
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Current leader (0: none).
@@ -344,6 +468,34 @@ impl Replica {
     /// Why the replica is fenced, if it is.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().clone()
+    }
+
+    /// Raft index of the first entry stored here.
+    pub fn first_raft_index(&self) -> u64 {
+        self.shared.storage.read().log.first_raft_index()
+    }
+
+    /// Raft index of the last entry stored here (committed or not).
+    pub fn last_raft_index(&self) -> u64 {
+        self.shared.storage.read().log.last_raft_index()
+    }
+
+    /// The commit index this replica knows.
+    pub fn committed_raft_index(&self) -> u64 {
+        self.shared.storage.read().hard_state().commit
+    }
+
+    /// Stored batches with Raft indexes `[low, high)`, each checked whole (stamp and CRC), as this replica's
+    /// log holds them: for comparing replicas (tests, tools). Stops early after about `max_bytes`.
+    pub fn stored_batches(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        let core = self.shared.storage.read();
+        let b = core.log.batches_by_raft_index(low, high, max_bytes)?;
+        Ok(b.into_iter().map(|(_, b)| b).collect())
     }
 
     /// Bytes stored.

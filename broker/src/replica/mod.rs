@@ -2,11 +2,13 @@
 //! persisted with one write and one fsync for every batch it holds (group commit), then messages go out,
 //! committed entries advance the high watermark and acknowledge their publishers.
 //!
-//! Layers: [`transport`] (where Raft messages go) → [`driver`] (the task) → [`handle`] (what servers call).
+//! Layers: [`clock`], [`liveness`], [`lease`] and [`transport`] (what the task uses) → [`driver`] (the task)
+//! → [`handle`] (what servers call).
 
 pub mod clock;
 pub mod driver;
 pub mod handle;
+pub mod lease;
 pub mod liveness;
 pub mod transport;
 

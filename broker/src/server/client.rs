@@ -26,6 +26,8 @@ const FETCH_BYTES_DEFAULT: u32 = 1024 * 1024;
 const SUBSCRIBE_POLL_MS: u64 = 1_000;
 /// Responses a subscribe stream buffers ahead of its client.
 const SUBSCRIBE_BUFFER: usize = 8;
+/// Longest a read waits for its leader to confirm its lease (a heartbeat round to a quorum).
+const READ_LEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// The client service.
 #[derive(Debug)]
@@ -107,7 +109,11 @@ fn batches_from_records(
         } else {
             r.timestamp_ms
         };
-        let b = builders.entry(p).or_insert_with(|| BatchBuilder::new(ts));
+        // Sized by what each partition gets, not 16 KiB up front: a request of keys spread over ten
+        // thousand partitions must not cost ten thousand buffers (H7 in the durability audit).
+        let b = builders
+            .entry(p)
+            .or_insert_with(|| BatchBuilder::with_capacity(ts, 0));
         let headers: Vec<(&str, &[u8])> = r
             .headers
             .iter()
@@ -119,9 +125,24 @@ fn batches_from_records(
     builders.into_iter().map(|(p, b)| (p, b.finish())).collect()
 }
 
-/// Decodes fetched batches into plain records, from `offset` on.
-fn to_records(partition: u32, offset: u64, batches: &[Bytes]) -> Result<Vec<v1::Record>, Status> {
+/// Bytes a decoded record counts for in a Records-format response besides its key, value and headers
+/// (its fields and protobuf framing, rounded up).
+const RECORD_OVERHEAD_BYTES: usize = 48;
+
+/// Decodes fetched batches into plain records, from `offset` on, until the records decoded would pass
+/// `max_bytes` (at least one record when there is one): compressed batches are counted by what they
+/// decompress to, so a small stored response cannot become gigabytes of records (C2 in the durability
+/// audit), and one batch of many small records is served in parts rather than never (L4). Answers the
+/// records and the offset after the last one.
+fn to_records(
+    partition: u32,
+    offset: u64,
+    batches: &[Bytes],
+    max_bytes: u32,
+) -> Result<(Vec<v1::Record>, u64), Status> {
     let mut out = Vec::new();
+    let mut total = 0usize;
+    let mut next = offset;
     for b in batches {
         let h = batch::validate(b).map_err(|e| Status::data_loss(e.to_string()))?;
         for r in Records::new(b.clone(), h) {
@@ -129,6 +150,18 @@ fn to_records(partition: u32, offset: u64, batches: &[Bytes]) -> Result<Vec<v1::
             if r.offset < offset {
                 continue;
             }
+            let size = RECORD_OVERHEAD_BYTES
+                + r.key.as_ref().map_or(0, Bytes::len)
+                + r.value.len()
+                + r.headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.len() + 8)
+                    .sum::<usize>();
+            if !out.is_empty() && total + size > max_bytes as usize {
+                return Ok((out, next));
+            }
+            total += size;
+            next = r.offset + 1;
             out.push(v1::Record {
                 has_key: r.key.is_some(),
                 key: r.key.unwrap_or_default(),
@@ -146,8 +179,9 @@ fn to_records(partition: u32, offset: u64, batches: &[Bytes]) -> Result<Vec<v1::
                 partition,
             });
         }
+        next = next.max(h.next_offset());
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 fn fetch_response(
@@ -155,9 +189,10 @@ fn fetch_response(
     partition: u32,
     offset: u64,
     format: v1::Format,
+    max_bytes: u32,
     f: crate::replica::handle::Fetched,
 ) -> Result<v1::FetchResponse, Status> {
-    let next_offset = match f.batches.last() {
+    let batches_end = match f.batches.last() {
         Some(b) => batch::BatchHeader::parse(b)
             .map_err(|e| Status::data_loss(e.to_string()))?
             .next_offset(),
@@ -168,16 +203,21 @@ fn fetch_response(
         partition,
         high_watermark: f.high_watermark,
         log_start_offset: f.log_start_offset,
-        next_offset,
+        next_offset: batches_end,
         ..Default::default()
     };
     match format {
-        v1::Format::Records => resp.records = to_records(partition, offset, &f.batches)?,
+        v1::Format::Records => {
+            let (records, next) = to_records(partition, offset, &f.batches, max_bytes)?;
+            resp.records = records;
+            resp.next_offset = next;
+        }
         v1::Format::Batches => resp.batches = f.batches,
     }
     Ok(resp)
 }
 
+/// One fetch from the serving leader under its lease, long-polling up to `wait` for data past `offset`.
 async fn fetch_once(
     broker: &Broker,
     r: &Replica,
@@ -185,15 +225,15 @@ async fn fetch_once(
     max_bytes: u32,
     wait: Duration,
 ) -> Result<crate::replica::handle::Fetched, Status> {
-    let f = r
-        .fetch(offset, max_bytes)
-        .map_err(|e| to_status(broker.replica_error(e)))?;
+    let status = |e| to_status(broker.replica_error(e));
+    r.ready_to_read(READ_LEASE_WAIT).await.map_err(status)?;
+    let f = r.fetch(offset, max_bytes).map_err(status)?;
     if !f.batches.is_empty() || wait.is_zero() {
         return Ok(f);
     }
     r.wait_for(offset, wait).await;
-    r.fetch(offset, max_bytes)
-        .map_err(|e| to_status(broker.replica_error(e)))
+    r.ready_to_read(READ_LEASE_WAIT).await.map_err(status)?;
+    r.fetch(offset, max_bytes).map_err(status)
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
@@ -256,6 +296,11 @@ impl Ferry for ClientService {
             t => Duration::from_millis(u64::from(t)),
         };
         let bytes: usize = batches.values().map(Bytes::len).sum();
+        let _budget = self
+            .broker
+            .admit_publish(bytes, timeout)
+            .await
+            .map_err(to_status)?;
         let work = futures::future::try_join_all(batches.into_iter().map(|(p, b)| {
             let broker = self.broker.clone();
             let topic = req.topic.clone();
@@ -294,7 +339,7 @@ impl Ferry for ClientService {
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
         let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
         let f = fetch_once(&self.broker, &replica, req.offset, max_bytes, wait).await?;
-        let resp = fetch_response(&req.topic, req.partition, req.offset, format, f)?;
+        let resp = fetch_response(&req.topic, req.partition, req.offset, format, max_bytes, f)?;
         metrics::counter!("ferry_fetch_responses_total").increment(1);
         Ok(Response::new(resp))
     }
@@ -309,24 +354,30 @@ impl Ferry for ClientService {
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
         // Check the start offset now so a bad one is an error, not an empty stream.
-        replica
-            .fetch(req.offset, 1)
-            .map_err(|e| to_status(self.broker.replica_error(e)))?;
+        fetch_once(&self.broker, &replica, req.offset, 1, Duration::ZERO).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER);
         let broker = self.broker.clone();
         tokio::spawn(async move {
             let mut offset = req.offset;
             loop {
-                let f = fetch_once(
-                    &broker,
-                    &replica,
-                    offset,
-                    max_bytes,
-                    Duration::from_millis(SUBSCRIBE_POLL_MS),
-                )
-                .await;
-                let item =
-                    f.and_then(|f| fetch_response(&req.topic, req.partition, offset, format, f));
+                // The partition's replica is looked up again each time: one that was stopped, repaired or
+                // moved since is never read through its old handle (H6 in the durability audit).
+                let f = match broker.partition(&req.topic, req.partition) {
+                    Ok(replica) => {
+                        fetch_once(
+                            &broker,
+                            &replica,
+                            offset,
+                            max_bytes,
+                            Duration::from_millis(SUBSCRIBE_POLL_MS),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(to_status(e)),
+                };
+                let item = f.and_then(|f| {
+                    fetch_response(&req.topic, req.partition, offset, format, max_bytes, f)
+                });
                 match item {
                     Ok(resp) if resp.next_offset == offset => {
                         if tx.is_closed() {
@@ -362,8 +413,12 @@ impl Ferry for ClientService {
             .broker
             .partition(&req.topic, req.partition)
             .map_err(to_status)?;
-        let high_watermark = replica.high_watermark();
-        let log_start_offset = replica.log_start_offset();
+        let status = |e| to_status(self.broker.replica_error(e));
+        replica
+            .ready_to_read(READ_LEASE_WAIT)
+            .await
+            .map_err(status)?;
+        let (high_watermark, log_start_offset) = replica.bounds().map_err(status)?;
         let offset = match req.spec {
             Some(Spec::Earliest(_)) => log_start_offset,
             Some(Spec::Latest(_)) => high_watermark,

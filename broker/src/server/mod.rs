@@ -4,6 +4,7 @@ pub mod admin;
 pub mod client;
 pub mod groups;
 pub mod http;
+pub mod limits;
 pub mod peer;
 pub mod status;
 pub mod views;
@@ -23,6 +24,16 @@ const GRPC_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const GRPC_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Most concurrent HTTP/2 streams per client connection.
 const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// Most requests one client connection has being processed at once (others wait in its stream queue).
+const GRPC_REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// Most open client connections.
+pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
+/// Longest a client request may take to answer (a long-poll fetch waits at most 30 s; a subscribe stream
+/// answers at once and then streams).
+const GRPC_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// HTTP/2 keepalive pings: a connection whose peer stopped answering is closed, its buffers freed.
+const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The brokers clients can use: every registered broker (this one at least), and whether it is reachable
 /// from here.
@@ -84,7 +95,7 @@ pub fn topic_info(b: &Broker, t: &TopicMeta) -> v1::TopicInfo {
                     replicas,
                     high_watermark: r.high_watermark(),
                     log_start_offset: r.log_start_offset(),
-                    error: r.failure().unwrap_or_default(),
+                    error: r.trouble().unwrap_or_default(),
                 },
                 // Not hosted here: other brokers know (`views::merge_views`).
                 Err(_) if !t.hosts(p, b.config.node_id) => v1::PartitionInfo {
@@ -129,6 +140,10 @@ pub async fn serve_grpc(
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
+        .concurrency_limit_per_connection(GRPC_REQUESTS_PER_CONNECTION_MAX)
+        .timeout(GRPC_REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         // HTTP/2's default 64 KiB windows would stall every large batch on window updates.
         .initial_stream_window_size(Some(GRPC_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW_BYTES))
@@ -136,7 +151,7 @@ pub async fn serve_grpc(
         .add_service(client)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            limits::incoming(listener, CLIENT_CONNECTIONS_MAX, "client"),
             cancel.cancelled_owned(),
         )
         .await

@@ -17,6 +17,11 @@ use crate::peer::Router;
 /// HTTP/2 windows of the peer port (bytes): room for whole Raft appends.
 const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Most concurrent streams per peer connection (a broker keeps one Raft stream open per peer, plus a few
+/// forwarded commands).
+const STREAMS_PER_CONNECTION_MAX: u32 = 64;
+/// Most open peer connections (brokers, each with a link and occasional command connections).
+const CONNECTIONS_MAX: usize = 256;
 
 /// The peer service of one broker.
 #[derive(Debug)]
@@ -26,6 +31,10 @@ pub struct PeerService {
     /// Where forwarded controller commands go, once the broker has started (never set in replica-level
     /// tests, which only replicate).
     broker: Arc<OnceLock<Arc<Broker>>>,
+    /// Fires when the server stops: open Raft streams end then (they never end on their own, so a graceful
+    /// shutdown would otherwise wait for them forever, and a restarted broker in the same process would
+    /// keep receiving through its predecessor's connections).
+    cancel: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -38,7 +47,14 @@ impl Peer for PeerService {
         let mut stream = req.into_inner();
         let mut learned = false;
         let liveness = router.liveness();
-        while let Some(batch) = stream.next().await {
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    return Err(Status::unavailable("this broker is stopping"));
+                }
+                next = stream.next() => next,
+            };
+            let Some(batch) = next else { break };
             let batch = batch?;
             if crate::peer::faults::drops_from(batch.from) {
                 continue;
@@ -126,16 +142,20 @@ pub async fn serve_peer(
         node_id,
         router,
         broker,
+        cancel: cancel.clone(),
     })
     .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            super::limits::incoming(listener, CONNECTIONS_MAX, "peer"),
             cancel.cancelled_owned(),
         )
         .await

@@ -167,7 +167,10 @@ async fn publish(r: &Replica, v: &str) -> Result<u64, ReplicaError> {
         .map(|a| a.base_offset)
 }
 
-fn values(r: &Replica) -> Vec<String> {
+async fn values(r: &Replica) -> Vec<String> {
+    r.ready_to_read(Duration::from_secs(5))
+        .await
+        .expect("the leader confirms its lease");
     r.fetch(0, 1 << 24)
         .unwrap()
         .batches
@@ -228,7 +231,7 @@ async fn replicates_and_fails_over_without_losing_acknowledged_data() {
         killed_at.elapsed()
     );
     assert_eq!(offset, 100);
-    let got = values(&nodes[&new_leader].replica);
+    let got = values(&nodes[&new_leader].replica).await;
     for (o, v) in &acked {
         assert_eq!(&got[*o as usize], v, "acknowledged {v} lost");
     }
@@ -276,7 +279,7 @@ async fn an_idle_group_quiesces_and_still_fails_over() {
     assert!(took < Duration::from_secs(3), "failover took {took:?}");
     publish(&nodes[&new_leader].replica, "after").await.unwrap();
     assert_eq!(
-        values(&nodes[&new_leader].replica),
+        values(&nodes[&new_leader].replica).await,
         ["before", "wake", "after"]
     );
     for n in nodes.values() {
@@ -337,7 +340,7 @@ async fn a_new_leader_recognizes_a_retry_the_old_leader_wrote() {
     };
     assert_eq!(offset, 1, "the retry is recognized after failover");
     assert_eq!(publish_bytes(&r, stamped("c", 9, 2)).await.unwrap(), 2);
-    assert_eq!(values(&r), ["a", "b", "c"], "each batch once");
+    assert_eq!(values(&r).await, ["a", "b", "c"], "each batch once");
     for n in nodes.values() {
         n.cancel.cancel();
     }
@@ -417,7 +420,7 @@ async fn an_isolated_leader_never_acknowledges_and_the_majority_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let got = values(&nodes[&new].replica);
+    let got = values(&nodes[&new].replica).await;
     assert!(
         !got.iter().any(|v| v == "lost"),
         "the unacknowledged publish was never committed"

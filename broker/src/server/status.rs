@@ -30,9 +30,11 @@ pub fn to_status(e: BrokerError) -> Status {
             s
         }
         BrokerError::NoLeader => Status::unavailable(e.to_string()),
+        BrokerError::Busy(_) => Status::resource_exhausted(e.to_string()),
         BrokerError::Replica(r) => match r {
             ReplicaError::NotLeader { .. }
             | ReplicaError::Dropped(_)
+            | ReplicaError::NoLease
             | ReplicaError::ShuttingDown => Status::unavailable(r.to_string()),
             ReplicaError::DiskFull(_) => Status::resource_exhausted(r.to_string()),
             ReplicaError::OutOfRange(_) => Status::out_of_range(r.to_string()),

@@ -1,6 +1,11 @@
 //! The storage seam: every byte the broker reads from or writes to disk goes through [`Disk`] and
 //! [`DiskFile`]. [`OsDisk`] is the real thing; [`FaultyDisk`] wraps it so tests can inject torn writes, failed
-//! fsyncs and a full disk without root or special file systems.
+//! fsyncs, a full disk, unreadable blocks and power cuts without root or special file systems.
+//!
+//! Log data is read with positioned reads (`pread`) into buffers, never through a memory map: an unreadable
+//! sector is then an error the replica fences on and repairs from its peers, not a SIGBUS that kills the
+//! broker. Only the small index files are mapped, read-only, and written with `pwrite` (a full disk is an
+//! error, not a fault on a page of a sparse file).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapOptions};
 
 /// A file system, narrowed to what the log needs.
 pub trait Disk: Send + Sync + fmt::Debug + 'static {
@@ -47,11 +52,30 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file length.
     fn len(&self) -> io::Result<u64>;
-    /// Maps `len` bytes read-only. `len` may exceed the file: bytes past the end must not be touched until
-    /// the file has grown over them (the log only reads what it wrote).
-    fn map_read(&self, len: usize) -> io::Result<Mmap>;
-    /// Maps the whole file read-write (indexes).
-    fn map_write(&self) -> io::Result<MmapMut>;
+    /// Maps the whole file read-only (indexes only: log data is read with `read_exact_at`). The file is not
+    /// shrunk while the map lives.
+    fn map_read(&self) -> io::Result<Mmap>;
+}
+
+/// Creates directory `dir` and its missing parents, and makes each new entry durable: POSIX leaves a new
+/// directory's entry in its parent undurable until the parent is fsynced, and a partition directory lost in
+/// a power cut would come back empty (term and vote forgotten).
+pub fn create_dir_durable(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
+    let mut new = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        new.push(d.to_owned());
+        p = d.parent();
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    disk.create_dir_all(dir)?;
+    for d in new.iter().rev() {
+        let parent = d.parent().filter(|p| !p.as_os_str().is_empty());
+        disk.sync_dir(parent.unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
 }
 
 /// The operating system's file system.
@@ -149,16 +173,15 @@ impl DiskFile for OsFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
-    fn map_read(&self, len: usize) -> io::Result<Mmap> {
-        // SAFETY: the log never truncates below what readers were handed (only uncommitted tails on followers,
-        // which no reader holds) and never writes over bytes it already handed out.
-        unsafe { MmapOptions::new().len(len).map(&self.file) }
-    }
-    fn map_write(&self) -> io::Result<MmapMut> {
-        // SAFETY: index files are written only through this map, by the one task that owns the segment.
-        unsafe { MmapOptions::new().map_mut(&self.file) }
+    fn map_read(&self) -> io::Result<Mmap> {
+        // SAFETY: an index file is only written with pwrite by the one task that owns its segment, and is
+        // unmapped before it is shrunk; readers only touch entries below the count written.
+        unsafe { MmapOptions::new().map(&self.file) }
     }
 }
+
+/// A rename not yet made durable: (directory, target, what the target held before, if anything).
+type PendingRename = (PathBuf, PathBuf, Option<Vec<u8>>);
 
 /// Faults a [`FaultyDisk`] injects, shared with the test that drives it.
 #[derive(Debug, Default)]
@@ -171,6 +194,14 @@ pub struct Faults {
     pub torn_write_bytes: AtomicU64,
     /// Number of fsyncs done (for assertions on group commit).
     pub fsyncs: AtomicU64,
+    /// Byte ranges of files that read back as EIO (a latent sector error).
+    unreadable: Mutex<Vec<(PathBuf, std::ops::Range<u64>)>>,
+    /// Renames not yet made durable by a directory fsync: (directory, target, what the target held before,
+    /// if anything). A power cut undoes them.
+    renames: Mutex<Vec<PendingRename>>,
+    /// Files and directories created whose parent directory was not fsynced since: (parent, path). A power
+    /// cut removes them (their directory entry never reached the disk).
+    created: Mutex<Vec<(PathBuf, PathBuf)>>,
     /// Per file written through this disk: (length made durable by its last fsync, length now). What lies
     /// between is only in the page cache, which [`Faults::power_cut`] throws away.
     written: Mutex<HashMap<PathBuf, (u64, u64)>>,
@@ -185,14 +216,66 @@ impl Faults {
             torn_write_bytes: AtomicU64::new(u64::MAX),
             fsyncs: AtomicU64::new(0),
             written: Mutex::new(HashMap::new()),
+            unreadable: Mutex::new(Vec::new()),
+            renames: Mutex::new(Vec::new()),
+            created: Mutex::new(Vec::new()),
         })
+    }
+
+    fn note_created(&self, path: &Path) {
+        let parent = path.parent().unwrap_or(Path::new(".")).to_owned();
+        self.created.lock().push((parent, path.to_owned()));
+    }
+
+    /// Makes bytes `range` of the file at `path` read back as EIO from now on.
+    pub fn make_unreadable(&self, path: &Path, range: std::ops::Range<u64>) {
+        self.unreadable.lock().push((path.to_owned(), range));
+    }
+
+    /// A block rewritten (or cut away) reads back again, as a disk remaps a bad sector on write.
+    fn note_rewritten(&self, path: &Path, range: std::ops::Range<u64>) {
+        self.unreadable
+            .lock()
+            .retain(|(p, r)| !(p == path && r.start < range.end && range.start < r.end));
+    }
+
+    fn is_unreadable(&self, path: &Path, range: std::ops::Range<u64>) -> bool {
+        self.unreadable
+            .lock()
+            .iter()
+            .any(|(p, r)| p == path && r.start < range.end && range.start < r.end)
     }
 
     /// A power cut, as LazyFS's `clear-cache` makes one: every file written through this disk loses what
     /// was written after its last fsync, except a prefix of that (`keep` picks its length from the durable
     /// and the current length), since some dirty pages may have reached the disk: a torn tail. Call after
-    /// the broker stopped without a clean shutdown (its task aborted). Files renamed since are skipped.
+    /// the broker stopped without a clean shutdown (its task aborted). Renames whose directory was not
+    /// fsynced since are undone first (the target gets back what it held), as a journal replay would.
     pub fn power_cut(&self, keep: impl Fn(u64, u64) -> u64) -> io::Result<()> {
+        for (_, to, before) in self.renames.lock().drain(..).rev() {
+            match before {
+                Some(bytes) => std::fs::write(&to, bytes)?,
+                None => match std::fs::remove_file(&to) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                },
+            }
+            self.written.lock().remove(&to);
+            tracing::debug!(path = %to.display(), "power cut undid a rename");
+        }
+        for (_, path) in self.created.lock().drain(..).rev() {
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match gone {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {
+                    tracing::debug!(path = %path.display(), "power cut lost an entry whose directory was not fsynced")
+                }
+            }
+        }
         let mut written = self.written.lock();
         for (path, (durable, len)) in written.iter_mut() {
             if *len <= *durable || !path.exists() {
@@ -241,7 +324,11 @@ struct FaultyFile {
 
 impl Disk for FaultyDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+        let new = create && !path.exists();
         let inner = OsDisk.open(path, create)?;
+        if new {
+            self.faults.note_created(path);
+        }
         Ok(Arc::new(FaultyFile {
             inner,
             faults: self.faults.clone(),
@@ -252,16 +339,44 @@ impl Disk for FaultyDisk {
         OsDisk.remove_file(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsDisk.rename(from, to)
+        let before = std::fs::read(to).ok();
+        OsDisk.rename(from, to)?;
+        let dir = to.parent().unwrap_or(Path::new(".")).to_owned();
+        self.faults
+            .renames
+            .lock()
+            .push((dir, to.to_owned(), before));
+        // The renamed file is durable as far as it was fsynced under its old name.
+        let mut written = self.faults.written.lock();
+        if let Some(w) = written.remove(from) {
+            written.insert(to.to_owned(), w);
+        }
+        Ok(())
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        OsDisk.sync_dir(path)
+        OsDisk.sync_dir(path)?;
+        self.faults.renames.lock().retain(|(dir, _, _)| dir != path);
+        self.faults.created.lock().retain(|(dir, _)| dir != path);
+        Ok(())
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        OsDisk.create_dir_all(path)
+        let mut new = Vec::new();
+        let mut p = path;
+        while !p.exists() {
+            new.push(p.to_owned());
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break,
+            }
+        }
+        OsDisk.create_dir_all(path)?;
+        for d in new.iter().rev() {
+            self.faults.note_created(d);
+        }
+        Ok(())
     }
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         OsDisk.remove_dir_all(path)
@@ -280,6 +395,8 @@ impl DiskFile for FaultyFile {
             .swap(u64::MAX, Ordering::SeqCst);
         let space = self.faults.space_left_bytes.load(Ordering::SeqCst);
         let allowed = torn.min(space);
+        self.faults
+            .note_rewritten(&self.path, offset..offset + total);
         if allowed >= total {
             if space != u64::MAX {
                 self.faults
@@ -311,6 +428,12 @@ impl DiskFile for FaultyFile {
         Err(io::Error::from_raw_os_error(errno))
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self
+            .faults
+            .is_unreadable(&self.path, offset..offset + buf.len() as u64)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         self.inner.read_exact_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
@@ -325,15 +448,13 @@ impl DiskFile for FaultyFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)?;
         self.faults.note_set_len(&self.path, len);
+        self.faults.note_rewritten(&self.path, len..u64::MAX);
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
-    fn map_read(&self, len: usize) -> io::Result<Mmap> {
-        self.inner.map_read(len)
-    }
-    fn map_write(&self) -> io::Result<MmapMut> {
-        self.inner.map_write()
+    fn map_read(&self) -> io::Result<Mmap> {
+        self.inner.map_read()
     }
 }

@@ -15,6 +15,12 @@ pub enum StorageError {
         position: u64,
         why: String,
     },
+    #[error("unreadable data in {path} at byte {position}: {source}; the partition is not served until repaired")]
+    Unreadable {
+        path: PathBuf,
+        position: u64,
+        source: io::Error,
+    },
     #[error("offset {offset} is out of range [{start}, {end}]")]
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
     #[error("partition storage failed earlier and is fenced: {0}")]
@@ -28,6 +34,15 @@ impl StorageError {
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// Whether this is damage to stored data (a batch failing its checks, or an unreadable block): the
+    /// replica is fenced and repaired from its peers, never served from.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Corrupt { .. } | StorageError::Unreadable { .. }
+        )
     }
 
     /// Whether the disk is full (the write was refused, nothing was acknowledged).

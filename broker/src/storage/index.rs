@@ -1,13 +1,16 @@
 //! Sparse, memory-mapped indexes of one segment: the offset index (offset and Raft index to file position)
 //! and the time index (timestamp to offset). Both have fixed 12-byte little-endian entries (docs/design.md).
-//! While a segment is active its index files are preallocated to their capacity; sealing trims them to the
-//! entries written. Indexes are never trusted after a crash: recovery rebuilds them from the log.
+//! While a segment is active its index files are sized to their capacity; sealing trims them to the entries
+//! written. Entries are written with `pwrite` (a full disk is an error, never a fault on a mapped page) and
+//! read through a read-only map. Indexes are derived data: never trusted after a crash (recovery rebuilds
+//! them from the log), and an entry is checked against the batch header it points at before a lookup
+//! relies on it (`segment`).
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::MmapMut;
+use memmap2::Mmap;
 
 use super::disk::{Disk, DiskFile};
 
@@ -34,7 +37,7 @@ pub struct TimeEntry {
 #[derive(Debug)]
 struct MappedEntries {
     file: Arc<dyn DiskFile>,
-    map: Option<MmapMut>,
+    map: Option<Mmap>,
     entries: usize,
     capacity: usize,
 }
@@ -46,7 +49,7 @@ impl MappedEntries {
         let capacity = capacity.max(entries);
         file.set_len((capacity * INDEX_ENTRY_LEN) as u64)?;
         let map = if capacity > 0 {
-            Some(file.map_write()?)
+            Some(file.map_read()?)
         } else {
             None
         };
@@ -66,28 +69,32 @@ impl MappedEntries {
         &map[i * INDEX_ENTRY_LEN..(i + 1) * INDEX_ENTRY_LEN]
     }
 
-    fn push(&mut self, bytes: [u8; INDEX_ENTRY_LEN]) -> bool {
+    /// Appends an entry; `Ok(false)` when full.
+    fn push(&mut self, bytes: [u8; INDEX_ENTRY_LEN]) -> io::Result<bool> {
         if self.entries >= self.capacity {
-            return false;
+            return Ok(false);
         }
-        let i = self.entries;
-        let map = self.map.as_mut().expect("capacity > 0 implies a map");
-        map[i * INDEX_ENTRY_LEN..(i + 1) * INDEX_ENTRY_LEN].copy_from_slice(&bytes);
+        let at = (self.entries * INDEX_ENTRY_LEN) as u64;
+        self.file
+            .write_all_vectored_at(&[std::io::IoSlice::new(&bytes)], at)?;
         self.entries += 1;
-        true
+        Ok(true)
     }
 
     /// Shrinks the file to the written entries and makes it durable.
     fn seal(&mut self) -> io::Result<()> {
-        if let Some(map) = &self.map {
-            map.flush()?;
-        }
+        // Unmapped before it shrinks: a map over bytes past the end of a file faults when touched.
         self.map = None;
         self.file.set_len((self.entries * INDEX_ENTRY_LEN) as u64)?;
         self.capacity = self.entries;
         if self.entries > 0 {
-            self.map = Some(self.file.map_write()?);
+            self.map = Some(self.file.map_read()?);
         }
+        self.file.sync_data()
+    }
+
+    /// Makes the written entries durable (recovery, before the log counts as durable).
+    fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 }
@@ -135,13 +142,28 @@ impl OffsetIndex {
         }
     }
 
-    /// Adds an entry; false when the index is full (the segment must roll).
-    pub fn push(&mut self, e: OffsetEntry) -> bool {
+    /// Adds an entry; `Ok(false)` when the index is full (the segment must roll).
+    pub fn push(&mut self, e: OffsetEntry) -> io::Result<bool> {
         let mut b = [0u8; INDEX_ENTRY_LEN];
         b[0..4].copy_from_slice(&e.rel_offset.to_le_bytes());
         b[4..8].copy_from_slice(&e.rel_raft_index.to_le_bytes());
         b[8..12].copy_from_slice(&e.position.to_le_bytes());
         self.inner.push(b)
+    }
+
+    /// The last entry at or below `rel_offset`, if any.
+    pub fn floor_for_offset(&self, rel_offset: u32) -> Option<OffsetEntry> {
+        self.floor_by(rel_offset, |e| e.rel_offset)
+    }
+
+    /// The last entry at or below `rel_raft_index`, if any.
+    pub fn floor_for_raft_index(&self, rel_raft_index: u32) -> Option<OffsetEntry> {
+        self.floor_by(rel_raft_index, |e| e.rel_raft_index)
+    }
+
+    /// Makes the entries durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
     }
 
     /// The last entry whose key (chosen by `key`) is at most `target`, or None.
@@ -242,18 +264,38 @@ impl TimeIndex {
         (!self.is_empty()).then(|| self.get(self.len() - 1))
     }
 
-    /// Adds an entry if its timestamp is newer than the last one; false when full.
-    pub fn push(&mut self, e: TimeEntry) -> bool {
+    /// Adds an entry if its timestamp is newer than the last one; `Ok(false)` when full.
+    pub fn push(&mut self, e: TimeEntry) -> io::Result<bool> {
         if self
             .last()
             .is_some_and(|l| l.timestamp_ms >= e.timestamp_ms)
         {
-            return true;
+            return Ok(true);
         }
         let mut b = [0u8; INDEX_ENTRY_LEN];
         b[0..8].copy_from_slice(&e.timestamp_ms.to_le_bytes());
         b[8..12].copy_from_slice(&e.rel_offset.to_le_bytes());
         self.inner.push(b)
+    }
+
+    /// Makes the entries durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+
+    /// The last entry older than `timestamp_ms`, if any: records at or after that time start at or after
+    /// its offset.
+    pub fn floor_for_time(&self, timestamp_ms: i64) -> Option<TimeEntry> {
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.get(mid).timestamp_ms < timestamp_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo > 0).then(|| self.get(lo - 1))
     }
 
     /// The relative offset to start scanning for the first record at or after `timestamp_ms`: that of the
@@ -306,11 +348,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = OffsetIndex::open(&OsDisk, &dir.path().join("i"), 0, 4).unwrap();
         for (o, r, p) in [(0, 0, 0), (10, 3, 4096), (25, 9, 8200)] {
-            assert!(idx.push(OffsetEntry {
-                rel_offset: o,
-                rel_raft_index: r,
-                position: p
-            }));
+            assert!(idx
+                .push(OffsetEntry {
+                    rel_offset: o,
+                    rel_raft_index: r,
+                    position: p
+                })
+                .unwrap());
         }
         assert_eq!(idx.position_for_offset(0), 0);
         assert_eq!(idx.position_for_offset(24), 4096);
@@ -340,15 +384,18 @@ mod tests {
         idx.push(TimeEntry {
             timestamp_ms: 100,
             rel_offset: 0,
-        });
+        })
+        .unwrap();
         idx.push(TimeEntry {
             timestamp_ms: 90,
             rel_offset: 5,
-        }); // older: ignored
+        })
+        .unwrap(); // older: ignored
         idx.push(TimeEntry {
             timestamp_ms: 200,
             rel_offset: 10,
-        });
+        })
+        .unwrap();
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.offset_for_time(50), 0);
         assert_eq!(idx.offset_for_time(150), 0);

@@ -1,12 +1,12 @@
 //! A partition's log: an ordered list of segments, the last one active. Appends go to the active segment
-//! (rolling by size and age), reads find the segment by offset or Raft index and return `Bytes` slices of its
-//! map, retention drops whole old segments, recovery rebuilds what a crash left unclean.
+//! (rolling by size and age), reads find the segment by offset or Raft index and return batches read into
+//! buffers and checked whole, retention drops whole old segments. Opening and recovery are in [`super::open`].
 //!
 //! The log knows nothing of Raft beyond the index and term stamped in each batch header; `raft_storage`
 //! builds Raft's view on top of it.
 
 use std::io::IoSlice;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,8 +14,9 @@ use ferry_protocol::batch::{self, BatchHeader, STAMP_LEN};
 
 use super::checkpoint::Checkpoint;
 use super::disk::{Disk, DiskFile};
+use super::durable::{DurableFile, Watermark};
 use super::error::StorageError;
-use super::segment::{BatchMeta, Segment, SegmentLimits, TornTail};
+use super::segment::{BatchMeta, Segment, SegmentLimits};
 
 /// Settings of one partition log.
 #[derive(Debug, Clone, Copy)]
@@ -53,16 +54,19 @@ pub struct Append {
 }
 
 impl Append {
-    /// Stamps a validated batch (its header `h`) with its offset and Raft position.
+    /// Stamps a validated batch (its header `h`) with its offset and Raft position. A term that does not fit
+    /// the stamp is refused (`StorageError::Failed`: the replica is fenced rather than wrapping it).
     pub fn new(
         data: &Bytes,
         h: &BatchHeader,
         base_offset: u64,
         raft_term: u64,
         raft_index: u64,
-    ) -> Self {
-        Append {
-            stamp: batch::stamp(base_offset, raft_term, raft_index),
+    ) -> Result<Self, StorageError> {
+        let stamp = batch::stamp(h, base_offset, raft_term, raft_index)
+            .map_err(|e| StorageError::Failed(e.to_string()))?;
+        Ok(Append {
+            stamp,
             rest: data.slice(STAMP_LEN..),
             meta: BatchMeta {
                 base_offset,
@@ -72,129 +76,33 @@ impl Append {
                 max_timestamp: h.max_timestamp,
                 len: h.batch_len,
             },
-        }
+        })
     }
 }
 
 /// A partition log.
 #[derive(Debug)]
 pub struct PartitionLog {
-    dir: PathBuf,
-    disk: Arc<dyn Disk>,
-    config: LogConfig,
-    segments: Vec<Segment>,
+    pub(super) dir: PathBuf,
+    pub(super) disk: Arc<dyn Disk>,
+    pub(super) config: LogConfig,
+    pub(super) segments: Vec<Segment>,
     /// Wall clock (ms) when the active segment got its first batch.
-    active_since_ms: Option<i64>,
+    pub(super) active_since_ms: Option<i64>,
+    /// The durable watermark file and what it last said.
+    pub(super) durable: DurableFile,
+    pub(super) watermark: Watermark,
+    /// Damage found at open, cut in memory; the files follow in [`PartitionLog::finish_cut`].
+    pub(super) pending_cut: Option<super::open::PendingCut>,
 }
 
-/// What opening a log found.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    pub torn_tail: Option<TornTail>,
-    pub scanned_segments: usize,
-}
-
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl PartitionLog {
-    /// Opens (or creates) the log in `dir`. `first_raft_index` is where Raft's log starts when the log holds
-    /// no batches (after a snapshot marker), and `start_offset` the offset it starts at then.
-    pub fn open(
-        disk: Arc<dyn Disk>,
-        dir: &Path,
-        config: LogConfig,
-        first_raft_index: u64,
-        start_offset: u64,
-    ) -> Result<(Self, Recovery), StorageError> {
-        disk.create_dir_all(dir)
-            .map_err(|e| StorageError::io(dir, e))?;
-        let mut bases: Vec<u64> = disk
-            .list(dir)
-            .map_err(|e| StorageError::io(dir, e))?
-            .iter()
-            .filter_map(|n| n.strip_suffix(".log").and_then(|s| s.parse().ok()))
-            .collect();
-        bases.sort_unstable();
-        let checkpoint = Checkpoint::read(disk.as_ref(), dir);
-        let mut recovery = Recovery::default();
-        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
-        let mut expected_raft = first_raft_index;
-        for (i, &base) in bases.iter().enumerate() {
-            let active = i + 1 == bases.len();
-            let trusted = match checkpoint {
-                Some(c) if base < c.active_base_offset => Some(u32::MAX), // sealed: whole file
-                Some(c) if base == c.active_base_offset && c.clean => Some(c.clean_len),
-                _ => None,
-            };
-            let file_len_trust = match trusted {
-                Some(u32::MAX) => {
-                    let f = disk
-                        .open(&super::segment::paths(dir, base).0, false)
-                        .map_err(|e| StorageError::io(dir, e))?;
-                    Some(f.len().map_err(|e| StorageError::io(dir, e))? as u32)
-                }
-                t => t,
-            };
-            let (seg, torn) = Segment::open(
-                disk.as_ref(),
-                dir,
-                base,
-                expected_raft,
-                config.limits,
-                file_len_trust,
-                active,
-            )?;
-            if let Some(prev) = segments.last() {
-                if seg.len > 0
-                    && (seg.base_raft_index != prev.next_raft_index
-                        || seg.base_offset != prev.next_offset)
-                {
-                    return Err(StorageError::Corrupt {
-                        path: seg.log_path().to_owned(),
-                        position: 0,
-                        why: format!(
-                            "segment starts at offset {} / raft index {} but the previous one ends at {} / {}",
-                            seg.base_offset, seg.base_raft_index, prev.next_offset, prev.next_raft_index
-                        ),
-                    });
-                }
-            }
-            expected_raft = seg.next_raft_index;
-            recovery.torn_tail = recovery.torn_tail.or(torn);
-            recovery.scanned_segments += usize::from(seg.scanned);
-            segments.push(seg);
-        }
-        if segments.is_empty() {
-            segments.push(Segment::create(
-                disk.as_ref(),
-                dir,
-                start_offset,
-                first_raft_index,
-                config.limits,
-            )?);
-        }
-        // From here on the active segment is being written: only a clean close makes it trusted again.
-        let active = segments.last().expect("at least one segment");
-        let unclean = Checkpoint {
-            active_base_offset: active.base_offset,
-            clean_len: 0,
-            clean: false,
-        };
-        unclean.write(disk.as_ref(), dir)?;
-        let log = PartitionLog {
-            dir: dir.to_owned(),
-            disk,
-            config,
-            segments,
-            active_since_ms: None,
-        };
-        Ok((log, recovery))
-    }
-
     /// Changes retention and roll settings.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config.segment_ms = config.segment_ms;
@@ -247,6 +155,10 @@ impl PartitionLog {
     /// Appends stamped batches, rolling segments as needed. Returns the files to fsync before the batches
     /// count as durable (rolled segments are already fsynced).
     pub fn append(&mut self, items: &[Append]) -> Result<Arc<dyn DiskFile>, StorageError> {
+        assert!(
+            self.pending_cut.is_none(),
+            "a log with damage found at open is cut before it is written"
+        );
         let mut start = 0;
         while start < items.len() {
             let first_len = items[start].meta.len;
@@ -285,10 +197,11 @@ impl PartitionLog {
         if a.next_offset == a.base_offset {
             return false;
         }
+        // In i128: a setting near u64::MAX means "never", not a negative age.
         let aged = self.config.segment_ms > 0
-            && self
-                .active_since_ms
-                .is_some_and(|t| now - t >= self.config.segment_ms as i64);
+            && self.active_since_ms.is_some_and(|t| {
+                i128::from(now) - i128::from(t) >= i128::from(self.config.segment_ms)
+            });
         a.must_roll_before(next_len) || aged
     }
 
@@ -312,8 +225,67 @@ impl PartitionLog {
         .write(self.disk.as_ref(), &self.dir)?;
         self.segments.push(seg);
         self.active_since_ms = None;
+        // The new segment holds nothing durable yet (the sealed one was fsynced whole).
+        self.set_watermark(0, raft_index.saturating_sub(1), false)?;
         tracing::debug!(dir = %self.dir.display(), base_offset, "rolled segment");
         Ok(())
+    }
+
+    /// Records that everything written so far is fsynced (the driver's fsync returned): the durable
+    /// watermark moves to the end of the active segment. Called before anything that fsync made durable is
+    /// acknowledged.
+    pub fn mark_durable(&mut self) -> Result<(), StorageError> {
+        let (len, last) = (self.active().len, self.last_raft_index());
+        self.set_watermark(len, last, false)
+    }
+
+    /// Records, best effort, that an fsync failed: recovery then trusts nothing past the watermark (the page
+    /// cache may hold what the disk never got).
+    pub fn note_fsync_failed(&mut self) {
+        let w = Watermark {
+            fsync_failed: true,
+            ..self.watermark
+        };
+        if let Err(e) = self.durable.write(&w) {
+            tracing::error!(dir = %self.dir.display(), "recording the failed fsync: {e}");
+        }
+        self.watermark = w;
+    }
+
+    pub(super) fn set_watermark(
+        &mut self,
+        len: u32,
+        raft_index: u64,
+        durably: bool,
+    ) -> Result<(), StorageError> {
+        let w = Watermark {
+            base_offset: self.active().base_offset,
+            len,
+            raft_index,
+            fsync_failed: false,
+        };
+        if durably {
+            self.durable.write_durably(&w)?;
+        } else if w != self.watermark {
+            self.durable.write(&w)?;
+        }
+        self.watermark = w;
+        Ok(())
+    }
+
+    /// The durable watermark as last recorded.
+    pub fn watermark(&self) -> Watermark {
+        self.watermark
+    }
+
+    /// Lowers the watermark, durably, before data below it is cut: a crash after the cut must not find the
+    /// file shorter than its watermark (that reads as lost fsynced data).
+    fn lower_watermark_to(&mut self, len: u32, raft_index: u64) -> Result<(), StorageError> {
+        let base = self.active().base_offset;
+        if self.watermark.base_offset == base && self.watermark.len <= len {
+            return Ok(());
+        }
+        self.set_watermark(len, raft_index, true)
     }
 
     fn segment_for_offset(&self, offset: u64) -> usize {
@@ -331,7 +303,9 @@ impl PartitionLog {
     }
 
     /// Whole committed batches from `offset`, up to `max_bytes` (at least one batch when one is there),
-    /// never past `end_offset` (the high watermark). Control batches are skipped. Each batch is CRC-checked.
+    /// never past `end_offset` (the high watermark). Control batches are skipped. Each batch is checked
+    /// whole (stamp and CRC), consecutive batches must continue each other, and the first one served must
+    /// hold `offset`: damage in an index or a stamp never makes a read skip records.
     pub fn read(
         &self,
         offset: u64,
@@ -348,43 +322,54 @@ impl PartitionLog {
         let mut si = self.segment_for_offset(offset);
         let mut pos = self.segments[si].position_of_offset(offset)?;
         let mut expected: Option<u64> = None;
-        while si < self.segments.len() {
+        'segments: while si < self.segments.len() {
             let seg = &self.segments[si];
             if pos >= seg.len {
                 si += 1;
                 pos = 0;
                 continue;
             }
-            // Check the CRC before trusting any header field.
-            let (h, bytes) = seg.batch_at(pos)?;
-            // The stamp is outside the CRC: consecutive batches must continue each other's offsets.
-            if expected.is_some_and(|e| e != h.base_offset) {
-                return Err(StorageError::Corrupt {
+            let room = u64::from(max_bytes).saturating_sub(total);
+            let batches = seg.batches_from(pos, room)?;
+            for (h, bytes) in batches {
+                let corrupt = |why: String| StorageError::Corrupt {
                     path: seg.log_path().to_owned(),
                     position: u64::from(pos),
-                    why: format!(
+                    why,
+                };
+                if expected.is_some_and(|e| e != h.base_offset) {
+                    return Err(corrupt(format!(
                         "batch stamp says offset {} but the log is at {expected:?}",
                         h.base_offset
-                    ),
-                });
+                    )));
+                }
+                if expected.is_none() && !h.is_control() && h.base_offset > offset {
+                    return Err(corrupt(format!(
+                        "the batch found for offset {offset} starts at {}",
+                        h.base_offset
+                    )));
+                }
+                expected = Some(h.next_offset());
+                if h.base_offset >= end && h.record_count > 0 || h.next_offset() > end {
+                    break 'segments;
+                }
+                if !h.is_control() && h.next_offset() > offset {
+                    if !out.is_empty() && total + u64::from(h.batch_len) > u64::from(max_bytes) {
+                        break 'segments;
+                    }
+                    total += bytes.len() as u64;
+                    out.push(bytes);
+                }
+                pos += h.batch_len;
             }
-            expected = Some(h.next_offset());
-            if h.base_offset >= end && h.record_count > 0 || h.next_offset() > end {
+            if !out.is_empty() && total >= u64::from(max_bytes) {
                 break;
             }
-            if !h.is_control() && h.next_offset() > offset {
-                if !out.is_empty() && total + u64::from(h.batch_len) > u64::from(max_bytes) {
-                    break;
-                }
-                total += bytes.len() as u64;
-                out.push(bytes);
-            }
-            pos += h.batch_len;
         }
         Ok(out)
     }
 
-    /// The batch with Raft index `raft_index`, CRC-checked.
+    /// The batch with Raft index `raft_index`, checked whole.
     pub fn batch_by_raft_index(
         &self,
         raft_index: u64,
@@ -397,7 +382,8 @@ impl PartitionLog {
         seg.batch_at(pos).map(Some)
     }
 
-    /// The header of the batch with Raft index `raft_index` (no CRC check: for terms and offsets).
+    /// The header of the batch with Raft index `raft_index` (stamp checked, no CRC pass: for terms and
+    /// offsets, which the stamp covers).
     pub fn header_by_raft_index(
         &self,
         raft_index: u64,
@@ -411,7 +397,7 @@ impl PartitionLog {
     }
 
     /// Batches with Raft indexes `[low, high)`, stopping early after `max_bytes` (at least one) or at the end
-    /// of a segment: Raft accepts short reads.
+    /// of a segment: Raft accepts short reads. Each is checked whole, and they must be consecutive.
     pub fn batches_by_raft_index(
         &self,
         low: u64,
@@ -423,43 +409,71 @@ impl PartitionLog {
             return Ok(out);
         };
         let seg = &self.segments[si];
-        let mut pos = seg.position_of_raft_index(low)?;
+        let pos = seg.position_of_raft_index(low)?;
         let mut total = 0u64;
-        while pos < seg.len {
-            let (h, b) = seg.batch_at(pos)?;
+        for (next, (h, b)) in (low..).zip(seg.batches_from(pos, max_bytes)?) {
             if h.raft_index >= high || (!out.is_empty() && total + b.len() as u64 > max_bytes) {
                 break;
             }
+            if h.raft_index != next {
+                return Err(StorageError::Corrupt {
+                    path: seg.log_path().to_owned(),
+                    position: u64::from(pos),
+                    why: format!(
+                        "batch stamp says raft index {} where {next} belongs",
+                        h.raft_index
+                    ),
+                });
+            }
             total += b.len() as u64;
-            pos += h.batch_len;
             out.push((h, b));
         }
         Ok(out)
     }
 
-    /// Headers of the batches in the last `segments` segments, in log order, with the offset of each (read
-    /// from the header only: no CRC pass, for rebuilding state derived from headers at open).
-    pub fn recent_headers(&self, segments: usize) -> Result<Vec<BatchHeader>, StorageError> {
+    /// Headers of the batches in the last `segments` segments, in log order (stamps checked, no CRC pass:
+    /// for rebuilding state derived from headers at open; the scrub checks the rest). Stops at the first
+    /// header that fails its checks, and answers it with the Raft index that batch should have had.
+    pub fn recent_headers(
+        &self,
+        segments: usize,
+    ) -> (Vec<BatchHeader>, Option<(u64, StorageError)>) {
         let mut out = Vec::new();
         let from = self.segments.len().saturating_sub(segments);
         for seg in &self.segments[from..] {
             let mut pos = 0u32;
+            let mut next_raft = seg.base_raft_index;
             while pos < seg.len {
-                let h = seg.header_at(pos)?;
-                if h.batch_len == 0 {
-                    break;
+                match seg.header_at(pos) {
+                    Ok(h) => {
+                        pos += h.batch_len;
+                        next_raft = h.raft_index + 1;
+                        out.push(h);
+                    }
+                    Err(e) => return (out, Some((next_raft, e))),
                 }
-                pos = pos.saturating_add(h.batch_len);
-                out.push(h);
             }
         }
-        Ok(out)
+        (out, None)
     }
 
-    /// Removes every batch with Raft index `raft_index` or later (Raft replaced an uncommitted tail).
+    /// Removes every batch with Raft index `raft_index` or later (Raft replaced an uncommitted tail, or
+    /// repair cut damage).
     pub fn truncate_from_raft_index(&mut self, raft_index: u64) -> Result<(), StorageError> {
+        let keep_last = raft_index.saturating_sub(1);
         let mut popped = false;
         while self.segments.len() > 1 && self.active().base_raft_index >= raft_index {
+            // The segment that becomes active holds everything below it durably (it was sealed).
+            let prev = &self.segments[self.segments.len() - 2];
+            let (prev_len, prev_last) = (prev.len, prev.next_raft_index - 1);
+            let w = Watermark {
+                base_offset: prev.base_offset,
+                len: prev_len,
+                raft_index: prev_last,
+                fsync_failed: false,
+            };
+            self.durable.write_durably(&w)?;
+            self.watermark = w;
             let seg = self.segments.pop().expect("more than one segment");
             seg.delete(self.disk.as_ref())?;
             popped = true;
@@ -480,14 +494,24 @@ impl PartitionLog {
         if raft_index >= self.active().next_raft_index {
             return Ok(());
         }
+        let (base_raft, pos) = {
+            let seg = self.active();
+            // Cut at the end of the batch before: only intact batches are read to find it, so a cut at
+            // damaged data works however it is damaged.
+            let pos = if raft_index <= seg.base_raft_index {
+                0
+            } else {
+                let before = seg.position_of_raft_index(raft_index - 1)?;
+                before + seg.header_at(before)?.batch_len
+            };
+            (seg.base_raft_index, pos)
+        };
+        self.lower_watermark_to(pos, keep_last)?;
         let seg = self.active_mut();
-        if raft_index <= seg.base_raft_index {
-            seg.truncate_at(0)?;
+        seg.truncate_at(pos)?;
+        if raft_index <= base_raft {
             seg.base_raft_index = raft_index;
             seg.next_raft_index = raft_index;
-        } else {
-            let pos = seg.position_of_raft_index(raft_index)?;
-            seg.truncate_at(pos)?;
         }
         Ok(())
     }
@@ -504,13 +528,16 @@ impl PartitionLog {
             raft_index,
             self.config.limits,
         )?);
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?;
         Checkpoint {
             active_base_offset: offset,
             clean_len: 0,
             clean: false,
         }
         .write(self.disk.as_ref(), &self.dir)?;
-        Ok(())
+        self.set_watermark(0, raft_index.saturating_sub(1), true)
     }
 
     /// First offset with a record at or after `timestamp_ms`; the next offset when none is that new.
@@ -540,9 +567,11 @@ impl PartitionLog {
         for seg in &self.segments[..self.segments.len() - 1] {
             let too_big = self.config.retention_bytes > 0
                 && total - removed_bytes > self.config.retention_bytes;
+            // In i128, never `as`: a retention near u64::MAX ("forever") must not turn negative.
             let too_old = self.config.retention_ms > 0
                 && seg.max_timestamp != i64::MIN
-                && now_ms - seg.max_timestamp > self.config.retention_ms as i64;
+                && i128::from(now_ms) - i128::from(seg.max_timestamp)
+                    > i128::from(self.config.retention_ms);
             if !(too_big || too_old) || seg.next_raft_index > keep_from_raft_index {
                 break;
             }
@@ -601,6 +630,8 @@ impl PartitionLog {
             .sync_data()
             .map_err(|e| StorageError::io(a.log_path(), e))?;
         a.close_indexes()?;
+        let (len, last) = (self.active().len, self.last_raft_index());
+        self.set_watermark(len, last, true)?;
         let a = self.active();
         let cp = Checkpoint {
             active_base_offset: a.base_offset,

@@ -1,17 +1,22 @@
 //! Partition storage: the segment log and the seam to the disk.
 //!
-//! Layers, bottom up: [`disk`] (the I/O seam) → [`index`] → [`segment`] → [`checkpoint`] → [`log`].
+//! Layers, bottom up: [`disk`] (the I/O seam) → [`reader`] → [`index`] → [`segment`] → [`checkpoint`] and
+//! [`durable`] → [`log`] (steady state) and [`open`] (recovery).
 
 pub mod checkpoint;
 pub mod disk;
+pub mod durable;
 pub mod error;
 pub mod index;
 pub mod log;
+pub mod open;
+pub mod reader;
 pub mod segment;
 
 pub use disk::{Disk, DiskFile, Faults, FaultyDisk, OsDisk};
 pub use error::StorageError;
 pub use log::{Append, LogConfig, PartitionLog};
+pub use open::{LogDamage, Recovery};
 
 #[cfg(test)]
 mod tests;

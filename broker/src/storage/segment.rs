@@ -1,10 +1,17 @@
 //! One segment of a partition log: a log file of whole batches named by its base offset, plus its offset and
-//! time indexes. A segment is written only at its end, by the partition's one writer, and read through one
-//! read-only memory map that spans the segment's largest size, so reads hand out `Bytes` slices of the map
-//! without copying records.
+//! time indexes. A segment is written only at its end, by the partition's one writer. Reads are positioned
+//! reads into buffers (never a memory map of log data: an unreadable block must be an error the replica
+//! repairs from its peers, not a SIGBUS), and every batch header read is checked before any of its fields
+//! moves a cursor: the stamp checksum, a length that stays inside the segment and makes progress, and, for
+//! data served or replicated, the whole batch's CRC.
+//!
+//! Opening a segment classifies what it finds ([`Opened`]): clean, a torn tail that was cut (only ever past
+//! the durable watermark of an active segment, see `durable`), or damage, which the log turns into a cut
+//! plus a repair marker (`consensus::repair`).
 
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +20,7 @@ use ferry_protocol::batch::{self, BatchHeader, HEADER_LEN};
 use super::disk::{Disk, DiskFile};
 use super::error::StorageError;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex, INDEX_ENTRY_LEN};
+use super::reader::ChunkReader;
 
 /// File name stem of a segment: its base offset, zero-padded to 20 digits so names sort by offset.
 pub fn file_stem(base_offset: u64) -> String {
@@ -31,14 +39,14 @@ pub struct SegmentLimits {
 }
 
 impl SegmentLimits {
-    /// Size the read map spans: a full segment plus one batch past the roll point.
-    fn map_len(&self) -> usize {
-        self.segment_bytes as usize + self.batch_bytes_max as usize
+    /// Largest size a segment reaches: a full segment plus one batch past the roll point (bytes).
+    fn len_max(&self) -> u64 {
+        u64::from(self.segment_bytes) + u64::from(self.batch_bytes_max)
     }
 
     /// Index entries an active segment has room for.
     fn index_capacity(&self) -> usize {
-        (self.map_len() / self.index_interval_bytes.max(1) as usize) + 2
+        (self.len_max() / u64::from(self.index_interval_bytes.max(1))) as usize + 2
     }
 }
 
@@ -67,13 +75,57 @@ impl BatchMeta {
     }
 }
 
-/// The open files of a segment.
-struct Files {
-    log_path: PathBuf,
-    file: Arc<dyn DiskFile>,
-    map: Arc<memmap2::Mmap>,
-    index: OffsetIndex,
-    time_index: TimeIndex,
+/// What the log expects of a segment it opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    /// Raft index its first batch should carry (for reporting damage at its start).
+    pub raft_index: u64,
+    /// Highest Raft term a batch may carry: the replica's persisted term (the state file is written before
+    /// the entries of a new term).
+    pub term_max: u64,
+}
+
+/// How an active segment's tail may be treated after an unclean stop.
+#[derive(Debug, Clone, Copy)]
+pub enum Tail {
+    /// A sealed segment (fsynced when it was sealed): any bad batch is damage.
+    Sealed,
+    /// The active segment, fsynced up to `durable_len` when known: a bad batch at or past it is a torn
+    /// write and is cut; below it, damage. `fsync_failed`: nothing past `durable_len` is trusted at all.
+    Active {
+        durable_len: Option<u32>,
+        fsync_failed: bool,
+    },
+}
+
+/// Damage found inside a segment: a batch that fsynced data should hold, unreadable or failing its checks.
+#[derive(Debug, Clone)]
+pub struct Damage {
+    pub path: PathBuf,
+    /// Byte position of the first damaged batch (the segment is valid before it).
+    pub position: u64,
+    /// Raft index that batch should have had.
+    pub raft_index: u64,
+    pub why: String,
+}
+
+/// A torn tail cut away during recovery.
+#[derive(Debug, Clone)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub position: u64,
+    pub cut_bytes: u64,
+}
+
+/// What opening a segment found.
+#[derive(Debug, Clone)]
+pub enum Opened {
+    Clean,
+    /// A torn tail past the durable watermark was cut.
+    Cut(TornTail),
+    /// Damage: the segment is open up to the damaged batch (its files still hold what follows; the log
+    /// decides the cut).
+    Damaged(Damage),
 }
 
 /// One segment.
@@ -86,18 +138,22 @@ pub struct Segment {
     pub next_offset: u64,
     /// Raft index after the last batch.
     pub next_raft_index: u64,
+    /// Raft term of the last batch (0 while empty).
+    pub last_term: u64,
     /// Largest record timestamp (ms), `i64::MIN` while empty.
     pub max_timestamp: i64,
     /// Bytes of whole batches.
     pub len: u32,
     log_path: PathBuf,
     file: Arc<dyn DiskFile>,
-    map: Arc<memmap2::Mmap>,
     index: OffsetIndex,
     time_index: TimeIndex,
     bytes_since_index: u32,
     limits: SegmentLimits,
     sealed: bool,
+    /// An index entry did not match the batch it points at: lookups scan from the segment's start (slow but
+    /// right; the index is rebuilt at the next open). Set from readers, so atomic.
+    index_suspect: AtomicBool,
     /// Whether opening it needed a CRC scan (no clean checkpoint, or indexes not to be trusted).
     pub scanned: bool,
 }
@@ -110,6 +166,14 @@ pub fn paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf, PathBuf) {
         dir.join(format!("{stem}.index")),
         dir.join(format!("{stem}.timeindex")),
     )
+}
+
+/// The open files of a segment.
+struct Files {
+    log_path: PathBuf,
+    file: Arc<dyn DiskFile>,
+    index: OffsetIndex,
+    time_index: TimeIndex,
 }
 
 impl Segment {
@@ -130,7 +194,6 @@ impl Segment {
             .map_err(|e| StorageError::io(&index_path, e))?;
         let time_index = TimeIndex::open(disk, &time_path, 0, cap)
             .map_err(|e| StorageError::io(&time_path, e))?;
-        let map = Arc::new(file.map_read(limits.map_len()).map_err(io)?);
         Ok(Segment::assemble(
             base_offset,
             base_raft_index,
@@ -139,7 +202,6 @@ impl Segment {
             Files {
                 log_path,
                 file,
-                map,
                 index,
                 time_index,
             },
@@ -147,31 +209,28 @@ impl Segment {
     }
 
     /// Opens an existing segment. With `trusted_len`, the log is known clean up to there (a checkpoint) and
-    /// indexes are loaded, else (or if they are insane) rebuilt; without it the whole file is CRC-scanned.
-    /// `active` keeps it open for appends. Returns the segment and whether a torn tail was cut.
+    /// indexes are loaded (checked against the batches they point at), else, or if they do not match, the
+    /// whole file is scanned and the indexes rebuilt. `tail` says what a bad batch means.
     pub fn open(
         disk: &dyn Disk,
         dir: &Path,
         base_offset: u64,
-        expected_raft_index: u64,
+        expect: Expect,
         limits: SegmentLimits,
         trusted_len: Option<u32>,
-        active: bool,
-    ) -> Result<(Self, Option<TornTail>), StorageError> {
+        tail: Tail,
+    ) -> Result<(Self, Opened), StorageError> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let io = |e| StorageError::io(&log_path, e);
         let file = disk.open(&log_path, false).map_err(io)?;
         let file_len = file.len().map_err(io)?;
-        let map = Arc::new(
-            file.map_read(limits.map_len().max(file_len as usize))
-                .map_err(io)?,
-        );
         let idx_entries = |p: &Path| {
             disk.open(p, true)
                 .and_then(|f| f.len())
                 .map(|l| (l as usize) / INDEX_ENTRY_LEN)
                 .unwrap_or(0)
         };
+        let active = matches!(tail, Tail::Active { .. });
         let cap = if active { limits.index_capacity() } else { 0 };
         let (n_idx, n_time) = (idx_entries(&index_path), idx_entries(&time_path));
         let index = OffsetIndex::open(disk, &index_path, n_idx, cap.max(n_idx))
@@ -180,28 +239,41 @@ impl Segment {
             .map_err(|e| StorageError::io(&time_path, e))?;
         let mut seg = Segment::assemble(
             base_offset,
-            expected_raft_index,
+            expect.raft_index,
             limits,
             !active,
             Files {
                 log_path,
                 file,
-                map,
                 index,
                 time_index,
             },
         );
-        let torn = match trusted_len.filter(|&t| u64::from(t) == file_len) {
-            Some(len) if seg.index.is_sane(len.max(1)) && seg.time_index.is_sane() => {
-                seg.load_trusted(len)?;
-                None
+        if file_len > limits.len_max().max(u64::from(u32::MAX / 2)) {
+            return Err(seg.corrupt(0, format!("segment file is {file_len} bytes")));
+        }
+        let trusted = trusted_len.filter(|&t| u64::from(t) == file_len);
+        // A sealed segment with no index entries (its index file was lost) is scanned so the index is
+        // rebuilt: lookups in it would otherwise scan from its start forever.
+        let lost_index =
+            !active && seg.index.is_empty() && file_len > u64::from(limits.index_interval_bytes);
+        if let Some(len) = trusted.filter(|_| !lost_index) {
+            if seg.index.is_sane(len.max(1))
+                && seg.time_index.is_sane()
+                && seg.load_trusted(len, expect)
+            {
+                return Ok((seg, Opened::Clean));
             }
-            _ => {
-                seg.scanned = true;
-                seg.rebuild(disk, file_len, active)?
-            }
-        };
-        Ok((seg, torn))
+            // The indexes or the headers do not match: trust nothing, scan. A clean segment was fsynced
+            // whole, so any bad batch in it is damage.
+            seg.reset_bookkeeping(expect.raft_index);
+            seg.scanned = true;
+            let opened = seg.rebuild(disk, file_len, expect, Tail::Sealed)?;
+            return Ok((seg, opened));
+        }
+        seg.scanned = true;
+        let opened = seg.rebuild(disk, file_len, expect, tail)?;
+        Ok((seg, opened))
     }
 
     /// An empty segment over its open files.
@@ -217,49 +289,64 @@ impl Segment {
             base_raft_index,
             next_offset: base_offset,
             next_raft_index: base_raft_index,
+            last_term: 0,
             max_timestamp: i64::MIN,
             len: 0,
             log_path: f.log_path,
             file: f.file,
-            map: f.map,
             index: f.index,
             time_index: f.time_index,
             bytes_since_index: 0,
             limits,
             sealed,
+            index_suspect: AtomicBool::new(false),
             scanned: false,
         }
     }
 
-    /// Loads bookkeeping of a clean segment from its indexes and its last batches.
-    fn load_trusted(&mut self, len: u32) -> Result<(), StorageError> {
+    fn reset_bookkeeping(&mut self, base_raft_index: u64) {
+        self.base_raft_index = base_raft_index;
+        self.next_offset = self.base_offset;
+        self.next_raft_index = base_raft_index;
+        self.last_term = 0;
+        self.max_timestamp = i64::MIN;
+        self.len = 0;
+        self.bytes_since_index = 0;
+    }
+
+    /// Loads bookkeeping of a clean segment from its indexes and its last batches: false when anything read
+    /// does not match (the caller scans instead).
+    fn load_trusted(&mut self, len: u32, expect: Expect) -> bool {
         self.len = len;
         if len == 0 {
-            return Ok(());
+            return true;
         }
-        let first = self.header_at(0)?;
-        self.base_raft_index = first.raft_index;
-        // Walk from the last index entry to the end for the last batch.
-        let mut pos = if self.index.is_empty() {
-            0
-        } else {
-            self.index.get(self.index.len() - 1).position
+        let Ok(first) = self.header_at(0) else {
+            return false;
         };
+        if first.base_offset != self.base_offset {
+            return false;
+        }
+        self.base_raft_index = first.raft_index;
+        // Walk from the last index entry, once it is shown to point at the batch it names.
+        let mut pos = 0;
+        if let Some(e) = (!self.index.is_empty()).then(|| self.index.get(self.index.len() - 1)) {
+            if !self.entry_matches(&e) {
+                return false;
+            }
+            pos = e.position;
+        }
         let mut since = 0;
         while pos < len {
-            let h = self.header_at(pos)?;
-            // The file was closed cleanly, but a header is still only trusted as far as it cannot make this
-            // walk loop forever or overflow.
-            if (h.batch_len as usize) < HEADER_LEN
-                || u64::from(pos) + u64::from(h.batch_len) > u64::from(len)
-            {
-                return Err(self.corrupt(pos, "batch length runs past the segment"));
+            let Ok(h) = self.header_at(pos) else {
+                return false;
+            };
+            if h.raft_term > expect.term_max || h.raft_index == u64::MAX {
+                return false;
             }
             self.next_offset = h.next_offset();
-            self.next_raft_index = h
-                .raft_index
-                .checked_add(1)
-                .ok_or_else(|| self.corrupt(pos, "raft index out of range"))?;
+            self.next_raft_index = h.raft_index + 1;
+            self.last_term = h.raft_term;
             self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
             pos += h.batch_len;
             since += h.batch_len;
@@ -268,137 +355,170 @@ impl Segment {
             self.max_timestamp = self.max_timestamp.max(t.timestamp_ms);
         }
         self.bytes_since_index = since;
-        Ok(())
+        true
     }
 
-    /// CRC-scans the whole log, rebuilding both indexes. A bad batch at the tail of the active segment is a
-    /// torn write and is cut; anywhere else it is corruption.
+    /// CRC-scans the whole log, rebuilding both indexes; what a bad batch means depends on `tail`.
     fn rebuild(
         &mut self,
         disk: &dyn Disk,
         file_len: u64,
-        active: bool,
-    ) -> Result<Option<TornTail>, StorageError> {
+        expect: Expect,
+        tail: Tail,
+    ) -> Result<Opened, StorageError> {
         self.index.truncate_to_position(0);
         self.time_index.truncate_to_offset(0);
-        if !active {
+        if self.sealed {
             // A sealed segment's indexes were trimmed; give them room to be rebuilt, then trim again.
-            let (_, ip, tp) = paths(
-                self.log_path.parent().expect("segment has a dir"),
-                self.base_offset,
-            );
-            let cap = (file_len as usize / self.limits.index_interval_bytes.max(1) as usize) + 2;
+            let (_, ip, tp) = paths(self.dir(), self.base_offset);
+            let cap = (file_len / u64::from(self.limits.index_interval_bytes.max(1))) as usize + 2;
             self.index =
                 OffsetIndex::open(disk, &ip, 0, cap).map_err(|e| StorageError::io(&ip, e))?;
             self.time_index =
                 TimeIndex::open(disk, &tp, 0, cap).map_err(|e| StorageError::io(&tp, e))?;
         }
+        let file = self.file.clone();
+        let mut reader = ChunkReader::new(file.as_ref(), file_len);
         let mut pos: u64 = 0;
-        let mut first = true;
-        let mut torn = None;
+        let (durable_len, fsync_failed) = match tail {
+            Tail::Sealed => (Some(u32::MAX), false),
+            Tail::Active {
+                durable_len,
+                fsync_failed,
+            } => (durable_len, fsync_failed),
+        };
+        let mut bad: Option<String> = None;
         while pos < file_len {
-            // The stamp is outside the CRC: check that it continues the log.
-            let checked = self.check_batch_at(pos, file_len).map_err(|e| e.to_string()).and_then(|h| {
-                let (want_offset, want_index) = if first {
-                    (self.base_offset, None)
-                } else {
-                    (self.next_offset, Some(self.next_raft_index))
-                };
-                // The largest index has no successor: a stamp holding it is damage (found by fuzzing).
-                if h.raft_index == u64::MAX {
-                    return Err(format!("batch stamp says raft index {}", h.raft_index));
-                }
-                if h.base_offset != want_offset || want_index.is_some_and(|i| i != h.raft_index) {
-                    return Err(format!(
-                        "batch stamp says offset {} / raft index {} but the log is at {want_offset} / {want_index:?}",
-                        h.base_offset, h.raft_index
-                    ));
-                }
-                Ok(h)
-            });
-            match checked {
+            if fsync_failed && durable_len.is_some_and(|d| pos >= u64::from(d)) {
+                bad = Some("written after a failed fsync".into());
+                break;
+            }
+            match self.check_next(&mut reader, pos, file_len, expect) {
                 Ok(h) => {
-                    if first {
+                    if self.len == 0 {
                         self.base_raft_index = h.raft_index;
-                        first = false;
                     }
-                    self.note_appended(&BatchMeta::of(&h), pos as u32);
+                    self.note_appended(&BatchMeta::of(&h), pos as u32)
+                        .map_err(|e| StorageError::io(&self.log_path, e))?;
+                    self.last_term = h.raft_term;
                     pos += u64::from(h.batch_len);
                 }
                 Err(why) => {
-                    if !active || self.valid_batch_follows(pos, file_len) {
-                        return Err(StorageError::Corrupt {
-                            path: self.log_path.clone(),
-                            position: pos,
-                            why: why.to_string(),
-                        });
-                    }
-                    torn = Some(TornTail {
-                        path: self.log_path.clone(),
-                        position: pos,
-                        cut_bytes: file_len - pos,
-                    });
-                    self.file
-                        .set_len(pos)
-                        .map_err(|e| StorageError::io(&self.log_path, e))?;
-                    self.file
-                        .sync_data()
-                        .map_err(|e| StorageError::io(&self.log_path, e))?;
+                    bad = Some(why);
                     break;
                 }
             }
         }
-        self.len = pos.min(file_len) as u32;
-        if !active {
+        self.len = pos as u32;
+        let durable = durable_len.map(u64::from);
+        let opened = match bad {
+            // Everything read back; but a durable length past the end means fsynced bytes are missing.
+            None if durable.is_some_and(|d| d > file_len && d != u64::from(u32::MAX)) => {
+                Opened::Damaged(self.damage(
+                    pos,
+                    format!(
+                        "the segment ends at byte {file_len} but {} bytes were fsynced",
+                        durable.unwrap_or(0)
+                    ),
+                ))
+            }
+            None => Opened::Clean,
+            Some(why) if durable.is_some_and(|d| pos >= d) => {
+                // Past the durable watermark: never acknowledged by this replica, a torn write.
+                self.file
+                    .set_len(pos)
+                    .map_err(|e| StorageError::io(&self.log_path, e))?;
+                self.file
+                    .sync_data()
+                    .map_err(|e| StorageError::io(&self.log_path, e))?;
+                tracing::debug!(path = %self.log_path.display(), pos, %why, "torn tail");
+                Opened::Cut(TornTail {
+                    path: self.log_path.clone(),
+                    position: pos,
+                    cut_bytes: file_len - pos,
+                })
+            }
+            Some(why) => Opened::Damaged(self.damage(pos, why)),
+        };
+        if self.sealed {
             self.seal_indexes()?;
         }
-        Ok(torn)
+        Ok(opened)
     }
 
-    /// Whether an intact batch starts right after the (bad) one at `pos`, using its length field: if so the
-    /// bad batch is not a torn tail but damage inside the log.
-    fn valid_batch_follows(&self, pos: u64, file_len: u64) -> bool {
-        let Ok(h) = BatchHeader::parse(self.slice_in_file(pos, HEADER_LEN as u64, file_len)) else {
-            return false;
-        };
-        let next = pos + u64::from(h.batch_len);
-        h.batch_len as usize >= HEADER_LEN
-            && next < file_len
-            && self.check_batch_at(next, file_len).is_ok()
-    }
-
-    fn slice_in_file(&self, pos: u64, len: u64, file_len: u64) -> &[u8] {
-        let end = (pos + len).min(file_len) as usize;
-        &self.map[pos as usize..end]
-    }
-
-    fn check_batch_at(&self, pos: u64, file_len: u64) -> Result<BatchHeader, batch::BatchError> {
-        let h = BatchHeader::parse(self.slice_in_file(pos, HEADER_LEN as u64, file_len))?;
-        if (h.batch_len as usize) < HEADER_LEN || pos + u64::from(h.batch_len) > file_len {
-            return Err(batch::BatchError::LengthMismatch {
-                declared: h.batch_len,
-                available: (file_len - pos) as usize,
-            });
+    fn damage(&self, position: u64, why: String) -> Damage {
+        Damage {
+            path: self.log_path.clone(),
+            position,
+            raft_index: self.next_raft_index,
+            why,
         }
-        batch::validate(self.slice_in_file(pos, u64::from(h.batch_len), file_len))
+    }
+
+    /// Checks the batch at `pos` of a scan: readable, stamp checksum, length inside the file, CRC, the offset
+    /// the log is at, a Raft index that follows the previous batch's and a term that does not go back or
+    /// past the replica's.
+    fn check_next(
+        &self,
+        reader: &mut ChunkReader<'_>,
+        pos: u64,
+        file_len: u64,
+        expect: Expect,
+    ) -> Result<BatchHeader, String> {
+        let head = reader
+            .get(pos, HEADER_LEN)
+            .map_err(|e| format!("unreadable: {e}"))?;
+        if head.len() < HEADER_LEN {
+            return Err(format!("a partial header of {} bytes", head.len()));
+        }
+        // The stamp checksum first: no field of a header is believed before it holds.
+        ferry_protocol::stamp::check(head).map_err(|e| e.to_string())?;
+        let h = BatchHeader::parse(head).map_err(|e| e.to_string())?;
+        if (h.batch_len as usize) < HEADER_LEN || pos + u64::from(h.batch_len) > file_len {
+            return Err(format!(
+                "batch length {} runs past the file ({file_len} bytes)",
+                h.batch_len
+            ));
+        }
+        let whole = reader
+            .get(pos, h.batch_len as usize)
+            .map_err(|e| format!("unreadable: {e}"))?;
+        let h = batch::validate_stored(whole).map_err(|e| e.to_string())?;
+        let first = self.len == 0;
+        if h.base_offset != self.next_offset
+            || (!first && h.raft_index != self.next_raft_index)
+            || h.raft_index == u64::MAX
+        {
+            return Err(format!(
+                "batch stamp says offset {} / raft index {} but the log is at {} / {}",
+                h.base_offset, h.raft_index, self.next_offset, self.next_raft_index
+            ));
+        }
+        if h.raft_term > expect.term_max || (!first && h.raft_term < self.last_term) {
+            return Err(format!(
+                "batch stamp says raft term {} after term {} (the replica's term is {})",
+                h.raft_term, self.last_term, expect.term_max
+            ));
+        }
+        Ok(h)
     }
 
     /// Records a batch written at `position` in the indexes and counters.
-    fn note_appended(&mut self, m: &BatchMeta, position: u32) {
+    fn note_appended(&mut self, m: &BatchMeta, position: u32) -> io::Result<()> {
         if self.index.is_empty() || self.bytes_since_index >= self.limits.index_interval_bytes {
             let rel_offset = (m.base_offset - self.base_offset) as u32;
             let pushed = self.index.push(OffsetEntry {
                 rel_offset,
                 rel_raft_index: (m.raft_index - self.base_raft_index) as u32,
                 position,
-            });
+            })?;
             if pushed {
                 self.bytes_since_index = 0;
                 if m.record_count > 0 {
                     self.time_index.push(TimeEntry {
                         timestamp_ms: m.max_timestamp,
                         rel_offset,
-                    });
+                    })?;
                 }
             }
         }
@@ -406,9 +526,11 @@ impl Segment {
         self.len = position + m.len;
         self.next_offset = m.base_offset + u64::from(m.record_count);
         self.next_raft_index = m.raft_index + 1;
+        self.last_term = m.raft_term;
         if m.record_count > 0 {
             self.max_timestamp = self.max_timestamp.max(m.max_timestamp);
         }
+        Ok(())
     }
 
     /// Whether appending `bytes` more must go to a new segment instead.
@@ -427,10 +549,14 @@ impl Segment {
     ) -> Result<(), StorageError> {
         assert!(!self.sealed, "append to a sealed segment");
         let total: u64 = metas.iter().map(|m| u64::from(m.len)).sum();
-        assert!(
-            u64::from(self.len) + total <= self.limits.map_len() as u64,
-            "segment overflow"
-        );
+        // Positions are 32-bit (indexes hold them): a segment never passes that. The log rolls long
+        // before; this refuses, rather than asserts, whatever would get here anyway.
+        if u64::from(self.len) + total > u64::from(u32::MAX) {
+            return Err(self.corrupt(
+                self.len,
+                format!("{total} bytes do not fit the segment (refused, nothing written)"),
+            ));
+        }
         if let Err(e) = self.file.write_all_vectored_at(bufs, u64::from(self.len)) {
             // A partial write may have reached the file: cut it so the file ends on a batch boundary.
             let _ = self.file.set_len(u64::from(self.len));
@@ -444,7 +570,8 @@ impl Segment {
             if self.len == 0 {
                 self.base_raft_index = m.raft_index;
             }
-            self.note_appended(m, self.len);
+            self.note_appended(m, self.len)
+                .map_err(|e| StorageError::io(&self.log_path, e))?;
         }
         Ok(())
     }
@@ -459,30 +586,93 @@ impl Segment {
         &self.log_path
     }
 
-    /// The header at `pos` (a batch boundary below `len`), unchecked.
+    fn dir(&self) -> &Path {
+        self.log_path.parent().expect("segment has a dir")
+    }
+
+    fn read_bytes(&self, pos: u64, len: usize) -> Result<Bytes, StorageError> {
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| StorageError::Unreadable {
+                path: self.log_path.clone(),
+                position: pos,
+                source: e,
+            })?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// The header at `pos` (a batch boundary below `len`): its stamp checksum holds and its length stays
+    /// inside the segment, so a walk using it cannot loop or run off the end. The fields the stamp does not
+    /// cover (timestamps, producer) are only as good as the batch CRC, which [`Segment::batch_at`] checks.
     pub fn header_at(&self, pos: u32) -> Result<BatchHeader, StorageError> {
-        let end = (pos as usize + HEADER_LEN).min(self.map.len());
-        BatchHeader::parse(&self.map[pos as usize..end]).map_err(|e| self.corrupt(pos, e))
+        if u64::from(pos) + HEADER_LEN as u64 > u64::from(self.len) {
+            return Err(self.corrupt(pos, "a batch header runs past the segment"));
+        }
+        let mut head = [0u8; HEADER_LEN];
+        self.file
+            .read_exact_at(&mut head, u64::from(pos))
+            .map_err(|e| StorageError::Unreadable {
+                path: self.log_path.clone(),
+                position: u64::from(pos),
+                source: e,
+            })?;
+        ferry_protocol::stamp::check(&head).map_err(|e| self.corrupt(pos, e))?;
+        let h = BatchHeader::parse(&head).map_err(|e| self.corrupt(pos, e))?;
+        if (h.batch_len as usize) < HEADER_LEN
+            || u64::from(pos) + u64::from(h.batch_len) > u64::from(self.len)
+        {
+            return Err(self.corrupt(pos, "batch length runs past the segment"));
+        }
+        Ok(h)
     }
 
     /// The whole batch at `pos`, CRC-checked (never serve a batch that fails it).
     pub fn batch_at(&self, pos: u32) -> Result<(BatchHeader, Bytes), StorageError> {
         let h = self.header_at(pos)?;
-        let end = u64::from(pos) + u64::from(h.batch_len);
-        if (h.batch_len as usize) < HEADER_LEN || end > u64::from(self.len) {
-            return Err(self.corrupt(pos, "batch length runs past the segment"));
-        }
-        let bytes = self.map_bytes(pos as usize, end as usize);
-        batch::validate(&bytes).map_err(|e| self.corrupt(pos, e))?;
+        let bytes = self.read_bytes(u64::from(pos), h.batch_len as usize)?;
+        let h = batch::validate_stored(&bytes).map_err(|e| self.corrupt(pos, e))?;
         Ok((h, bytes))
     }
 
-    fn map_bytes(&self, start: usize, end: usize) -> Bytes {
-        Bytes::from_owner(MapSlice {
-            map: self.map.clone(),
-            start,
-            end,
-        })
+    /// Whole batches from `pos` (a batch boundary), read with one positioned read of about `max_bytes`
+    /// (the first batch whole even if larger), each checked like [`Segment::batch_at`]; batches are slices
+    /// of that one buffer. Stops at the end of the segment.
+    pub fn batches_from(
+        &self,
+        pos: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<(BatchHeader, Bytes)>, StorageError> {
+        let mut out = Vec::new();
+        if pos >= self.len {
+            return Ok(out);
+        }
+        let first = self.header_at(pos)?;
+        let span = u64::from(self.len - pos)
+            .min(max_bytes.max(u64::from(first.batch_len)))
+            .min(u64::from(u32::MAX));
+        let buf = self.read_bytes(u64::from(pos), span as usize)?;
+        let mut at = 0usize;
+        while at + HEADER_LEN <= buf.len() {
+            let here = pos + at as u32;
+            let head = &buf[at..at + HEADER_LEN];
+            ferry_protocol::stamp::check(head).map_err(|e| self.corrupt(here, e))?;
+            let h = BatchHeader::parse(head).map_err(|e| self.corrupt(here, e))?;
+            if (h.batch_len as usize) < HEADER_LEN
+                || u64::from(here) + u64::from(h.batch_len) > u64::from(self.len)
+            {
+                return Err(self.corrupt(here, "batch length runs past the segment"));
+            }
+            let end = at + h.batch_len as usize;
+            if end > buf.len() {
+                break;
+            }
+            let bytes = buf.slice(at..end);
+            let h = batch::validate_stored(&bytes).map_err(|e| self.corrupt(here, e))?;
+            out.push((h, bytes));
+            at = end;
+        }
+        Ok(out)
     }
 
     fn corrupt(&self, pos: u32, why: impl std::fmt::Display) -> StorageError {
@@ -493,12 +683,41 @@ impl Segment {
         }
     }
 
+    /// Whether index entry `e` points at a batch boundary whose header carries the offset and Raft index
+    /// the entry names (an index entry is derived data: damage in it must never make a read skip records).
+    fn entry_matches(&self, e: &OffsetEntry) -> bool {
+        match self.header_at(e.position) {
+            Ok(h) => {
+                h.base_offset == self.base_offset + u64::from(e.rel_offset)
+                    && h.raft_index == self.base_raft_index + u64::from(e.rel_raft_index)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Where a walk may start for the index entry `e`, once checked: a damaged entry makes every later
+    /// lookup in this segment scan from its start.
+    fn start_from(&self, e: Option<OffsetEntry>) -> u32 {
+        let Some(e) = e.filter(|_| !self.index_suspect.load(Ordering::Relaxed)) else {
+            return 0;
+        };
+        if self.entry_matches(&e) {
+            return e.position;
+        }
+        if !self.index_suspect.swap(true, Ordering::Relaxed) {
+            tracing::error!(path = %self.log_path.display(), position = e.position,
+                "offset index entry does not match its batch; the index is ignored until rebuilt at the next open");
+            metrics::counter!("ferry_index_damage_total").increment(1);
+        }
+        0
+    }
+
     /// Position of the first batch holding `offset` or after it (`len` when none).
     pub fn position_of_offset(&self, offset: u64) -> Result<u32, StorageError> {
         let rel = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
-        let mut pos = self.index.position_for_offset(rel);
+        let mut pos = self.start_from(self.index.floor_for_offset(rel));
         while pos < self.len {
             let h = self.header_at(pos)?;
             if h.next_offset() > offset && !h.is_control() {
@@ -511,8 +730,10 @@ impl Segment {
 
     /// Position of the batch with Raft index `raft_index` (which this segment holds).
     pub fn position_of_raft_index(&self, raft_index: u64) -> Result<u32, StorageError> {
-        let rel = (raft_index - self.base_raft_index) as u32;
-        let mut pos = self.index.position_for_raft_index(rel);
+        let rel = raft_index
+            .saturating_sub(self.base_raft_index)
+            .min(u64::from(u32::MAX)) as u32;
+        let mut pos = self.start_from(self.index.floor_for_raft_index(rel));
         while pos < self.len {
             let h = self.header_at(pos)?;
             if h.raft_index == raft_index {
@@ -529,12 +750,23 @@ impl Segment {
         ))
     }
 
-    /// First offset at or after `timestamp_ms` in this segment, if any record is that new.
+    /// First offset at or after `timestamp_ms` in this segment, if any record is that new. Batches are read
+    /// whole (CRC-checked): timestamps are covered by the batch CRC, not the stamp.
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>, StorageError> {
-        let rel = self.time_index.offset_for_time(timestamp_ms);
-        let mut pos = self.position_of_offset(self.base_offset + u64::from(rel))?;
+        let floor = self.time_index.floor_for_time(timestamp_ms);
+        let mut pos = match floor {
+            None => 0,
+            Some(e) => {
+                let p = self.position_of_offset(self.base_offset + u64::from(e.rel_offset))?;
+                if self.time_entry_matches(p, &e)? {
+                    p
+                } else {
+                    0
+                }
+            }
+        };
         while pos < self.len {
-            let h = self.header_at(pos)?;
+            let (h, _) = self.batch_at(pos)?;
             if !h.is_control() && h.max_timestamp >= timestamp_ms {
                 return Ok(Some(h.base_offset));
             }
@@ -543,31 +775,53 @@ impl Segment {
         Ok(None)
     }
 
-    /// Cuts the log at `position` (a batch boundary): Raft replaced an uncommitted tail.
+    fn time_entry_matches(&self, pos: u32, e: &TimeEntry) -> Result<bool, StorageError> {
+        if pos >= self.len {
+            return Ok(false);
+        }
+        let (h, _) = self.batch_at(pos)?;
+        let ok = h.base_offset == self.base_offset + u64::from(e.rel_offset)
+            && h.max_timestamp == e.timestamp_ms;
+        if !ok {
+            tracing::error!(path = %self.log_path.display(), pos, "time index entry does not match its batch; scanning");
+            metrics::counter!("ferry_index_damage_total").increment(1);
+        }
+        Ok(ok)
+    }
+
+    /// Cuts the log at `position` (a batch boundary): Raft replaced an uncommitted tail, or repair cut
+    /// damage.
     pub fn truncate_at(&mut self, position: u32) -> Result<(), StorageError> {
-        self.file
-            .set_len(u64::from(position))
-            .map_err(|e| StorageError::io(&self.log_path, e))?;
-        self.index.truncate_to_position(position);
-        let (next_offset, next_raft) = if position == 0 {
-            (self.base_offset, self.base_raft_index)
+        let position = position.min(self.len);
+        // Re-derive counters from the batches that remain (before the cut, while they can still be read).
+        let (next_offset, next_raft, last_term) = if position == 0 {
+            (self.base_offset, self.base_raft_index, 0)
         } else {
-            // Re-derive counters from the batches that remain.
-            let mut pos = self.index.position_for_offset(u32::MAX);
-            let (mut no, mut nr) = (self.base_offset, self.base_raft_index);
+            let floor = self
+                .index
+                .floor_for_offset(u32::MAX)
+                .filter(|e| e.position < position);
+            let mut pos = self.start_from(floor);
+            let (mut no, mut nr, mut t) = (self.base_offset, self.base_raft_index, 0);
             while pos < position {
                 let h = self.header_at(pos)?;
                 no = h.next_offset();
                 nr = h.raft_index + 1;
+                t = h.raft_term;
                 pos += h.batch_len;
             }
-            (no, nr)
+            (no, nr, t)
         };
+        self.file
+            .set_len(u64::from(position))
+            .map_err(|e| StorageError::io(&self.log_path, e))?;
+        self.index.truncate_to_position(position);
         self.time_index
             .truncate_to_offset((next_offset - self.base_offset) as u32);
         self.len = position;
         self.next_offset = next_offset;
         self.next_raft_index = next_raft;
+        self.last_term = last_term;
         self.bytes_since_index = self.index_interval_remainder();
         Ok(())
     }
@@ -587,6 +841,15 @@ impl Segment {
         self.time_index
             .seal()
             .map_err(|e| StorageError::io(&self.log_path, e))
+    }
+
+    /// Makes what recovery found durable: the log file and both indexes (the page cache after a crash is
+    /// not the disk).
+    pub fn sync_all(&self) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&self.log_path, e);
+        self.file.sync_data().map_err(io)?;
+        self.index.sync().map_err(io)?;
+        self.time_index.sync().map_err(io)
     }
 
     /// Makes the segment read-only: log fsynced, indexes trimmed and fsynced.
@@ -611,12 +874,7 @@ impl Segment {
         if !self.sealed {
             return Ok(());
         }
-        let dir = self
-            .log_path
-            .parent()
-            .expect("segment has a dir")
-            .to_owned();
-        let (_, ip, tp) = paths(&dir, self.base_offset);
+        let (_, ip, tp) = paths(self.dir(), self.base_offset);
         let cap = self.limits.index_capacity();
         let (n, nt) = (self.index.len(), self.time_index.len());
         self.index = OffsetIndex::open(disk, &ip, n, cap).map_err(|e| StorageError::io(&ip, e))?;
@@ -628,40 +886,51 @@ impl Segment {
 
     /// Removes the segment's files.
     pub fn delete(self, disk: &dyn Disk) -> Result<(), StorageError> {
-        let dir = self
-            .log_path
-            .parent()
-            .expect("segment has a dir")
-            .to_owned();
-        let (l, i, t) = paths(&dir, self.base_offset);
-        for p in [l, i, t] {
-            match disk.remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(&p, e)),
-            }
+        delete_files(disk, self.dir(), self.base_offset)
+    }
+}
+
+/// Removes the files of the segment with base offset `base_offset` in `dir` (those that exist).
+pub fn delete_files(disk: &dyn Disk, dir: &Path, base_offset: u64) -> Result<(), StorageError> {
+    let (l, i, t) = paths(dir, base_offset);
+    for p in [l, i, t] {
+        match disk.remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(&p, e)),
         }
-        Ok(())
     }
+    Ok(())
 }
 
-/// A torn tail cut away during recovery.
-#[derive(Debug, Clone)]
-pub struct TornTail {
-    pub path: PathBuf,
-    pub position: u64,
-    pub cut_bytes: u64,
-}
-
-/// Owner of a `Bytes` slice of a segment map: keeps the map alive while any slice is.
-struct MapSlice {
-    map: Arc<memmap2::Mmap>,
-    start: usize,
-    end: usize,
-}
-
-impl AsRef<[u8]> for MapSlice {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
+/// The last Raft index of the intact batches at the start of a segment file that is not opened as part of
+/// the log (evidence of how far the log reached, after damage before it): scans until the first bad batch.
+pub fn last_intact_raft_index(disk: &dyn Disk, path: &Path) -> Option<u64> {
+    let file = disk.open(path, false).ok()?;
+    let file_len = file.len().ok()?;
+    let mut reader = ChunkReader::new(file.as_ref(), file_len);
+    let (mut pos, mut last) = (0u64, None);
+    while pos < file_len {
+        let Ok(head) = reader.get(pos, HEADER_LEN) else {
+            break;
+        };
+        let Ok(h) = BatchHeader::parse(head) else {
+            break;
+        };
+        if ferry_protocol::stamp::check(head).is_err()
+            || (h.batch_len as usize) < HEADER_LEN
+            || pos + u64::from(h.batch_len) > file_len
+        {
+            break;
+        }
+        let Ok(whole) = reader.get(pos, h.batch_len as usize) else {
+            break;
+        };
+        if batch::validate_stored(whole).is_err() {
+            break;
+        }
+        last = Some(h.raft_index);
+        pos += u64::from(h.batch_len);
     }
+    last
 }

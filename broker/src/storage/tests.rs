@@ -46,9 +46,23 @@ fn fill(log: &mut PartitionLog, batches: u64, per: u64) {
         let data = make_batch(offset, per, 1_000 + idx as i64);
         let h = batch::validate(&data).unwrap();
         let f = log
-            .append(&[Append::new(&data, &h, offset, 1, idx)])
+            .append(&[Append::new(&data, &h, offset, 1, idx).unwrap()])
             .unwrap();
         f.sync_data().unwrap();
+        // As the replica driver does after each fsync, before it acknowledges anything.
+        log.mark_durable().unwrap();
+    }
+}
+
+/// Appends `batches` batches like [`fill`] but fsyncs nothing: what a crash finds past the watermark.
+fn fill_unsynced(log: &mut PartitionLog, batches: u64, per: u64) {
+    for _ in 0..batches {
+        let offset = log.next_offset();
+        let idx = log.last_raft_index() + 1;
+        let data = make_batch(offset, per, 1_000 + idx as i64);
+        let h = batch::validate(&data).unwrap();
+        log.append(&[Append::new(&data, &h, offset, 1, idx).unwrap()])
+            .unwrap();
     }
 }
 
@@ -74,7 +88,14 @@ fn values(log: &PartitionLog, from: u64) -> Vec<String> {
 }
 
 fn open(dir: &std::path::Path) -> Result<PartitionLog, StorageError> {
-    PartitionLog::open(Arc::new(OsDisk), dir, small_config(), 1, 0).map(|(l, _)| l)
+    open_with(Arc::new(OsDisk), dir).map(|(l, _)| l)
+}
+
+fn open_with(
+    disk: Arc<dyn Disk>,
+    dir: &std::path::Path,
+) -> Result<(PartitionLog, super::Recovery), StorageError> {
+    PartitionLog::open(disk, dir, small_config(), 1, 0, 1)
 }
 
 #[test]
@@ -91,8 +112,7 @@ fn round_trip_across_rolls_and_clean_reopen() {
     assert_eq!(values(&log, 998), vec!["value-998", "value-999"]);
     log.close().unwrap();
     drop(log);
-    let (log, rec) =
-        PartitionLog::open(Arc::new(OsDisk), dir.path(), small_config(), 1, 0).unwrap();
+    let (log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
     assert_eq!(
         rec.scanned_segments, 0,
         "a clean close needs no recovery scan"
@@ -113,8 +133,7 @@ fn crash_reopen_scans_only_the_active_segment() {
     fill(&mut log, 100, 3);
     let segs = log.segment_count();
     drop(log); // no close: like kill -9 after the fsyncs
-    let (log, rec) =
-        PartitionLog::open(Arc::new(OsDisk), dir.path(), small_config(), 1, 0).unwrap();
+    let (log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
     assert_eq!(rec.scanned_segments, 1);
     assert_eq!(log.segment_count(), segs);
     assert_eq!(values(&log, 0).len(), 300);
@@ -131,11 +150,13 @@ fn active_segment_path(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn garbage_and_cut_tails_are_truncated() {
+fn garbage_and_cut_tails_past_the_watermark_are_truncated() {
     for damage in ["garbage", "cut", "zeros"] {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path()).unwrap();
         fill(&mut log, 10, 4);
+        // One more batch written after the last fsync: the crash may tear it.
+        fill_unsynced(&mut log, 1, 4);
         drop(log);
         let path = active_segment_path(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
@@ -146,16 +167,243 @@ fn garbage_and_cut_tails_are_truncated() {
             _ => bytes.truncate(full - 5),
         }
         std::fs::write(&path, &bytes).unwrap();
-        let (mut log, rec) =
-            PartitionLog::open(Arc::new(OsDisk), dir.path(), small_config(), 1, 0).unwrap();
+        let (mut log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+        assert!(rec.damage.is_none(), "{damage}: {:?}", rec.damage);
         let torn = rec.torn_tail.expect("a torn tail is reported");
-        let expected = if damage == "cut" { 36 } else { 40 };
+        let expected = if damage == "cut" { 40 } else { 44 };
         assert_eq!(values(&log, 0).len(), expected, "{damage}");
         assert!(torn.cut_bytes > 0);
         // The broker serves on: appends continue after the cut.
         fill(&mut log, 1, 4);
         assert_eq!(values(&log, 0).len(), expected + 4);
     }
+}
+
+#[test]
+fn a_cut_into_fsynced_data_is_damage_not_a_torn_tail() {
+    // H1 in the durability audit: the length field of a batch well inside the active segment, a zeroed
+    // block across a batch boundary, or a file cut short of what was fsynced. Before the durable watermark
+    // each was taken for a torn tail and everything after it (acknowledged, maybe committed) was cut.
+    for damage in ["length-field", "zeroed-block", "truncated"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        fill(&mut log, 40, 3);
+        assert_eq!(
+            log.segment_count(),
+            1,
+            "{damage}: all in the active segment"
+        );
+        drop(log);
+        let path = active_segment_path(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+        let tenth = 9 * len;
+        match damage {
+            "length-field" => bytes[tenth + 25] ^= 0x40,
+            "zeroed-block" => bytes[tenth - 20..tenth + 80].fill(0),
+            _ => bytes.truncate(bytes.len() - 3 * len - 7),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+        assert!(rec.torn_tail.is_none(), "{damage}: cut as a torn tail");
+        let d = rec.damage.expect("damage is reported");
+        assert_eq!(
+            d.evidence_raft_index, 40,
+            "{damage}: the log reached raft index 40"
+        );
+        assert!(log.has_pending_cut());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{damage}: nothing is cut before the repair marker"
+        );
+        let mut log = log;
+        log.finish_cut().unwrap();
+        assert_eq!(log.last_raft_index(), d.at.raft_index - 1, "{damage}");
+        drop(log);
+        let (log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+        assert!(rec.damage.is_none() && rec.torn_tail.is_none());
+        assert_eq!(values(&log, 0).len() as u64, 3 * (d.at.raft_index - 1));
+    }
+}
+
+#[test]
+fn without_a_watermark_a_bad_tail_is_damage() {
+    // A lost or damaged watermark file: recovery cannot tell what was fsynced, so it assumes everything.
+    for watermark in ["deleted", "damaged"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        fill(&mut log, 5, 3);
+        drop(log);
+        let w = dir.path().join(super::durable::FILE_NAME);
+        match watermark {
+            "deleted" => std::fs::remove_file(&w).unwrap(),
+            _ => {
+                let mut b = std::fs::read(&w).unwrap();
+                b[17] ^= 1;
+                std::fs::write(&w, b).unwrap();
+            }
+        }
+        let path = active_segment_path(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend([7u8; 50]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+        assert!(rec.damage.is_some(), "{watermark}");
+    }
+}
+
+#[test]
+fn after_a_failed_fsync_nothing_past_the_watermark_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 5, 3);
+    fill_unsynced(&mut log, 2, 3); // intact in the page cache, never made durable
+    log.note_fsync_failed();
+    drop(log);
+    let (log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+    assert!(rec.damage.is_none());
+    assert!(rec.torn_tail.is_some(), "the unsynced batches are cut");
+    assert_eq!(log.last_raft_index(), 5);
+}
+
+#[test]
+fn recovery_makes_the_page_cache_tail_durable_before_counting_it() {
+    // H3 in the durability audit: after a process crash, batches the page cache still holds read back
+    // intact; they are counted (and may be acknowledged) only once recovery has fsynced them.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
+        faults: faults.clone(),
+    });
+    let (mut log, _) = open_with(disk.clone(), dir.path()).unwrap();
+    fill(&mut log, 3, 2);
+    fill_unsynced(&mut log, 4, 2);
+    drop(log); // a process crash: the page cache keeps the 4 unsynced batches
+    let (log, _) = open_with(disk.clone(), dir.path()).unwrap();
+    assert_eq!(log.last_raft_index(), 7);
+    drop(log);
+    faults.power_cut(|durable, _| durable).unwrap();
+    let (log, rec) = open_with(disk, dir.path()).unwrap();
+    assert!(rec.damage.is_none());
+    assert_eq!(
+        log.last_raft_index(),
+        7,
+        "what the first recovery counted survived the power cut"
+    );
+}
+
+#[test]
+fn a_wrong_index_entry_never_makes_a_read_skip_records() {
+    // H4(a): an entry whose relative offset is lowered but still increasing passes the sanity check.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 100, 3);
+    log.close().unwrap();
+    drop(log);
+    let idx = dir.path().join(format!("{:020}.index", 0));
+    let mut b = std::fs::read(&idx).unwrap();
+    assert!(b.len() >= 36, "the index has entries");
+    // Entry 2's rel_offset: between entry 1's and its own.
+    let e1 = u32::from_le_bytes(b[12..16].try_into().unwrap());
+    let e2 = u32::from_le_bytes(b[24..28].try_into().unwrap());
+    let wrong = e1 + (e2 - e1) / 2;
+    b[24..28].copy_from_slice(&wrong.to_le_bytes());
+    std::fs::write(&idx, b).unwrap();
+    let log = open(dir.path()).unwrap();
+    for offset in [u64::from(wrong), u64::from(wrong) + 1, u64::from(e2)] {
+        let first = log.read(offset, 1, u64::MAX).unwrap();
+        let h = batch::BatchHeader::parse(&first[0]).unwrap();
+        assert!(
+            h.base_offset <= offset && offset < h.next_offset(),
+            "offset {offset} served from a batch at {}",
+            h.base_offset
+        );
+    }
+    assert_eq!(values(&log, 0).len(), 300);
+}
+
+#[test]
+fn a_zeroed_header_in_a_trusted_segment_is_an_error_not_a_hang() {
+    // H4(b): a zeroed header (batch_len 0) made every lookup past it loop forever.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 100, 3);
+    log.close().unwrap();
+    drop(log);
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let len = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+    bytes[2 * len..2 * len + 70].fill(0);
+    std::fs::write(&first, &bytes).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let log = open(&path).unwrap();
+        let lookups = [
+            log.read(9, 1 << 20, u64::MAX).map(|_| ()),
+            log.header_by_raft_index(4).map(|_| ()),
+            log.offset_for_time(1_004).map(|_| ()),
+        ];
+        let _ = tx.send(
+            lookups
+                .iter()
+                .map(|r| matches!(r, Err(e) if e.is_damage()))
+                .collect::<Vec<_>>(),
+        );
+    });
+    let damage = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("lookups past a zeroed header return within 20 s");
+    assert_eq!(damage, [true; 3], "each lookup reports damage");
+}
+
+#[test]
+fn an_unreadable_block_is_an_error_not_a_crash() {
+    // H5: log reads are positioned reads, so EIO is an error the replica fences on (through a map it was a
+    // SIGBUS that killed the broker).
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
+        faults: faults.clone(),
+    });
+    let (mut log, _) = open_with(disk.clone(), dir.path()).unwrap();
+    fill(&mut log, 100, 3);
+    let first = dir.path().join(format!("{:020}.log", 0));
+    faults.make_unreadable(&first, 1000..1512);
+    let err = log.read(0, 1 << 20, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, StorageError::Unreadable { .. }) && err.is_damage(),
+        "{err}"
+    );
+    assert!(log.batches_by_raft_index(1, 50, 1 << 20).is_err());
+    // Reopening finds it too: sealed segments are trusted, but the open scan of the unclean active
+    // segment is not disturbed and later reads still fail cleanly.
+    drop(log);
+    let (log, _) = open_with(disk, dir.path()).unwrap();
+    assert!(log.read(0, 1 << 20, u64::MAX).is_err());
+}
+
+#[test]
+fn retention_forever_and_huge_intervals_never_turn_negative() {
+    // C1: `u64::MAX as i64` is -1, so "forever" deleted every sealed segment; the same cast rolled a
+    // segment per batch for a huge segment_ms.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config();
+    cfg.retention_ms = u64::MAX;
+    cfg.segment_ms = u64::MAX;
+    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir.path(), cfg, 1, 0, 1).unwrap();
+    fill(&mut log, 200, 3);
+    let segments = log.segment_count();
+    assert!(
+        segments > 2 && segments < 100,
+        "rolls by size only: {segments}"
+    );
+    let now = 10_000_000;
+    assert!(log.retention_plan(now, u64::MAX).unwrap().is_none());
+    cfg.retention_ms = 1;
+    log.set_config(cfg);
+    assert!(log.retention_plan(now, u64::MAX).unwrap().is_some());
 }
 
 #[test]
@@ -183,7 +431,7 @@ fn flipped_byte_in_an_old_segment_is_never_served() {
 }
 
 #[test]
-fn flipped_byte_inside_the_active_segment_refuses_to_open() {
+fn a_flipped_byte_inside_the_active_segment_is_damage_and_nothing_is_cut_yet() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path()).unwrap();
     fill(&mut log, 10, 3);
@@ -192,15 +440,19 @@ fn flipped_byte_inside_the_active_segment_refuses_to_open() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 1; // inside the first batch, intact batches follow
     std::fs::write(&path, &bytes).unwrap();
-    let err = open(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, StorageError::Corrupt { position: 0, .. }),
-        "{err}"
+    let (log, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+    let d = rec.damage.expect("damage");
+    assert_eq!((d.at.position, d.at.raft_index), (0, 1));
+    assert_eq!(d.evidence_raft_index, 10);
+    assert_eq!(
+        log.last_raft_index(),
+        0,
+        "nothing below the damage is served"
     );
     assert_eq!(
         std::fs::read(&path).unwrap(),
         bytes,
-        "nothing acknowledged is truncated"
+        "nothing acknowledged is truncated before the repair marker"
     );
 }
 
@@ -238,7 +490,7 @@ fn retention_by_bytes_keeps_unapplied_entries() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config();
     cfg.retention_bytes = 16 * 1024;
-    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir.path(), cfg, 1, 0).unwrap();
+    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir.path(), cfg, 1, 0, 1).unwrap();
     fill(&mut log, 300, 3);
     assert!(
         log.retention_plan(0, 1).unwrap().is_none(),
@@ -265,19 +517,23 @@ fn failed_fsync_and_full_disk_are_errors() {
     let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
         faults: faults.clone(),
     });
-    let (mut log, _) = PartitionLog::open(disk, dir.path(), small_config(), 1, 0).unwrap();
+    let (mut log, _) = open_with(disk, dir.path()).unwrap();
     fill(&mut log, 3, 2);
     faults.fail_fsync.store(true, Ordering::SeqCst);
     let data = make_batch(6, 2, 5);
     let h = batch::validate(&data).unwrap();
-    let f = log.append(&[Append::new(&data, &h, 6, 1, 4)]).unwrap();
+    let f = log
+        .append(&[Append::new(&data, &h, 6, 1, 4).unwrap()])
+        .unwrap();
     assert!(f.sync_data().is_err());
     faults.fail_fsync.store(false, Ordering::SeqCst);
     // Disk full: the write fails, the file keeps ending on a batch boundary.
     faults.space_left_bytes.store(10, Ordering::SeqCst);
     let data = make_batch(8, 2, 5);
     let h = batch::validate(&data).unwrap();
-    let err = log.append(&[Append::new(&data, &h, 8, 1, 5)]).unwrap_err();
+    let err = log
+        .append(&[Append::new(&data, &h, 8, 1, 5).unwrap()])
+        .unwrap_err();
     assert!(err.is_disk_full(), "{err}");
     drop(log);
     let log = open(dir.path()).unwrap();
@@ -288,11 +544,13 @@ fn failed_fsync_and_full_disk_are_errors() {
         faults: faults2.clone(),
     });
     drop(log);
-    let (mut log, _) = PartitionLog::open(disk, dir.path(), small_config(), 1, 0).unwrap();
+    let (mut log, _) = open_with(disk, dir.path()).unwrap();
     faults2.torn_write_bytes.store(30, Ordering::SeqCst);
     let data = make_batch(8, 2, 5);
     let h = batch::validate(&data).unwrap();
-    assert!(log.append(&[Append::new(&data, &h, 8, 1, 5)]).is_err());
+    assert!(log
+        .append(&[Append::new(&data, &h, 8, 1, 5).unwrap()])
+        .is_err());
     drop(log);
     let log = open(dir.path()).unwrap();
     assert_eq!(log.last_raft_index(), 4);
@@ -300,21 +558,44 @@ fn failed_fsync_and_full_disk_are_errors() {
 }
 
 #[test]
-fn a_damaged_stamp_outside_the_crc_is_caught() {
+fn a_damaged_stamp_is_caught_by_its_checksum() {
+    // H2: the stamp (offset, term, index) was outside the CRC; it has a checksum of its own now.
+    for (field, at) in [
+        ("base_offset", 2),
+        ("raft_term", 9),
+        ("stamp_crc", 13),
+        ("raft_index", 17),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        fill(&mut log, 10, 3);
+        drop(log);
+        let path = active_segment_path(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+        bytes[second + at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, rec) = open_with(Arc::new(OsDisk), dir.path()).unwrap();
+        let d = rec.damage.unwrap_or_else(|| panic!("{field}: not caught"));
+        assert_eq!(
+            (d.at.position, d.at.raft_index),
+            (second as u64, 2),
+            "{field}"
+        );
+    }
+}
+
+#[test]
+fn a_term_past_the_replicas_term_is_damage() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path()).unwrap();
-    fill(&mut log, 10, 3);
+    fill(&mut log, 4, 3); // term 1
     drop(log);
-    let path = active_segment_path(dir.path());
-    let mut bytes = std::fs::read(&path).unwrap();
-    // Byte 2 of the second batch's base_offset (batches here are 139 bytes).
-    let second = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
-    bytes[second + 2] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-    let err = open(dir.path()).unwrap_err();
+    let (_, rec) =
+        PartitionLog::open(Arc::new(OsDisk), dir.path(), small_config(), 1, 0, 0).unwrap();
     assert!(
-        matches!(&err, StorageError::Corrupt { position, .. } if *position == second as u64),
-        "{err}"
+        rec.damage.is_some(),
+        "a batch of term 1 in a replica at term 0"
     );
 }
 

@@ -1,0 +1,786 @@
+//! The fault-location test, in the spirit of Protocol-Aware Recovery (Alagappan et al., FAST'18), which
+//! injected a fault at every location of every on-disk structure: three brokers in this process (real
+//! peer transport on 127.0.0.1, 20 ms ticks), one partition replicated three ways. For each case, one
+//! broker is stopped, one field of one on-disk structure is damaged (a bit flip, a zeroed sector, a
+//! truncation, or an unreadable block through the storage seam), the broker is started again, more traffic
+//! and a leader change follow, and the test checks:
+//! - nothing acknowledged is lost (every acknowledged value is read back once, at its offset);
+//! - nothing damaged is served (every batch read is whole and checked, and every replica's committed log
+//!   is byte-identical to the leader's);
+//! - the damaged replica is repaired (its log equals the others') or fenced visibly (a failure or a repair
+//!   state the broker reports), and never silently shortened: right after the restart, a replica that is
+//!   neither repairing nor fenced still holds every entry it held before.
+//!
+//! `FERRY_FAULT_LOCATIONS=full` runs every field with every fault kind (docs/reliability.md has the matrix
+//! and a long run's results); the default is a bounded subset covering every structure and field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_broker::broker::{Broker, BrokerError};
+use ferry_broker::config::BrokerConfig;
+use ferry_broker::metadata::TopicSettings;
+use ferry_broker::peer::Router;
+use ferry_broker::replica::handle::Durability;
+use ferry_broker::replica::ReplicaError;
+use ferry_broker::storage::{Faults, FaultyDisk};
+use ferry_protocol::batch::{self, BatchBuilder, Records, HEADER_LEN};
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "f";
+/// Longest any wait of one case takes.
+const CASE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One broker of the test cluster.
+struct Node {
+    id: u64,
+    dir: PathBuf,
+    peer_addr: String,
+    faults: Arc<Faults>,
+    running: Option<(Arc<Broker>, CancellationToken)>,
+    /// The peer server's task: aborted on stop, so its port and connections go at once (graceful shutdown
+    /// would wait for the other brokers' streams, which never end).
+    peer_server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Node {
+    fn broker(&self) -> &Arc<Broker> {
+        &self.running.as_ref().expect("running").0
+    }
+
+    async fn start(&mut self, peers: &BTreeMap<u64, String>) {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let mut config = BrokerConfig::new(self.id, self.dir.clone(), listen, listen);
+        config.advertise = format!("127.0.0.1:{}", 17_000 + self.id);
+        config.peers = peers.clone();
+        config.peer_advertise = self.peer_addr.clone();
+        config.replica.tick_ms = 20;
+        let cancel = CancellationToken::new();
+        let router = Arc::new(Router::default());
+        let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
+        let listener = bind_again(&self.peer_addr).await;
+        self.peer_server = Some(tokio::spawn(ferry_broker::server::peer::serve_peer(
+            self.id,
+            router.clone(),
+            started.clone(),
+            listener,
+            cancel.clone(),
+        )));
+        let disk = Arc::new(FaultyDisk {
+            faults: self.faults.clone(),
+        });
+        let broker = Broker::start(config, disk, router, cancel.child_token())
+            .await
+            .expect("broker starts");
+        let _ = started.set(broker.clone());
+        self.running = Some((broker, cancel));
+    }
+
+    async fn stop(&mut self) {
+        if let Some((b, cancel)) = self.running.take() {
+            b.shutdown().await;
+            cancel.cancel();
+        }
+        if let Some(server) = self.peer_server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    fn partition_dir(&self) -> PathBuf {
+        let topics = self.dir.join("topics");
+        let t = std::fs::read_dir(&topics)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().ends_with("-f"))
+            .expect("topic dir");
+        t.join("0")
+    }
+}
+
+async fn bind_again(addr: &str) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    peers: BTreeMap<u64, String>,
+    _dirs: Vec<tempfile::TempDir>,
+    /// Acknowledged values and their offsets.
+    acked: BTreeMap<u64, String>,
+    sent: u64,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            peers.insert(id, l.local_addr().unwrap().to_string());
+        }
+        let mut nodes: Vec<Node> = (1..=3u64)
+            .map(|id| Node {
+                id,
+                dir: dirs[id as usize - 1].path().join("data"),
+                peer_addr: peers[&id].clone(),
+                faults: Faults::new(),
+                running: None,
+                peer_server: None,
+            })
+            .collect();
+        // Started together: a broker waits for its controller to catch up, which needs the others.
+        let starts = nodes.iter_mut().map(|n| {
+            let peers = peers.clone();
+            async move { n.start(&peers).await }
+        });
+        futures::future::join_all(starts).await;
+        let c = Cluster {
+            nodes,
+            peers,
+            _dirs: dirs,
+            acked: BTreeMap::new(),
+            sent: 0,
+        };
+        let settings = TopicSettings {
+            segment_bytes: 65_536,
+            ..TopicSettings::default()
+        };
+        let deadline = Instant::now() + CASE_DEADLINE;
+        loop {
+            match c.nodes[0]
+                .broker()
+                .create_topic(TOPIC, 1, 3, settings)
+                .await
+            {
+                Ok(_) | Err(BrokerError::TopicExists(_)) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("create topic: {e}"),
+            }
+        }
+        c
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.running.is_some())
+    }
+
+    /// The running broker whose replica serves the partition, waiting for one.
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + CASE_DEADLINE;
+        loop {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if let Some((b, _)) = &n.running {
+                    if b.partition(TOPIC, 0).is_ok_and(|r| r.is_serving()) {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Publishes `n` batches (one record of about 1 KiB each), acknowledged by a quorum, retrying through
+    /// leader changes; records what was acknowledged.
+    async fn publish(&mut self, n: usize) {
+        for _ in 0..n {
+            self.sent += 1;
+            let value = format!("v{:06}-{}", self.sent, "x".repeat(1_000));
+            // Timestamps of now: retention (7 days by default) keeps every segment.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let mut b = BatchBuilder::new(now);
+            b.push(now, None, value.as_bytes(), &[]);
+            let data = b.finish();
+            let deadline = Instant::now() + CASE_DEADLINE;
+            loop {
+                let i = self.leader().await;
+                let r = self.nodes[i]
+                    .broker()
+                    .publish(TOPIC, 0, data.clone(), Durability::Quorum)
+                    .await;
+                match r {
+                    Ok(ack) => {
+                        assert!(
+                            self.acked.insert(ack.base_offset, value.clone()).is_none(),
+                            "offset {} acknowledged twice",
+                            ack.base_offset
+                        );
+                        break;
+                    }
+                    // Outcome unknown: the value may or may not be in the log; not counted as acknowledged.
+                    Err(BrokerError::Replica(ReplicaError::Dropped(_))) => break,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "publish keeps failing: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves leadership off the current leader, to a broker other than `avoid` (the damaged one: a
+    /// repairing replica takes no leadership).
+    async fn change_leader(&self, avoid: u64) {
+        let i = self.leader().await;
+        let from = self.nodes[i].id;
+        let Some(to) = self
+            .running()
+            .map(|n| n.id)
+            .find(|id| *id != from && *id != avoid)
+        else {
+            return;
+        };
+        let _ = self.nodes[i].broker().transfer_leader(TOPIC, 0, to).await;
+    }
+
+    /// Every record from the leader, in offset order.
+    async fn read_all(&self) -> Vec<(u64, String)> {
+        let deadline = Instant::now() + CASE_DEADLINE;
+        let mut last_error = String::new();
+        'retry: loop {
+            assert!(
+                Instant::now() < deadline,
+                "the partition never served a whole read: {last_error}"
+            );
+            let i = self.leader().await;
+            let r = self.nodes[i].broker().partition(TOPIC, 0).unwrap();
+            if r.ready_to_read(Duration::from_secs(1)).await.is_err() {
+                continue;
+            }
+            let mut out = Vec::new();
+            let mut offset = 0;
+            let end = r.high_watermark();
+            while offset < end {
+                let f = match r.fetch(offset, 1 << 20) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        last_error = format!("fetch at {offset}: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue 'retry;
+                    }
+                };
+                for b in f.batches {
+                    let h = batch::validate(&b).expect("served batches are whole");
+                    for rec in Records::new(b.clone(), h) {
+                        let rec = rec.expect("served records decode");
+                        if rec.offset >= offset {
+                            out.push((rec.offset, String::from_utf8(rec.value.to_vec()).unwrap()));
+                        }
+                    }
+                    offset = h.next_offset();
+                }
+            }
+            return out;
+        }
+    }
+}
+
+/// A kind of damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Flip,
+    ZeroSector,
+    Truncate,
+    Unreadable,
+}
+
+/// Where: a file of the partition directory and a byte offset in it.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// Batch `n` (from 0) of the first (sealed) segment, at `field` bytes into it.
+    Sealed {
+        n: usize,
+        field: usize,
+    },
+    /// Batch `n` of the active segment.
+    Active {
+        n: usize,
+        field: usize,
+    },
+    OffsetIndex {
+        entry: usize,
+        field: usize,
+    },
+    TimeIndex {
+        entry: usize,
+        field: usize,
+    },
+    File {
+        name: &'static str,
+        at: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    what: &'static str,
+    place: Place,
+    kind: Kind,
+    /// Stop the broker with a clean shutdown (else its checkpoint is left unclean, as by a crash).
+    clean: bool,
+}
+
+/// Header fields of a batch (name, offset).
+const HEADER_FIELDS: [(&str, usize); 15] = [
+    ("base_offset", 0),
+    ("raft_term", 8),
+    ("stamp_crc", 12),
+    ("raft_index", 16),
+    ("batch_len", 24),
+    ("crc", 28),
+    ("magic", 32),
+    ("attributes", 34),
+    ("record_count", 36),
+    ("base_timestamp", 40),
+    ("max_timestamp", 48),
+    ("producer_id", 56),
+    ("producer_epoch", 64),
+    ("base_sequence", 66),
+    ("payload", HEADER_LEN + 10),
+];
+
+fn cases(full: bool) -> Vec<Case> {
+    let mut out = Vec::new();
+    let kinds = [
+        Kind::Flip,
+        Kind::ZeroSector,
+        Kind::Truncate,
+        Kind::Unreadable,
+    ];
+    for (i, (what, field)) in HEADER_FIELDS.iter().enumerate() {
+        for seg in 0..2 {
+            for (k, kind) in kinds.iter().enumerate() {
+                // Bounded: every field flipped in both segments, the position-based kinds at three places.
+                let picked = full
+                    || *kind == Kind::Flip
+                    || (matches!(*what, "base_offset" | "crc" | "payload") && (k + seg) % 2 == 0);
+                if !picked {
+                    continue;
+                }
+                let place = if seg == 0 {
+                    Place::Sealed {
+                        n: 3,
+                        field: *field,
+                    }
+                } else {
+                    Place::Active {
+                        n: 3,
+                        field: *field,
+                    }
+                };
+                out.push(Case {
+                    what,
+                    place,
+                    kind: *kind,
+                    clean: (i + k + seg) % 2 == 0,
+                });
+            }
+        }
+    }
+    for (what, entry, field) in [
+        ("index.rel_offset", 1, 0),
+        ("index.rel_raft_index", 1, 4),
+        ("index.position", 1, 8),
+    ] {
+        for kind in [Kind::Flip, Kind::ZeroSector, Kind::Truncate] {
+            if full || kind == Kind::Flip || field == 0 {
+                let place = Place::OffsetIndex { entry, field };
+                out.push(Case {
+                    what,
+                    place,
+                    kind,
+                    clean: true,
+                });
+            }
+        }
+    }
+    for (what, field) in [("timeindex.timestamp", 0), ("timeindex.rel_offset", 8)] {
+        for kind in [Kind::Flip, Kind::Truncate] {
+            let place = Place::TimeIndex { entry: 1, field };
+            out.push(Case {
+                what,
+                place,
+                kind,
+                clean: true,
+            });
+        }
+    }
+    let files: [(&str, &[(&str, usize)]); 4] = [
+        (
+            "checkpoint",
+            &[
+                ("magic", 0),
+                ("version", 4),
+                ("active_base_offset", 8),
+                ("clean_len", 16),
+                ("clean", 20),
+                ("crc", 21),
+            ],
+        ),
+        (
+            "raft-state",
+            &[
+                ("magic", 0),
+                ("version", 4),
+                ("term", 8),
+                ("vote", 16),
+                ("commit", 24),
+                ("marker_index", 32),
+                ("marker_term", 40),
+                ("marker_offset", 48),
+                ("conf_len", 56),
+                ("conf", 60),
+            ],
+        ),
+        (
+            "durable",
+            &[
+                ("magic", 0),
+                ("version", 4),
+                ("base_offset", 8),
+                ("len", 16),
+                ("flags", 20),
+                ("raft_index", 24),
+                ("crc", 32),
+            ],
+        ),
+        ("repair", &[("until", 0), ("crc", 8)]),
+    ];
+    for (name, fields) in files {
+        for (j, (_, at)) in fields.iter().enumerate() {
+            for kind in [Kind::Flip, Kind::Truncate, Kind::Unreadable] {
+                if full || kind == Kind::Flip || (j == 0 && kind == Kind::Truncate) {
+                    out.push(Case {
+                        what: name,
+                        place: Place::File { name, at: *at },
+                        kind,
+                        clean: j % 2 == 0,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `.log` files of a partition directory, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// Position of batch `n` in a segment file (walking the intact length fields).
+fn batch_position(path: &Path, n: usize) -> usize {
+    let b = std::fs::read(path).unwrap();
+    let mut pos = 0;
+    for _ in 0..n {
+        pos += u32::from_le_bytes(b[pos + 24..pos + 28].try_into().unwrap()) as usize;
+    }
+    assert!(
+        pos + HEADER_LEN <= b.len(),
+        "{} has batch {n}",
+        path.display()
+    );
+    pos
+}
+
+/// The file and byte offset a case damages.
+fn locate(dir: &Path, place: Place) -> (PathBuf, usize) {
+    let segs = segments(dir);
+    match place {
+        Place::Sealed { n, field } => (segs[0].clone(), batch_position(&segs[0], n) + field),
+        Place::Active { n, field } => {
+            let p = segs.last().unwrap().clone();
+            (p.clone(), batch_position(&p, n) + field)
+        }
+        Place::OffsetIndex { entry, field } => {
+            (segs[0].with_extension("index"), entry * 12 + field)
+        }
+        Place::TimeIndex { entry, field } => {
+            (segs[0].with_extension("timeindex"), entry * 12 + field)
+        }
+        Place::File { name, at } => (dir.join(name), at),
+    }
+}
+
+fn damage(path: &Path, at: usize, kind: Kind, faults: &Faults) {
+    let mut b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        at < b.len(),
+        "{} is {} bytes, no byte {at}",
+        path.display(),
+        b.len()
+    );
+    match kind {
+        Kind::Flip => {
+            b[at] ^= 0x10;
+            std::fs::write(path, &b).unwrap();
+        }
+        Kind::ZeroSector => {
+            let start = at & !511;
+            let end = (start + 512).min(b.len());
+            b[start..end].fill(0);
+            std::fs::write(path, &b).unwrap();
+        }
+        Kind::Truncate => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_len(at as u64)
+                .unwrap();
+        }
+        Kind::Unreadable => {
+            let start = (at & !511) as u64;
+            faults.make_unreadable(path, start..start + 512);
+        }
+    }
+}
+
+/// Marks a clean stop as a crash: the active segment is then scanned at the next open.
+fn make_unclean(dir: &Path) {
+    let p = dir.join("checkpoint");
+    let Ok(mut b) = std::fs::read(&p) else { return };
+    if b.len() == 25 && b[20] == 1 {
+        b[20] = 0;
+        let crc = crc32fast::hash(&b[..21]);
+        b[21..25].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&p, b).unwrap();
+    }
+}
+
+/// What must be identical on every replica: data batches byte for byte (stamp included); control batches
+/// (Raft's own entries) by stamp and payload, since each replica writes their timestamp itself.
+fn comparable(batches: &[Bytes]) -> Vec<Bytes> {
+    batches
+        .iter()
+        .map(|b| {
+            let h = batch::BatchHeader::parse(b).unwrap();
+            if h.is_control() {
+                let (t, payload) = batch::control_payload(b).unwrap();
+                // Offset, term and index (the stamp checksum covers the locally written CRC).
+                let mut key = b[..12].to_vec();
+                key.extend_from_slice(&b[16..24]);
+                key.push(t);
+                key.extend_from_slice(&payload);
+                Bytes::from(key)
+            } else {
+                b.clone()
+            }
+        })
+        .collect()
+}
+
+/// Whether every running replica's committed log holds the same entries as the leader's.
+fn replicas_agree(c: &Cluster, leader: usize, skip: Option<u64>) -> Result<(), String> {
+    let lead = c.nodes[leader].broker().partition(TOPIC, 0).unwrap();
+    let commit = lead.committed_raft_index();
+    let read = |r: &ferry_broker::replica::Replica| -> Result<Vec<Bytes>, String> {
+        let mut out = Vec::new();
+        let mut next = r.first_raft_index();
+        while next <= commit {
+            let b = r
+                .stored_batches(next, commit + 1, 4 << 20)
+                .map_err(|e| e.to_string())?;
+            if b.is_empty() {
+                return Err(format!(
+                    "nothing at raft index {next} of {commit} (log holds {}..={})",
+                    r.first_raft_index(),
+                    r.last_raft_index()
+                ));
+            }
+            next += b.len() as u64;
+            out.extend(b);
+        }
+        Ok(out)
+    };
+    let want = read(&lead)?;
+    for n in c.running().filter(|n| Some(n.id) != skip) {
+        let Ok(r) = n.broker().partition(TOPIC, 0) else {
+            continue; // cannot open: fenced, reported by readiness
+        };
+        if r.trouble().is_some() || r.committed_raft_index() < commit {
+            return Err(format!("broker {} not caught up yet", n.id));
+        }
+        let got = read(&r)?;
+        if comparable(&got) != comparable(&want) {
+            return Err(format!(
+                "broker {}'s committed log differs from the leader's",
+                n.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn run_case(case: Case) -> String {
+    let mut c = Cluster::start().await;
+    c.publish(90).await; // about 90 KiB: the 64 KiB first segment is sealed
+    let leader = c.leader().await;
+    let victim = (leader + 1) % 3; // a follower
+    let before = c.nodes[victim]
+        .broker()
+        .partition(TOPIC, 0)
+        .unwrap()
+        .last_raft_index();
+    let dir = c.nodes[victim].partition_dir();
+    if std::env::var("FERRY_TEST_LOG").is_ok() {
+        eprintln!(
+            "case {case:?}: leader {} victim {}",
+            c.nodes[leader].id, c.nodes[victim].id
+        );
+    }
+    c.nodes[victim].stop().await;
+    if !case.clean {
+        make_unclean(&dir);
+    }
+    if let Place::File { name: "repair", .. } = case.place {
+        // A replica stopped in the middle of a repair (its marker says how far it must get again).
+        let until = before.to_le_bytes();
+        let mut b = until.to_vec();
+        b.extend_from_slice(&crc32fast::hash(&until).to_le_bytes());
+        std::fs::write(dir.join("repair"), b).unwrap();
+    }
+    let (path, at) = locate(&dir, case.place);
+    damage(&path, at, case.kind, &c.nodes[victim].faults);
+    let peers = c.peers.clone();
+    c.nodes[victim].start(&peers).await;
+    // Never silently shortened.
+    let outcome = match c.nodes[victim].broker().partition(TOPIC, 0) {
+        Err(e) => format!("down ({e})"),
+        Ok(r) => match r.trouble() {
+            Some(t) => format!("reported ({})", t.split(':').next().unwrap_or_default()),
+            None => {
+                assert!(
+                    r.last_raft_index() >= before,
+                    "{case:?}: the replica holds {} of its {before} entries, and neither repairs nor is fenced",
+                    r.last_raft_index()
+                );
+                "intact".into()
+            }
+        },
+    };
+    c.publish(15).await;
+    c.change_leader(c.nodes[victim].id).await;
+    c.publish(15).await;
+    // Every replica that runs catches up to the same committed log (the damaged one repaired from its
+    // peers); one that cannot open, or whose repair state itself is damaged, stays fenced and says so.
+    let fenced_for_good = matches!(
+        case.place,
+        Place::File {
+            name: "raft-state" | "repair",
+            ..
+        }
+    );
+    let deadline = Instant::now() + CASE_DEADLINE;
+    let mut repaired_later = false;
+    loop {
+        let leader = c.leader().await;
+        let skip = fenced_for_good.then_some(c.nodes[victim].id);
+        if let Ok(r) = c.nodes[victim].broker().partition(TOPIC, 0) {
+            repaired_later |= r.trouble().is_some();
+        }
+        match replicas_agree(&c, leader, skip) {
+            Ok(()) => break,
+            Err(why) => {
+                assert!(Instant::now() < deadline, "{case:?}: {why}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let outcome = match (outcome.as_str(), repaired_later) {
+        ("intact", true) => "found-later (scrub or read, repaired)".to_owned(),
+        _ => outcome,
+    };
+    if fenced_for_good {
+        let b = c.nodes[victim].broker();
+        let visible =
+            b.readiness().is_err() || b.partition(TOPIC, 0).is_ok_and(|r| r.trouble().is_some());
+        assert!(visible, "{case:?}: the fenced replica is not reported");
+    }
+    // Nothing acknowledged lost, nothing served twice or out of place.
+    let all = c.read_all().await;
+    let got: HashMap<u64, &String> = all.iter().map(|(o, v)| (*o, v)).collect();
+    for (o, v) in &c.acked {
+        assert_eq!(
+            got.get(o),
+            Some(&v),
+            "{case:?}: acknowledged offset {o} lost or changed"
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (_, v) in &all {
+        assert!(seen.insert(v), "{case:?}: {} served twice", &v[..7]);
+    }
+    for n in &mut c.nodes {
+        n.stop().await;
+    }
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_every_on_disk_structure() {
+    if std::env::var("FERRY_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("FERRY_TEST_LOG").unwrap())
+            .try_init();
+    }
+    let full = std::env::var("FERRY_FAULT_LOCATIONS").is_ok_and(|v| v == "full");
+    let mut cases = cases(full);
+    // One case by its number in the list (as the output numbers them), to look at it alone.
+    if let Some(n) = std::env::var("FERRY_FAULT_CASE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        cases = vec![cases[n - 1]];
+    }
+    let started = Instant::now();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, case) in cases.iter().enumerate() {
+        let t = Instant::now();
+        let outcome = run_case(*case).await;
+        eprintln!(
+            "fault-locations {}/{}: {} {:?} {:?} clean={} -> {outcome} ({} ms)",
+            i + 1,
+            cases.len(),
+            case.what,
+            case.place,
+            case.kind,
+            case.clean,
+            t.elapsed().as_millis()
+        );
+        *outcomes
+            .entry(outcome.split(' ').next().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    eprintln!(
+        "fault-locations: {} cases in {:?}: {outcomes:?}",
+        cases.len(),
+        started.elapsed()
+    );
+}
