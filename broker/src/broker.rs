@@ -130,6 +130,7 @@ impl Broker {
         router: Arc<Router>,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
+        crate::storage::format::check_or_create(disk.as_ref(), &config.data_dir)?;
         let voters = config.voters();
         let ctl_dir = config.data_dir.join("__cluster");
         let (storage, _) =

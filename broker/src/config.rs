@@ -38,7 +38,12 @@ pub struct BrokerConfig {
     /// Bytes of publish requests this broker holds at once, decoded and queued until they are acknowledged
     /// (more wait: backpressure, not memory growth).
     pub inflight_bytes_max: u64,
+    /// Most open client connections; more are closed at once.
+    pub connections_max: usize,
 }
+
+/// Default [`BrokerConfig::connections_max`].
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
 
 /// Default [`BrokerConfig::partitions_max`].
 pub const PARTITIONS_MAX_DEFAULT: usize = 4_096;
@@ -71,6 +76,7 @@ impl BrokerConfig {
             peer_advertise: "127.0.0.1:7401".into(),
             partitions_max: PARTITIONS_MAX_DEFAULT,
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
         }
     }
 

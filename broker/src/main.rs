@@ -58,6 +58,15 @@ struct Args {
     /// `interval:MS` (acknowledge after the write, fsync every MS ms: a power loss can lose acknowledged data).
     #[arg(long, env = "FERRY_FSYNC", default_value = "batch", value_parser = parse_fsync)]
     fsync: FsyncPolicy,
+    /// Most partition replicas this broker hosts; topic creation past it is refused.
+    #[arg(long, env = "FERRY_PARTITIONS_MAX", default_value_t = ferry_broker::config::PARTITIONS_MAX_DEFAULT)]
+    partitions_max: usize,
+    /// Most open client connections; more are closed at once.
+    #[arg(long, env = "FERRY_CONNECTIONS_MAX", default_value_t = ferry_broker::config::CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
+    /// Bytes of publishes held at once, decoded and queued until acknowledged (more wait).
+    #[arg(long, env = "FERRY_INFLIGHT_BYTES_MAX", default_value_t = ferry_broker::config::INFLIGHT_BYTES_MAX_DEFAULT)]
+    inflight_bytes_max: u64,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug`.
     #[arg(long, env = "FERRY_LOG", default_value = "info,raft=warn")]
     log: String,
@@ -103,7 +112,40 @@ fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
     c.log.limits.segment_bytes = args.segment_bytes;
     c.log.retention_bytes = args.retention_bytes;
     c.log.retention_ms = args.retention_ms;
+    anyhow::ensure!(
+        args.partitions_max >= 1,
+        "--partitions-max must be at least 1"
+    );
+    anyhow::ensure!(
+        args.connections_max >= 1,
+        "--connections-max must be at least 1"
+    );
+    anyhow::ensure!(
+        args.inflight_bytes_max >= u64::from(args.batch_bytes_max),
+        "--inflight-bytes-max must be at least --batch-bytes-max"
+    );
+    c.partitions_max = args.partitions_max;
+    c.connections_max = args.connections_max;
+    c.inflight_bytes_max = args.inflight_bytes_max;
     Ok(c)
+}
+
+/// Raises the open-file limit to its hard maximum: each replica holds files, each connection a socket, and
+/// the distribution's default soft limit (often 1,024) is below what `--partitions-max` allows.
+fn raise_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 /// Longest a stopping broker spends handing off its leaderships.
@@ -136,6 +178,7 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = config(&args)?;
+    raise_file_limit();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -219,7 +262,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(), "ferryd serving");
     // One stable, machine-readable line on stdout (docs/operations.md): scripts and tests wait for it.
     let _ = started.set(broker.clone());
-    println!("ferryd listening client={client_addr} http={http_addr} peer={peer_addr}");
+    // A test build says so (ferry-tests refuses a ferryd without its fault seam).
+    let faults = if cfg!(feature = "fault-injection") {
+        " faults=on"
+    } else {
+        ""
+    };
+    println!("ferryd listening client={client_addr} http={http_addr} peer={peer_addr}{faults}");
     let serve_cancel = CancellationToken::new();
     let grpc_task = tokio::spawn(server::serve_grpc(
         broker.clone(),

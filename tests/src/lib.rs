@@ -144,6 +144,15 @@ impl Ferryd {
             }
         });
         let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) if !line.ends_with(" faults=on") => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} was built without the fault-injection feature (`cargo build -p ferry-broker` \
+                     builds it so): build it with `cargo test --workspace` or `cargo build --workspace --bins`",
+                    bin("ferryd").display()
+                );
+            }
             Ok(line) => line,
             Err(e) => {
                 let _ = child.kill();

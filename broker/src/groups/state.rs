@@ -141,13 +141,13 @@ impl Beat {
         }
         if self.topics.len() > TOPICS_PER_MEMBER_MAX {
             return Err(GroupError::Invalid(format!(
-                "{} topics; a member subscribes to at most {TOPICS_PER_MEMBER_MAX}",
+                "{} topics; the limit is {TOPICS_PER_MEMBER_MAX} per member",
                 self.topics.len()
             )));
         }
         if self.owned.len() > OWNED_PER_MEMBER_MAX {
             return Err(GroupError::Invalid(format!(
-                "{} owned partitions; a member reports at most {OWNED_PER_MEMBER_MAX}",
+                "{} owned partitions; the limit is {OWNED_PER_MEMBER_MAX} per member",
                 self.owned.len()
             )));
         }

@@ -26,8 +26,6 @@ const GRPC_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Most requests one client connection has being processed at once (others wait in its stream queue).
 const GRPC_REQUESTS_PER_CONNECTION_MAX: usize = 256;
-/// Most open client connections.
-pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 /// Longest a client request may take to answer (a long-poll fetch waits at most 30 s; a subscribe stream
 /// answers at once and then streams).
 const GRPC_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -132,6 +130,7 @@ pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let connections_max = broker.config.connections_max;
     let client = v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -151,7 +150,7 @@ pub async fn serve_grpc(
         .add_service(client)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            limits::incoming(listener, CLIENT_CONNECTIONS_MAX, "client"),
+            limits::incoming(listener, connections_max, "client"),
             cancel.cancelled_owned(),
         )
         .await

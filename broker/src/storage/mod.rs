@@ -1,12 +1,13 @@
 //! Partition storage: the segment log and the seam to the disk.
 //!
 //! Layers, bottom up: [`disk`] (the I/O seam) → [`reader`] → [`index`] → [`segment`] → [`checkpoint`] and
-//! [`durable`] → [`log`] (steady state) and [`open`] (recovery).
+//! [`durable`] → [`log`] (steady state) and [`open`] (recovery); [`format`] marks a data dir's format.
 
 pub mod checkpoint;
 pub mod disk;
 pub mod durable;
 pub mod error;
+pub mod format;
 pub mod index;
 pub mod log;
 pub mod open;
