@@ -784,3 +784,85 @@ async fn every_field_of_every_on_disk_structure() {
         started.elapsed()
     );
 }
+
+/// M6 in the durability audit: damage in the controller's log made `Broker::start` refuse to start, and
+/// the scrub never looked at that log. Now the controller replica is cut for repair at open (or by the
+/// scrub), takes the commands back from its peers, and the broker serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_the_controller_log_is_repaired_from_peers() {
+    let mut c = Cluster::start().await;
+    c.publish(10).await;
+    let victim = (c.leader().await + 1) % 3;
+    let dir = c.nodes[victim].dir.join("__cluster");
+    c.nodes[victim].stop().await;
+    make_unclean(&dir);
+    let log = segments(&dir).pop().unwrap();
+    let at = batch_position(&log, 2) + HEADER_LEN + 5;
+    damage(&log, at, Kind::Flip, &c.nodes[victim].faults);
+    let peers = c.peers.clone();
+    c.nodes[victim].start(&peers).await; // starts: damage is no longer a refusal
+    let deadline = Instant::now() + CASE_DEADLINE;
+    loop {
+        let ctl = c.nodes[victim].broker().controller();
+        let others = c.nodes[(victim + 1) % 3].broker().controller();
+        if ctl.trouble().is_none()
+            && ctl.committed_raft_index() >= others.committed_raft_index()
+            && c.nodes[victim].broker().topic(TOPIC).is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller replica did not repair"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The repaired controller takes part in new commands.
+    let t = c.nodes[victim]
+        .broker()
+        .create_topic("after", 1, 3, TopicSettings::default())
+        .await;
+    assert!(t.is_ok(), "{t:?}");
+    c.publish(5).await;
+    for n in &mut c.nodes {
+        n.stop().await;
+    }
+}
+
+/// M2: a replica task that panicked was a zombie forever. Supervision restarts it from its files, and the
+/// partition serves on with nothing acknowledged lost.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicked_replica_is_restarted_by_supervision() {
+    let mut c = Cluster::start().await;
+    c.publish(20).await;
+    let leader = c.leader().await;
+    let panicked = c.nodes[leader].broker().partition(TOPIC, 0).unwrap();
+    panicked.inject_panic().await;
+    let deadline = Instant::now() + CASE_DEADLINE;
+    while !panicked.has_stopped() {
+        assert!(Instant::now() < deadline, "the task did not end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!panicked.is_serving() && panicked.leader() == 0);
+    loop {
+        let now = c.nodes[leader].broker().partition(TOPIC, 0).unwrap();
+        if !now.has_stopped() && now.failure().is_none() && now.leader() != 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "supervision did not restart the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.publish(20).await;
+    let all = c.read_all().await;
+    let got: HashMap<u64, &String> = all.iter().map(|(o, v)| (*o, v)).collect();
+    for (o, v) in &c.acked {
+        assert_eq!(got.get(o), Some(&v), "acknowledged offset {o} lost");
+    }
+    for n in &mut c.nodes {
+        n.stop().await;
+    }
+}

@@ -7,3 +7,6 @@ pub mod state;
 pub mod storage;
 
 pub use storage::{Placed, ReplicaStorage};
+
+#[cfg(test)]
+mod tests;

@@ -22,6 +22,13 @@ pub fn next_sequence(base: i32, count: u32) -> i32 {
     base.wrapping_add(count as i32) & i32::MAX
 }
 
+/// Whether sequence `a` comes before `b` on the wrapping sequence circle (`0..=i32::MAX`): within half a
+/// circle, as Kafka compares them, so a window of a few batches around the wrap orders right.
+pub fn sequence_before(a: i32, b: i32) -> bool {
+    let d = (i64::from(b) - i64::from(a)).rem_euclid(1i64 << 31);
+    d != 0 && d < 1i64 << 30
+}
+
 /// One batch a producer wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -153,6 +160,18 @@ impl ProducerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequences_order_across_the_wrap() {
+        assert!(sequence_before(5, 6));
+        assert!(!sequence_before(6, 5));
+        assert!(!sequence_before(7, 7));
+        let near_end = i32::MAX - 2;
+        let wrapped = next_sequence(near_end, 10);
+        assert_eq!(wrapped, 7);
+        assert!(sequence_before(near_end, wrapped), "the wrap is later");
+        assert!(!sequence_before(wrapped, near_end));
+    }
     use ferry_protocol::batch::{BatchBuilder, ProducerStamp};
 
     fn header(pid: i64, epoch: i16, seq: i32, records: usize) -> BatchHeader {

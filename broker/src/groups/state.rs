@@ -498,6 +498,80 @@ mod tests {
         owned
     }
 
+    /// M4 in the durability audit: the coordinator adopted whatever a member reported owning, so a member
+    /// could claim another's partition and commit for it; member ids were predictable and came back after
+    /// a group was deleted.
+    #[test]
+    fn a_member_cannot_claim_what_it_was_not_handed() {
+        let mut g = Group::new("g");
+        let (a, _) = g
+            .heartbeat(beat("", &BTreeSet::new()), 0, &parts())
+            .unwrap();
+        let (b, _) = g
+            .heartbeat(beat("", &BTreeSet::new()), 1, &parts())
+            .unwrap();
+        let stolen: Tp = ("t".into(), 0);
+        assert!(a.assignment.contains(&stolen));
+        let claim: BTreeSet<Tp> = [stolen.clone()].into();
+        let (answer, _) = g
+            .heartbeat(beat(&b.member_id, &claim), 2, &parts())
+            .unwrap();
+        assert!(!answer.assignment.contains(&stolen));
+        assert!(!g.members[&b.member_id].owned.contains(&stolen));
+        assert!(matches!(
+            g.check_commit(&b.member_id, b.generation, std::slice::from_ref(&stolen)),
+            Err(GroupError::NotOwner { .. })
+        ));
+        assert!(g
+            .check_commit(&a.member_id, a.generation, &[stolen])
+            .is_ok());
+        assert!(
+            g.check_commit(&a.member_id, g.generation + 1, &[]).is_err(),
+            "a generation from the future"
+        );
+        // Ids are not reused: the same join after a delete gets a different id.
+        g.replay(&GroupRecord::Delete { group: "g".into() }, 3);
+        let (again, _) = g
+            .heartbeat(beat("", &BTreeSet::new()), 4, &parts())
+            .unwrap();
+        assert_ne!(again.member_id, a.member_id);
+        assert!(matches!(
+            g.check_commit(&a.member_id, a.generation, &[]),
+            Err(GroupError::UnknownMember(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_identifiers_are_refused_before_anything_is_stored() {
+        let mut g = Group::new("g");
+        let mut b = beat("", &BTreeSet::new());
+        b.instance_id = Some("x".repeat(INSTANCE_ID_LEN_MAX + 1));
+        assert!(matches!(
+            g.heartbeat(b, 0, &parts()),
+            Err(GroupError::Invalid(_))
+        ));
+        let mut b = beat(&"m".repeat(MEMBER_ID_LEN_MAX + 1), &BTreeSet::new());
+        b.topics = ["t".to_owned()].into();
+        assert!(matches!(
+            g.heartbeat(b, 0, &parts()),
+            Err(GroupError::Invalid(_))
+        ));
+        let owned: BTreeSet<Tp> = (0..=OWNED_PER_MEMBER_MAX as u32)
+            .map(|p| ("t".to_owned(), p))
+            .collect();
+        assert!(matches!(
+            g.heartbeat(beat("", &owned), 0, &parts()),
+            Err(GroupError::Invalid(_))
+        ));
+        let mut b = beat("", &BTreeSet::new());
+        b.topics = ["../x".to_owned()].into();
+        assert!(matches!(
+            g.heartbeat(b, 0, &parts()),
+            Err(GroupError::Invalid(_))
+        ));
+        assert!(g.members.is_empty());
+    }
+
     #[test]
     fn members_split_partitions_without_ever_sharing_one() {
         let mut g = Group::new("g");

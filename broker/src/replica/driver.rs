@@ -400,6 +400,8 @@ impl Driver {
                         Control::Reconfigure(voters, reply) => {
                             let _ = reply.send(self.reconfigure(&voters));
                         }
+                        #[cfg(feature = "fault-injection")]
+                        Control::Panic => panic!("injected panic ({})", self.shared.name),
                     }
                 }
             }
@@ -775,7 +777,7 @@ impl Driver {
                 Some(&(epoch, next)) if epoch == h.producer_epoch => {
                     if h.base_sequence == next {
                         Ok(())
-                    } else if h.base_sequence < next {
+                    } else if crate::consensus::producers::sequence_before(h.base_sequence, next) {
                         Err(ReplicaError::Dropped(
                             "duplicate of a batch being written; retry".into(),
                         ))

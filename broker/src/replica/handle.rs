@@ -156,6 +156,9 @@ pub enum Control {
     TransferLeader(u64),
     /// Take one step of configuration change towards these voters (see [`Reconfigure`]).
     Reconfigure(Vec<u64>, oneshot::Sender<Reconfigure>),
+    /// Panic the driver (fault injection only: how tests reach a replica task that dies).
+    #[cfg(feature = "fault-injection")]
+    Panic,
 }
 
 /// What one reconfiguration step did.
@@ -371,6 +374,12 @@ impl Replica {
         let mut rx = self.shared.leadership.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|l| l.leader == to)).await;
         Ok(self.leader())
+    }
+
+    /// Makes the driver task panic (fault injection only).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let _ = self.control.send(Control::Panic).await;
     }
 
     /// The Raft group id.

@@ -297,3 +297,26 @@ async fn a_power_cut_loses_nothing_acknowledged() {
         task.await.unwrap();
     }
 }
+
+/// M2 in the durability audit: a replica task that panicked kept claiming leadership and served a frozen
+/// log. Now whatever ends the task clears leadership, refuses reads and says why.
+#[cfg(feature = "fault-injection")]
+#[tokio::test]
+async fn a_panicked_replica_stops_claiming_leadership_and_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, task, _cancel) = start(Arc::new(OsDisk), dir.path());
+    wait_leader(&r).await;
+    publish(&r, 1, Durability::Quorum).await.unwrap();
+    assert!(r.fetch(0, 1 << 20).is_ok());
+    r.inject_panic().await;
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("the task ends");
+    assert!(joined.is_err_and(|e| e.is_panic()), "it panicked");
+    assert!(!r.is_serving(), "no longer claims to serve");
+    assert_eq!(r.leader(), 0, "no longer claims to lead");
+    assert!(r.has_stopped());
+    assert!(r.failure().is_some_and(|f| f.contains("panicked")));
+    assert!(r.fetch(0, 1 << 20).is_err(), "the frozen log is not served");
+    assert!(publish(&r, 2, Durability::Quorum).await.is_err());
+}

@@ -509,3 +509,51 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
         n.cancel.cancel();
     }
 }
+
+/// M3 in the durability audit: a partitioned leader served reads (and its coordinator answered) until
+/// check-quorum stepped it down, up to about two election timeouts after the cut, while the majority had a
+/// new leader taking writes after one. With leases, its reads stop before anyone else can lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_serves_no_read_once_another_can_lead() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cuts = Cuts::default();
+    let nodes = start_cluster_with_cuts(&dirs, cuts.clone()).await;
+    let old = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    publish(&nodes[&old].replica, "before").await.unwrap();
+    nodes[&old]
+        .replica
+        .ready_to_read(Duration::from_secs(2))
+        .await
+        .expect("a connected leader holds a lease");
+    isolate(&cuts, old, true);
+    // Whenever any other replica serves, the old leader serves nothing.
+    let started = Instant::now();
+    let new = loop {
+        let other = nodes
+            .iter()
+            .find(|(id, n)| **id != old && n.replica.is_serving());
+        if let Some((id, _)) = other {
+            break *id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the majority elected no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let stale = nodes[&old].replica.ready_to_read(Duration::ZERO).await;
+    assert!(
+        stale.is_err(),
+        "the isolated leader still serves reads while broker {new} leads"
+    );
+    publish(&nodes[&new].replica, "after").await.unwrap();
+    assert!(
+        nodes[&old].replica.fetch(0, 1 << 20).is_err(),
+        "the isolated leader serves a log without the newest acknowledged write"
+    );
+    assert!(nodes[&old].replica.bounds().is_err());
+    isolate(&cuts, old, false);
+    for n in nodes.values() {
+        n.cancel.cancel();
+    }
+}
