@@ -111,6 +111,9 @@ pub struct Broker {
     producer_ids: tokio::sync::Mutex<std::ops::Range<u64>>,
     /// The byte budget of publishes in flight, in KiB permits (`BrokerConfig::inflight_bytes_max`).
     inflight: Arc<tokio::sync::Semaphore>,
+    /// One lazily connected gRPC channel per other broker's address (views, forwarded commands), reused:
+    /// not a new connection per request (L7 in the durability audit).
+    channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
     cancel: CancellationToken,
 }
 
@@ -182,6 +185,7 @@ impl Broker {
             unopenable: Default::default(),
             producer_ids: tokio::sync::Mutex::new(0..0),
             inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib)),
+            channels: Default::default(),
             cancel,
         });
         // Commands past the persisted commit are applied once the controller commits them again: wait for
@@ -479,6 +483,21 @@ impl Broker {
         Ok(ack.base_offset)
     }
 
+    /// The channel to the broker at `addr` (`host:port`), connected on first use and kept.
+    pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, BrokerError> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| BrokerError::Invalid(format!("bad broker address {addr}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let c = endpoint.connect_lazy();
+        channels.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
     /// Sends a command batch to the controller leader's peer port.
     async fn forward(&self, leader: u64, batch: Bytes) -> Result<u64, BrokerError> {
         let addr = self
@@ -489,14 +508,7 @@ impl Broker {
             .get(&leader)
             .map(|m| m.peer_address.clone())
             .ok_or(BrokerError::NoLeader)?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| BrokerError::Invalid(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(2));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|_| BrokerError::NoLeader)?;
-        let mut client = ferry_protocol::v1::peer_client::PeerClient::new(channel);
+        let mut client = ferry_protocol::v1::peer_client::PeerClient::new(self.channel(&addr)?);
         let req = ferry_protocol::v1::ForwardRequest { command: batch };
         match client.forward(req).await {
             Ok(r) => Ok(r.into_inner().base_offset),

@@ -146,7 +146,11 @@ impl Broker {
         let mut coordinated = self.groups.lock().await;
         let loaded = coordinated.entry(p).or_default();
         if loaded.term != term {
-            loaded.groups = Self::load_groups(&replica)?;
+            // The replay reads the whole partition: off the async threads (L7 in the audit).
+            let r = replica.clone();
+            loaded.groups = tokio::task::spawn_blocking(move || Self::load_groups(&r))
+                .await
+                .map_err(|e| BrokerError::Unsatisfiable(format!("loading groups: {e}")))??;
             loaded.term = term;
             tracing::info!(
                 partition = p,

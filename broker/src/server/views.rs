@@ -11,11 +11,10 @@ use crate::metadata::TopicMeta;
 const VIEW_TIMEOUT_MS: u64 = 2_000;
 
 /// Broker `addr`'s own view of topic `name` (`None` if it does not answer in time).
-async fn local_view(addr: String, name: String) -> Option<v1::TopicInfo> {
+async fn local_view(b: &Broker, addr: String, name: String) -> Option<v1::TopicInfo> {
+    let channel = b.channel(&addr).ok()?;
     let ask = async {
-        let mut c = v1::admin_client::AdminClient::connect(format!("http://{addr}"))
-            .await
-            .ok()?;
+        let mut c = v1::admin_client::AdminClient::new(channel);
         let req = v1::DescribeTopicRequest {
             name,
             local_only: true,
@@ -43,7 +42,7 @@ async fn merge_from(
     let asks = ask.into_iter().filter_map(|id| {
         let addr = addresses.get(&id)?.clone();
         let name = info.name.clone();
-        Some(async move { (id, local_view(addr, name).await) })
+        Some(async move { (id, local_view(b, addr, name).await) })
     });
     for (id, theirs) in futures::future::join_all(asks).await {
         let Some(theirs) = theirs else { continue };
