@@ -2,6 +2,7 @@
 
 pub mod logger;
 pub mod producers;
+pub mod recent;
 pub mod repair;
 pub mod state;
 pub mod storage;

@@ -66,6 +66,8 @@ pub struct Core {
     pub producers: ProducerTable,
     /// While repairing a damaged log: the last Raft index it held (see [`super::repair`]).
     repair_until: Option<u64>,
+    /// Terms and end offsets of the latest entries (Raft's term lookups, the high watermark).
+    recent: super::recent::Recent,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
@@ -185,6 +187,7 @@ impl ReplicaStorage {
             tail_bytes: 0,
             durable_last,
             applied,
+            recent: Default::default(),
         };
         Ok((
             ReplicaStorage {
@@ -263,6 +266,7 @@ impl Core {
                 "raft never replaces committed (here: applied) entries"
             );
             self.log.truncate_from_raft_index(first.index)?;
+            self.recent.truncate_from(first.index);
             // What replaced entries were fsynced as no longer is (L5 in the durability audit).
             self.durable_last = self.durable_last.min(first.index - 1);
             while self.tail.back().is_some_and(|e| e.index >= first.index) {
@@ -298,6 +302,7 @@ impl Core {
                 record_count: h.record_count,
             });
             next_offset += u64::from(h.record_count);
+            self.recent.push(e.index, e.term, next_offset);
         }
         let file = self.log.append(&appends)?;
         // Only a leader caches: a follower's entries are slices of whole network receive buffers (shared by
@@ -391,6 +396,9 @@ impl Core {
         if raft_index == self.state.marker_index {
             return Ok(self.state.marker_offset);
         }
+        if let Some((_, next)) = self.recent.get(raft_index) {
+            return Ok(next);
+        }
         match self.log.header_by_raft_index(raft_index)? {
             Some(h) => Ok(h.next_offset()),
             None => Err(StorageError::Failed(format!(
@@ -441,6 +449,7 @@ impl Core {
         // The marker first: a crash before the reset is finished at the next open (`align_start`).
         self.state.write(self.disk.as_ref(), &self.dir)?;
         self.log.reset(m.index + 1, offset)?;
+        self.recent.clear();
         self.durable_last = m.index;
         self.applied = self.applied.max(m.index);
         self.producers = ProducerTable::default();
@@ -481,6 +490,7 @@ impl Core {
         if from <= self.log.last_raft_index() {
             self.log.truncate_from_raft_index(from)?;
         }
+        self.recent.clear();
         self.tail.clear();
         self.tail_bytes = 0;
         let last = self.log.last_raft_index();
@@ -675,6 +685,9 @@ impl raft::Storage for ReplicaStorage {
             if idx >= front.index {
                 return Ok(c.tail[(idx - front.index) as usize].term);
             }
+        }
+        if let Some((term, _)) = c.recent.get(idx) {
+            return Ok(term);
         }
         match c.log.header_by_raft_index(idx).map_err(to_raft_err)? {
             Some(h) => Ok(h.raft_term),

@@ -191,7 +191,7 @@ impl PartitionLog {
     /// Makes what recovery kept durable, then records the active segment as being written (unclean until a
     /// clean close) with its whole length durable.
     fn make_recovered_durable(&mut self) -> Result<(), StorageError> {
-        let active = self.segments.last().expect("at least one segment");
+        let active = self.segments.last_mut().expect("at least one segment");
         active.sync_all()?;
         self.disk
             .sync_dir(&self.dir)

@@ -845,7 +845,7 @@ impl Segment {
 
     /// Makes what recovery found durable: the log file and both indexes (the page cache after a crash is
     /// not the disk).
-    pub fn sync_all(&self) -> Result<(), StorageError> {
+    pub fn sync_all(&mut self) -> Result<(), StorageError> {
         let io = |e| StorageError::io(&self.log_path, e);
         self.file.sync_data().map_err(io)?;
         self.index.sync().map_err(io)?;
