@@ -17,6 +17,10 @@ use crate::storage::{LogConfig, OsDisk};
 
 const GROUP: u64 = 7;
 
+/// One three-replica cluster at a time in this test binary: `cargo test` runs a binary's tests on parallel
+/// threads, and two clusters on two cores stretch each other's ticks into elections the tests do not expect.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Node {
     replica: Replica,
     cancel: CancellationToken,
@@ -186,6 +190,7 @@ async fn values(r: &Replica) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_and_fails_over_without_losing_acknowledged_data() {
+    let _serial = SERIAL.lock().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs).await;
     let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
@@ -243,6 +248,7 @@ async fn replicates_and_fails_over_without_losing_acknowledged_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_group_quiesces_and_still_fails_over() {
+    let _serial = SERIAL.lock().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cuts = Cuts::default();
     cuts.quiesce
@@ -307,6 +313,7 @@ async fn publish_bytes(r: &Replica, data: bytes::Bytes) -> Result<u64, ReplicaEr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_recognizes_a_retry_the_old_leader_wrote() {
+    let _serial = SERIAL.lock().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs).await;
     let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
@@ -362,6 +369,7 @@ fn isolate(cuts: &Cuts, node: u64, cut: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_never_acknowledges_and_the_majority_goes_on() {
+    let _serial = SERIAL.lock().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cuts = Cuts::default();
     let nodes = start_cluster_with_cuts(&dirs, cuts.clone()).await;
@@ -439,6 +447,7 @@ async fn an_isolated_leader_never_acknowledges_and_the_majority_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
+    let _serial = SERIAL.lock().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cuts = Cuts::default();
     // Small segments and byte retention, so the leader deletes what the cut-off follower still needs.
@@ -447,7 +456,7 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
     log.limits.index_interval_bytes = 1024;
     log.retention_bytes = 128 * 1024;
     let nodes = start_cluster_with(&dirs, cuts.clone(), log).await;
-    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let mut leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
     let behind = nodes.keys().copied().find(|id| *id != leader).unwrap();
     isolate(&cuts, behind, true);
     let value = "x".repeat(1000);
@@ -460,7 +469,18 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
             "retention never ran"
         );
         for _ in 0..50 {
-            last = publish(&nodes[&leader].replica, &value).await.unwrap();
+            match publish(&nodes[&leader].replica, &value).await {
+                Ok(offset) => last = offset,
+                // On a loaded machine a stretched tick can hand leadership to the other connected
+                // replica (the cut-off one cannot win): go on there. What follows does not depend on
+                // which of the two leads.
+                Err(ReplicaError::Dropped(_) | ReplicaError::NotLeader { .. }) => {
+                    leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+                    assert_ne!(leader, behind, "the cut-off replica cannot lead");
+                    break;
+                }
+                Err(e) => panic!("publish failed: {e}"),
+            }
         }
     }
     let start = nodes[&leader].replica.log_start_offset();
@@ -504,7 +524,8 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
     let after = publish(&nodes[&leader].replica, "after-catch-up")
         .await
         .unwrap();
-    assert_eq!(after, last + 1);
+    // `last` is the last acknowledged offset; a publish dropped by a leadership move may have landed too.
+    assert!(after > last, "{after} after {last}");
     for n in nodes.values() {
         n.cancel.cancel();
     }
@@ -515,6 +536,7 @@ async fn a_follower_behind_the_leaders_log_start_catches_up_from_a_snapshot() {
 /// new leader taking writes after one. With leases, its reads stop before anyone else can lead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_serves_no_read_once_another_can_lead() {
+    let _serial = SERIAL.lock().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cuts = Cuts::default();
     let nodes = start_cluster_with_cuts(&dirs, cuts.clone()).await;
