@@ -1,6 +1,10 @@
 //! Generates the `ferry.v1` gRPC code. A fresh machine has no `protoc`, so the vendored one is used, and only
 //! here: raft-proto's own build rejects a protoc that is not 3.x, so `PROTOC` must never be set globally.
 
+#[cfg(not(feature = "grpc"))]
+fn main() {}
+
+#[cfg(feature = "grpc")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = tonic_build::Config::new();

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ferry_broker::storage::{Append, LogConfig, OsDisk, PartitionLog};
 use ferry_protocol::batch::{self, BatchBuilder};
+use ferry_storage::{Append, LogConfig, OsDisk, PartitionLog};
 
 fn batch_of(records: usize, size: usize) -> bytes::Bytes {
     let mut b = BatchBuilder::new(1);
@@ -16,8 +16,16 @@ fn batch_of(records: usize, size: usize) -> bytes::Bytes {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) =
-        PartitionLog::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), 1, 0, 1).unwrap();
+    let (mut log, _) = PartitionLog::open(
+        Arc::new(OsDisk),
+        std::sync::Arc::new(ferry_storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        1,
+        0,
+        1,
+    )
+    .unwrap();
     let data = batch_of(1000, 100);
     let h = batch::validate(&data).unwrap();
     let mut g = c.benchmark_group("log");

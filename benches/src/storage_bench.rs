@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use ferry_broker::storage::{Append, LogConfig, OsDisk, PartitionLog};
 use ferry_protocol::batch::{self, BatchBuilder};
+use ferry_storage::{Append, LogConfig, OsDisk, PartitionLog};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,7 +77,15 @@ fn dd_rate(dir: &Path, total_bytes: u64) -> anyhow::Result<f64> {
 /// One timed log run: (MB/s, records/s, mean fsync ms).
 fn log_rate(dir: &Path, data: &bytes::Bytes, total_bytes: u64) -> anyhow::Result<(f64, f64, f64)> {
     let h = batch::validate(data)?;
-    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir, LogConfig::default(), 1, 0, 1)?;
+    let (mut log, _) = PartitionLog::open(
+        Arc::new(OsDisk),
+        std::sync::Arc::new(ferry_storage::SystemClock),
+        dir,
+        LogConfig::default(),
+        1,
+        0,
+        1,
+    )?;
     let batches = (total_bytes / data.len() as u64).max(1);
     let mut fsync_time = Duration::ZERO;
     let started = Instant::now();

@@ -25,7 +25,7 @@ use crate::metadata::{
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
 use crate::replica::{self, Ack, Clock, NoPeers, Replica, ReplicaError, Transport, Wiring};
-use crate::storage::{Disk, LogConfig, StorageError};
+use crate::storage::{Clock as WallClock, Disk, LogConfig, StorageError};
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,8 @@ struct Running {
 pub struct Broker {
     pub config: BrokerConfig,
     disk: Arc<dyn Disk>,
+    /// Wall-clock time handed to the cores (roll and retention by age, group sessions, record stamps).
+    wall: Arc<dyn WallClock>,
     metadata: MetadataMachine,
     /// The controller replica (replaced when it is restarted or repaired: `restart`).
     controller: parking_lot::RwLock<Replica>,
@@ -126,18 +128,29 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// Now on the broker's wall clock (ms since the Unix epoch).
+    pub fn now_ms(&self) -> i64 {
+        self.wall.now_ms()
+    }
+
     /// Opens the data dir, recovers the controller and every local partition, and starts their replicas.
     pub async fn start(
         config: BrokerConfig,
         disk: Arc<dyn Disk>,
+        wall: Arc<dyn WallClock>,
         router: Arc<Router>,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         crate::storage::format::check_or_create(disk.as_ref(), &config.data_dir)?;
         let voters = config.voters();
         let ctl_dir = config.data_dir.join("__cluster");
-        let (storage, _) =
-            ReplicaStorage::open(disk.clone(), &ctl_dir, controller_log_config(), &voters)?;
+        let (storage, _) = ReplicaStorage::open(
+            disk.clone(),
+            wall.clone(),
+            &ctl_dir,
+            controller_log_config(),
+            &voters,
+        )?;
         // A cluster (started with --peers) always has a network, so brokers can be added to it.
         let network = (!config.peers.is_empty()).then(|| {
             PeerNetwork::start(
@@ -172,6 +185,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             config,
             disk,
+            wall,
             metadata,
             controller: parking_lot::RwLock::new(controller),
             controller_task: parking_lot::Mutex::new(Some((ctl_cancel, ctl_task))),
@@ -386,6 +400,7 @@ impl Broker {
             .clone();
         let (storage, recovery) = ReplicaStorage::open(
             self.disk.clone(),
+            self.wall.clone(),
             &dir,
             self.log_config(&t.settings),
             &voters,
@@ -533,7 +548,7 @@ impl Broker {
         cmd: &Command,
         applied: impl Fn(&Metadata) -> bool,
     ) -> Result<u64, BrokerError> {
-        let batch = cmd.to_batch();
+        let batch = cmd.to_batch(self.wall.now_ms());
         let offset;
         let deadline = tokio::time::Instant::now() + CONTROLLER_COMMAND_TIMEOUT;
         loop {
@@ -916,6 +931,7 @@ impl Broker {
             let voters = t.initial_replica_sets[p as usize].clone();
             let (storage, _) = ReplicaStorage::open(
                 self.disk.clone(),
+                self.wall.clone(),
                 &running.dir,
                 self.log_config(&t.settings),
                 &voters,

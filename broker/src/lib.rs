@@ -18,4 +18,6 @@ pub mod metadata;
 pub mod peer;
 pub mod replica;
 pub mod server;
-pub mod storage;
+
+/// Partition storage lives in its own crate ([`ferry_storage`]), re-exported under its old path.
+pub use ferry_storage as storage;

@@ -11,7 +11,7 @@ use ferry_broker::config::BrokerConfig;
 use ferry_broker::peer::Router;
 use ferry_broker::replica::FsyncPolicy;
 use ferry_broker::server;
-use ferry_broker::storage::OsDisk;
+use ferry_broker::storage::{OsDisk, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 /// Ferry broker.
@@ -253,6 +253,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let broker = Broker::start(
         config.clone(),
         Arc::new(OsDisk),
+        Arc::new(SystemClock),
         router,
         cancel.child_token(),
     )

@@ -280,19 +280,16 @@ pub struct Member {
 }
 
 impl Command {
-    /// The command as a one-record batch.
-    pub fn to_batch(&self) -> Bytes {
-        json_record_batch(None, self)
+    /// The command as a one-record batch stamped `now_ms`.
+    pub fn to_batch(&self, now_ms: i64) -> Bytes {
+        json_record_batch(None, self, now_ms)
     }
 }
 
-/// A one-record batch whose value is `value` as JSON, stamped now: how the broker writes its own records
-/// (controller commands, consumer-group records).
-pub fn json_record_batch(key: Option<&[u8]>, value: &impl Serialize) -> Bytes {
+/// A one-record batch whose value is `value` as JSON, stamped `now` (ms): how the broker writes its own
+/// records (controller commands, consumer-group records).
+pub fn json_record_batch(key: Option<&[u8]>, value: &impl Serialize, now: i64) -> Bytes {
     let json = serde_json::to_vec(value).expect("broker records serialize");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let mut b = BatchBuilder::new(now);
     b.push(now, key, &json, &[]);
     b.finish()
@@ -533,8 +530,8 @@ mod tests {
             replica_sets: vec![vec![1]; 3],
             settings: TopicSettings::default(),
         };
-        m.apply_batch(1, &create.to_batch());
-        m.apply_batch(2, &create.to_batch()); // duplicate create: no change
+        m.apply_batch(1, &create.to_batch(0));
+        m.apply_batch(2, &create.to_batch(0)); // duplicate create: no change
         let s = m.state.read().clone();
         assert_eq!(s.topics.len(), 1);
         assert_eq!(s.topics["orders"].id, 1);
@@ -545,11 +542,11 @@ mod tests {
             &Command::DeleteTopic {
                 name: "orders".into(),
             }
-            .to_batch(),
+            .to_batch(0),
         );
         assert!(m.state.read().topics.is_empty());
         assert_eq!(m.state.read().applied_index, 3);
-        m.apply_batch(4, &create.to_batch());
+        m.apply_batch(4, &create.to_batch(0));
         assert_eq!(
             m.state.read().topics["orders"].id,
             2,

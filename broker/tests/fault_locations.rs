@@ -72,9 +72,15 @@ impl Node {
         let disk = Arc::new(FaultyDisk {
             faults: self.faults.clone(),
         });
-        let broker = Broker::start(config, disk, router, cancel.child_token())
-            .await
-            .expect("broker starts");
+        let broker = Broker::start(
+            config,
+            disk,
+            Arc::new(ferry_broker::storage::SystemClock),
+            router,
+            cancel.child_token(),
+        )
+        .await
+        .expect("broker starts");
         let _ = started.set(broker.clone());
         self.running = Some((broker, cancel));
     }

@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
-use ferry_broker::storage::index::{OffsetIndex, TimeIndex, INDEX_ENTRY_LEN};
-use ferry_broker::storage::OsDisk;
+use ferry_storage::index::{OffsetIndex, TimeIndex, INDEX_ENTRY_LEN};
+use ferry_storage::OsDisk;
 use libfuzzer_sys::fuzz_target;
 
 /// Entries a fuzz input may declare (the file is at most this many entries; larger inputs are cut).
@@ -69,7 +69,7 @@ fn check_offset_index(path: &Path, entries: usize, log_len: u32, probes: [u32; 3
     index.truncate_to_position(probes[2]);
     assert!(index.len() <= entries);
     assert!((0..index.len()).all(|i| index.get(i) == all[i]), "truncation keeps a prefix");
-    let _ = index.push(ferry_broker::storage::index::OffsetEntry {
+    let _ = index.push(ferry_storage::index::OffsetEntry {
         rel_offset: probes[0],
         rel_raft_index: probes[1],
         position: probes[2],
@@ -99,7 +99,7 @@ fn check_time_index(path: &Path, entries: usize, probes: [u32; 3]) {
     }
     index.truncate_to_offset(probes[2]);
     assert!((0..index.len()).all(|i| index.get(i) == all[i]), "truncation keeps a prefix");
-    let _ = index.push(ferry_broker::storage::index::TimeEntry {
+    let _ = index.push(ferry_storage::index::TimeEntry {
         timestamp_ms: i64::from(probes[0]),
         rel_offset: probes[1],
     });

@@ -21,9 +21,9 @@
 
 use std::sync::Arc;
 
-use ferry_broker::storage::checkpoint::Checkpoint;
-use ferry_broker::storage::durable::{DurableFile, Watermark};
-use ferry_broker::storage::{LogConfig, OsDisk, PartitionLog, StorageError};
+use ferry_storage::checkpoint::Checkpoint;
+use ferry_storage::durable::{DurableFile, Watermark};
+use ferry_storage::{LogConfig, OsDisk, PartitionLog, StorageError};
 use ferry_protocol::batch::{self, BatchHeader, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         let clean = Checkpoint { active_base_offset: 0, clean_len: log.len() as u32, clean: true };
         clean.write(&OsDisk, dir.path()).unwrap();
     }
-    let opened = PartitionLog::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), 1, 0, 1 << 32);
+    let opened = PartitionLog::open(Arc::new(OsDisk), std::sync::Arc::new(ferry_storage::SystemClock), dir.path(), LogConfig::default(), 1, 0, 1 << 32);
     let Ok((mut plog, recovery)) = opened else {
         return; // refused: allowed
     };

@@ -5,7 +5,7 @@
 //! - [`stamp`]: the broker's stamp in a stored batch (offset, Raft term and index) and its checksum.
 //! - [`partitioner`]: the stable key hash that maps a key to a partition (murmur2, as Kafka).
 //! - [`topic`]: topic name rules shared by every component.
-//! - [`v1`]: the generated `ferry.v1` gRPC messages and services.
+//! - `v1`: the generated `ferry.v1` gRPC messages and services (feature `grpc`, on by default).
 //! - [`limits`]: named protocol limits.
 
 pub mod batch;
@@ -15,6 +15,7 @@ pub mod stamp;
 pub mod topic;
 
 /// Generated code of the `ferry.v1` gRPC package.
+#[cfg(feature = "grpc")]
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("ferry.v1");

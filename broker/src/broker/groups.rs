@@ -38,12 +38,6 @@ fn group_error(e: GroupError) -> BrokerError {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn check_group_name(group: &str) -> Result<(), BrokerError> {
     if group.is_empty() || group.len() > GROUP_NAME_LEN_MAX {
         return Err(BrokerError::Invalid(format!(
@@ -54,6 +48,11 @@ fn check_group_name(group: &str) -> Result<(), BrokerError> {
 }
 
 impl Broker {
+    /// Now on the broker's wall clock (ms), as group state counts it (sessions and expiry).
+    fn group_now_ms(&self) -> u64 {
+        u64::try_from(self.wall.now_ms()).unwrap_or(0)
+    }
+
     /// Creates `__consumer_offsets` if it does not exist yet (the first group request does).
     async fn ensure_group_topic(&self) -> Result<(), BrokerError> {
         if self.metadata.state.read().topics.contains_key(GROUP_TOPIC) {
@@ -98,9 +97,8 @@ impl Broker {
     }
 
     /// Replays a `__consumer_offsets` partition's committed records into groups.
-    fn load_groups(r: &Replica) -> Result<HashMap<String, Group>, BrokerError> {
+    fn load_groups(r: &Replica, now: u64) -> Result<HashMap<String, Group>, BrokerError> {
         let mut groups: HashMap<String, Group> = HashMap::new();
-        let now = now_ms();
         let mut offset = r.log_start_offset();
         loop {
             let fetched = r.fetch(offset, 1 << 20).map_err(BrokerError::Replica)?;
@@ -148,7 +146,8 @@ impl Broker {
         if loaded.term != term {
             // The replay reads the whole partition: off the async threads (L7 in the audit).
             let r = replica.clone();
-            loaded.groups = tokio::task::spawn_blocking(move || Self::load_groups(&r))
+            let now = self.group_now_ms();
+            loaded.groups = tokio::task::spawn_blocking(move || Self::load_groups(&r, now))
                 .await
                 .map_err(|e| BrokerError::Unsatisfiable(format!("loading groups: {e}")))??;
             loaded.term = term;
@@ -172,7 +171,8 @@ impl Broker {
 
     /// Appends a group record through Raft (committed on a quorum).
     async fn persist(&self, replica: &Replica, r: &GroupRecord) -> Result<(), BrokerError> {
-        let b = crate::metadata::json_record_batch(Some(r.group().as_bytes()), r);
+        let b =
+            crate::metadata::json_record_batch(Some(r.group().as_bytes()), r, self.wall.now_ms());
         let max = self.config.batch_bytes_max as usize;
         if b.len() > max {
             return Err(BrokerError::Invalid(format!(
@@ -210,7 +210,7 @@ impl Broker {
                 let mut topics: BTreeSet<String> = beat.topics.clone();
                 topics.extend(g.members.values().flat_map(|m| m.topics.iter().cloned()));
                 let partitions = b.partition_counts(topics);
-                let now = now_ms();
+                let now = self.group_now_ms();
                 let expired = g.expire(now, &partitions);
                 let (answer, changed) = g.heartbeat(beat, now, &partitions).map_err(group_error)?;
                 if expired || changed {
@@ -277,7 +277,7 @@ impl Broker {
                 let tps: Vec<Tp> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
                 let partitions =
                     b.partition_counts(g.members.values().flat_map(|m| m.topics.clone()));
-                if g.expire(now_ms(), &partitions) {
+                if g.expire(self.group_now_ms(), &partitions) {
                     b.persist(replica, &g.members_record()).await?;
                 }
                 g.check_commit(member_id, generation, &tps)
@@ -303,7 +303,7 @@ impl Broker {
             async |b: &Broker, replica: &Replica, g: &mut Group| {
                 let partitions =
                     b.partition_counts(g.members.values().flat_map(|m| m.topics.clone()));
-                if g.expire(now_ms(), &partitions) {
+                if g.expire(self.group_now_ms(), &partitions) {
                     b.persist(replica, &g.members_record()).await?;
                 }
                 Ok(g.clone())
@@ -319,7 +319,7 @@ impl Broker {
             async |b: &Broker, replica: &Replica, g: &mut Group| {
                 let partitions =
                     b.partition_counts(g.members.values().flat_map(|m| m.topics.clone()));
-                g.expire(now_ms(), &partitions);
+                g.expire(self.group_now_ms(), &partitions);
                 if !g.members.is_empty() {
                     return Err(group_error(GroupError::Live(g.name.clone())));
                 }
@@ -356,7 +356,7 @@ impl Broker {
             };
             let loaded = coordinated.entry(p).or_default();
             if loaded.term != term {
-                loaded.groups = Self::load_groups(&r)?;
+                loaded.groups = Self::load_groups(&r, self.group_now_ms())?;
                 loaded.term = term;
             }
             out.extend(loaded.groups.keys().cloned());

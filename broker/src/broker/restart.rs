@@ -57,6 +57,7 @@ impl Broker {
         self.router.unregister(CONTROLLER_GROUP);
         let (storage, _) = ReplicaStorage::open(
             self.disk.clone(),
+            self.wall.clone(),
             &self.controller_dir(),
             controller_log_config(),
             &self.config.voters(),

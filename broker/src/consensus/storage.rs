@@ -17,7 +17,9 @@ use raft::{GetEntriesContext, RaftState as RaftInitial, StorageError as RaftStor
 
 use super::producers::{ProducerTable, REBUILD_SEGMENTS};
 use super::state::RaftState;
-use crate::storage::{Append, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError};
+use crate::storage::{
+    Append, Clock, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError,
+};
 
 /// Bytes of recent entries kept in the tail cache.
 const TAIL_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -88,6 +90,7 @@ impl ReplicaStorage {
     /// initial replica must start with the same one).
     pub fn open(
         disk: Arc<dyn Disk>,
+        clock: Arc<dyn Clock>,
         dir: &Path,
         config: LogConfig,
         initial_voters: &[u64],
@@ -105,6 +108,7 @@ impl ReplicaStorage {
         };
         let (mut log, recovery) = PartitionLog::open(
             disk.clone(),
+            clock.clone(),
             dir,
             config,
             state.marker_index + 1,
@@ -231,12 +235,6 @@ fn entry_type_of(b: u8) -> Option<EntryType> {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Core {
     /// The durable state.
     pub fn state(&self) -> &RaftState {
@@ -289,8 +287,12 @@ impl Core {
                 })?;
                 (data, h)
             } else {
-                let c = batch::control_batch(entry_type_byte(e.get_entry_type()), &data, now_ms())
-                    .freeze();
+                let c = batch::control_batch(
+                    entry_type_byte(e.get_entry_type()),
+                    &data,
+                    self.log.clock().now_ms(),
+                )
+                .freeze();
                 let h = BatchHeader::parse(&c).expect("control batch has a header");
                 (c, h)
             };
@@ -409,7 +411,10 @@ impl Core {
 
     /// Applies retention: deletes old segments whose entries are all applied, moving the marker first.
     pub fn apply_retention(&mut self, applied: u64) -> Result<usize, StorageError> {
-        let Some((count, idx, term)) = self.log.retention_plan(now_ms(), applied + 1)? else {
+        let Some((count, idx, term)) = self
+            .log
+            .retention_plan(self.log.clock().now_ms(), applied + 1)?
+        else {
             return Ok(0);
         };
         let next = self.next_offset_after(idx)?;

@@ -36,8 +36,14 @@ fn the_persisted_commit_never_passes_what_was_applied() {
     // M1 in the durability audit: a commit written with a term change covered a conf change not applied
     // yet; a restart (applied = persisted commit) then skipped applying it for good.
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) =
-        ReplicaStorage::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), &[1]).unwrap();
+    let (s, _) = ReplicaStorage::open(
+        Arc::new(OsDisk),
+        Arc::new(crate::storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     append(&s, 1, 12, 1);
     s.write().set_applied(8);
     let hs = HardState {
@@ -66,7 +72,14 @@ fn a_new_partition_directory_and_its_term_and_vote_survive_a_power_cut() {
     let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
         faults: faults.clone(),
     });
-    let (s, _) = ReplicaStorage::open(disk.clone(), &dir, LogConfig::default(), &[1]).unwrap();
+    let (s, _) = ReplicaStorage::open(
+        disk.clone(),
+        Arc::new(crate::storage::SystemClock),
+        &dir,
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     append(&s, 1, 3, 1);
     let hs = HardState {
         term: 5,
@@ -79,7 +92,14 @@ fn a_new_partition_directory_and_its_term_and_vote_survive_a_power_cut() {
     drop(s);
     faults.power_cut(|durable, _| durable).unwrap();
     assert!(dir.exists(), "the partition directory survived");
-    let (s, _) = ReplicaStorage::open(disk, &dir, LogConfig::default(), &[1]).unwrap();
+    let (s, _) = ReplicaStorage::open(
+        disk,
+        Arc::new(crate::storage::SystemClock),
+        &dir,
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     let core = s.read();
     assert_eq!(
         (core.state().hard_state.term, core.state().hard_state.vote),
@@ -97,12 +117,24 @@ fn a_cut_under_a_live_reader_is_an_error_not_a_crash() {
     // H6: repairing a stopped leader cut its files while readers still held the old log; through a map
     // that was a SIGBUS. Reads are positioned reads into buffers now: the old reader gets an error.
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) =
-        ReplicaStorage::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), &[1]).unwrap();
+    let (a, _) = ReplicaStorage::open(
+        Arc::new(OsDisk),
+        Arc::new(crate::storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     append(&a, 1, 40, 1);
     let held: Vec<Bytes> = a.read().log.read(0, 1 << 20, u64::MAX).unwrap();
-    let (b, _) =
-        ReplicaStorage::open(Arc::new(OsDisk), dir.path(), LogConfig::default(), &[1]).unwrap();
+    let (b, _) = ReplicaStorage::open(
+        Arc::new(OsDisk),
+        Arc::new(crate::storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     b.write().cut_for_repair(5).unwrap();
     // Slices handed out before are buffers of their own: still whole.
     for bytes in &held {

@@ -24,7 +24,14 @@ fn start(
     disk: Arc<dyn Disk>,
     dir: &std::path::Path,
 ) -> (Replica, tokio::task::JoinHandle<()>, CancellationToken) {
-    let (storage, _) = ReplicaStorage::open(disk, dir, LogConfig::default(), &[1]).unwrap();
+    let (storage, _) = ReplicaStorage::open(
+        disk,
+        Arc::new(crate::storage::SystemClock),
+        dir,
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     let cancel = CancellationToken::new();
     let (r, t) = spawn(
         1,
@@ -170,7 +177,14 @@ async fn interval_policy_fsyncs_on_its_timer_not_per_batch() {
     let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
         faults: faults.clone(),
     });
-    let (storage, _) = ReplicaStorage::open(disk, dir.path(), LogConfig::default(), &[1]).unwrap();
+    let (storage, _) = ReplicaStorage::open(
+        disk,
+        Arc::new(crate::storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
     let cancel = CancellationToken::new();
     let config = ReplicaConfig {
         fsync: FsyncPolicy::IntervalMs(60_000),

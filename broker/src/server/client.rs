@@ -61,12 +61,6 @@ impl ClientService {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The byte limit of a fetch: the default for 0, capped at the protocol limit.
 fn fetch_bytes(requested: u32) -> u32 {
     match requested {
@@ -95,12 +89,12 @@ fn check_topic(name: &str) -> Result<(), Status> {
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Builds one batch per partition from plain records.
+/// Builds one batch per partition from plain records; a record without a timestamp gets `now` (ms).
 fn batches_from_records(
     records: Vec<v1::Record>,
+    now: i64,
     place: impl Fn(&v1::Record) -> u32,
 ) -> BTreeMap<u32, Bytes> {
-    let now = now_ms();
     let mut builders: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
     for r in &records {
         let p = place(r);
@@ -277,10 +271,12 @@ impl Ferry for ClientService {
                     }));
                 }
                 let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
-                let out = batches_from_records(list.records, |r| match req.partition {
-                    Some(p) => p,
-                    None if r.has_key || !r.key.is_empty() => partition_for_key(&r.key, n),
-                    None => (rr % u64::from(n)) as u32,
+                let out = batches_from_records(list.records, self.broker.now_ms(), |r| {
+                    match req.partition {
+                        Some(p) => p,
+                        None if r.has_key || !r.key.is_empty() => partition_for_key(&r.key, n),
+                        None => (rr % u64::from(n)) as u32,
+                    }
                 });
                 if let Some((_, b)) = out.iter().find(|(_, b)| b.len() > max as usize) {
                     return Err(Status::invalid_argument(format!(

@@ -106,7 +106,14 @@ async fn start_cluster_with(
         ));
         let network = PeerNetwork::start(id, peers[&id].clone(), &peers, cancel.clone());
         let dir = dirs[id as usize - 1].path();
-        let (storage, _) = ReplicaStorage::open(Arc::new(OsDisk), dir, log, &[1, 2, 3]).unwrap();
+        let (storage, _) = ReplicaStorage::open(
+            Arc::new(OsDisk),
+            Arc::new(crate::storage::SystemClock),
+            dir,
+            log,
+            &[1, 2, 3],
+        )
+        .unwrap();
         let config = ReplicaConfig {
             node_id: id,
             tick_ms: 20,

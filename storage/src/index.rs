@@ -391,7 +391,7 @@ impl TimeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::disk::OsDisk;
+    use crate::disk::OsDisk;
 
     #[test]
     fn offset_index_floor_lookups() {

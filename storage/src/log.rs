@@ -13,6 +13,7 @@ use bytes::Bytes;
 use ferry_protocol::batch::{self, BatchHeader, STAMP_LEN};
 
 use super::checkpoint::Checkpoint;
+use super::clock::Clock;
 use super::disk::{Disk, DiskFile};
 use super::durable::{DurableFile, Watermark};
 use super::error::StorageError;
@@ -85,6 +86,8 @@ impl Append {
 pub struct PartitionLog {
     pub(super) dir: PathBuf,
     pub(super) disk: Arc<dyn Disk>,
+    /// Wall-clock time for roll and retention by age.
+    pub(super) clock: Arc<dyn Clock>,
     pub(super) config: LogConfig,
     pub(super) segments: Vec<Segment>,
     /// Wall clock (ms) when the active segment got its first batch.
@@ -96,13 +99,12 @@ pub struct PartitionLog {
     pub(super) pending_cut: Option<super::open::PendingCut>,
 }
 
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl PartitionLog {
+    /// The clock this log reads time from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Changes retention and roll settings.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config.segment_ms = config.segment_ms;
@@ -162,7 +164,7 @@ impl PartitionLog {
         let mut start = 0;
         while start < items.len() {
             let first_len = items[start].meta.len;
-            let now = now_ms();
+            let now = self.clock.now_ms();
             if self.must_roll(first_len, now) {
                 self.roll(items[start].meta.base_offset, items[start].meta.raft_index)?;
             }

@@ -66,7 +66,7 @@ pub fn check_or_create(disk: &dyn Disk, dir: &Path) -> Result<(), StorageError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::OsDisk;
+    use crate::OsDisk;
 
     #[test]
     fn a_new_dir_gets_the_format_and_an_old_or_foreign_one_is_refused() {

@@ -99,7 +99,7 @@ pub fn write_atomically(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::disk::OsDisk;
+    use crate::disk::OsDisk;
 
     #[test]
     fn round_trip_and_damage() {

@@ -95,7 +95,15 @@ fn open_with(
     disk: Arc<dyn Disk>,
     dir: &std::path::Path,
 ) -> Result<(PartitionLog, super::Recovery), StorageError> {
-    PartitionLog::open(disk, dir, small_config(), 1, 0, 1)
+    PartitionLog::open(
+        disk,
+        Arc::new(super::SystemClock),
+        dir,
+        small_config(),
+        1,
+        0,
+        1,
+    )
 }
 
 #[test]
@@ -392,7 +400,16 @@ fn retention_forever_and_huge_intervals_never_turn_negative() {
     let mut cfg = small_config();
     cfg.retention_ms = u64::MAX;
     cfg.segment_ms = u64::MAX;
-    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir.path(), cfg, 1, 0, 1).unwrap();
+    let (mut log, _) = PartitionLog::open(
+        Arc::new(OsDisk),
+        Arc::new(super::SystemClock),
+        dir.path(),
+        cfg,
+        1,
+        0,
+        1,
+    )
+    .unwrap();
     fill(&mut log, 200, 3);
     let segments = log.segment_count();
     assert!(
@@ -490,7 +507,16 @@ fn retention_by_bytes_keeps_unapplied_entries() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config();
     cfg.retention_bytes = 16 * 1024;
-    let (mut log, _) = PartitionLog::open(Arc::new(OsDisk), dir.path(), cfg, 1, 0, 1).unwrap();
+    let (mut log, _) = PartitionLog::open(
+        Arc::new(OsDisk),
+        Arc::new(super::SystemClock),
+        dir.path(),
+        cfg,
+        1,
+        0,
+        1,
+    )
+    .unwrap();
     fill(&mut log, 300, 3);
     assert!(
         log.retention_plan(0, 1).unwrap().is_none(),
@@ -591,8 +617,16 @@ fn a_term_past_the_replicas_term_is_damage() {
     let mut log = open(dir.path()).unwrap();
     fill(&mut log, 4, 3); // term 1
     drop(log);
-    let (_, rec) =
-        PartitionLog::open(Arc::new(OsDisk), dir.path(), small_config(), 1, 0, 0).unwrap();
+    let (_, rec) = PartitionLog::open(
+        Arc::new(OsDisk),
+        Arc::new(super::SystemClock),
+        dir.path(),
+        small_config(),
+        1,
+        0,
+        0,
+    )
+    .unwrap();
     assert!(
         rec.damage.is_some(),
         "a batch of term 1 in a replica at term 0"
@@ -642,4 +676,35 @@ fn an_interrupted_retention_or_snapshot_install_is_finished_on_open() {
         (end + 50, 9_999)
     );
     assert_eq!(log.last_raft_index(), end + 49);
+}
+
+/// Roll and retention by age read time from the clock the log is handed, never the system clock: with a
+/// hand-set clock, a segment rolls exactly when its first batch is `segment_ms` old, and is old enough to
+/// delete exactly when its newest record is more than `retention_ms` old.
+#[test]
+fn roll_and_retention_by_age_follow_the_clock_handed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(super::ManualClock::new(10_000_000));
+    let mut cfg = small_config();
+    cfg.limits.segment_bytes = 1024 * 1024; // never by size here
+    cfg.segment_ms = 60_000;
+    cfg.retention_ms = 3_600_000;
+    let (mut log, _) =
+        PartitionLog::open(Arc::new(OsDisk), clock.clone(), dir.path(), cfg, 1, 0, 1).unwrap();
+    fill(&mut log, 5, 2);
+    clock.advance(59_999);
+    fill(&mut log, 1, 2);
+    assert_eq!(log.segment_count(), 1, "not yet a minute old");
+    clock.advance(1);
+    fill(&mut log, 1, 2);
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "a minute old: rolled before the append"
+    );
+    // `fill` stamps records 1_000 + index ms, more than an hour before the clock: the sealed segment is old.
+    let now = log.clock().now_ms();
+    assert!(log.retention_plan(now, u64::MAX).unwrap().is_some());
+    // Back at a time when its records were young, nothing is old enough.
+    assert!(log.retention_plan(1_000, u64::MAX).unwrap().is_none());
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::checkpoint::Checkpoint;
+use super::clock::Clock;
 use super::disk::{create_dir_durable, Disk};
 use super::durable::{DurableFile, Found, Watermark};
 use super::error::StorageError;
@@ -68,6 +69,7 @@ impl PartitionLog {
     /// replica's persisted Raft term (no batch may carry a later one).
     pub fn open(
         disk: Arc<dyn Disk>,
+        clock: Arc<dyn Clock>,
         dir: &Path,
         config: LogConfig,
         first_raft_index: u64,
@@ -147,6 +149,7 @@ impl PartitionLog {
         let mut log = PartitionLog {
             dir: dir.to_owned(),
             disk,
+            clock,
             config,
             segments,
             active_since_ms: None,

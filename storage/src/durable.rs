@@ -149,7 +149,7 @@ impl DurableFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::OsDisk;
+    use crate::OsDisk;
 
     #[test]
     fn round_trip_and_every_damaged_byte_is_caught() {

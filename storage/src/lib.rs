@@ -4,6 +4,7 @@
 //! [`durable`] → [`log`] (steady state) and [`open`] (recovery); [`format`] marks a data dir's format.
 
 pub mod checkpoint;
+pub mod clock;
 pub mod disk;
 pub mod durable;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod open;
 pub mod reader;
 pub mod segment;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use disk::{Disk, DiskFile, Faults, FaultyDisk, OsDisk};
 pub use error::StorageError;
 pub use log::{Append, LogConfig, PartitionLog};
