@@ -1,6 +1,12 @@
-//! The broker core: the controller replica and metadata, the local partition replicas it follows from the
-//! metadata, and the operations servers call. No gRPC here: `server` maps requests onto this.
-//! The broker's background loops (following metadata, registering, balancing leaders) are in [`tasks`].
+//! The broker: the controller replica and metadata, the local partition replicas it follows from the
+//! metadata, and the operations servers call. No gRPC here: `server` maps requests onto this, and other
+//! brokers are asked through the `Dialer` the broker is handed (`crate::views`).
+//!
+//! This file holds the [`Broker`] and its core operations; the files under `broker/` add to it, each one
+//! concern, and none is imported from here (they sit above it): `start` (opening and starting),
+//! `restart` (the controller's restart and repair), `tasks` (background loops: following metadata,
+//! registering, balancing leaders, scrubbing, supervision), `groups` (the group coordinator, over
+//! `coordinated`, its in-memory state) and `views` (topic views, own and merged).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,21 +17,21 @@ use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod coordinated;
 mod groups;
 mod restart;
+mod start;
 mod tasks;
-
-pub use groups::{GROUP_NAME_LEN_MAX, HEARTBEAT_INTERVAL_MS};
+mod views;
 
 use crate::config::BrokerConfig;
 use crate::consensus::ReplicaStorage;
-use crate::metadata::{
-    Command, Metadata, MetadataMachine, TopicMeta, TopicSettings, CONTROLLER_GROUP,
-};
+use crate::metadata::{Command, Metadata, MetadataMachine, TopicMeta, TopicSettings};
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
-use crate::replica::{self, Ack, Clock, NoPeers, Replica, ReplicaError, Transport, Wiring};
+use crate::replica::{self, Ack, Clock, Replica, ReplicaError, Transport, Wiring};
 use crate::storage::{Clock as WallClock, Disk, LogConfig, StorageError};
+use crate::views::{Dialer, ForwardError};
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,16 +112,15 @@ pub struct Broker {
     /// Serializes reconciliation; true once shutdown began.
     reconcile: tokio::sync::Mutex<bool>,
     /// Consumer groups this broker coordinates.
-    groups: groups::Coordinated,
+    groups: coordinated::Coordinated,
     /// Local replicas that failed to open, and why (they stay down until an operator repairs them).
     unopenable: RwLock<HashMap<(String, u32), String>>,
     /// Producer ids this broker may still hand out (allocated from the controller in blocks).
     producer_ids: tokio::sync::Mutex<std::ops::Range<u64>>,
     /// The byte budget of publishes in flight, in KiB permits (`BrokerConfig::inflight_bytes_max`).
     inflight: Arc<tokio::sync::Semaphore>,
-    /// One lazily connected gRPC channel per other broker's address (views, forwarded commands), reused:
-    /// not a new connection per request (L7 in the durability audit).
-    channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// How this broker asks other brokers (their views of topics, forwarded controller commands).
+    dialer: Arc<dyn Dialer>,
     cancel: CancellationToken,
 }
 
@@ -131,110 +136,6 @@ impl Broker {
     /// Now on the broker's wall clock (ms since the Unix epoch).
     pub fn now_ms(&self) -> i64 {
         self.wall.now_ms()
-    }
-
-    /// Opens the data dir, recovers the controller and every local partition, and starts their replicas.
-    pub async fn start(
-        config: BrokerConfig,
-        disk: Arc<dyn Disk>,
-        wall: Arc<dyn WallClock>,
-        router: Arc<Router>,
-        cancel: CancellationToken,
-    ) -> Result<Arc<Self>, BrokerError> {
-        crate::storage::format::check_or_create(disk.as_ref(), &config.data_dir)?;
-        let voters = config.voters();
-        let ctl_dir = config.data_dir.join("__cluster");
-        let (storage, _) = ReplicaStorage::open(
-            disk.clone(),
-            wall.clone(),
-            &ctl_dir,
-            controller_log_config(),
-            &voters,
-        )?;
-        // A cluster (started with --peers) always has a network, so brokers can be added to it.
-        let network = (!config.peers.is_empty()).then(|| {
-            PeerNetwork::start(
-                config.node_id,
-                config.peer_advertise.clone(),
-                &config.peers,
-                cancel.child_token(),
-            )
-        });
-        let transport: Arc<dyn Transport> = match &network {
-            Some(n) => n.clone(),
-            None => Arc::new(NoPeers),
-        };
-        let metadata = MetadataMachine::new(&config.peers);
-        let clock = Clock::start(config.replica.tick_ms, cancel.clone());
-        let inflight_kib = usize::try_from(config.inflight_bytes_max / 1024)
-            .unwrap_or(usize::MAX)
-            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        replay_controller(&storage, &metadata)?;
-        let (controller, ctl_cancel, ctl_task) = restart::spawn_controller(
-            storage,
-            &config,
-            &metadata,
-            Wiring {
-                transport: transport.clone(),
-                clock: clock.clone(),
-                cancel: cancel.child_token(),
-                liveness: router.liveness(),
-            },
-        )?;
-        router.register(CONTROLLER_GROUP, controller.inbox());
-        let broker = Arc::new(Broker {
-            config,
-            disk,
-            wall,
-            metadata,
-            controller: parking_lot::RwLock::new(controller),
-            controller_task: parking_lot::Mutex::new(Some((ctl_cancel, ctl_task))),
-            router,
-            transport,
-            network,
-            clock,
-            partitions: RwLock::new(HashMap::new()),
-            reconcile: tokio::sync::Mutex::new(false),
-            groups: Default::default(),
-            unopenable: Default::default(),
-            producer_ids: tokio::sync::Mutex::new(0..0),
-            inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib)),
-            channels: Default::default(),
-            cancel,
-        });
-        // Commands past the persisted commit are applied once the controller commits them again: wait for
-        // that (bounded) so the partitions exist before clients are served.
-        let log_end = broker.controller().log_end_offset();
-        let mut hw = broker.controller().watch_high_watermark();
-        let caught_up = tokio::time::timeout(CONTROLLER_CATCH_UP, hw.wait_for(|hw| *hw >= log_end))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !caught_up {
-            tracing::warn!("controller has not caught up within {CONTROLLER_CATCH_UP:?}; serving what is known");
-        }
-        broker.reconcile().await?;
-        broker.remove_orphan_dirs();
-        tokio::spawn(tasks::follow_metadata(Arc::downgrade(&broker), hw));
-        tokio::spawn(tasks::register(
-            Arc::downgrade(&broker),
-            broker.cancel.clone(),
-        ));
-        if broker.network.is_some() {
-            tokio::spawn(tasks::balance_leaders(
-                Arc::downgrade(&broker),
-                broker.cancel.clone(),
-            ));
-            tokio::spawn(tasks::membership(
-                Arc::downgrade(&broker),
-                broker.cancel.clone(),
-            ));
-            tokio::spawn(tasks::scrub(Arc::downgrade(&broker), broker.cancel.clone()));
-        }
-        tokio::spawn(tasks::supervise(
-            Arc::downgrade(&broker),
-            broker.cancel.clone(),
-        ));
-        Ok(broker)
     }
 
     fn topics_dir(&self) -> PathBuf {
@@ -498,21 +399,6 @@ impl Broker {
         Ok(ack.base_offset)
     }
 
-    /// The channel to the broker at `addr` (`host:port`), connected on first use and kept.
-    pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, BrokerError> {
-        let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| BrokerError::Invalid(format!("bad broker address {addr}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let c = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), c.clone());
-        Ok(c)
-    }
-
     /// Sends a command batch to the controller leader's peer port.
     async fn forward(&self, leader: u64, batch: Bytes) -> Result<u64, BrokerError> {
         let addr = self
@@ -523,12 +409,10 @@ impl Broker {
             .get(&leader)
             .map(|m| m.peer_address.clone())
             .ok_or(BrokerError::NoLeader)?;
-        let mut client = ferry_protocol::v1::peer_client::PeerClient::new(self.channel(&addr)?);
-        let req = ferry_protocol::v1::ForwardRequest { command: batch };
-        match client.forward(req).await {
-            Ok(r) => Ok(r.into_inner().base_offset),
-            Err(s) if s.code() == tonic::Code::Unavailable => Err(BrokerError::NoLeader),
-            Err(s) => Err(BrokerError::Invalid(s.message().to_owned())),
+        match self.dialer.forward(addr, batch).await {
+            Ok(offset) => Ok(offset),
+            Err(ForwardError::Unreachable(_)) => Err(BrokerError::NoLeader),
+            Err(ForwardError::Refused(why)) => Err(BrokerError::Invalid(why)),
         }
     }
 

@@ -1,14 +1,21 @@
 //! The Ferry broker.
 //!
-//! # Layout (lower layers never import higher ones)
-//! - [`storage`]: the segment log of a partition (segments, indexes, recovery) and the disk seam.
-//! - [`consensus`]: Raft's view of a partition log (`raft::Storage`), its durable state file.
+//! # Layout
+//! Lower layers first; a module imports only modules listed before it (checked by
+//! `tests/tests/layout.rs`, with no module circle and no tokio, tonic or axum in the cores).
+//! - [`storage`]: the segment log of a partition (segments, indexes, recovery), the disk seam and the
+//!   wall clock: the `ferry-storage` crate, re-exported here.
+//! - [`consensus`] (core): Raft's view of a partition log (`raft::Storage`), its durable state file,
+//!   duplicate detection of idempotent producers, repair markers.
+//! - [`groups`] (core): consumer-group assignment and the per-group state machine.
 //! - [`replica`]: one Raft group per partition, driven by one task with group commit.
-//! - [`metadata`]: the cluster metadata state machine of the controller group.
+//! - [`metadata`] (core): the cluster metadata state machine of the controller group.
 //! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
+//! - [`membership`]: planning replica moves when brokers join or leave.
 //! - [`config`]: broker settings.
-//! - [`broker`]: the broker core: controller, local replicas, operations.
-//! - [`server`]: the gRPC services and the HTTP endpoints over the core.
+//! - [`views`]: cluster views as plain types, and the `Dialer` through which the broker asks others.
+//! - [`broker`]: the broker: controller, local replicas, operations, group coordination (no gRPC).
+//! - [`server`]: the gRPC services, the gRPC `Dialer`, and the HTTP endpoints over the broker.
 pub mod broker;
 pub mod config;
 pub mod consensus;
@@ -18,6 +25,7 @@ pub mod metadata;
 pub mod peer;
 pub mod replica;
 pub mod server;
+pub mod views;
 
 /// Partition storage lives in its own crate ([`ferry_storage`]), re-exported under its old path.
 pub use ferry_storage as storage;

@@ -76,6 +76,7 @@ impl Node {
             config,
             disk,
             Arc::new(ferry_broker::storage::SystemClock),
+            Arc::new(ferry_broker::server::views::GrpcDialer::default()),
             router,
             cancel.child_token(),
         )

@@ -23,6 +23,7 @@
 //! - [`error`]: [`ClientError`], the one error type.
 //! - [`config`]: [`ClientConfig`], timeouts and the retry budget.
 //! - [`record`]: [`ProducerRecord`] and [`ConsumedRecord`], what applications send and receive.
+//! - [`trace`]: W3C trace context: a producer's span into a record header, a consumer's span from it.
 //! - [`retry`]: which failures are retried and the backoff between attempts (pure).
 //! - [`metadata`]: the cached map of brokers, topics and partition leaders (pure).
 //! - [`partitioner`]: explicit partition, key hash or round robin (pure).
@@ -33,6 +34,7 @@
 //! - [`publish`]: publishing one batch and mapping its acknowledgement to record offsets.
 //! - [`fetch`]: [`Client::fetch`], batch decoding, offset lookups ([`Client::list_offsets`]).
 //! - [`subscribe`]: [`Client::subscribe`], a resuming record stream over the `Subscribe` RPC.
+//! - [`group`]: consumer groups: joining, heartbeats, cooperative assignment, offset commits.
 //! - [`delivery`]: [`Delivery`], the future of one produced record.
 //! - [`producer_task`]: the producer's background task (the I/O around the accumulator).
 //! - [`producer`]: [`Producer`] and [`ProducerConfig`], the handle applications use.

@@ -59,6 +59,9 @@ impl ProducerRecord {
     }
 }
 
+/// Name of the record header that carries the W3C trace context (`crate::trace` sets and reads it).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 /// A record read from a partition. Key, value and header values share the fetched batch's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {
@@ -83,7 +86,7 @@ impl ConsumedRecord {
     pub fn traceparent(&self) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| k == crate::trace::TRACEPARENT_HEADER)
+            .find(|(k, _)| k == TRACEPARENT_HEADER)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }

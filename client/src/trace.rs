@@ -22,8 +22,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-/// Name of the record header that carries the trace context.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub use crate::record::TRACEPARENT_HEADER;
 
 /// A span's place in a distributed trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

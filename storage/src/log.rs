@@ -81,6 +81,16 @@ impl Append {
     }
 }
 
+/// File work a damage cut still owes: segments to delete and the segment (index into the log's list) to
+/// truncate at a byte position.
+#[derive(Debug)]
+pub struct PendingCut {
+    pub(super) delete: Vec<u64>,
+    pub(super) truncate: Option<(usize, u32)>,
+    /// Where Raft's log starts: an emptied first segment restarts there.
+    pub(super) first_raft_index: u64,
+}
+
 /// A partition log.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -96,7 +106,7 @@ pub struct PartitionLog {
     pub(super) durable: DurableFile,
     pub(super) watermark: Watermark,
     /// Damage found at open, cut in memory; the files follow in [`PartitionLog::finish_cut`].
-    pub(super) pending_cut: Option<super::open::PendingCut>,
+    pub(super) pending_cut: Option<PendingCut>,
 }
 
 impl PartitionLog {

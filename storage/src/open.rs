@@ -21,7 +21,7 @@ use super::clock::Clock;
 use super::disk::{create_dir_durable, Disk};
 use super::durable::{DurableFile, Found, Watermark};
 use super::error::StorageError;
-use super::log::{LogConfig, PartitionLog};
+use super::log::{LogConfig, PartitionLog, PendingCut};
 use super::segment::{self, Damage, Expect, Opened, Segment, Tail, TornTail};
 
 /// What opening a log found.
@@ -41,16 +41,6 @@ pub struct LogDamage {
     /// The highest Raft index anything on disk shows this log once held (later segments, the watermark):
     /// the replica must hold that much again before it votes.
     pub evidence_raft_index: u64,
-}
-
-/// File work a damage cut still owes: segments to delete and the segment (index into the log's list) to
-/// truncate at a byte position.
-#[derive(Debug)]
-pub struct PendingCut {
-    delete: Vec<u64>,
-    truncate: Option<(usize, u32)>,
-    /// Where Raft's log starts: an emptied first segment restarts there.
-    first_raft_index: u64,
 }
 
 /// The part of the durable watermark that applies to the active segment with base `base`.

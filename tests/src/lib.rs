@@ -15,6 +15,7 @@ use ferry_protocol::v1;
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod layout;
 
 /// How long a broker may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

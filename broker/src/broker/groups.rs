@@ -9,27 +9,14 @@ use ferry_protocol::topic::{group_partition, GROUP_TOPIC, GROUP_TOPIC_PARTITIONS
 
 use super::{Broker, BrokerError};
 use crate::groups::assign::Tp;
+use crate::groups::limits::GROUP_NAME_LEN_MAX;
 use crate::groups::state::{Answer, Beat, Group, GroupError, GroupRecord};
 use crate::metadata::TopicSettings;
 use crate::replica::handle::Durability;
 use crate::replica::Replica;
 
-/// Longest group name (bytes).
-pub const GROUP_NAME_LEN_MAX: usize = 249;
-/// How often a member should heartbeat (ms).
-pub const HEARTBEAT_INTERVAL_MS: u32 = 500;
 /// Longest a coordinator request waits for the coordinator's lease to be confirmed.
 const COORDINATOR_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The groups of one `__consumer_offsets` partition led here, as of the Raft term they were loaded in.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    term: u64,
-    groups: HashMap<String, Group>,
-}
-
-/// Coordinator state: loaded partitions by partition number.
-pub type Coordinated = tokio::sync::Mutex<HashMap<u32, Loaded>>;
 
 fn group_error(e: GroupError) -> BrokerError {
     match e {
@@ -90,9 +77,8 @@ impl Broker {
             };
         }
         let t = self.topic(GROUP_TOPIC)?;
-        let mut info = crate::server::topic_info(self, &t);
-        crate::server::views::merge_views(self, &t, &mut info, false).await;
-        let leader = info.partition_info.get(p as usize).map_or(0, |i| i.leader);
+        let view = self.cluster_view(&t, false).await;
+        let leader = view.partitions.get(p as usize).map_or(0, |i| i.leader);
         Err(self.replica_error(crate::replica::ReplicaError::NotLeader { leader }))
     }
 
@@ -229,10 +215,10 @@ impl Broker {
         for (t, p, o) in offsets {
             if !ends.contains_key(t) {
                 let meta = self.topic(t)?;
-                let mut info = crate::server::topic_info(self, &meta);
-                crate::server::views::merge_views(self, &meta, &mut info, true).await;
-                let e = info
-                    .partition_info
+                let e = self
+                    .cluster_view(&meta, true)
+                    .await
+                    .partitions
                     .iter()
                     .map(|i| {
                         if i.leader != 0 && i.error.is_empty() {

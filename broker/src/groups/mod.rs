@@ -2,4 +2,5 @@
 //! them on the leader of each group's `__consumer_offsets` partition is `broker::groups`.
 
 pub mod assign;
+pub mod limits;
 pub mod state;

@@ -1,6 +1,6 @@
 //! One consumer group's state on its coordinator, pure: members, their target and owned partitions, the
 //! generation, committed offsets. Time comes in as milliseconds; records to persist go out as values. The
-//! coordinator (`groups::coordinator`) does the I/O.
+//! coordinator (`broker::groups`, the broker's group coordinator) does the I/O.
 //!
 //! Assignment is incremental: a membership change recomputes each member's *target*; a member is handed a
 //! partition of its target only once no other member owns it (reports it in its heartbeats, or was handed

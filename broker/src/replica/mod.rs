@@ -2,8 +2,8 @@
 //! persisted with one write and one fsync for every batch it holds (group commit), then messages go out,
 //! committed entries advance the high watermark and acknowledge their publishers.
 //!
-//! Layers: [`clock`], [`liveness`], [`lease`] and [`transport`] (what the task uses) → [`driver`] (the task)
-//! → [`handle`] (what servers call).
+//! Layers, bottom up: [`clock`], [`liveness`], [`lease`] and [`transport`] (what the task uses) →
+//! [`handle`] (the handle servers call, and the commands it sends the task) → [`driver`] (the task).
 
 pub mod clock;
 pub mod driver;

@@ -6,7 +6,7 @@ use ferry_protocol::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{brokers, topic_info};
+use super::views::{brokers, moving_partitions, topic_info};
 use crate::broker::Broker;
 use crate::metadata::TopicSettings;
 
@@ -42,7 +42,7 @@ impl Admin for AdminService {
             .create_topic(&req.name, req.partitions, req.replicas, settings)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(topic_info(&self.broker, &t)))
+        Ok(Response::new(topic_info(&t, self.broker.topic_view(&t))))
     }
 
     async fn delete_topic(
@@ -67,7 +67,7 @@ impl Admin for AdminService {
         let topics = meta
             .topics
             .values()
-            .map(|t| topic_info(&self.broker, t))
+            .map(|t| topic_info(t, self.broker.topic_view(t)))
             .collect();
         Ok(Response::new(v1::ListTopicsResponse { topics }))
     }
@@ -80,11 +80,12 @@ impl Admin for AdminService {
         ferry_protocol::topic::validate_topic_name(&req.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let t = self.broker.topic(&req.name).map_err(to_status)?;
-        let mut info = topic_info(&self.broker, &t);
-        if !req.local_only {
-            super::views::merge_views(&self.broker, &t, &mut info, true).await;
-        }
-        Ok(Response::new(info))
+        let view = if req.local_only {
+            self.broker.topic_view(&t)
+        } else {
+            self.broker.cluster_view(&t, true).await
+        };
+        Ok(Response::new(topic_info(&t, view)))
     }
 
     async fn transfer_leader(
@@ -110,7 +111,7 @@ impl Admin for AdminService {
             brokers: brokers(&self.broker),
             controller: self.broker.controller().leader(),
             node_id: self.broker.config.node_id,
-            moving_partitions: super::moving_partitions(&self.broker),
+            moving_partitions: moving_partitions(&self.broker),
         }))
     }
 

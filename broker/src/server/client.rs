@@ -15,7 +15,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::topic_info;
+use super::views::{brokers, topic_info};
 use crate::broker::{Broker, BrokerError};
 use crate::replica::handle::Durability;
 use crate::replica::Replica;
@@ -503,13 +503,11 @@ impl Ferry for ClientService {
         }
         for t in meta.topics.values() {
             if req.topics.is_empty() || req.topics.contains(&t.name) {
-                let mut info = topic_info(&self.broker, t);
-                super::views::merge_views(&self.broker, t, &mut info, false).await;
-                topics.push(info);
+                topics.push(topic_info(t, self.broker.cluster_view(t, false).await));
             }
         }
         Ok(Response::new(v1::MetadataResponse {
-            brokers: super::brokers(&self.broker),
+            brokers: brokers(&self.broker),
             topics,
             controller: self.broker.controller().leader(),
         }))

@@ -49,7 +49,7 @@ pub async fn heartbeat(
         member_id: a.member_id,
         generation: a.generation,
         assignment: to_proto(&a.assignment),
-        heartbeat_interval_ms: crate::broker::HEARTBEAT_INTERVAL_MS,
+        heartbeat_interval_ms: crate::groups::limits::HEARTBEAT_INTERVAL_MS,
         committed: a
             .committed
             .into_iter()
@@ -93,9 +93,7 @@ pub async fn describe(
     let mut ends: std::collections::HashMap<Tp, (i64, u64)> = Default::default();
     for t in &topics {
         let Ok(meta) = b.topic(t) else { continue };
-        let mut info = super::topic_info(b, &meta);
-        super::views::merge_views(b, &meta, &mut info, true).await;
-        for p in info.partition_info {
+        for p in b.cluster_view(&meta, true).await.partitions {
             let known = p.leader != 0 && p.error.is_empty();
             let end = if known { p.high_watermark as i64 } else { -1 };
             ends.insert((t.clone(), p.partition), (end, p.log_start_offset));

@@ -5,7 +5,7 @@
 //! - [`args`]: the command line (clap).
 //! - [`output`]: stdout buffering, text tables, JSON lines, broken-pipe handling.
 //! - [`json`]: the JSON shapes of `-o json`, a contract for scripts.
-//! - [`topic`], [`cluster`], [`produce`], [`consume`], [`bench`]: one module per command group.
+//! - [`topic`], [`cluster`], [`group`], [`produce`], [`consume`], [`bench`]: one module per command group.
 //!
 //! Exit codes: 0 success (also when stdout's reader goes away), 1 any failure, with one line
 //! `error: <message>` on stderr, 2 a usage error (from clap).

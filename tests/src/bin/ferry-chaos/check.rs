@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::faults::Fault;
 use crate::load::History;
-use crate::PARTITIONS;
+use crate::setup::PARTITIONS;
 
 /// What the checker concluded.
 pub struct Verdict {

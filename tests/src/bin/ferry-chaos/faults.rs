@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::cluster::leaders;
 use ferry_tests::{segment_files, Ferryd};
 
-use crate::TOPIC;
+use crate::setup::TOPIC;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferry_client::{Client, GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord};
 use parking_lot::Mutex;
 
-use crate::{GROUP, TOPIC};
+use crate::setup::{GROUP, TOPIC};
 
 /// Everything observed, for the checker.
 #[derive(Default)]

@@ -32,6 +32,7 @@
 mod check;
 mod faults;
 mod load;
+mod setup;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,9 +46,7 @@ use faults::{block, inject, mount_small_disk, restart_all, set_faults, Fault};
 use ferry_tests::Ferryd;
 use load::{consume, produce, sample_commits, Shared};
 
-const TOPIC: &str = "chaos";
-const PARTITIONS: u32 = 3;
-const GROUP: &str = "chaos-readers";
+use setup::{GROUP, PARTITIONS, TOPIC};
 
 struct Args {
     duration: Duration,
