@@ -4,7 +4,8 @@
 //!
 //! This file holds the [`Broker`] and its core operations; the files under `broker/` add to it, each one
 //! concern, and none is imported from here (they sit above it): `start` (opening and starting),
-//! `restart` (the controller's restart and repair), `tasks` (background loops: following metadata,
+//! `topics` (create and delete), `cluster` (brokers joining and leaving, leadership moves), `restart`
+//! (the controller's restart and repair), `tasks` (background loops: following metadata,
 //! registering, balancing leaders, scrubbing, supervision), `groups` (the group coordinator, over
 //! `coordinated`, its in-memory state) and `views` (topic views, own and merged).
 
@@ -17,11 +18,13 @@ use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod cluster;
 mod coordinated;
 mod groups;
 mod restart;
 mod start;
 mod tasks;
+mod topics;
 mod views;
 
 use crate::config::BrokerConfig;
@@ -493,120 +496,6 @@ impl Broker {
         i64::try_from(id).map_err(|_| BrokerError::Unsatisfiable("producer ids exhausted".into()))
     }
 
-    /// Creates a topic through the controller and starts its local replicas.
-    pub async fn create_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        replicas: u32,
-        settings: TopicSettings,
-    ) -> Result<TopicMeta, BrokerError> {
-        ferry_protocol::topic::validate_user_topic_name(name)
-            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
-        self.create_any_topic(name, partitions, replicas, settings)
-            .await
-    }
-
-    /// Creates a topic, internal names allowed: places its replicas over the active brokers, proposes it
-    /// through the controller, starts its local replicas and waits (bounded) until each partition has a
-    /// leader. `replicas` 0 means three copies where the cluster has three brokers.
-    async fn create_any_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        replicas: u32,
-        settings: TopicSettings,
-    ) -> Result<TopicMeta, BrokerError> {
-        let max = ferry_protocol::limits::TOPIC_PARTITIONS_MAX;
-        if partitions == 0 || partitions > max {
-            return Err(BrokerError::Invalid(format!(
-                "a topic needs 1 to {max} partitions, not {partitions}"
-            )));
-        }
-        settings.validate().map_err(BrokerError::Invalid)?;
-        let brokers = {
-            let active = self.metadata.state.read().active_members();
-            if active.is_empty() {
-                vec![self.config.node_id]
-            } else {
-                active
-            }
-        };
-        let replicas = if replicas == 0 {
-            brokers.len().min(3) as u32
-        } else {
-            replicas
-        };
-        if replicas as usize > brokers.len() {
-            return Err(BrokerError::Unsatisfiable(format!(
-                "replication factor {replicas} needs {replicas} brokers; the cluster has {}",
-                brokers.len()
-            )));
-        }
-        if self.metadata.state.read().topics.contains_key(name) {
-            return Err(BrokerError::TopicExists(name.to_owned()));
-        }
-        if replicas as usize > crate::metadata::REPLICATION_FACTOR_MAX {
-            return Err(BrokerError::Invalid(format!(
-                "replication factor {replicas} is past the limit of {}",
-                crate::metadata::REPLICATION_FACTOR_MAX
-            )));
-        }
-        let start = self.metadata.state.read().next_topic_id;
-        let replica_sets = crate::metadata::place(&brokers, partitions, replicas, start);
-        self.check_replica_budget(&replica_sets)?;
-        let cmd = Command::CreateTopic {
-            name: name.to_owned(),
-            partitions,
-            replica_sets,
-            settings,
-        };
-        self.propose_command(&cmd, |m| m.topics.contains_key(name))
-            .await?;
-        self.reconcile().await?;
-        // Answer once the new partitions have leaders, so a client may use the topic at once.
-        for p in 0..partitions {
-            if let Ok(r) = self.partition(name, p) {
-                r.wait_settled(self.config.node_id, NEW_PARTITION_SERVING_WAIT)
-                    .await;
-            }
-        }
-        self.topic(name)
-    }
-
-    /// Deletes a topic and its data.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        self.topic(name)?;
-        let cmd = Command::DeleteTopic {
-            name: name.to_owned(),
-        };
-        self.propose_command(&cmd, |m| !m.topics.contains_key(name))
-            .await?;
-        self.reconcile().await
-    }
-
-    /// Refuses a placement that would put more replicas on a broker than its `partitions_max` (each
-    /// replica holds file descriptors, maps, a Raft group and caches: H7 in the durability audit).
-    fn check_replica_budget(&self, new_sets: &[Vec<u64>]) -> Result<(), BrokerError> {
-        let max = self.config.partitions_max;
-        let meta = self.metadata.state.read();
-        let mut ids: Vec<u64> = new_sets.iter().flatten().copied().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            let adding = new_sets.iter().filter(|s| s.contains(&id)).count();
-            let have = meta.replicas_on(id);
-            if have + adding > max {
-                return Err(BrokerError::Unsatisfiable(format!(
-                    "this topic would put {} replicas on broker {id}, past its limit of {max} \
-                     (ferryd --partitions-max)",
-                    have + adding
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Takes `bytes` of the broker's in-flight publish budget, waiting at most `wait` for others to finish
     /// (backpressure instead of unbounded queues: M7 in the durability audit). The budget is held until
     /// the returned permit drops.
@@ -644,128 +533,6 @@ impl Broker {
             .publish(data, h, durability)
             .await
             .map_err(|e| self.replica_error(e))
-    }
-
-    /// Adds broker `id`, reachable by peers at `peer_address`, to the cluster: it joins the controller once
-    /// it is up and caught up, then partitions move to it. Answers once the controller recorded it.
-    pub async fn add_broker(&self, id: u64, peer_address: &str) -> Result<(), BrokerError> {
-        if self.network.is_none() {
-            return Err(BrokerError::Unsatisfiable(
-                "this broker runs without --peers: brokers can only be added to a cluster started with --peers"
-                    .into(),
-            ));
-        }
-        if id == 0 {
-            return Err(BrokerError::Invalid("broker ids start at 1".into()));
-        }
-        let valid = peer_address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !valid {
-            return Err(BrokerError::Invalid(format!(
-                "peer address '{peer_address}' is not HOST:PORT"
-            )));
-        }
-        if let Some(m) = self.metadata.state.read().members.get(&id) {
-            if m.peer_address != peer_address {
-                return Err(BrokerError::Invalid(format!(
-                    "broker {id} is already a member, at {}",
-                    m.peer_address
-                )));
-            }
-        }
-        let cmd = Command::AddBroker {
-            id,
-            peer_address: peer_address.to_owned(),
-        };
-        self.propose_command(&cmd, |m| {
-            m.members
-                .get(&id)
-                .is_some_and(|m| !m.leaving && m.peer_address == peer_address)
-        })
-        .await
-    }
-
-    /// Removes broker `id`: its replicas move to the other brokers, then it leaves the controller and the
-    /// metadata. Answers once the removal is recorded (the moves follow; `ferry cluster status` shows them).
-    pub async fn remove_broker(&self, id: u64) -> Result<(), BrokerError> {
-        let (active, max_rf) = {
-            let m = self.metadata.state.read();
-            if !m.members.contains_key(&id) {
-                return Err(BrokerError::Invalid(format!(
-                    "broker {id} is not a member of the cluster"
-                )));
-            }
-            let max_rf = m
-                .topics
-                .values()
-                .flat_map(|t| t.replica_sets.iter().map(Vec::len))
-                .max()
-                .unwrap_or(0);
-            (m.active_members(), max_rf)
-        };
-        let remaining = active.iter().filter(|a| **a != id).count();
-        if remaining == 0 || remaining < max_rf {
-            return Err(BrokerError::Unsatisfiable(format!(
-                "removing broker {id} would leave {remaining} brokers, fewer than the largest replication factor ({max_rf})"
-            )));
-        }
-        let cmd = Command::RemoveBroker { id };
-        self.propose_command(&cmd, |m| m.members.get(&id).is_none_or(|m| m.leaving))
-            .await
-    }
-
-    /// Moves the leadership of a partition this broker leads to replica `to`; answers the leader after.
-    pub async fn transfer_leader(
-        &self,
-        topic: &str,
-        partition: u32,
-        to: u64,
-    ) -> Result<u64, BrokerError> {
-        let t = self.topic(topic)?;
-        let replicas =
-            t.replica_sets
-                .get(partition as usize)
-                .ok_or(BrokerError::UnknownPartition {
-                    topic: topic.to_owned(),
-                    partition,
-                    partitions: t.partitions,
-                })?;
-        if !replicas.contains(&to) {
-            return Err(BrokerError::Invalid(format!(
-                "broker {to} is not a replica of {topic}-{partition} (replicas: {replicas:?})"
-            )));
-        }
-        let replica = self.partition(topic, partition)?;
-        replica
-            .transfer_leader(to, self.config.node_id, LEADER_TRANSFER_WAIT)
-            .await
-            .map_err(|e| self.replica_error(e))
-    }
-
-    /// Hands every leadership this broker holds to a caught-up follower (graceful shutdown), waiting at most
-    /// `wait` in all. Groups without a caught-up follower keep their leader until it stops.
-    pub async fn hand_off_leadership(&self, wait: std::time::Duration) {
-        let me = self.config.node_id;
-        let mut replicas: Vec<Replica> = self
-            .local_partitions()
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect();
-        replicas.push(self.controller());
-        let moves = replicas
-            .into_iter()
-            .filter(|r| r.leader() == me)
-            .filter_map(|r| {
-                let to = r.in_sync().into_iter().find(|id| *id != me)?;
-                Some(async move { r.transfer_leader(to, me, wait).await })
-            });
-        let moved = futures::future::join_all(moves).await;
-        let done = moved
-            .iter()
-            .filter(|m| m.as_ref().is_ok_and(|l| *l != me))
-            .count();
-        tracing::info!(handed_off = done, of = moved.len(), "leadership hand-off");
     }
 
     /// Whether the broker can serve: the controller and every local partition have a leader (this broker

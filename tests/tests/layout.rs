@@ -130,3 +130,42 @@ fn no_module_imports_a_higher_layer() {
         found.join("\n")
     );
 }
+
+/// Longest source file (lines): past it, a file holds more than one concept (docs/design.md, "Layout").
+const FILE_LINES_MAX: usize = 800;
+
+#[test]
+fn no_source_file_is_over_the_line_limit() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("the tree reads").flatten() {
+            let p = e.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    walk(&p, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for top in [
+        "protocol", "storage", "broker", "client", "benches", "tests", "fuzz",
+    ] {
+        walk(&root().join(top), &mut files);
+    }
+    assert!(files.len() > 50, "the source tree was not found");
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = std::fs::read_to_string(f).ok()?.lines().count();
+            (n > FILE_LINES_MAX).then(|| format!("{} has {n} lines", relative(f)))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {FILE_LINES_MAX} lines (split them by concept):\n{}",
+        long.join("\n")
+    );
+}
