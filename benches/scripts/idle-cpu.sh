@@ -3,12 +3,15 @@
 # factor 3, nothing published. Prints the CPU the three brokers use together, as % of one core, over
 # SECONDS_MEASURED seconds after SETTLE seconds of settling.
 # Usage: benches/scripts/idle-cpu.sh [PARTITIONS] [SECONDS_MEASURED]   (run from the repository root)
+#        BIN=DIR measures the ferryd and ferry in DIR instead of building this tree (for before/after runs).
 set -euo pipefail
 PARTITIONS=${1:-1000}
 MEASURE=${2:-30}
 SETTLE=${SETTLE:-20}
-cargo build --release -q -p ferry-broker -p ferry-cli
-BIN=target/release
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p ferry-broker -p ferry-cli
+  BIN=target/release
+fi
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 BASE=$((20000 + RANDOM % 20000))

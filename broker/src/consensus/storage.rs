@@ -280,6 +280,10 @@ impl Core {
         for e in entries {
             let data: Bytes = e.data.clone();
             let (stored, h) = if e.get_entry_type() == EntryType::EntryNormal && !data.is_empty() {
+                // On a follower the entry came off the network: its CRC is the only proof it is the batch
+                // the producer built. On the leader this is the second check of the same bytes (the first
+                // was `Broker::publish`'s `validate_records`); it stays, cheap next to the write and the fsync,
+                // so that nothing reaches the disk unchecked whichever way it came.
                 let h = batch::validate(&data).map_err(|why| StorageError::Corrupt {
                     path: self.dir.clone(),
                     position: e.index,
