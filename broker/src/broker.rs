@@ -33,7 +33,7 @@ use crate::metadata::{Command, Metadata, MetadataMachine, TopicMeta, TopicSettin
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::handle::Durability;
 use crate::replica::{self, Ack, Clock, Replica, ReplicaError, Transport, Wiring};
-use crate::storage::{Clock as WallClock, Disk, LogConfig, StorageError};
+use crate::storage::{Disk, LogConfig, StorageError, WallClock};
 use crate::views::{Dialer, ForwardError};
 
 /// Why a broker operation failed.

@@ -15,7 +15,7 @@
 //! - [`config`]: broker settings.
 //! - [`views`]: cluster views as plain types, and the `Dialer` through which the broker asks others.
 //! - [`broker`]: the broker: controller, local replicas, operations, group coordination (no gRPC).
-//! - [`server`]: the gRPC services, the gRPC `Dialer`, and the HTTP endpoints over the broker.
+//! - [`server`]: the gRPC services, the gRPC `Dialer` (`server::dial`), and the HTTP endpoints over the broker.
 pub mod broker;
 pub mod config;
 pub mod consensus;

@@ -254,7 +254,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.clone(),
         Arc::new(OsDisk),
         Arc::new(SystemClock),
-        Arc::new(ferry_broker::server::views::GrpcDialer::default()),
+        Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
         router,
         cancel.child_token(),
     )

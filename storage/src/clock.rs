@@ -1,11 +1,11 @@
 //! Wall-clock time as an input. The storage, consensus and group cores never read the system clock
-//! themselves: they are handed a [`Clock`], so tests can set time by hand and replay it.
+//! themselves: they are handed a [`WallClock`], so tests can set time by hand and replay it.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
-pub trait Clock: Send + Sync + Debug {
+pub trait WallClock: Send + Sync + Debug {
     /// Now, in ms since the Unix epoch (0 for a clock before the epoch).
     fn now_ms(&self) -> i64;
 }
@@ -14,7 +14,7 @@ pub trait Clock: Send + Sync + Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
-impl Clock for SystemClock {
+impl WallClock for SystemClock {
     fn now_ms(&self) -> i64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -43,7 +43,7 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
+impl WallClock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
     }

@@ -15,7 +15,7 @@ pub mod open;
 pub mod reader;
 pub mod segment;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ManualClock, SystemClock, WallClock};
 pub use disk::{Disk, DiskFile, Faults, FaultyDisk, OsDisk};
 pub use error::StorageError;
 pub use log::{Append, LogConfig, PartitionLog};

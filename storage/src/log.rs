@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ferry_protocol::batch::{self, BatchHeader, STAMP_LEN};
 
 use super::checkpoint::Checkpoint;
-use super::clock::Clock;
+use super::clock::WallClock;
 use super::disk::{Disk, DiskFile};
 use super::durable::{DurableFile, Watermark};
 use super::error::StorageError;
@@ -97,7 +97,7 @@ pub struct PartitionLog {
     pub(super) dir: PathBuf,
     pub(super) disk: Arc<dyn Disk>,
     /// Wall-clock time for roll and retention by age.
-    pub(super) clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn WallClock>,
     pub(super) config: LogConfig,
     pub(super) segments: Vec<Segment>,
     /// Wall clock (ms) when the active segment got its first batch.
@@ -111,7 +111,7 @@ pub struct PartitionLog {
 
 impl PartitionLog {
     /// The clock this log reads time from.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
+    pub fn clock(&self) -> &Arc<dyn WallClock> {
         &self.clock
     }
 

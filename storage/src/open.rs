@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::checkpoint::Checkpoint;
-use super::clock::Clock;
+use super::clock::WallClock;
 use super::disk::{create_dir_durable, Disk};
 use super::durable::{DurableFile, Found, Watermark};
 use super::error::StorageError;
@@ -59,7 +59,7 @@ impl PartitionLog {
     /// replica's persisted Raft term (no batch may carry a later one).
     pub fn open(
         disk: Arc<dyn Disk>,
-        clock: Arc<dyn Clock>,
+        clock: Arc<dyn WallClock>,
         dir: &Path,
         config: LogConfig,
         first_raft_index: u64,

@@ -292,7 +292,12 @@ fn use_statements(code: &str, public: bool) -> Vec<String> {
     let mut rest = code;
     while let Some(at) = find_word(rest, "use") {
         let before = rest[..at].trim_end();
-        let is_pub = before.ends_with("pub") || before.ends_with(')') && before.contains("pub(");
+        // `pub use` or `pub(crate) use` / `pub(super) use` / `pub(in path) use` right before the word.
+        let is_pub = before.ends_with("pub")
+            || before.ends_with(')')
+                && before
+                    .rsplit_once("pub(")
+                    .is_some_and(|(_, inside)| !inside.contains(['(', ';', '{', '}']));
         let after = &rest[at + 3..];
         let Some(end) = after.find(';') else { break };
         if !public || is_pub {

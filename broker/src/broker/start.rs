@@ -6,7 +6,7 @@ use crate::consensus::ReplicaStorage;
 use crate::metadata::{MetadataMachine, CONTROLLER_GROUP};
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::{Clock, NoPeers, Transport, Wiring};
-use crate::storage::{Clock as WallClock, Disk};
+use crate::storage::{Disk, WallClock};
 use crate::views::Dialer;
 use parking_lot::RwLock;
 use std::collections::HashMap;

@@ -18,7 +18,7 @@ use raft::{GetEntriesContext, RaftState as RaftInitial, StorageError as RaftStor
 use super::producers::{ProducerTable, REBUILD_SEGMENTS};
 use super::state::RaftState;
 use crate::storage::{
-    Append, Clock, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError,
+    Append, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError, WallClock,
 };
 
 /// Bytes of recent entries kept in the tail cache.
@@ -90,7 +90,7 @@ impl ReplicaStorage {
     /// initial replica must start with the same one).
     pub fn open(
         disk: Arc<dyn Disk>,
-        clock: Arc<dyn Clock>,
+        clock: Arc<dyn WallClock>,
         dir: &Path,
         config: LogConfig,
         initial_voters: &[u64],

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod dial;
 pub mod groups;
 pub mod http;
 pub mod limits;

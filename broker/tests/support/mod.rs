@@ -59,7 +59,7 @@ impl Node {
             config,
             disk,
             Arc::new(ferry_broker::storage::SystemClock),
-            Arc::new(ferry_broker::server::views::GrpcDialer::default()),
+            Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
             router,
             cancel.child_token(),
         )
