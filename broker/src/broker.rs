@@ -31,7 +31,7 @@ use crate::config::BrokerConfig;
 use crate::consensus::ReplicaStorage;
 use crate::metadata::{Command, Metadata, MetadataMachine, TopicMeta, TopicSettings};
 use crate::peer::{PeerNetwork, Router};
-use crate::replica::handle::Durability;
+use crate::replica::Durability;
 use crate::replica::{self, Ack, Clock, Replica, ReplicaError, Transport, Wiring};
 use crate::storage::{Disk, LogConfig, StorageError, WallClock};
 use crate::views::{Dialer, ForwardError};

@@ -421,12 +421,36 @@ fn mentions_crate(code: &str, name: &str) -> bool {
         let at = from + p;
         let end = at + name.len();
         let before_ok = at == 0 || (!is_ident(b[at - 1]) && b[at - 1] != b':');
-        if before_ok && code[end..].starts_with("::") {
+        // `tokio::…` anywhere, or the crate itself named by a `use` (`use tokio as rt;`, `use tokio;`).
+        let after_ident = b.get(end).is_some_and(|c| is_ident(*c));
+        let by_use = code[..at].trim_end().ends_with("use") && !after_ident;
+        if before_ok && (code[end..].starts_with("::") || by_use) {
             return true;
         }
         from = end;
     }
     false
+}
+
+#[cfg(test)]
+mod mention_tests {
+    use super::mentions_crate;
+
+    #[test]
+    fn a_crate_is_mentioned_by_a_path_or_a_use_of_it() {
+        for (code, yes) in [
+            ("use tokio::sync::mpsc;", true),
+            ("let x = tokio::spawn(f);", true),
+            ("use tokio as rt;", true),
+            ("use tokio;", true),
+            ("use tokio_util::sync::CancellationToken;", false),
+            ("use my_tokio::x;", false),
+            ("let tokio = 1;", false),
+            ("use crate::tokio_free::x;", false),
+        ] {
+            assert_eq!(mentions_crate(code, "tokio"), yes, "{code}");
+        }
+    }
 }
 
 /// Tarjan's strongly connected components of the import graph.

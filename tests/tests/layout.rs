@@ -38,7 +38,15 @@ const CORES: &[(&str, &[&[&str]])] = &[
     ),
     (
         "broker/src/lib.rs",
-        &[&["consensus"], &["groups"], &["metadata"]],
+        &[
+            &["consensus"],
+            &["groups"],
+            &["metadata"],
+            &["replica", "types"],
+            &["replica", "lease"],
+            &["replica", "liveness"],
+            &["replica", "core"],
+        ],
     ),
 ];
 

@@ -12,7 +12,7 @@ use crate::groups::assign::Tp;
 use crate::groups::limits::GROUP_NAME_LEN_MAX;
 use crate::groups::state::{Answer, Beat, Group, GroupError, GroupRecord};
 use crate::metadata::TopicSettings;
-use crate::replica::handle::Durability;
+use crate::replica::Durability;
 use crate::replica::Replica;
 
 /// Longest a coordinator request waits for the coordinator's lease to be confirmed.

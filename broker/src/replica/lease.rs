@@ -34,11 +34,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease for a group ticking every `tick_ms` with an election timeout of `election_ticks` ticks.
-    pub fn new(tick_ms: u64, election_ticks: usize) -> Self {
+    /// A lease for a group ticking every `tick_ms` with an election timeout of `election_ticks` ticks; `now`
+    /// is the origin of the send times heartbeats carry.
+    pub fn new(tick_ms: u64, election_ticks: usize, now: Instant) -> Self {
         let refusal_ms = tick_ms.saturating_mul(election_ticks.saturating_sub(1) as u64);
         Lease {
-            epoch: Instant::now(),
+            epoch: now,
             duration: Duration::from_millis(refusal_ms).mul_f64(LEASE_SHARE),
             acked: HashMap::new(),
         }
@@ -121,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_lease_runs_from_what_a_quorum_answered() {
-        let mut l = Lease::new(200, 4);
+        let mut l = Lease::new(200, 4, Instant::now());
         assert_eq!(l.duration(), Duration::from_millis(540));
         let voters: &'static [u64] = &[1, 2, 3];
         let t0 = Instant::now();
@@ -150,13 +151,15 @@ mod tests {
 
     #[test]
     fn five_voters_need_two_answers_and_one_voter_none() {
-        let mut l = Lease::new(20, 4);
+        let mut l = Lease::new(20, 4, Instant::now());
         let voters: &'static [u64] = &[1, 2, 3, 4, 5];
         let now = Instant::now();
         l.on_answer(2, &l.context(QUIESCE_CONTEXT, now));
         assert_eq!(l.until(1, voters, now, majority(voters)), None);
         l.on_answer(5, &l.context(HEARTBEAT_CONTEXT, now));
         assert!(l.until(1, voters, now, majority(voters)).is_some());
-        assert!(Lease::new(20, 4).until(7, &[7], now, |_| true).is_some());
+        assert!(Lease::new(20, 4, now)
+            .until(7, &[7], now, |_| true)
+            .is_some());
     }
 }

@@ -27,10 +27,20 @@ impl Liveness {
 
     /// Whether broker `id` was heard from within `within`.
     pub fn is_live(&self, id: u64, within: std::time::Duration) -> bool {
+        self.is_live_at(id, within, Instant::now())
+    }
+
+    /// Whether broker `id` was heard from within `within` before `now`.
+    pub fn is_live_at(&self, id: u64, within: std::time::Duration, now: Instant) -> bool {
         self.heard
             .read()
             .get(&id)
-            .is_some_and(|t| t.elapsed() <= within)
+            .is_some_and(|t| now.saturating_duration_since(*t) <= within)
+    }
+
+    /// Records that broker `id` was heard from at `at` (tests drive time by hand).
+    pub fn heard_at(&self, id: u64, at: Instant) {
+        self.heard.write().insert(id, at);
     }
 }
 

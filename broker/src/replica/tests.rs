@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ferry_protocol::batch::{self, BatchBuilder, Records};
 use tokio_util::sync::CancellationToken;
 
-use super::handle::Durability;
+use super::types::Durability;
 use super::*;
 use crate::consensus::ReplicaStorage;
 use crate::storage::{Disk, Faults, FaultyDisk, LogConfig, OsDisk};

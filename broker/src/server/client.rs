@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::status::to_status;
 use super::views::{brokers, topic_info};
 use crate::broker::{Broker, BrokerError};
-use crate::replica::handle::Durability;
+use crate::replica::Durability;
 use crate::replica::Replica;
 
 /// Default bytes of a fetch response when the request says 0.

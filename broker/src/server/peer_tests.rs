@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::serve_peer;
 use crate::consensus::ReplicaStorage;
 use crate::peer::{PeerNetwork, Router};
-use crate::replica::handle::Durability;
+use crate::replica::Durability;
 use crate::replica::{spawn, Clock, Replica, ReplicaConfig, ReplicaError, Wiring};
 use crate::storage::{LogConfig, OsDisk};
 

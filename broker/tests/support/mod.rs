@@ -10,7 +10,7 @@ use ferry_broker::broker::{Broker, BrokerError};
 use ferry_broker::config::BrokerConfig;
 use ferry_broker::metadata::TopicSettings;
 use ferry_broker::peer::Router;
-use ferry_broker::replica::handle::Durability;
+use ferry_broker::replica::Durability;
 use ferry_broker::replica::ReplicaError;
 use ferry_broker::storage::{Faults, FaultyDisk};
 use ferry_protocol::batch::{self, BatchBuilder, Records};

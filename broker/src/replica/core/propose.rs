@@ -1,13 +1,23 @@
 //! Proposals: publishes into Raft, with idempotent producers' duplicates answered, not appended.
 
-use super::*;
+use std::collections::HashMap;
 
-impl Driver {
-    pub(super) fn propose(&mut self, proposals: Vec<Proposal>) {
+use raft::eraftpb::{Entry, Message, MessageType};
+use raft::StateRole;
+
+use super::{Action, Pending, Proposal, ReplicaCore};
+use crate::consensus::producers::{next_sequence, sequence_before, Check};
+use crate::replica::types::{Ack, ReplicaError};
+
+impl<R> ReplicaCore<R> {
+    pub(super) fn propose(&mut self, proposals: Vec<Proposal<R>>) {
         if self.node.raft.state != StateRole::Leader {
             let leader = self.node.raft.leader_id;
             for p in proposals {
-                let _ = p.reply.send(Err(ReplicaError::NotLeader { leader }));
+                self.actions.push_back(Action::Answer(
+                    p.reply,
+                    Err(ReplicaError::NotLeader { leader }),
+                ));
             }
             return;
         }
@@ -29,7 +39,10 @@ impl Driver {
         m.entries = entries.into();
         if let Err(e) = self.node.step(m) {
             for p in proposals {
-                let _ = p.reply.send(Err(ReplicaError::Dropped(e.to_string())));
+                self.actions.push_back(Action::Answer(
+                    p.reply,
+                    Err(ReplicaError::Dropped(e.to_string())),
+                ));
             }
             return;
         }
@@ -51,16 +64,15 @@ impl Driver {
 
     /// Answers idempotent producers' retries of batches already written (with their offsets, once
     /// committed) and refuses sequence gaps and fenced epochs; returns the proposals to write.
-    pub(super) fn deduplicate(&mut self, proposals: Vec<Proposal>) -> Vec<Proposal> {
-        use crate::consensus::producers::Check;
+    fn deduplicate(&mut self, proposals: Vec<Proposal<R>>) -> Vec<Proposal<R>> {
         if proposals.iter().all(|p| p.header.producer_id < 0) {
             return proposals;
         }
         let committed = self.node.raft.raft_log.committed;
-        let storage = self.shared.storage.clone();
+        let storage = self.storage.clone();
         let core = storage.read();
         // Sequences accepted earlier in this same step (not in the log yet).
-        let mut accepted: std::collections::HashMap<i64, (i16, i32)> = Default::default();
+        let mut accepted: HashMap<i64, (i16, i32)> = Default::default();
         let mut out = Vec::with_capacity(proposals.len());
         for p in proposals {
             let h = &p.header;
@@ -72,7 +84,7 @@ impl Driver {
                 Some(&(epoch, next)) if epoch == h.producer_epoch => {
                     if h.base_sequence == next {
                         Ok(())
-                    } else if crate::consensus::producers::sequence_before(h.base_sequence, next) {
+                    } else if sequence_before(h.base_sequence, next) {
                         Err(ReplicaError::Dropped(
                             "duplicate of a batch being written; retry".into(),
                         ))
@@ -87,10 +99,13 @@ impl Driver {
                     Check::Write => Ok(()),
                     Check::Duplicate(w) if w.raft_index <= committed => {
                         metrics::counter!("ferry_publish_duplicates_total").increment(1);
-                        let _ = p.reply.send(Ok(Ack {
-                            base_offset: w.base_offset,
-                            record_count: w.record_count,
-                        }));
+                        self.actions.push_back(Action::Answer(
+                            p.reply,
+                            Ok(Ack {
+                                base_offset: w.base_offset,
+                                record_count: w.record_count,
+                            }),
+                        ));
                         continue;
                     }
                     Check::Duplicate(_) => Err(ReplicaError::Dropped(
@@ -108,14 +123,11 @@ impl Driver {
             };
             match verdict {
                 Ok(()) => {
-                    let next =
-                        crate::consensus::producers::next_sequence(h.base_sequence, h.record_count);
+                    let next = next_sequence(h.base_sequence, h.record_count);
                     accepted.insert(h.producer_id, (h.producer_epoch, next));
                     out.push(p);
                 }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
+                Err(e) => self.actions.push_back(Action::Answer(p.reply, Err(e))),
             }
         }
         out

@@ -1,8 +1,18 @@
 //! Ticks, quiescence of idle groups, heartbeat stamps, leases and the in-sync set.
 
-use super::*;
+use raft::eraftpb::{Message, MessageType};
+use raft::StateRole;
 
-impl Driver {
+use super::{Action, ReplicaCore, IN_SYNC_LAG_ENTRIES, QUIESCE_IDLE_TICKS};
+use crate::replica::lease::{HEARTBEAT_CONTEXT, QUIESCE_CONTEXT};
+
+/// Whether a follower is in sync: caught up to the commit index, or (under load, when the leader looks
+/// between an append and its answer) answering and close behind.
+fn in_sync(p: &raft::Progress, committed: u64) -> bool {
+    p.matched >= committed || (p.recent_active && p.matched + IN_SYNC_LAG_ENTRIES >= committed)
+}
+
+impl<R> ReplicaCore<R> {
     pub(super) fn wake(&mut self) {
         self.set_quiesced(false);
         self.quiet.active_tick = self.ticks;
@@ -11,81 +21,21 @@ impl Driver {
     pub(super) fn set_quiesced(&mut self, q: bool) {
         if self.quiet.quiesced != q {
             self.quiet.quiesced = q;
-            self.shared
-                .quiesced
-                .store(q, std::sync::atomic::Ordering::Relaxed);
+            self.actions.push_back(Action::Quiesced(q));
         }
-    }
-
-    /// Quiescence bookkeeping for an incoming message: the quiesce heartbeat quiets a follower; anything
-    /// else wakes the replica, except heartbeat answers on a leader (they answer its own quiesce heartbeat).
-    ///
-    /// Also the guards of a damaged log (answers whether to step the message): a repairing replica does not
-    /// vote; no replica takes a commit index past its log (a leader may believe a repaired follower holds
-    /// more than it now does); and a leader whose follower answers a current append (or says outright, with
-    /// [`log_ends_at`]) that its log is shorter than what it had matched (the follower cut a damaged log)
-    /// probes that follower again from where its log ends.
-    pub(super) fn note_incoming(&mut self, m: &mut Message) -> bool {
-        let t = m.get_msg_type();
-        if t == MessageType::MsgHeartbeatResponse && self.node.raft.state == StateRole::Leader {
-            self.lease.on_answer(m.from, &m.context);
-        }
-        if t == MessageType::MsgHeartbeat && m.context.starts_with(QUIESCE_CONTEXT) {
-            self.set_quiesced(true);
-        } else if !(t == MessageType::MsgHeartbeatResponse
-            && self.node.raft.state == StateRole::Leader)
-        {
-            self.wake();
-        }
-        if self.repairing.is_some()
-            && matches!(
-                t,
-                MessageType::MsgRequestVote
-                    | MessageType::MsgRequestPreVote
-                    | MessageType::MsgTimeoutNow
-            )
-        {
-            // No votes, and no leadership handed over either: a handed-over leader campaigns at once.
-            return false;
-        }
-        if t == MessageType::MsgHeartbeat {
-            let last = self.node.raft.raft_log.last_index();
-            if m.commit > last && self.repairing.is_some() {
-                // The leader believes this log longer than it now is, and a heartbeat answer cannot say
-                // otherwise: tell it with an append rejection naming where the log ends.
-                let nack = log_ends_at(self.node.raft.id, m.from, m.term, last);
-                self.transport.send(self.group, vec![nack]);
-            }
-            m.commit = m.commit.min(last);
-        }
-        if t == MessageType::MsgAppendResponse
-            && m.reject
-            && self.node.raft.state == StateRole::Leader
-        {
-            if let Some(pr) = self.node.raft.mut_prs().get_mut(m.from) {
-                // A rejection of an append past what was matched means the log shrank; one of an append at
-                // or before it may be stale (delayed, reordered or duplicated on the way) and say nothing
-                // about the log now: raft-rs ignores those (`Progress::maybe_decr_to`), and so must this, or
-                // a lossy network keeps knocking followers back to probing. A repairing follower whose log
-                // is shorter than the commit index says so outright with `log_ends_at`.
-                let current = m.index > pr.matched || m.context.as_ref() == LOG_ENDS_CONTEXT;
-                if current && m.reject_hint < pr.matched {
-                    tracing::warn!(partition = %self.shared.name, follower = m.from, had = pr.matched,
-                        now = m.reject_hint, "a follower's log is shorter than it was (repairing); probing it again");
-                    pr.matched = m.reject_hint;
-                    pr.become_probe();
-                    pr.next_idx = m.reject_hint + 1;
-                }
-            }
-        }
-        true
     }
 
     /// Whether the brokers this replica depends on were all heard from lately: a follower its leader's, a
     /// leader every voter's.
     pub(super) fn peers_live(&self) -> bool {
         let raft = &self.node.raft;
-        let live = |id: u64| id == raft.id || self.quiet.liveness.is_live(id, self.quiet.window);
+        let live = |id: u64| {
+            id == raft.id
+                || self
+                    .quiet
+                    .liveness
+                    .is_live_at(id, self.quiet.window, self.now)
+        };
         if raft.state == StateRole::Leader {
             raft.prs().conf().voters().ids().iter().all(live)
         } else {
@@ -135,7 +85,7 @@ impl Driver {
                 self.retain();
                 return;
             }
-            tracing::debug!(partition = %self.shared.name, "a peer went quiet; waking up");
+            tracing::debug!(partition = %self.name, "a peer went quiet; waking up");
             self.wake();
             // The group was silent for a liveness window already: a follower campaigns after the rest of a
             // randomized election timeout counted from its shortest value, not after a whole one more.
@@ -157,7 +107,7 @@ impl Driver {
         if self.node.raft.state != StateRole::Leader {
             return;
         }
-        let now = std::time::Instant::now();
+        let now = self.now;
         let prefix = if quiescing {
             QUIESCE_CONTEXT
         } else {
@@ -178,19 +128,16 @@ impl Driver {
         let until = if raft.state == StateRole::Leader && raft.lead_transferee.is_none() {
             let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
             let prs = raft.prs();
-            self.lease
-                .until(raft.id, &voters, std::time::Instant::now(), |ids| {
-                    prs.has_quorum(&ids.iter().copied().collect())
-                })
+            self.lease.until(raft.id, &voters, self.now, |ids| {
+                prs.has_quorum(&ids.iter().copied().collect())
+            })
         } else {
             None
         };
         if raft.lead_transferee.is_some() {
             self.lease.reset();
         }
-        self.shared
-            .lease
-            .send_if_modified(|l| std::mem::replace(l, until) != until);
+        self.actions.push_back(Action::Lease(until));
     }
 
     pub(super) fn note_in_sync(&mut self, leading: bool) {
@@ -206,9 +153,6 @@ impl Driver {
             Vec::new()
         };
         in_sync.sort_unstable();
-        let mut current = self.shared.in_sync.lock();
-        if *current != in_sync {
-            *current = in_sync;
-        }
+        self.actions.push_back(Action::InSync(in_sync));
     }
 }

@@ -1,24 +1,47 @@
-//! The driver's membership changes: joint-consensus reconfiguration toward a target replica set.
+//! Membership changes: one-server-at-a-time reconfiguration toward a target replica set.
 
-use super::*;
+use std::time::Instant;
 
-impl Driver {
+use raft::eraftpb::{ConfChange, ConfChangeType};
+use raft::StateRole;
+
+use super::{Action, ReplicaCore, LEARNER_CATCH_UP_ENTRIES};
+use crate::replica::types::{Membership, Reconfigure};
+
+impl<R> ReplicaCore<R> {
+    /// Takes one step of moving the group to `target` voters at `now` (see below), then handles the Ready
+    /// it led to.
+    pub fn reconfigure(&mut self, target: &[u64], now: Instant) -> Reconfigure {
+        assert!(
+            self.waiting.is_none(),
+            "a reconfiguration handed to a replica core waiting for an fsync"
+        );
+        if self.fenced {
+            return Reconfigure::InProgress("the replica is fenced".into());
+        }
+        self.now = now;
+        self.wake();
+        let step = self.step_reconfigure(target);
+        self.drive();
+        step
+    }
+
     /// Publishes the applied configuration to readers.
-    pub(super) fn note_membership(&self) {
+    pub(super) fn note_membership(&mut self) {
         let conf = self.node.raft.prs().conf();
         let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
         voters.sort_unstable();
         let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
-        *self.shared.membership.lock() = Membership { voters, learners };
+        self.actions
+            .push_back(Action::Membership(Membership { voters, learners }));
     }
 
     /// One step of moving the group to `target` voters, one server at a time (never joint): add each new
     /// replica as a learner, promote it once caught up, then remove the replicas that go. A leader that is
     /// to go first hands leadership to a caught-up voter that stays. raft-rs allows one pending change at a
     /// time, so a step waits while one is in flight.
-    pub(super) fn reconfigure(&mut self, target: &[u64]) -> Reconfigure {
-        use raft::eraftpb::ConfChangeType;
+    fn step_reconfigure(&mut self, target: &[u64]) -> Reconfigure {
         let raft = &self.node.raft;
         if raft.state != StateRole::Leader {
             return Reconfigure::NotLeader;
@@ -71,7 +94,7 @@ impl Driver {
         cc.node_id = id;
         match self.node.propose_conf_change(Vec::new(), cc) {
             Ok(()) => {
-                tracing::info!(partition = %self.shared.name, ?kind, node = id, "configuration change proposed");
+                tracing::info!(partition = %self.name, ?kind, node = id, "configuration change proposed");
                 Reconfigure::InProgress(format!("{kind:?} {id} proposed"))
             }
             Err(e) => Reconfigure::InProgress(format!("{kind:?} {id} refused: {e}")),
@@ -88,8 +111,7 @@ impl Driver {
             .apply_conf_change(cc)
             .map_err(|e| format!("conf change: {e}"))?;
         self.note_membership();
-        self.shared
-            .storage
+        self.storage
             .write()
             .set_conf_state(cs, index)
             .map_err(|e| e.to_string())
