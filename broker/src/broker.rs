@@ -28,9 +28,9 @@ mod topics;
 mod views;
 
 use crate::config::BrokerConfig;
-use crate::consensus::ReplicaStorage;
 use crate::metadata::{Command, Metadata, MetadataMachine, TopicMeta, TopicSettings};
 use crate::peer::{PeerNetwork, Router};
+use crate::replica::raft_log::ReplicaStorage;
 use crate::replica::Durability;
 use crate::replica::{self, Ack, Clock, Replica, ReplicaError, Transport, Wiring};
 use crate::storage::{Disk, LogConfig, StorageError, WallClock};
@@ -559,7 +559,7 @@ impl Broker {
 
     /// Repairs the local replica of a partition whose log is damaged from Raft index `from`: stops it, cuts
     /// its log there (recording how far it reached), and starts it again as a repairing replica that takes
-    /// the missing entries from the leader and does not vote until it has them (`consensus::repair`).
+    /// the missing entries from the leader and does not vote until it has them (`replica::raft_log::repair`).
     pub async fn repair_partition(
         &self,
         topic: &str,

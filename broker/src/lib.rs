@@ -5,10 +5,10 @@
 //! `tests/tests/layout.rs`, with no module circle and no tokio, tonic or axum in the cores).
 //! - [`storage`]: the segment log of a partition (segments, indexes, recovery), the disk seam and the
 //!   wall clock: the `ferry-storage` crate, re-exported here.
-//! - [`consensus`] (core): Raft's view of a partition log (`raft::Storage`), its durable state file,
-//!   duplicate detection of idempotent producers, repair markers.
 //! - [`groups`] (core): consumer-group assignment and the per-group state machine.
-//! - [`replica`]: one Raft group per partition, driven by one task with group commit.
+//! - [`replica`]: this broker's replica of a partition, one Raft group per partition: its Raft log over the
+//!   segment log (`replica::raft_log`, core), every replication decision (`replica::core`, core), and the
+//!   task that drives it with group commit (`replica::driver`). Raft lives here and nowhere else.
 //! - [`metadata`] (core): the cluster metadata state machine of the controller group.
 //! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
 //! - [`membership`]: planning replica moves when brokers join or leave.
@@ -18,7 +18,6 @@
 //! - [`server`]: the gRPC services, the gRPC `Dialer` (`server::dial`), and the HTTP endpoints over the broker.
 pub mod broker;
 pub mod config;
-pub mod consensus;
 pub mod groups;
 pub mod membership;
 pub mod metadata;

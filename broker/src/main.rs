@@ -182,42 +182,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let grpc = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let http = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    let grpc = bind(config.listen).await?;
+    let http = bind(config.http_listen).await?;
     // With port 0 the OS picks the ports: tell clients and the operator the real ones.
     let (client_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    config.advertise = match &args.advertise {
-        None => client_addr.to_string(),
-        Some(a)
-            if a.rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
-        {
-            a.clone()
-        }
-        Some(host) => format!("{host}:{}", client_addr.port()),
-    };
+    config.advertise = client_advertise(args.advertise.as_deref(), client_addr);
     let peer = if config.peers.is_empty() {
         None
     } else {
-        let l = tokio::net::TcpListener::bind(config.peer_listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.peer_listen))?;
-        Some(l)
+        Some(bind(config.peer_listen).await?)
     };
-    #[cfg(feature = "fault-injection")]
-    if let Some(path) = std::env::var_os("FERRY_FAULT_FILE") {
-        ferry_broker::peer::faults::watch(path.into());
-    }
-    #[cfg(not(feature = "fault-injection"))]
-    if std::env::var_os("FERRY_FAULT_FILE").is_some() {
-        tracing::error!(
-            "FERRY_FAULT_FILE is ignored: this ferryd is built without fault injection"
-        );
-    }
+    watch_fault_file();
     let cancel = CancellationToken::new();
     // The peer server runs before the broker starts: a starting broker waits for its controller to catch
     // up, which needs the other brokers' Raft messages.
@@ -225,19 +200,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
     let peer_addr = match peer {
         Some(l) => {
-            let addr = l.local_addr()?.to_string();
-            // What other brokers dial: the --peers entry of an initial voter, else the advertised host
-            // with the peer port.
-            config.peer_advertise = match config.peers.get(&config.node_id) {
-                Some(a) => a.clone(),
-                None => match &args.advertise {
-                    Some(a) => {
-                        let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
-                        format!("{host}:{}", l.local_addr()?.port())
-                    }
-                    None => addr.clone(),
-                },
-            };
+            let addr = l.local_addr()?;
+            config.peer_advertise = peer_advertise(&config, args.advertise.as_deref(), addr);
             let serve = server::peer::serve_peer(
                 config.node_id,
                 router.clone(),
@@ -246,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cancel.clone(),
             );
             tokio::spawn(serve);
-            addr
+            addr.to_string()
         }
         None => "-".to_owned(),
     };
@@ -262,15 +226,82 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("starting the broker on {}", config.data_dir.display()))?;
     tracing::info!(node_id = config.node_id, listen = %client_addr, http = %http_addr,
         data_dir = %config.data_dir.display(), "ferryd serving");
-    // One stable, machine-readable line on stdout (docs/operations.md): scripts and tests wait for it.
     let _ = started.set(broker.clone());
-    // A test build says so (ferry-tests refuses a ferryd without its fault seam).
+    // One stable, machine-readable line on stdout (docs/operations.md): scripts and tests wait for it. A
+    // test build says so (ferry-tests refuses a ferryd without its fault seam).
     let faults = if cfg!(feature = "fault-injection") {
         " faults=on"
     } else {
         ""
     };
     println!("ferryd listening client={client_addr} http={http_addr} peer={peer_addr}{faults}");
+    serve_until_signal(broker, grpc, http, prometheus).await;
+    cancel.cancel();
+    tracing::info!("ferryd stopped cleanly");
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The client address this broker advertises: `--advertise` as given when it names a port, its host with
+/// the bound client port otherwise, the bound address without it.
+fn client_advertise(advertise: Option<&str>, bound: std::net::SocketAddr) -> String {
+    match advertise {
+        None => bound.to_string(),
+        Some(a)
+            if a.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+        {
+            a.to_owned()
+        }
+        Some(host) => format!("{host}:{}", bound.port()),
+    }
+}
+
+/// What other brokers dial: the --peers entry of an initial voter, else the advertised host with the bound
+/// peer port, else the bound peer address.
+fn peer_advertise(
+    config: &BrokerConfig,
+    advertise: Option<&str>,
+    bound: std::net::SocketAddr,
+) -> String {
+    match (config.peers.get(&config.node_id), advertise) {
+        (Some(a), _) => a.clone(),
+        (None, Some(a)) => {
+            let host = a.rsplit_once(':').map_or(a, |(h, _)| h);
+            format!("{host}:{}", bound.port())
+        }
+        (None, None) => bound.to_string(),
+    }
+}
+
+/// The fault-injection seam reads `FERRY_FAULT_FILE` in test builds; a release build says it ignores it.
+fn watch_fault_file() {
+    #[cfg(feature = "fault-injection")]
+    if let Some(path) = std::env::var_os("FERRY_FAULT_FILE") {
+        ferry_broker::peer::faults::watch(path.into());
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    if std::env::var_os("FERRY_FAULT_FILE").is_some() {
+        tracing::error!(
+            "FERRY_FAULT_FILE is ignored: this ferryd is built without fault injection"
+        );
+    }
+}
+
+/// Serves gRPC and HTTP until SIGTERM or SIGINT, then stops in order: leaderships handed to caught-up
+/// followers (clients see a short redirect rather than an election timeout), no new requests, every
+/// partition closed cleanly (fsync, clean checkpoints).
+async fn serve_until_signal(
+    broker: Arc<Broker>,
+    grpc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+) {
     let serve_cancel = CancellationToken::new();
     let grpc_task = tokio::spawn(server::serve_grpc(
         broker.clone(),
@@ -285,15 +316,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
     });
     shutdown_signal().await;
-    // Stop taking requests, then close every partition cleanly (fsync, clean checkpoints).
-    // Hand leaderships to caught-up followers first, so clients see a short redirect rather than an
-    // election timeout.
     broker.hand_off_leadership(HAND_OFF_WAIT).await;
     serve_cancel.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
     broker.shutdown().await;
-    cancel.cancel();
-    tracing::info!("ferryd stopped cleanly");
-    Ok(())
 }

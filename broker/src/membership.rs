@@ -24,9 +24,17 @@ pub fn plan_moves(meta: &Metadata, ready: &[u64]) -> Vec<Command> {
     if active.is_empty() {
         return Vec::new();
     }
-    let staying = |id: &u64| meta.members.get(id).is_some_and(|m| !m.leaving);
-    let mut load: std::collections::BTreeMap<u64, usize> =
-        active.iter().map(|id| (*id, 0)).collect();
+    let (mut load, moving) = replica_load(meta, &active);
+    let budget = MOVES_IN_FLIGHT_MAX.saturating_sub(moving);
+    let mut out = Vec::new();
+    drain_leaving(meta, &mut load, budget, &mut out);
+    spread(meta, &mut load, budget, &mut out);
+    out
+}
+
+/// Replicas per active broker, and how many partitions are moving already.
+fn replica_load(meta: &Metadata, active: &[u64]) -> (Load, usize) {
+    let mut load: Load = active.iter().map(|id| (*id, 0)).collect();
     let mut moving = 0;
     for t in meta.topics.values() {
         for p in 0..t.partitions {
@@ -40,29 +48,38 @@ pub fn plan_moves(meta: &Metadata, ready: &[u64]) -> Vec<Command> {
             }
         }
     }
-    let mut out = Vec::new();
-    let budget = MOVES_IN_FLIGHT_MAX.saturating_sub(moving);
-    // Least loaded active broker not already in `set` (ties: lowest id).
-    let least = |load: &std::collections::BTreeMap<u64, usize>, set: &[u64]| {
-        load.iter()
-            .filter(|(id, _)| !set.contains(id))
-            .min_by_key(|(id, n)| (**n, **id))
-            .map(|(id, _)| *id)
-    };
-    // Replicas on leaving brokers.
+    (load, moving)
+}
+
+/// Replicas per active broker.
+type Load = std::collections::BTreeMap<u64, usize>;
+
+/// Whether broker `id` is a member that is not leaving.
+fn staying(meta: &Metadata, id: u64) -> bool {
+    meta.members.get(&id).is_some_and(|m| !m.leaving)
+}
+
+/// Moves each replica on a leaving broker to the least loaded active broker not already in its set (ties:
+/// lowest id), until `out` holds `budget` moves.
+fn drain_leaving(meta: &Metadata, load: &mut Load, budget: usize, out: &mut Vec<Command>) {
     for t in meta.topics.values() {
         for p in 0..t.partitions {
             if out.len() >= budget {
-                return out;
+                return;
             }
             if t.moving(p) {
                 continue;
             }
             let set = &t.replica_sets[p as usize];
-            let Some(pos) = set.iter().position(|id| !staying(id)) else {
+            let Some(pos) = set.iter().position(|id| !staying(meta, *id)) else {
                 continue;
             };
-            let Some(to) = least(&load, set) else {
+            let least = load
+                .iter()
+                .filter(|(id, _)| !set.contains(id))
+                .min_by_key(|(id, n)| (**n, **id))
+                .map(|(id, _)| *id);
+            let Some(to) = least else {
                 continue; // not enough active brokers for this replication factor
             };
             let mut replicas = set.clone();
@@ -75,7 +92,11 @@ pub fn plan_moves(meta: &Metadata, ready: &[u64]) -> Vec<Command> {
             });
         }
     }
-    // Spread: from the most to the least loaded while they differ by two or more.
+}
+
+/// Moves one replica at a time from the most to the least loaded active broker while they differ by two
+/// or more, until `out` holds `budget` moves.
+fn spread(meta: &Metadata, load: &mut Load, budget: usize, out: &mut Vec<Command>) {
     let mut moved: Vec<(String, u32)> = Vec::new();
     while out.len() < budget {
         let (&max_id, &max_n) = load
@@ -96,7 +117,7 @@ pub fn plan_moves(meta: &Metadata, ready: &[u64]) -> Vec<Command> {
                     && !moved.contains(&(t.name.clone(), p))
                     && set.contains(&max_id)
                     && !set.contains(&min_id)
-                    && set.iter().all(staying);
+                    && set.iter().all(|id| staying(meta, *id));
                 free.then(|| (t.name.clone(), p, set.clone()))
             })
         });
@@ -116,7 +137,6 @@ pub fn plan_moves(meta: &Metadata, ready: &[u64]) -> Vec<Command> {
             replicas,
         });
     }
-    out
 }
 
 /// The controller group's voters once membership settles: every member except a leaving broker that no

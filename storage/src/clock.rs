@@ -1,4 +1,4 @@
-//! Wall-clock time as an input. The storage, consensus and group cores never read the system clock
+//! Wall-clock time as an input. The storage, Raft log and group cores never read the system clock
 //! themselves: they are handed a [`WallClock`], so tests can set time by hand and replay it.
 
 use std::fmt::Debug;

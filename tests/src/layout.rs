@@ -88,7 +88,7 @@ impl Crate {
         edges
     }
 
-    /// The imports between the crate's top-level modules (`"replica" -> "consensus"`), each once; the
+    /// The imports between the crate's top-level modules (`"broker" -> "replica"`), each once; the
     /// crate root is `""`.
     pub fn top_level_imports(&self) -> BTreeSet<(String, String)> {
         let top: HashMap<&PathBuf, String> = self

@@ -39,10 +39,10 @@ const CORES: &[(&str, &[&[&str]])] = &[
     (
         "broker/src/lib.rs",
         &[
-            &["consensus"],
             &["groups"],
             &["metadata"],
             &["replica", "types"],
+            &["replica", "raft_log"],
             &["replica", "lease"],
             &["replica", "liveness"],
             &["replica", "core"],
@@ -55,7 +55,6 @@ const CORES: &[(&str, &[&[&str]])] = &[
 const LAYERS: &[(&str, &[&str])] = &[(
     "broker/src/lib.rs",
     &[
-        "consensus",
         "groups",
         "replica",
         "metadata",

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{controller_log_config, Broker, BrokerError};
 use crate::config::BrokerConfig;
-use crate::consensus::ReplicaStorage;
 use crate::metadata::{MetadataMachine, CONTROLLER_GROUP};
+use crate::replica::raft_log::ReplicaStorage;
 use crate::replica::{self, Replica, Wiring};
 
 /// Starts the controller replica over `storage`, its committed commands applied to `metadata`.

@@ -2,9 +2,9 @@
 //! replicas and the broker's background tasks.
 
 use crate::config::BrokerConfig;
-use crate::consensus::ReplicaStorage;
 use crate::metadata::{MetadataMachine, CONTROLLER_GROUP};
 use crate::peer::{PeerNetwork, Router};
+use crate::replica::raft_log::ReplicaStorage;
 use crate::replica::{Clock, NoPeers, Transport, Wiring};
 use crate::storage::{Disk, WallClock};
 use crate::views::Dialer;
@@ -36,19 +36,7 @@ impl Broker {
             controller_log_config(),
             &voters,
         )?;
-        // A cluster (started with --peers) always has a network, so brokers can be added to it.
-        let network = (!config.peers.is_empty()).then(|| {
-            PeerNetwork::start(
-                config.node_id,
-                config.peer_advertise.clone(),
-                &config.peers,
-                cancel.child_token(),
-            )
-        });
-        let transport: Arc<dyn Transport> = match &network {
-            Some(n) => n.clone(),
-            None => Arc::new(NoPeers),
-        };
+        let (network, transport) = peer_network(&config, &cancel);
         let metadata = MetadataMachine::new(&config.peers);
         let clock = Clock::start(config.replica.tick_ms, cancel.clone());
         let inflight_kib = usize::try_from(config.inflight_bytes_max / 1024)
@@ -87,38 +75,72 @@ impl Broker {
             inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib)),
             cancel,
         });
-        // Commands past the persisted commit are applied once the controller commits them again: wait for
-        // that (bounded) so the partitions exist before clients are served.
-        let log_end = broker.controller().log_end_offset();
-        let mut hw = broker.controller().watch_high_watermark();
+        let hw = broker.catch_up_controller().await;
+        broker.reconcile().await?;
+        broker.remove_orphan_dirs();
+        broker.spawn_tasks(hw);
+        Ok(broker)
+    }
+
+    /// Commands past the persisted commit are applied once the controller commits them again: waits for
+    /// that (bounded) so the partitions exist before clients are served. Returns the controller's high
+    /// watermark to follow.
+    async fn catch_up_controller(&self) -> tokio::sync::watch::Receiver<u64> {
+        let log_end = self.controller().log_end_offset();
+        let mut hw = self.controller().watch_high_watermark();
         let caught_up = tokio::time::timeout(CONTROLLER_CATCH_UP, hw.wait_for(|hw| *hw >= log_end))
             .await
             .is_ok_and(|r| r.is_ok());
         if !caught_up {
             tracing::warn!("controller has not caught up within {CONTROLLER_CATCH_UP:?}; serving what is known");
         }
-        broker.reconcile().await?;
-        broker.remove_orphan_dirs();
-        tokio::spawn(tasks::follow_metadata(Arc::downgrade(&broker), hw));
+        hw
+    }
+
+    /// The background tasks: following the metadata, registering, and in a cluster balancing leaders,
+    /// carrying out membership changes and scrubbing; supervision of replica tasks always.
+    fn spawn_tasks(self: &Arc<Self>, hw: tokio::sync::watch::Receiver<u64>) {
+        let broker = self;
+        tokio::spawn(tasks::follow_metadata(Arc::downgrade(broker), hw));
         tokio::spawn(tasks::register(
-            Arc::downgrade(&broker),
+            Arc::downgrade(broker),
             broker.cancel.clone(),
         ));
         if broker.network.is_some() {
             tokio::spawn(tasks::balance_leaders(
-                Arc::downgrade(&broker),
+                Arc::downgrade(broker),
                 broker.cancel.clone(),
             ));
             tokio::spawn(tasks::membership(
-                Arc::downgrade(&broker),
+                Arc::downgrade(broker),
                 broker.cancel.clone(),
             ));
-            tokio::spawn(tasks::scrub(Arc::downgrade(&broker), broker.cancel.clone()));
+            tokio::spawn(tasks::scrub(Arc::downgrade(broker), broker.cancel.clone()));
         }
         tokio::spawn(tasks::supervise(
-            Arc::downgrade(&broker),
+            Arc::downgrade(broker),
             broker.cancel.clone(),
         ));
-        Ok(broker)
     }
+}
+
+/// A cluster (started with --peers) always has a network, so brokers can be added to it; a broker alone
+/// sends Raft messages nowhere.
+fn peer_network(
+    config: &BrokerConfig,
+    cancel: &CancellationToken,
+) -> (Option<Arc<PeerNetwork>>, Arc<dyn Transport>) {
+    let network = (!config.peers.is_empty()).then(|| {
+        PeerNetwork::start(
+            config.node_id,
+            config.peer_advertise.clone(),
+            &config.peers,
+            cancel.child_token(),
+        )
+    });
+    let transport: Arc<dyn Transport> = match &network {
+        Some(n) => n.clone(),
+        None => Arc::new(NoPeers),
+    };
+    (network, transport)
 }

@@ -270,78 +270,11 @@ impl Group {
         partitions: &BTreeMap<String, u32>,
     ) -> Result<(Answer, bool), GroupError> {
         beat.check()?;
-        let session_ms = match beat.session_ms {
-            0 => SESSION_TIMEOUT_MS_DEFAULT,
-            s if (SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&s) => s,
-            s => {
-                return Err(GroupError::Invalid(format!(
-                    "session timeout {s} ms is outside {SESSION_TIMEOUT_MS_MIN}..={SESSION_TIMEOUT_MS_MAX}"
-                )))
-            }
-        };
+        let session_ms = session_of(&beat)?;
         if beat.leave {
-            let changed = self.members.remove(&beat.member_id).is_some();
-            if changed {
-                self.rebalance(partitions);
-            }
-            let answer = Answer {
-                member_id: beat.member_id,
-                generation: self.generation,
-                assignment: BTreeSet::new(),
-                committed: Vec::new(),
-            };
-            return Ok((answer, changed));
+            return Ok(self.leave(beat.member_id, partitions));
         }
-        let mut changed = false;
-        let id = if beat.member_id.is_empty() {
-            let returning = beat.instance_id.as_ref().and_then(|i| {
-                self.members
-                    .iter()
-                    .find(|(_, m)| m.instance_id.as_ref() == Some(i))
-                    .map(|(id, _)| id.clone())
-            });
-            match returning {
-                // A static member back within its session: same id, same partitions, nobody disturbed.
-                Some(id) => id,
-                None => {
-                    if self.members.len() >= MEMBERS_PER_GROUP_MAX {
-                        return Err(GroupError::Invalid(format!(
-                            "group '{}' has {MEMBERS_PER_GROUP_MAX} members, the limit",
-                            self.name
-                        )));
-                    }
-                    self.generation += 1;
-                    // Unpredictable and never reused, even after the group is deleted and its generation
-                    // starts over: a zombie from an earlier membership can never pass as a new member.
-                    let nonce: u64 = rand::random();
-                    let id = match &beat.instance_id {
-                        Some(i) => format!("{i}-{}-{nonce:016x}", self.generation),
-                        None => format!("member-{}-{nonce:016x}", self.generation),
-                    };
-                    self.members.insert(
-                        id.clone(),
-                        Member {
-                            instance_id: beat.instance_id.clone(),
-                            topics: beat.topics.clone(),
-                            session_ms,
-                            last_seen_ms: now_ms,
-                            owned: BTreeSet::new(),
-                            target: BTreeSet::new(),
-                            joined: self.generation,
-                        },
-                    );
-                    if self.members.len() == 1 {
-                        self.assignor = beat.assignor;
-                    }
-                    changed = true;
-                    id
-                }
-            }
-        } else if self.members.contains_key(&beat.member_id) {
-            beat.member_id.clone()
-        } else {
-            return Err(GroupError::UnknownMember(beat.member_id));
-        };
+        let (id, mut changed) = self.admit(&beat, session_ms, now_ms)?;
         {
             let m = self.members.get_mut(&id).expect("member present");
             m.last_seen_ms = now_ms;
@@ -358,7 +291,83 @@ impl Group {
             self.generation += u64::from(!beat.member_id.is_empty());
             self.rebalance(partitions);
         }
-        // Hand out each target partition no other member owns; keep what it owns of its target.
+        Ok((self.hand_out(id), changed))
+    }
+
+    /// A member leaves: the others are rebalanced at once rather than after its session runs out.
+    fn leave(&mut self, member_id: String, partitions: &BTreeMap<String, u32>) -> (Answer, bool) {
+        let changed = self.members.remove(&member_id).is_some();
+        if changed {
+            self.rebalance(partitions);
+        }
+        let answer = Answer {
+            member_id,
+            generation: self.generation,
+            assignment: BTreeSet::new(),
+            committed: Vec::new(),
+        };
+        (answer, changed)
+    }
+
+    /// The member a heartbeat is from: a known one, a static member coming back, or a new member (a new
+    /// generation); also whether the membership changed.
+    fn admit(
+        &mut self,
+        beat: &Beat,
+        session_ms: u64,
+        now_ms: u64,
+    ) -> Result<(String, bool), GroupError> {
+        if !beat.member_id.is_empty() {
+            if self.members.contains_key(&beat.member_id) {
+                return Ok((beat.member_id.clone(), false));
+            }
+            return Err(GroupError::UnknownMember(beat.member_id.clone()));
+        }
+        let returning = beat.instance_id.as_ref().and_then(|i| {
+            self.members
+                .iter()
+                .find(|(_, m)| m.instance_id.as_ref() == Some(i))
+                .map(|(id, _)| id.clone())
+        });
+        // A static member back within its session: same id, same partitions, nobody disturbed.
+        if let Some(id) = returning {
+            return Ok((id, false));
+        }
+        if self.members.len() >= MEMBERS_PER_GROUP_MAX {
+            return Err(GroupError::Invalid(format!(
+                "group '{}' has {MEMBERS_PER_GROUP_MAX} members, the limit",
+                self.name
+            )));
+        }
+        self.generation += 1;
+        // Unpredictable and never reused, even after the group is deleted and its generation starts over: a
+        // zombie from an earlier membership can never pass as a new member.
+        let nonce: u64 = rand::random();
+        let id = match &beat.instance_id {
+            Some(i) => format!("{i}-{}-{nonce:016x}", self.generation),
+            None => format!("member-{}-{nonce:016x}", self.generation),
+        };
+        self.members.insert(
+            id.clone(),
+            Member {
+                instance_id: beat.instance_id.clone(),
+                topics: beat.topics.clone(),
+                session_ms,
+                last_seen_ms: now_ms,
+                owned: BTreeSet::new(),
+                target: BTreeSet::new(),
+                joined: self.generation,
+            },
+        );
+        if self.members.len() == 1 {
+            self.assignor = beat.assignor;
+        }
+        Ok((id, true))
+    }
+
+    /// Hands member `id` each partition of its target that no other member owns (it keeps what it owns of
+    /// its target), with the committed offsets of what it is handed.
+    fn hand_out(&mut self, id: String) -> Answer {
         let target = self.members[&id].target.clone();
         let assignment: BTreeSet<Tp> = target
             .into_iter()
@@ -374,13 +383,12 @@ impl Group {
             .iter()
             .filter_map(|tp| self.committed.get(tp).map(|o| (tp.clone(), *o)))
             .collect();
-        let answer = Answer {
+        Answer {
             member_id: id,
             generation: self.generation,
             assignment,
             committed,
-        };
-        Ok((answer, changed))
+        }
     }
 
     /// Recomputes every member's target.
@@ -460,6 +468,17 @@ impl Group {
                     .any(|(o, om)| o != id && om.owned.contains(tp))
             })
         })
+    }
+}
+
+/// The session timeout a heartbeat asks for (the default when it names none), within the allowed range.
+fn session_of(beat: &Beat) -> Result<u64, GroupError> {
+    match beat.session_ms {
+        0 => Ok(SESSION_TIMEOUT_MS_DEFAULT),
+        s if (SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&s) => Ok(s),
+        s => Err(GroupError::Invalid(format!(
+            "session timeout {s} ms is outside {SESSION_TIMEOUT_MS_MIN}..={SESSION_TIMEOUT_MS_MAX}"
+        ))),
     }
 }
 

@@ -197,23 +197,27 @@ async fn run_link(
     up: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 * 1024 * 1024))
+            .initial_connection_window_size(Some(32 * 1024 * 1024)),
+        Err(e) => {
+            tracing::error!(to, %addr, "bad peer address: {e}");
+            return;
+        }
+    };
     let mut backoff_ms = BACKOFF_MS_MIN;
-    let mut pending: Vec<v1::RaftEnvelope> = Vec::new();
+    let mut queue = Queue {
+        rx: &mut rx,
+        queued_bytes: &queued_bytes,
+        pending: Vec::new(),
+    };
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-            Ok(e) => e
-                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true)
-                .initial_stream_window_size(Some(8 * 1024 * 1024))
-                .initial_connection_window_size(Some(32 * 1024 * 1024)),
-            Err(e) => {
-                tracing::error!(to, %addr, "bad peer address: {e}");
-                return;
-            }
-        };
         let connected = tokio::select! {
             _ = cancel.cancelled() => return,
             c = endpoint.connect() => c,
@@ -224,9 +228,7 @@ async fn run_link(
                 up.store(false, Ordering::Relaxed);
                 tracing::debug!(to, %addr, "peer unreachable: {e}");
                 // Raft messages go stale quickly: drop what piled up while the peer was away.
-                while let Ok(env) = rx.try_recv() {
-                    queued_bytes.fetch_sub(env.message.len() as u64, Ordering::Relaxed);
-                }
+                queue.drop_queued();
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
                 continue;
@@ -243,54 +245,9 @@ async fn run_link(
         });
         backoff_ms = BACKOFF_MS_MIN;
         up.store(true, Ordering::Relaxed);
-        // Pump: every wake-up sends everything queued for this peer as one batch; an idle link sends an
-        // empty batch every keepalive so the peer knows this broker is alive (quiesced groups rely on it).
-        // The first batch of a stream names this broker's peer address.
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut first = true;
-        loop {
-            pending.clear();
-            let n = tokio::select! {
-                _ = cancel.cancelled() => return,
-                n = rx.recv_many(&mut pending, BATCH_MESSAGES_MAX) => n,
-                _ = keepalive.tick() => usize::MAX,
-            };
-            if n == 0 {
-                return;
-            }
-            let taken: u64 = pending.iter().map(|e| e.message.len() as u64).sum();
-            queued_bytes.fetch_sub(taken, Ordering::Relaxed);
-            keepalive.reset();
-            // Batches stay under the gRPC message limit: split by encoded size (one message always fits).
-            let mut sent_all = true;
-            let batches = if n == usize::MAX {
-                vec![Vec::new()] // keepalive
-            } else {
-                split_by_size(std::mem::take(&mut pending), BATCH_BYTES_MAX)
-            };
-            for messages in batches {
-                if stream_tx
-                    .send(v1::RaftBatch {
-                        from,
-                        to,
-                        messages,
-                        from_address: if std::mem::take(&mut first) {
-                            from_address.clone()
-                        } else {
-                            String::new()
-                        },
-                    })
-                    .await
-                    .is_err()
-                {
-                    sent_all = false;
-                    break;
-                }
-            }
-            if !sent_all {
-                break;
-            }
+        let sender = (from, from_address.clone(), to);
+        if let Pumped::Stop = queue.pump(sender, &stream_tx, &cancel).await {
+            return;
         }
         up.store(false, Ordering::Relaxed);
         match call.await {
@@ -299,6 +256,79 @@ async fn run_link(
             Ok(Ok(_)) => {}
         }
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+    }
+}
+
+/// How a link's stream ended.
+enum Pumped {
+    /// Cancelled, or the link's queue closed: the link ends.
+    Stop,
+    /// The stream broke: reconnect.
+    Broken,
+}
+
+/// What is queued for one peer, and how many bytes of it.
+struct Queue<'a> {
+    rx: &'a mut mpsc::Receiver<v1::RaftEnvelope>,
+    queued_bytes: &'a AtomicU64,
+    pending: Vec<v1::RaftEnvelope>,
+}
+
+impl Queue<'_> {
+    fn drop_queued(&mut self) {
+        while let Ok(env) = self.rx.try_recv() {
+            self.queued_bytes
+                .fetch_sub(env.message.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Every wake-up sends everything queued for this peer as one batch; an idle link sends an empty batch
+    /// every keepalive so the peer knows this broker is alive (quiesced groups rely on it). The first batch
+    /// of a stream names this broker's peer address (`sender`: this broker's id and address, the peer's id).
+    async fn pump(
+        &mut self,
+        (from, from_address, to): (u64, String, u64),
+        stream_tx: &mpsc::Sender<v1::RaftBatch>,
+        cancel: &CancellationToken,
+    ) -> Pumped {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        loop {
+            self.pending.clear();
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Pumped::Stop,
+                n = self.rx.recv_many(&mut self.pending, BATCH_MESSAGES_MAX) => n,
+                _ = keepalive.tick() => usize::MAX,
+            };
+            if n == 0 {
+                return Pumped::Stop;
+            }
+            let taken: u64 = self.pending.iter().map(|e| e.message.len() as u64).sum();
+            self.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
+            keepalive.reset();
+            // Batches stay under the gRPC message limit: split by encoded size (one message always fits).
+            let batches = if n == usize::MAX {
+                vec![Vec::new()] // keepalive
+            } else {
+                split_by_size(std::mem::take(&mut self.pending), BATCH_BYTES_MAX)
+            };
+            for messages in batches {
+                let batch = v1::RaftBatch {
+                    from,
+                    to,
+                    messages,
+                    from_address: if std::mem::take(&mut first) {
+                        from_address.clone()
+                    } else {
+                        String::new()
+                    },
+                };
+                if stream_tx.send(batch).await.is_err() {
+                    return Pumped::Broken;
+                }
+            }
+        }
     }
 }
 

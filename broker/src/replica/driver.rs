@@ -17,7 +17,7 @@ use super::core::{
 use super::handle::{AckSender, Control, Proposal, Replica, Shared};
 use super::transport::Transport;
 use super::types::ReplicaError;
-use crate::consensus::ReplicaStorage;
+use crate::replica::raft_log::ReplicaStorage;
 use crate::storage::DiskFile;
 
 /// Proposals queued per replica before publishers wait (backpressure).

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::core::Proposal as CoreProposal;
 use super::types::{Ack, Durability, Leadership, Membership, Reconfigure, ReplicaError};
-use crate::consensus::ReplicaStorage;
+use crate::replica::raft_log::ReplicaStorage;
 use crate::storage::StorageError;
 
 /// Where a publish's outcome goes.

@@ -1,9 +1,11 @@
-//! A partition replica: one Raft group driven by one task. Publishes become proposals; each Ready is
-//! persisted with one write and one fsync for every batch it holds (group commit), then messages go out,
-//! committed entries advance the high watermark and acknowledge their publishers.
+//! A replica: this broker's copy of a partition (a topic's unit of order, addressed by offsets) and its
+//! member of the partition's Raft group, the one home of Raft in the broker. Publishes become proposals;
+//! each Ready is persisted with one write and one fsync for every batch it holds (group commit), then
+//! messages go out, committed entries advance the high watermark and acknowledge their publishers.
 //!
-//! Layers, bottom up: [`types`] (the values a replica answers with), [`clock`], [`liveness`], [`lease`]
-//! and [`transport`] → [`core`] (every decision: a synchronous state machine, events in, actions out, no
+//! Layers, bottom up: [`types`] (the values a replica answers with), [`raft_log`] (Raft's storage over the
+//! segment log, and the durable Raft state), [`clock`], [`liveness`], [`lease`] and [`transport`] →
+//! [`core`] (every decision: a synchronous state machine, events in, actions out, no
 //! runtime) → [`handle`] (the handle servers call, and the commands it sends the task) → [`driver`] (the
 //! async shell: channels, timers, fsyncs on the blocking pool).
 
@@ -13,6 +15,7 @@ pub mod driver;
 pub mod handle;
 pub mod lease;
 pub mod liveness;
+pub mod raft_log;
 pub mod transport;
 pub mod types;
 

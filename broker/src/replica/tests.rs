@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::types::Durability;
 use super::*;
-use crate::consensus::ReplicaStorage;
+use crate::replica::raft_log::ReplicaStorage;
 use crate::storage::{Disk, Faults, FaultyDisk, LogConfig, OsDisk};
 
 fn wiring(cancel: &CancellationToken, tick_ms: u64) -> Wiring {

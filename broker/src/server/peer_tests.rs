@@ -9,8 +9,8 @@ use ferry_protocol::batch::{self, BatchBuilder, Records};
 use tokio_util::sync::CancellationToken;
 
 use super::serve_peer;
-use crate::consensus::ReplicaStorage;
 use crate::peer::{PeerNetwork, Router};
+use crate::replica::raft_log::ReplicaStorage;
 use crate::replica::Durability;
 use crate::replica::{spawn, Clock, Replica, ReplicaConfig, ReplicaError, Wiring};
 use crate::storage::{LogConfig, OsDisk};

@@ -7,7 +7,7 @@
 //!
 //! Opening a segment classifies what it finds ([`Opened`]): clean, a torn tail that was cut (only ever past
 //! the durable watermark of an active segment, see `durable`), or damage, which the log turns into a cut
-//! plus a repair marker (`consensus::repair`).
+//! plus a repair marker (`replica::raft_log::repair`).
 
 mod lookup;
 mod recover;

@@ -34,7 +34,7 @@ use raft::{RawNode, StateRole};
 use super::lease::Lease;
 use super::liveness::Liveness;
 use super::types::{Ack, Durability, Leadership, Membership, ReplicaError};
-use crate::consensus::{logger::raft_logger, Placed, ReplicaStorage};
+use crate::replica::raft_log::{logger::raft_logger, Placed, ReplicaStorage};
 use crate::storage::{DiskFile, StorageError};
 
 /// Proposals taken into one Raft step (and so, at most, one group commit).
@@ -251,7 +251,7 @@ pub struct ReplicaCore<R> {
     last_sync: Instant,
     quiet: Quiet,
     /// Repairing a damaged log up to this Raft index: no voting, no campaigning (see
-    /// `consensus::repair`).
+    /// `replica::raft_log::repair`).
     repairing: Option<u64>,
     /// While leading: which heartbeats a quorum answered (see `lease`).
     lease: Lease,

@@ -6,7 +6,7 @@ use raft::eraftpb::{Entry, Message, MessageType};
 use raft::StateRole;
 
 use super::{Action, Pending, Proposal, ReplicaCore};
-use crate::consensus::producers::{next_sequence, sequence_before, Check};
+use crate::replica::raft_log::producers::{next_sequence, sequence_before, Check};
 use crate::replica::types::{Ack, ReplicaError};
 
 impl<R> ReplicaCore<R> {

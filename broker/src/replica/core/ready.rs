@@ -7,7 +7,7 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft::StateRole;
 
 use super::{Action, Fatal, FsyncPolicy, ReplicaCore, Waiting};
-use crate::consensus::Placed;
+use crate::replica::raft_log::Placed;
 use crate::replica::types::{Ack, Durability, Leadership, ReplicaError};
 
 impl<R> ReplicaCore<R> {

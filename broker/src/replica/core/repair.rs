@@ -1,6 +1,6 @@
 //! The guards of a damaged log. A replica whose log lost fsynced data (found at open, or by the scrub)
 //! repairs from its peers: it never votes or campaigns until its log again reaches what it once held
-//! (`consensus::repair`), it tells the leader where its log now ends, and a leader believes a follower
+//! (`replica::raft_log::repair`), it tells the leader where its log now ends, and a leader believes a follower
 //! whose log shrank. Quiescence and leases see every incoming message here too.
 
 use bytes::Bytes;

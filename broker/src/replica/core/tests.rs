@@ -11,9 +11,9 @@ use ferry_protocol::batch::{self, BatchBuilder, ProducerStamp};
 use raft::eraftpb::{Message, MessageType};
 
 use super::{Action, Event, Fatal, FsyncPolicy, Proposal, ReplicaConfig, ReplicaCore};
-use crate::consensus::{repair, ReplicaStorage};
 use crate::replica::lease::QUIESCE_CONTEXT;
 use crate::replica::liveness::Liveness;
+use crate::replica::raft_log::{repair, ReplicaStorage};
 use crate::replica::types::{Ack, Durability, Leadership, Membership, Reconfigure, ReplicaError};
 use crate::storage::{DiskFile, LogConfig, ManualClock, OsDisk};
 

@@ -44,12 +44,12 @@ pub struct ScrubCursor {
     pub term: u64,
 }
 
-/// What [`Core::append_entries`] wrote: the file to fsync (if anything was written) and where entries landed.
+/// What [`RaftLog::append_entries`] wrote: the file to fsync (if anything was written) and where entries landed.
 pub type Appended = (Option<Arc<dyn DiskFile>>, Vec<Placed>);
 
 /// The log and Raft state of one replica.
 #[derive(Debug)]
-pub struct Core {
+pub struct RaftLog {
     pub log: PartitionLog,
     state: RaftState,
     /// Hard state as Raft last reported it (commit may be ahead of the file).
@@ -75,7 +75,7 @@ pub struct Core {
 /// Shared handle: Raft reads through it, the replica driver writes through it.
 #[derive(Debug, Clone)]
 pub struct ReplicaStorage {
-    core: Arc<RwLock<Core>>,
+    core: Arc<RwLock<RaftLog>>,
     /// Damage a read for replication found (see `entries`): set once, read by the driver after every step
     /// (one atomic load), which then fences the replica so the scrub repairs it.
     damage: Arc<OnceLock<String>>,
@@ -179,7 +179,7 @@ impl ReplicaStorage {
         // What recovery kept is fsynced by now (`PartitionLog::open`): it is what is durable.
         let durable_last = last;
         let applied = state.hard_state.commit;
-        let core = Core {
+        let core = RaftLog {
             producers,
             repair_until,
             log,
@@ -208,12 +208,12 @@ impl ReplicaStorage {
     }
 
     /// Read access to the log and state.
-    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Core> {
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, RaftLog> {
         self.core.read()
     }
 
     /// Write access (the replica driver only).
-    pub fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Core> {
+    pub fn write(&self) -> parking_lot::RwLockWriteGuard<'_, RaftLog> {
         self.core.write()
     }
 }
@@ -235,7 +235,7 @@ fn entry_type_of(b: u8) -> Option<EntryType> {
     }
 }
 
-impl Core {
+impl RaftLog {
     /// The durable state.
     pub fn state(&self) -> &RaftState {
         &self.state
@@ -649,7 +649,7 @@ impl raft::Storage for ReplicaStorage {
             for (h, b) in batches {
                 size += b.len() as u64;
                 next = h.raft_index + 1;
-                out.push(Core::entry_from_stored(&h, b).map_err(to_raft_err)?);
+                out.push(RaftLog::entry_from_stored(&h, b).map_err(to_raft_err)?);
                 if size > max_size {
                     return Ok(out);
                 }
