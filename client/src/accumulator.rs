@@ -329,7 +329,6 @@ fn push_record<A>(open: &mut OpenBatch<A>, record: PendingRecord<A>, size: usize
     open.records_bytes += size;
 }
 
-/// Moves the open batch of `state` to its ready queue.
 /// Where sealed batches go: the queue of partitions that may have a batch to send (checked, and duplicates
 /// ignored, by [`Accumulator::take_dispatchable`]), and the codec batches are sealed with.
 struct Sealer {

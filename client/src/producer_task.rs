@@ -241,7 +241,12 @@ impl ProducerTask {
                 acks: deliveries,
                 records_bytes,
             } = batch;
-            let bytes = match self.stamp(&topic, partition, bytes) {
+            // One delivery per record: the batch's record count, known without parsing its header.
+            let known = crate::publish::Known {
+                record_count: deliveries.len() as u32,
+                stamped: self.idempotence.is_some(),
+            };
+            let bytes = match self.stamp(&topic, partition, bytes, known.record_count) {
                 Ok(b) => b,
                 Err(err) => {
                     for delivery in deliveries {
@@ -262,7 +267,9 @@ impl ProducerTask {
             let client = self.client.clone();
             let acks = self.acks;
             self.publishing.push(Box::pin(async move {
-                let result = client.publish_batch(&topic, partition, acks, bytes).await;
+                let result = client
+                    .publish_known(&topic, partition, acks, bytes, known)
+                    .await;
                 Published {
                     topic,
                     partition,
@@ -273,20 +280,19 @@ impl ProducerTask {
         }
     }
 
-    /// Stamps an idempotent producer's id and the partition's next sequence number on a batch.
+    /// Stamps an idempotent producer's id and the partition's next sequence number on a batch of `count`
+    /// records (`with_producer` checks the header it writes into: the one parse on the way out).
     fn stamp(
         &mut self,
         topic: &Arc<str>,
         partition: u32,
         bytes: bytes::Bytes,
+        count: u32,
     ) -> Result<bytes::Bytes, ClientError> {
         let Some(idem) = self.idempotence.as_mut() else {
             return Ok(bytes);
         };
         let (producer_id, producer_epoch) = idem.identity.expect("dispatch waits for the id");
-        let count = ferry_protocol::batch::BatchHeader::parse(&bytes)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .record_count;
         let seq = idem
             .sequences
             .entry((topic.clone(), partition))

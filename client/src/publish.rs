@@ -24,6 +24,24 @@ impl Client {
     ) -> Result<PartitionAck, ClientError> {
         let header = BatchHeader::parse(&batch)
             .map_err(|e| ClientError::InvalidArgument(format!("not a record batch: {e}")))?;
+        let known = Known {
+            record_count: header.record_count,
+            stamped: header.producer_id >= 0,
+        };
+        self.publish_known(topic, partition, acks, batch, known)
+            .await
+    }
+
+    /// [`Client::publish_batch`] for a batch whose header the caller knows already (the producer built and
+    /// stamped it): not parsed again on the way out.
+    pub(crate) async fn publish_known(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        batch: Bytes,
+        known: Known,
+    ) -> Result<PartitionAck, ClientError> {
         let request = PublishRequest {
             topic: topic.to_owned(),
             partition: Some(partition),
@@ -35,7 +53,7 @@ impl Client {
         let timeout = self.config().request_timeout();
         let route = Route::Leader { topic, partition };
         // An idempotent producer's batch may be retried whatever became of the first attempt.
-        let retry_when = if header.producer_id >= 0 {
+        let retry_when = if known.stamped {
             crate::retry::is_retriable_when_idempotent
         } else {
             crate::retry::is_retriable
@@ -46,8 +64,16 @@ impl Client {
                 async move { ferry_client(channel).publish(request).await }
             })
             .await?;
-        check_ack(&response, partition, header.record_count)
+        check_ack(&response, partition, known.record_count)
     }
+}
+
+/// What a publisher knows of a batch's header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known {
+    pub record_count: u32,
+    /// It carries an idempotent producer's stamp.
+    pub stamped: bool,
 }
 
 impl Client {

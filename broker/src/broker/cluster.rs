@@ -1,6 +1,9 @@
 //! Cluster operations: brokers joining and leaving, moving and handing off partition leadership.
 
-use super::*;
+use crate::metadata::Command;
+use crate::replica::Replica;
+
+use super::{Broker, BrokerError, LEADER_TRANSFER_WAIT};
 
 impl Broker {
     /// Adds broker `id`, reachable by peers at `peer_address`, to the cluster: it joins the controller once

@@ -1,6 +1,8 @@
 //! Topic operations: create (placing replicas within the broker's replica budget) and delete.
 
-use super::*;
+use crate::metadata::{Command, TopicMeta, TopicSettings};
+
+use super::{Broker, BrokerError, NEW_PARTITION_SERVING_WAIT};
 
 impl Broker {
     /// Creates a topic through the controller and starts its local replicas.

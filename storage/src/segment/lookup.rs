@@ -1,6 +1,10 @@
 //! Finding batches in a segment through its indexes, checked against the log, never trusted blindly.
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use super::Segment;
+use crate::error::StorageError;
+use crate::index::{OffsetEntry, TimeEntry};
 
 impl Segment {
     /// Whether index entry `e` points at a batch boundary whose header carries the offset and Raft index

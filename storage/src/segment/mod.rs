@@ -14,7 +14,7 @@ mod recover;
 
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use ferry_protocol::batch::{self, BatchHeader, HEADER_LEN};
 
 use super::disk::{Disk, DiskFile};
 use super::error::StorageError;
-use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex, INDEX_ENTRY_LEN};
+use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::reader::ChunkReader;
 
 /// File name stem of a segment: its base offset, zero-padded to 20 digits so names sort by offset.

@@ -1,7 +1,18 @@
 //! Opening a segment: trusting a cleanly closed one by its checkpoint, or rebuilding its indexes by
 //! scanning it, and telling a torn tail (past what was fsynced) from damage (anything else).
 
-use super::*;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use ferry_protocol::batch::{self, BatchHeader, HEADER_LEN};
+
+use super::{
+    paths, BatchMeta, Damage, Expect, Files, Opened, Segment, SegmentLimits, Tail, TornTail,
+};
+use crate::disk::Disk;
+use crate::error::StorageError;
+use crate::index::{OffsetIndex, TimeIndex, INDEX_ENTRY_LEN};
+use crate::reader::ChunkReader;
 
 impl Segment {
     /// Opens an existing segment. With `trusted_len`, the log is known clean up to there (a checkpoint) and
