@@ -13,8 +13,8 @@ impl<R> ReplicaCore<R> {
     /// it led to.
     pub fn reconfigure(&mut self, target: &[u64], now: Instant) -> Reconfigure {
         assert!(
-            self.waiting.is_none(),
-            "a reconfiguration handed to a replica core waiting for an fsync"
+            self.waiting.is_none() && self.persist_next.is_none() && self.actions.is_empty(),
+            "a reconfiguration handed to a replica core with actions not yet carried out"
         );
         if self.fenced {
             return Reconfigure::InProgress("the replica is fenced".into());

@@ -259,6 +259,8 @@ pub struct ReplicaCore<R> {
     now: Instant,
     actions: VecDeque<Action<R>>,
     waiting: Option<Waiting>,
+    /// A Ready whose first messages are queued: it is persisted once the shell has carried them out.
+    persist_next: Option<Box<raft::Ready>>,
     /// Set once the replica must stop; nothing is handled after it.
     fenced: bool,
     /// The high watermark the replica opened with.
@@ -332,6 +334,7 @@ impl<R> ReplicaCore<R> {
             now,
             actions: VecDeque::new(),
             waiting: None,
+            persist_next: None,
             fenced: false,
             opened_high_watermark: hw,
         };
@@ -352,8 +355,8 @@ impl<R> ReplicaCore<R> {
     /// Handles `event` at `now`, then the Raft Ready it led to (up to an fsync barrier).
     pub fn handle(&mut self, event: Event<R>, now: Instant) {
         assert!(
-            self.waiting.is_none(),
-            "an event was handed to a replica core waiting for an fsync"
+            self.waiting.is_none() && self.persist_next.is_none() && self.actions.is_empty(),
+            "an event was handed to a replica core with actions not yet carried out"
         );
         if self.fenced {
             return;
@@ -420,8 +423,21 @@ impl<R> ReplicaCore<R> {
     }
 
     /// The next thing the shell must do. After an [`Action::Sync`], none until [`ReplicaCore::synced`].
+    /// Work that must follow the actions before it (a Ready's persisting follows its first sends) runs
+    /// here, once they were handed out.
     pub fn next_action(&mut self) -> Option<Action<R>> {
-        self.actions.pop_front()
+        loop {
+            if let Some(a) = self.actions.pop_front() {
+                return Some(a);
+            }
+            let rd = self.persist_next.take()?;
+            if self.fenced {
+                return None;
+            }
+            if let Err(fatal) = self.persist_ready(*rd) {
+                self.fence(fatal);
+            }
+        }
     }
 
     /// Whether the replica must stop (an [`Action::Fence`] was handed out or is queued).
@@ -461,6 +477,7 @@ impl<R> ReplicaCore<R> {
             return;
         }
         self.fenced = true;
+        self.persist_next = None;
         let err = fatal.to_error();
         self.actions.push_back(Action::Fence(fatal));
         self.answer_all(err);

@@ -14,7 +14,7 @@ impl<R> ReplicaCore<R> {
     /// Handles the Ready the last event led to, if any; stops at the fsync barrier when its entries need
     /// one ([`ReplicaCore::synced`] finishes it).
     pub(super) fn drive(&mut self) {
-        if self.fenced || self.waiting.is_some() {
+        if self.fenced || self.waiting.is_some() || self.persist_next.is_some() {
             return;
         }
         if !self.node.has_ready() {
@@ -26,8 +26,9 @@ impl<R> ReplicaCore<R> {
         }
     }
 
-    /// Everything up to the fsync: leadership changes, messages the leader sends before persisting,
-    /// snapshot, committed entries, hard state, the write of new entries.
+    /// The start of a Ready: leadership changes, and the messages a leader sends before it persists (its
+    /// appends to followers, so they write while it writes). The rest waits until the shell has sent them
+    /// ([`ReplicaCore::next_action`] runs it: `persist_ready`).
     fn begin_ready(&mut self) -> Result<(), Fatal> {
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
@@ -47,6 +48,14 @@ impl<R> ReplicaCore<R> {
             self.quiet.active_tick = self.ticks;
         }
         self.send(msgs);
+        self.persist_next = Some(Box::new(rd));
+        Ok(())
+    }
+
+    /// The rest of a Ready up to the fsync: snapshot, committed entries, hard state, the write of new
+    /// entries; then the fsync barrier, or (nothing to fsync) the end of the Ready.
+    pub(super) fn persist_ready(&mut self, rd: raft::Ready) -> Result<(), Fatal> {
+        let mut rd = rd;
         if !rd.snapshot().is_empty() {
             let s = rd.snapshot().clone();
             self.storage

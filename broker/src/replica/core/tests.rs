@@ -438,6 +438,37 @@ fn three_replicas_acknowledge_once_a_quorum_fsynced_and_the_leader_sends_before_
 }
 
 #[test]
+fn a_leader_hands_out_its_appends_before_it_writes_its_own_copy() {
+    // The followers write while the leader writes: the appends leave before the leader's log holds the
+    // entry, and its fsync is asked for only after its write.
+    let mut c = Cluster::new(&[1, 2, 3], FsyncPolicy::PerBatch);
+    c.tick_until("a leader", |c| c.leader().is_some());
+    let l = c.leader().unwrap();
+    let now = c.now;
+    let core = &mut c.node(l).core;
+    let last = |core: &ReplicaCore<u32>| raft::Storage::last_index(core.storage()).unwrap();
+    let before = last(core);
+    core.handle(Event::Proposals(vec![plain("a", 1)]), now);
+    let Some(Action::Send(msgs)) = core.next_action() else {
+        panic!("the appends come first");
+    };
+    assert!(msgs
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgAppend && m.entries.len() == 1));
+    assert_eq!(last(core), before, "not written yet when the appends leave");
+    let Some(Action::Sync(file)) = core.next_action() else {
+        panic!("then the leader's fsync");
+    };
+    assert_eq!(last(core), before + 1, "written before its fsync");
+    file.sync_data().unwrap();
+    core.synced(Ok(()), now);
+    c.net.extend(msgs);
+    c.settle(l);
+    c.deliver();
+    assert_eq!(c.answers(l), [(1, ack(0))]);
+}
+
+#[test]
 fn a_follower_refuses_publishes_and_names_the_leader() {
     let mut c = Cluster::new(&[1, 2, 3], FsyncPolicy::PerBatch);
     c.tick_until("a leader", |c| c.leader().is_some());
