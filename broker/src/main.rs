@@ -216,7 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let broker = Broker::start(
         config.clone(),
-        Arc::new(OsDisk),
+        disk(),
         Arc::new(SystemClock),
         Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
         router,
@@ -278,6 +278,40 @@ fn peer_advertise(
         (None, None) => bound.to_string(),
     }
 }
+
+/// The disk the broker runs on: the real one; in a fault-injection build with `FERRY_FAULT_DISK=JOURNAL`,
+/// a [`FaultyDisk`](ferry_broker::storage::FaultyDisk) that tracks what each fsync made durable, and on
+/// SIGUSR1 cuts the power: it stops every disk change, writes what a power cut loses to JOURNAL, and exits
+/// at once with status 86 (the test applies the journal, `ferry_storage::disk::apply_power_cut`, before
+/// starting the broker again).
+fn disk() -> Arc<dyn ferry_broker::storage::Disk> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(journal) = std::env::var_os("FERRY_FAULT_DISK") {
+        use tokio::signal::unix::{signal, SignalKind};
+        let faults = ferry_broker::storage::Faults::new();
+        let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+        let cut = faults.clone();
+        tokio::spawn(async move {
+            usr1.recv().await;
+            let journal = std::path::PathBuf::from(journal);
+            let status = match cut.power_off_to_journal(&journal) {
+                Ok(()) => POWER_CUT_EXIT,
+                Err(e) => {
+                    eprintln!("ferryd: power cut journal {}: {e}", journal.display());
+                    1
+                }
+            };
+            // SAFETY: _exit ends the process without running destructors or flushing anything: a power cut.
+            unsafe { libc::_exit(status) }
+        });
+        return Arc::new(ferry_broker::storage::FaultyDisk { faults });
+    }
+    Arc::new(OsDisk)
+}
+
+/// Exit status of a broker whose power was cut (`FERRY_FAULT_DISK`).
+#[cfg(feature = "fault-injection")]
+const POWER_CUT_EXIT: i32 = 86;
 
 /// The fault-injection seam reads `FERRY_FAULT_FILE` in test builds; a release build says it ignores it.
 fn watch_fault_file() {

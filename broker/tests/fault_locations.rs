@@ -230,6 +230,21 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     logs
 }
 
+/// Batches in a segment file (walking the intact length fields).
+fn batch_count(path: &Path) -> usize {
+    let b = std::fs::read(path).unwrap();
+    let (mut pos, mut n) = (0, 0);
+    while pos + HEADER_LEN <= b.len() {
+        let len = u32::from_le_bytes(b[pos + 24..pos + 28].try_into().unwrap()) as usize;
+        if len < HEADER_LEN {
+            break;
+        }
+        pos += len;
+        n += 1;
+    }
+    n
+}
+
 /// Position of batch `n` in a segment file (walking the intact length fields).
 fn batch_position(path: &Path, n: usize) -> usize {
     let b = std::fs::read(path).unwrap();
@@ -532,7 +547,12 @@ async fn damage_in_the_controller_log_is_repaired_from_peers() {
     let dir = c.nodes[victim].dir.join("__cluster");
     c.nodes[victim].stop().await;
     make_unclean(&dir);
-    let log = segments(&dir).pop().unwrap();
+    // The newest segment holding a third batch (the newest of all may have just rolled and hold fewer).
+    let log = segments(&dir)
+        .into_iter()
+        .rev()
+        .find(|s| batch_count(s) > 2)
+        .expect("a controller segment with three batches");
     let at = batch_position(&log, 2) + HEADER_LEN + 5;
     damage(&log, at, Kind::Flip, &c.nodes[victim].faults);
     let peers = c.peers.clone();

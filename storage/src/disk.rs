@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -205,6 +205,9 @@ pub struct Faults {
     /// Per file written through this disk: (length made durable by its last fsync, length now). What lies
     /// between is only in the page cache, which [`Faults::power_cut`] throws away.
     written: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// Every change to the disk holds this shared; a power cut of a live process holds it exclusively and
+    /// sets it, after which every change fails with EIO (the machine is off).
+    off: RwLock<bool>,
 }
 
 impl Faults {
@@ -219,7 +222,40 @@ impl Faults {
             unreadable: Mutex::new(Vec::new()),
             renames: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
+            off: RwLock::new(false),
         })
+    }
+
+    /// Holds off a power cut for one change to the disk; EIO once the power is off.
+    fn on(&self) -> io::Result<parking_lot::RwLockReadGuard<'_, bool>> {
+        let g = self.off.read();
+        if *g {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(g)
+    }
+
+    /// A power cut of a live process, in two halves so it works across processes: this half, in the
+    /// broker, waits for the disk changes in flight, turns the power off (every later change fails) and
+    /// writes what a power cut would lose to `journal`; the caller then exits at once, and the test applies
+    /// the journal to the files with [`apply_power_cut`] before the broker starts again.
+    pub fn power_off_to_journal(&self, journal: &Path) -> io::Result<()> {
+        let mut off = self.off.write();
+        *off = true;
+        let mut out = String::new();
+        for (path, (durable, _)) in self.written.lock().iter() {
+            out.push_str(&format!("file {durable} {}\n", path.display()));
+        }
+        for (_, to, before) in self.renames.lock().iter() {
+            let before = before.as_ref().map_or("-".to_owned(), |b| hex(b));
+            out.push_str(&format!("rename {before} {}\n", to.display()));
+        }
+        for (_, path) in self.created.lock().iter() {
+            out.push_str(&format!("created {}\n", path.display()));
+        }
+        let mut f = File::create(journal)?;
+        std::io::Write::write_all(&mut f, out.as_bytes())?;
+        f.sync_all()
     }
 
     fn note_created(&self, path: &Path) {
@@ -252,40 +288,30 @@ impl Faults {
     /// the broker stopped without a clean shutdown (its task aborted). Renames whose directory was not
     /// fsynced since are undone first (the target gets back what it held), as a journal replay would.
     pub fn power_cut(&self, keep: impl Fn(u64, u64) -> u64) -> io::Result<()> {
-        for (_, to, before) in self.renames.lock().drain(..).rev() {
-            match before {
-                Some(bytes) => std::fs::write(&to, bytes)?,
-                None => match std::fs::remove_file(&to) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                },
-            }
-            self.written.lock().remove(&to);
-            tracing::debug!(path = %to.display(), "power cut undid a rename");
-        }
-        for (_, path) in self.created.lock().drain(..).rev() {
-            let gone = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            match gone {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {
-                    tracing::debug!(path = %path.display(), "power cut lost an entry whose directory was not fsynced")
-                }
-            }
-        }
+        let renames: Vec<(PathBuf, Option<Vec<u8>>)> = self
+            .renames
+            .lock()
+            .drain(..)
+            .map(|(_, to, before)| (to, before))
+            .collect();
+        let created: Vec<PathBuf> = self.created.lock().drain(..).map(|(_, p)| p).collect();
         let mut written = self.written.lock();
-        for (path, (durable, len)) in written.iter_mut() {
-            if *len <= *durable || !path.exists() {
-                continue;
+        for (to, _) in &renames {
+            written.remove(to);
+        }
+        let durable: Vec<(PathBuf, u64)> =
+            written.iter().map(|(p, (d, _))| (p.clone(), *d)).collect();
+        let lost = Lost {
+            renames,
+            created,
+            durable,
+        };
+        lost.apply(keep)?;
+        // What is left is durable now.
+        for (path, w) in written.iter_mut() {
+            if let Ok(m) = std::fs::metadata(path) {
+                *w = (m.len(), m.len());
             }
-            let kept = keep(*durable, *len).clamp(*durable, *len);
-            OpenOptions::new().write(true).open(path)?.set_len(kept)?;
-            tracing::debug!(path = %path.display(), durable = *durable, len = *len, kept, "power cut");
-            *len = kept;
-            *durable = kept;
         }
         Ok(())
     }
@@ -325,9 +351,19 @@ struct FaultyFile {
 impl Disk for FaultyDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
         let new = create && !path.exists();
+        let _on = self.faults.on()?;
         let inner = OsDisk.open(path, create)?;
         if new {
             self.faults.note_created(path);
+        } else {
+            // A file from before this disk saw it is as durable as it is long (a power cut before it was
+            // applied to it already).
+            let len = inner.len()?;
+            self.faults
+                .written
+                .lock()
+                .entry(path.to_owned())
+                .or_insert((len, len));
         }
         Ok(Arc::new(FaultyFile {
             inner,
@@ -336,9 +372,11 @@ impl Disk for FaultyDisk {
         }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let _on = self.faults.on()?;
         OsDisk.remove_file(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _on = self.faults.on()?;
         let before = std::fs::read(to).ok();
         OsDisk.rename(from, to)?;
         let dir = to.parent().unwrap_or(Path::new(".")).to_owned();
@@ -354,6 +392,7 @@ impl Disk for FaultyDisk {
         Ok(())
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let _on = self.faults.on()?;
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -363,6 +402,7 @@ impl Disk for FaultyDisk {
         Ok(())
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let _on = self.faults.on()?;
         let mut new = Vec::new();
         let mut p = path;
         while !p.exists() {
@@ -379,6 +419,7 @@ impl Disk for FaultyDisk {
         Ok(())
     }
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let _on = self.faults.on()?;
         OsDisk.remove_dir_all(path)
     }
     fn list(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -388,6 +429,7 @@ impl Disk for FaultyDisk {
 
 impl DiskFile for FaultyFile {
     fn write_all_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let _on = self.faults.on()?;
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let torn = self
             .faults
@@ -437,6 +479,7 @@ impl DiskFile for FaultyFile {
         self.inner.read_exact_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
+        let _on = self.faults.on()?;
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -446,6 +489,7 @@ impl DiskFile for FaultyFile {
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let _on = self.faults.on()?;
         self.inner.set_len(len)?;
         self.faults.note_set_len(&self.path, len);
         self.faults.note_rewritten(&self.path, len..u64::MAX);
@@ -457,4 +501,114 @@ impl DiskFile for FaultyFile {
     fn map_read(&self) -> io::Result<Mmap> {
         self.inner.map_read()
     }
+}
+
+/// What a power cut loses: renames and new directory entries whose directory was not fsynced since, and
+/// every byte written past each file's durable length.
+#[derive(Debug, Default)]
+struct Lost {
+    /// Renamed-to paths and what each held before (none: it did not exist).
+    renames: Vec<(PathBuf, Option<Vec<u8>>)>,
+    created: Vec<PathBuf>,
+    /// Files written, each with the length its last fsync made durable.
+    durable: Vec<(PathBuf, u64)>,
+}
+
+impl Lost {
+    /// Undoes renames (latest first: the target gets back what it held, as a journal replay would), removes
+    /// entries never made durable, then cuts each file to its durable length plus the prefix of the rest
+    /// that `keep` picks from (durable, current length): some dirty pages may have reached the disk.
+    fn apply(&self, keep: impl Fn(u64, u64) -> u64) -> io::Result<()> {
+        for (to, before) in self.renames.iter().rev() {
+            match before {
+                Some(bytes) => std::fs::write(to, bytes)?,
+                None => match std::fs::remove_file(to) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                },
+            }
+            tracing::debug!(path = %to.display(), "power cut undid a rename");
+        }
+        for path in self.created.iter().rev() {
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            match gone {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {
+                    tracing::debug!(path = %path.display(), "power cut lost an entry whose directory was not fsynced")
+                }
+            }
+        }
+        let renamed: Vec<&PathBuf> = self.renames.iter().map(|(p, _)| p).collect();
+        for (path, durable) in &self.durable {
+            if renamed.contains(&path) {
+                continue;
+            }
+            let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
+                continue;
+            };
+            if len <= *durable {
+                continue;
+            }
+            let kept = keep(*durable, len).clamp(*durable, len);
+            OpenOptions::new().write(true).open(path)?.set_len(kept)?;
+            tracing::debug!(path = %path.display(), durable, len, kept, "power cut");
+        }
+        Ok(())
+    }
+
+    /// Reads a journal [`Faults::power_off_to_journal`] wrote.
+    fn read(journal: &Path) -> io::Result<Lost> {
+        let bad = |line: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad power-cut journal line: {line}"),
+            )
+        };
+        let mut lost = Lost::default();
+        for line in std::fs::read_to_string(journal)?.lines() {
+            let (kind, rest) = line.split_once(' ').ok_or_else(|| bad(line))?;
+            match kind {
+                "file" => {
+                    let (len, path) = rest.split_once(' ').ok_or_else(|| bad(line))?;
+                    let len = len.parse().map_err(|_| bad(line))?;
+                    lost.durable.push((PathBuf::from(path), len));
+                }
+                "rename" => {
+                    let (before, path) = rest.split_once(' ').ok_or_else(|| bad(line))?;
+                    let before = match before {
+                        "-" => None,
+                        h => Some(unhex(h).ok_or_else(|| bad(line))?),
+                    };
+                    lost.renames.push((PathBuf::from(path), before));
+                }
+                "created" => lost.created.push(PathBuf::from(rest)),
+                _ => return Err(bad(line)),
+            }
+        }
+        Ok(lost)
+    }
+}
+
+/// Applies the power cut a broker journalled with [`Faults::power_off_to_journal`] (the broker has exited):
+/// `keep` as in [`Faults::power_cut`].
+pub fn apply_power_cut(journal: &Path, keep: impl Fn(u64, u64) -> u64) -> io::Result<()> {
+    Lost::read(journal)?.apply(keep)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }

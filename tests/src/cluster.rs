@@ -33,8 +33,31 @@ pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
     panic!("could not start a three-broker cluster");
 }
 
+/// [`start_cluster`] with every broker on a fault-injecting disk whose power SIGUSR1 cuts (`FERRY_FAULT_DISK`,
+/// the journal at [`power_cut_journal`]).
+pub fn start_cluster_on_faulty_disks(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
+    for _ in 0..5 {
+        if let Some(nodes) = try_start_cluster_with(dirs, true) {
+            return nodes;
+        }
+    }
+    panic!("could not start a three-broker cluster");
+}
+
+/// Where the broker on `data_dir` journals a power cut.
+pub fn power_cut_journal(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let name = data_dir
+        .file_name()
+        .map_or("ferryd".into(), |n| n.to_string_lossy().into_owned());
+    data_dir.with_file_name(format!("{name}.power-cut"))
+}
+
 /// One attempt at [`start_cluster`]; `None` when a picked port was taken meanwhile.
 pub fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
+    try_start_cluster_with(dirs, false)
+}
+
+fn try_start_cluster_with(dirs: &[tempfile::TempDir], faulty_disks: bool) -> Option<Vec<Ferryd>> {
     let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
     let peers: Vec<String> = ports
         .iter()
@@ -51,7 +74,13 @@ pub fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let listen = format!("127.0.0.1:{port}");
-                Ferryd::try_start(
+                let journal = power_cut_journal(&dir).display().to_string();
+                let env: &[(&str, &str)] = if faulty_disks {
+                    &[("FERRY_FAULT_DISK", &journal)]
+                } else {
+                    &[]
+                };
+                Ferryd::try_start_with_env(
                     &dir,
                     &[
                         "--node-id",
@@ -61,6 +90,7 @@ pub fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
                         "--peers",
                         &peers,
                     ],
+                    env,
                 )
             })
         })

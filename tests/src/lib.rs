@@ -86,6 +86,8 @@ pub struct Ferryd {
     /// host:port of the HTTP listener.
     pub http: String,
     extra: Vec<String>,
+    /// Environment variables it was started with (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl Ferryd {
@@ -104,8 +106,22 @@ impl Ferryd {
     /// Like [`Ferryd::start`], but a broker that exits before listening (a port taken meanwhile, say) is an
     /// error rather than a panic.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Ferryd, String> {
+        Ferryd::try_start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Ferryd::try_start`] with environment variables, kept for every restart.
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Ferryd, String> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Ferryd::try_spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, &[])
+        Ferryd::try_spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, env)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
     }
 
     /// Starts `ferryd` on the given listeners and waits until it prints its listening line.
@@ -121,6 +137,10 @@ impl Ferryd {
         extra: Vec<String>,
         env: &[(&str, &str)],
     ) -> Result<Ferryd, String> {
+        let kept: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut child = Command::new(bin("ferryd"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -173,6 +193,7 @@ impl Ferryd {
             child,
             data_dir: data_dir.to_owned(),
             extra,
+            env: kept,
         })
     }
 
@@ -201,8 +222,19 @@ impl Ferryd {
 
     /// Starts a broker again on the same data dir (with new ports).
     pub fn restart(&mut self) {
-        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        *self = Ferryd::start(&self.data_dir.clone(), &extra);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        *self = Ferryd::try_spawn(
+            &self.data_dir.clone(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            self.extra.clone(),
+            &env,
+        )
+        .expect("ferryd did not start listening in time");
     }
 
     /// Starts the broker again on the same data dir and the same ports, as a restarted server would be:
@@ -219,12 +251,18 @@ impl Ferryd {
             "the old broker must have exited"
         );
         let (addr, http) = (self.addr.clone(), self.http.clone());
+        let mut all: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend(env.iter().copied());
         *self = Ferryd::try_spawn(
             &self.data_dir.clone(),
             &addr,
             &http,
             self.extra.clone(),
-            env,
+            &all,
         )
         .expect("ferryd did not start listening in time");
     }
