@@ -69,6 +69,14 @@ pub async fn serial_async() -> tokio::sync::MutexGuard<'static, ()> {
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+static BROKER_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Lines mentioning a panic that brokers started by this process wrote to stderr (a panicked task, or a
+/// replica task fenced after one).
+pub fn broker_panics() -> usize {
+    BROKER_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The fault file (`FERRY_FAULT_FILE`) of the broker on `data_dir`.
 pub fn fault_file(data_dir: &Path) -> PathBuf {
     let name = data_dir
@@ -151,9 +159,20 @@ impl Ferryd {
             .env("FERRY_FAULT_FILE", fault_file(data_dir))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ferryd");
+        // Its log goes on to ours, and every panic it reports is counted (`broker_panics`).
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("panicked") {
+                    BROKER_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                eprintln!("{line}");
+            }
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

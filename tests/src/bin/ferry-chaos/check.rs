@@ -18,17 +18,37 @@ pub struct Verdict {
     pub violations: usize,
 }
 
+/// What the run saw of the brokers and the schedule, besides the history.
+pub struct Run<'a> {
+    /// The faults scheduled (each must have run, or be in `allowed_skips`).
+    pub scheduled: &'a [Fault],
+    /// Faults this run was told it may skip (`--allow-skip`).
+    pub allowed_skips: &'a [Fault],
+    /// Membership changes that did not settle.
+    pub stuck_changes: usize,
+    /// SIGTERMs that did not stop a broker in time.
+    pub hung_stops: usize,
+    /// Brokers found exited that the schedule had not stopped, each with how.
+    pub died: &'a [String],
+    /// Panic lines brokers wrote to stderr.
+    pub panics: usize,
+    /// Replicas whose log differs from the leader's over the committed range after the final heal.
+    pub disagreements: &'a [String],
+    /// Longest unavailability a fault may cause (ms); longer is a violation.
+    pub unavailable_max_ms: u128,
+}
+
 /// Checks history `h` against `log` (every partition drained from offset 0 after healing). `events` are the
-/// faults with when each took effect; `stuck_changes` the membership changes that did not settle; the run
-/// lasted from `started` to `end`.
+/// faults with when each took effect; the run lasted from `started` to `end`.
 pub fn check(
     h: &History,
     log: &BTreeMap<u32, Vec<String>>,
     events: &[(Fault, Instant, String)],
-    stuck_changes: usize,
+    run: &Run<'_>,
     started: Instant,
     end: Instant,
 ) -> Verdict {
+    let stuck_changes = run.stuck_changes;
     let mut at: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
     for (p, values) in log {
         for (o, v) in values.iter().enumerate() {
@@ -100,22 +120,57 @@ pub fn check(
         );
     }
     let max_unavailable = per_fault.values().copied().max().unwrap_or(0);
-    // Faults that could not run on this machine (each says why in its `what`): printed and counted.
+    let over_bound: Vec<String> = per_fault
+        .iter()
+        .filter(|(_, ms)| **ms > run.unavailable_max_ms)
+        .map(|(f, ms)| format!("{f} {ms} ms"))
+        .collect();
+    // Faults that could not run (each says why in its `what`): printed and counted; a violation unless the
+    // run was told it may skip them. A fault of the schedule that never ran at all (a schedule that
+    // shrank) is one too.
     let skipped: Vec<String> = events
         .iter()
         .filter(|(_, _, what)| what.starts_with("skipped"))
         .map(|(fault, _, what)| format!("{} ({what})", fault.name()))
+        .collect();
+    let ran = |f: &Fault| {
+        events
+            .iter()
+            .any(|(g, _, what)| g == f && !what.starts_with("skipped"))
+    };
+    let not_run: Vec<&str> = run
+        .scheduled
+        .iter()
+        .filter(|f| !ran(f) && !run.allowed_skips.contains(f))
+        .map(|f| f.name())
         .collect();
     let failed_visible = h
         .failed
         .iter()
         .filter(|v| at.contains_key(v.as_str()))
         .count();
-    let violations =
-        lost.len() + duplicated + inconsistent + unseen + regressions + beyond + stuck_changes;
+    let violations = lost.len()
+        + duplicated
+        + inconsistent
+        + unseen
+        + regressions
+        + beyond
+        + stuck_changes
+        + not_run.len()
+        + run.hung_stops
+        + run.died.len()
+        + run.panics
+        + run.disagreements.len()
+        + over_bound.len();
     let line = format!(
-        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} max_unavailable_ms={max_unavailable}",
+        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} not_run={} hung_stops={} died={} panics={} replica_disagreements={} unavailable_over_bound={} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} max_unavailable_ms={max_unavailable}",
         lost.len(),
+        not_run.len(),
+        run.hung_stops,
+        run.died.len(),
+        run.panics,
+        run.disagreements.len(),
+        over_bound.len(),
         h.acked.len(),
         h.failed.len(),
         h.polled.len(),
@@ -129,6 +184,9 @@ pub fn check(
         "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,
         "polled": h.polled.len(), "max_unavailable_ms": max_unavailable,
         "max_unavailable_ms_per_fault": per_fault, "faults": report_faults, "skipped": skipped,
+        "not_run": not_run, "hung_stops": run.hung_stops, "died": run.died, "panics": run.panics,
+        "replica_disagreements": run.disagreements, "unavailable_over_bound": over_bound,
+        "unavailable_max_ms": run.unavailable_max_ms,
         "duration_ms": (end - started).as_millis(),
     });
     Verdict {

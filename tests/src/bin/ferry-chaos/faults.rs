@@ -86,10 +86,29 @@ async fn roles(nodes: &[Ferryd]) -> (Option<usize>, usize) {
     (leader, follower)
 }
 
-/// Writes each broker's network faults (`drop-to` / `drop-from` lines; empty heals).
+/// Writes each broker's network faults (`drop-to` / `drop-from` lines; empty heals). A fault file that
+/// cannot be written would silently leave a fault out (or in): the run stops.
 pub fn set_faults(nodes: &[Ferryd], rules: &[String]) {
     for (n, r) in nodes.iter().zip(rules) {
-        let _ = std::fs::write(ferry_tests::fault_file(&n.data_dir), r);
+        let path = ferry_tests::fault_file(&n.data_dir);
+        if let Err(e) = std::fs::write(&path, r) {
+            panic!("chaos: writing the fault file {}: {e}", path.display());
+        }
+    }
+}
+
+/// SIGTERMs that did not stop a broker within 20 s (it was then killed -9): each is a violation, not a
+/// quiet kill -9.
+pub static HUNG_STOPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Stops `node` with SIGTERM, counting a broker that did not stop in time.
+fn stop(node: &mut Ferryd) {
+    if !node.stop() {
+        HUNG_STOPS.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "chaos: broker on {} did not stop on SIGTERM within 20 s (killed -9)",
+            node.data_dir.display()
+        );
     }
 }
 
@@ -270,38 +289,51 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             block(|| nodes[i].kill9());
             at = Instant::now();
             let cut = (Instant::now().elapsed().subsec_nanos() % 200 + 1) as u64;
-            if let Some(last) = segment_files(&nodes[i].data_dir, TOPIC, 0).last() {
-                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(last) {
-                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    let _ = f.set_len(len.saturating_sub(cut));
-                }
-            }
+            let torn = match segment_files(&nodes[i].data_dir, TOPIC, 0).last() {
+                None => Err("no segment to tear".to_owned()),
+                Some(last) => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(last)
+                    .and_then(|f| {
+                        let len = f.metadata()?.len();
+                        f.set_len(len.saturating_sub(cut))
+                    })
+                    .map_err(|e| format!("{}: {e}", last.display())),
+            };
             tokio::time::sleep(hold).await;
             block(|| nodes[i].restart_in_place());
-            format!("broker {}, {cut} bytes", i + 1)
+            match torn {
+                Ok(()) => format!("broker {}, {cut} bytes", i + 1),
+                Err(why) => format!("skipped: broker {}: {why}", i + 1),
+            }
         }
         Fault::BitFlip => {
             let i = follower;
-            block(|| nodes[i].stop());
+            block(|| stop(&mut nodes[i]));
             let segs = segment_files(&nodes[i].data_dir, TOPIC, 0);
-            let mut what = "no sealed segment yet".to_owned();
-            if segs.len() > 1 {
-                if let Ok(mut b) = std::fs::read(&segs[0]) {
-                    if !b.is_empty() {
+            let flipped = if segs.len() < 2 {
+                Err("no sealed segment yet".to_owned())
+            } else {
+                std::fs::read(&segs[0])
+                    .and_then(|mut b| {
                         let at = b.len() / 2;
-                        b[at] ^= 0x40;
-                        let _ = std::fs::write(&segs[0], &b);
-                        what = format!("{} byte {at}", segs[0].display());
-                    }
-                }
-            }
+                        if let Some(byte) = b.get_mut(at) {
+                            *byte ^= 0x40;
+                        }
+                        std::fs::write(&segs[0], &b).map(|()| at)
+                    })
+                    .map_err(|e| format!("{}: {e}", segs[0].display()))
+            };
             tokio::time::sleep(hold).await;
             block(|| nodes[i].restart_in_place());
-            format!("broker {}, {what}", i + 1)
+            match flipped {
+                Ok(at) => format!("broker {}, {} byte {at}", i + 1, segs[0].display()),
+                Err(why) => format!("skipped: broker {}: {why}", i + 1),
+            }
         }
         Fault::DeleteIndex => {
             let i = follower;
-            block(|| nodes[i].stop());
+            block(|| stop(&mut nodes[i]));
             let mut removed = 0;
             if let Some(dir) = segment_files(&nodes[i].data_dir, TOPIC, 0)
                 .first()
@@ -315,7 +347,11 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             }
             tokio::time::sleep(hold).await;
             block(|| nodes[i].restart_in_place());
-            format!("broker {}, {removed} index files", i + 1)
+            if removed == 0 {
+                format!("skipped: broker {}: no index file to delete", i + 1)
+            } else {
+                format!("broker {}, {removed} index files", i + 1)
+            }
         }
         Fault::PartitionLeader | Fault::OneWay | Fault::Bridge => {
             let mut rules = vec![String::new(); nodes.len()];
@@ -382,7 +418,7 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
                 "-300s"
             };
             block(|| {
-                nodes[i].stop();
+                stop(&mut nodes[i]);
                 let lib = lib.to_string_lossy();
                 nodes[i]
                     .restart_in_place_with_env(&[("LD_PRELOAD", lib.as_ref()), ("FAKETIME", skew)]);
@@ -390,7 +426,7 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             at = Instant::now();
             tokio::time::sleep(hold).await;
             block(|| {
-                nodes[i].stop();
+                stop(&mut nodes[i]);
                 nodes[i].restart_in_place();
             });
             format!("broker {} ran with its clock at {skew}", i + 1)
@@ -409,18 +445,27 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
                 );
             }
             let fill = free.saturating_sub(64 << 10);
-            let _ = std::process::Command::new("fallocate")
+            let filled = std::process::Command::new("fallocate")
                 .args(["-l", &fill.to_string()])
                 .arg(&filler)
-                .status();
+                .status()
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.success().then_some(()).ok_or(format!("fallocate: {s}")));
             at = Instant::now();
             tokio::time::sleep(hold).await;
-            let _ = std::fs::remove_file(&filler);
+            if let Err(e) = std::fs::remove_file(&filler) {
+                if filled.is_ok() {
+                    panic!("chaos: freeing the full disk ({}): {e}", filler.display());
+                }
+            }
             block(|| {
-                nodes[i].stop();
+                stop(&mut nodes[i]);
                 nodes[i].restart_in_place();
             });
-            format!("broker {}, {fill} bytes filled", i + 1)
+            match filled {
+                Ok(()) => format!("broker {}, {fill} bytes filled", i + 1),
+                Err(why) => format!("skipped: broker {}: {why}", i + 1),
+            }
         }
         Fault::Membership | Fault::MembershipKill => {
             // A fourth broker joins under load (partitions move to it), then leaves again. With
@@ -473,13 +518,13 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
                     }
                 }
             });
-            block(|| fourth.stop());
+            block(|| stop(&mut fourth));
             outcome
         }
         Fault::RollingRestart => {
             for node in nodes.iter_mut() {
                 block(|| {
-                    node.stop();
+                    stop(node);
                     node.restart_in_place();
                 });
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -17,6 +17,14 @@
 //!   partition's end (the drained log); `stale_end_views` counts describes whose end offset, a lower bound
 //!   right after a failover, was below the committed offset (reported, not a violation);
 //! - `stuck_membership`: a membership change that was refused or did not settle within 60 s;
+//! - `not_run`: a fault of the schedule that never ran (skipped, and not allowed to be with `--allow-skip`):
+//!   every fault runs at least once whatever `--duration-secs` says, so the schedule cannot shrink;
+//! - `hung_stops`: a SIGTERM that did not stop a broker within 20 s (it is then killed -9, and counted);
+//! - `died`: a broker found exited that the schedule had not stopped; `panics`: panic lines in a broker's
+//!   stderr;
+//! - `replica_disagreements`: after the final heal, a replica (read from its segment files) that misses or
+//!   differs from the leader's log over the committed range;
+//! - `unavailable_over_bound`: a fault whose unavailability passed `--unavailable-max-ms` (default 30 s);
 //! - per fault, the time from its start until every partition acknowledged a publish sent after it began.
 //!
 //! Prints one summary line, writes a JSON report (`--report`), and exits 1 on any violation.
@@ -26,12 +34,15 @@
 //! `CHAOS_DUMP_ACKS=FILE` also writes one line per acknowledged publish (partition, sent and acknowledged
 //! ms since the schedule began), for looking at throughput over time.
 //!
-//! Files: `faults.rs` (what each fault does), `load.rs` (producers, consumers, the history), `check.rs`
-//! (the verdict).
+//! `--list-faults` prints every fault's name, one per line.
+//!
+//! Files: `faults.rs` (what each fault does), `load.rs` (producers, consumers, the history), `replicas.rs`
+//! (every replica's log against the leader's), `check.rs` (the verdict).
 
 mod check;
 mod faults;
 mod load;
+mod replicas;
 mod setup;
 
 use std::collections::BTreeMap;
@@ -54,7 +65,18 @@ struct Args {
     heal: Duration,
     rate: u64,
     faults: Vec<Fault>,
+    /// Faults the run may skip when this machine cannot inject them (anything else skipped fails it).
+    allow_skip: Vec<Fault>,
+    /// Longest unavailability a fault may cause (ms).
+    unavailable_max_ms: u128,
     report: Option<String>,
+}
+
+fn fault_list(v: &str) -> Result<Vec<Fault>, String> {
+    v.split(',')
+        .filter(|f| !f.is_empty())
+        .map(|f| Fault::parse(f).ok_or(format!("unknown fault {f}")))
+        .collect()
 }
 
 fn args() -> Result<Args, String> {
@@ -64,10 +86,18 @@ fn args() -> Result<Args, String> {
         heal: Duration::from_secs(5),
         rate: 400,
         faults: Fault::ALL.to_vec(),
+        allow_skip: Vec::new(),
+        unavailable_max_ms: UNAVAILABLE_MAX_MS_DEFAULT,
         report: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--list-faults" {
+            for f in Fault::ALL {
+                println!("{}", f.name());
+            }
+            std::process::exit(0);
+        }
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let secs = |v: String| {
             v.parse::<u64>()
@@ -83,11 +113,12 @@ fn args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| "--rate is messages per second")?
             }
-            "--faults" => {
-                a.faults = value()?
-                    .split(',')
-                    .map(|f| Fault::parse(f).ok_or(format!("unknown fault {f}")))
-                    .collect::<Result<_, _>>()?
+            "--faults" => a.faults = fault_list(&value()?)?,
+            "--allow-skip" => a.allow_skip = fault_list(&value()?)?,
+            "--unavailable-max-ms" => {
+                a.unavailable_max_ms = value()?
+                    .parse()
+                    .map_err(|_| "--unavailable-max-ms is a number of ms")?
             }
             "--report" => a.report = Some(value()?),
             other => {
@@ -98,6 +129,26 @@ fn args() -> Result<Args, String> {
         }
     }
     Ok(a)
+}
+
+/// Default `--unavailable-max-ms`: a fault held 2-5 s, an election of 1-2 s after it, a broker restart with
+/// its controller catching up, with room for this shared 2-core machine.
+const UNAVAILABLE_MAX_MS_DEFAULT: u128 = 30_000;
+
+/// Brokers that exited though the schedule did not stop them (a crash, a panic that took the process): each
+/// is described, then started again so the run goes on.
+fn reap_dead(nodes: &mut [Ferryd], after: &str) -> Vec<String> {
+    let mut dead = Vec::new();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if let Ok(Some(status)) = n.child.try_wait() {
+            dead.push(format!("broker {} exited ({status}) after {after}", i + 1));
+            block(|| n.restart_in_place());
+        }
+    }
+    for d in &dead {
+        eprintln!("chaos: {d}");
+    }
+    dead
 }
 
 /// Every committed value of partition `p`, from its leader. Leadership may still move right after the
@@ -195,9 +246,12 @@ async fn main() {
     let started = Instant::now();
     let mut events: Vec<(Fault, Instant, String)> = Vec::new();
     let mut stuck_changes = 0usize;
+    let mut died = Vec::new();
     let mut k = 0;
     tokio::time::sleep(args.heal).await;
-    while started.elapsed() + args.fault + args.heal < args.duration {
+    // Every fault of the schedule at least once, whatever the duration (a schedule never shrinks), then
+    // round again while time is left.
+    while k < args.faults.len() || started.elapsed() + args.fault + args.heal < args.duration {
         let fault = args.faults[k % args.faults.len()];
         k += 1;
         let (what, at, was_stuck) = inject(fault, &mut nodes, args.fault).await;
@@ -205,10 +259,12 @@ async fn main() {
         eprintln!("chaos: {} ({what}) at {:?}", fault.name(), at - started);
         events.push((fault, at, what));
         tokio::time::sleep(args.heal).await;
+        died.extend(reap_dead(&mut nodes, fault.name()));
     }
 
     // Heal, stop the load, let the group catch up, drain.
     set_faults(&nodes, &vec![String::new(); nodes.len()]);
+    died.extend(reap_dead(&mut nodes, "the schedule"));
     block(|| {
         nodes.iter().for_each(Ferryd::resume);
         restart_all(&mut nodes);
@@ -241,6 +297,7 @@ async fn main() {
         log.insert(p, drain(&brokers, p).await);
     }
     let end = Instant::now();
+    let disagreements = agree(&nodes, &log).await;
     if let Ok(path) = std::env::var("CHAOS_DUMP_ACKS") {
         // Debugging aid: one line per acknowledged publish (partition, sent ms, acked ms since the start).
         let mut lines: Vec<(u128, u32, u128)> = h
@@ -263,7 +320,17 @@ async fn main() {
         let _ = std::fs::write(path, text);
     }
 
-    let verdict = check::check(&h.lock(), &log, &events, stuck_changes, started, end);
+    let run = check::Run {
+        scheduled: &args.faults,
+        allowed_skips: &args.allow_skip,
+        stuck_changes,
+        hung_stops: faults::HUNG_STOPS.load(Ordering::Relaxed),
+        died: &died,
+        panics: ferry_tests::broker_panics(),
+        disagreements: &disagreements,
+        unavailable_max_ms: args.unavailable_max_ms,
+    };
+    let verdict = check::check(&h.lock(), &log, &events, &run, started, end);
     println!("{}", verdict.line);
     if let Some(path) = &args.report {
         if let Err(e) = std::fs::write(
@@ -280,4 +347,25 @@ async fn main() {
             .status();
     }
     std::process::exit(i32::from(verdict.violations > 0));
+}
+
+/// Replica agreement over the committed range (the drained `log`), once every replica has caught up: read
+/// from each broker's files. Disagreement may be a replica still repairing or catching up, so it is asked
+/// again for a minute before it counts.
+async fn agree(nodes: &[Ferryd], log: &BTreeMap<u32, Vec<String>>) -> Vec<String> {
+    let dirs: Vec<std::path::PathBuf> = nodes.iter().map(|n| n.data_dir.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found: Vec<String> = log
+            .iter()
+            .flat_map(|(p, values)| replicas::disagreements(&dirs, TOPIC, *p, values))
+            .collect();
+        if found.is_empty() || Instant::now() > deadline {
+            for f in &found {
+                eprintln!("chaos: replica disagreement: {f}");
+            }
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
