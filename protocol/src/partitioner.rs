@@ -61,11 +61,17 @@ mod tests {
     }
 
     #[test]
-    fn stable_and_in_range() {
-        for p in 1..20 {
-            let a = partition_for_key(b"user-42", p);
-            assert!(a < p);
-            assert_eq!(a, partition_for_key(b"user-42", p));
+    fn in_range_and_spread() {
+        // Every partition count: in range, and 1,000 keys reach every partition (a constant, or a hash of
+        // only part of the key, would not).
+        for p in 1..20u32 {
+            let mut hit = vec![false; p as usize];
+            for k in 0..1_000 {
+                let a = partition_for_key(format!("user-{k}").as_bytes(), p);
+                assert!(a < p, "{a} of {p}");
+                hit[a as usize] = true;
+            }
+            assert!(hit.iter().all(|h| *h), "{p} partitions: {hit:?}");
         }
     }
 }

@@ -77,6 +77,12 @@ pub fn broker_panics() -> usize {
     BROKER_PANICS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A loopback address for a listener that [`Ferryd::restart_in_place`] binds again (see
+/// [`cluster::free_port`]).
+fn restartable() -> String {
+    format!("127.0.0.1:{}", cluster::free_port())
+}
+
 /// The fault file (`FERRY_FAULT_FILE`) of the broker on `data_dir`.
 pub fn fault_file(data_dir: &Path) -> PathBuf {
     let name = data_dir
@@ -102,7 +108,8 @@ impl Ferryd {
     /// Starts a broker on `data_dir` with ephemeral ports and waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Ferryd {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Ferryd::spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+        let (listen, http) = (restartable(), restartable());
+        Ferryd::spawn(data_dir, &listen, &http, extra)
     }
 
     /// The value of one of the flags it was started with (`--peers`, say).
@@ -124,7 +131,7 @@ impl Ferryd {
         env: &[(&str, &str)],
     ) -> Result<Ferryd, String> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Ferryd::try_spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, env)
+        Ferryd::try_spawn(data_dir, &restartable(), &restartable(), extra, env)
     }
 
     /// The process id.
@@ -248,8 +255,8 @@ impl Ferryd {
             .collect();
         *self = Ferryd::try_spawn(
             &self.data_dir.clone(),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
+            &restartable(),
+            &restartable(),
             self.extra.clone(),
             &env,
         )
@@ -367,9 +374,49 @@ pub fn run_ferry(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> std::proces
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let out = child.wait_with_output().expect("ferry output");
+    let out = output_within(
+        child,
+        FERRY_CLI_DEADLINE,
+        &format!("ferry {}", args.join(" ")),
+    );
     let _ = writer.join();
     out
+}
+
+/// Longest a `ferry` command run by a test may take: a hung CLI fails its test rather than CI.
+const FERRY_CLI_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits (at most `deadline`) for `child` and collects its piped stdout and stderr; a process still running
+/// then is killed and the test fails, naming `what`.
+pub fn output_within(mut child: Child, deadline: Duration, what: &str) -> std::process::Output {
+    use std::io::Read;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let status = exit_within(&mut child, deadline, what);
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 /// A loopback `host:port` nobody listens on (bound, noted and released), for unreachable-broker cases.
@@ -380,6 +427,11 @@ pub fn unused_addr() -> String {
 
 /// Waits up to `timeout` for `child` to exit, killing it and panicking if it does not.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    exit_within(child, timeout, "process")
+}
+
+/// [`wait_exit`], naming `what` when it does not exit in time.
+fn exit_within(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -388,9 +440,9 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("process did not exit within {timeout:?}");
+            panic!("`{what}` did not exit within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

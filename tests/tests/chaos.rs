@@ -29,8 +29,12 @@ fn a_short_chaos_run_keeps_every_acknowledged_message() {
             &allow_skip,
         ])
         .args(["--report", report.path().to_str().unwrap()])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run ferry-chaos");
+    // A hung run fails this test rather than holding CI: the schedule takes 3-4 minutes.
+    let out = ferry_tests::output_within(out, std::time::Duration::from_secs(900), "ferry-chaos");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -373,12 +373,11 @@ async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
             );
         }
     }
-    if let Some(Err(e)) = failed.first().map(|i| &results[*i]) {
-        eprintln!("first failure: {e}");
-    }
+    // 200 retries 100 ms apart outlast every failover here: a send that still failed is a bug.
+    let first = failed.first().map(|i| format!("{:?}", results[*i]));
     assert!(
-        failed.len() < TOTAL / 100,
-        "{} of {TOTAL} sends failed even with retries",
+        failed.is_empty(),
+        "{} of {TOTAL} sends failed even with retries; the first: {first:?}",
         failed.len()
     );
     eprintln!(

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -113,10 +114,21 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
         ] {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // The server may close before all the junk is written: a write error is an answer too.
             let _ = s.write_all(junk);
             let _ = s.shutdown(std::net::Shutdown::Write);
             let mut rest = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+            // Closed: end of stream, or a reset. A read that times out means the server kept it open.
+            match std::io::Read::read_to_end(&mut s, &mut rest) {
+                Ok(_) => {}
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ),
+                    "{addr} kept a connection open after junk {junk:?}: {e}"
+                ),
+            }
         }
     }
     still_serves(&broker, "t").await;
@@ -177,6 +189,8 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
 
     // A stream flood on one connection: per-connection limits hold, and another client is unaffected.
     let flood_addr = broker.addr.clone();
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = opened.clone();
     let flood = tokio::spawn(async move {
         let tcp = tokio::net::TcpStream::connect(&flood_addr).await.unwrap();
         let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -194,7 +208,10 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
                 .body(())
                 .unwrap();
             match h2.send_request(req, false) {
-                Ok(s) => open.push(s),
+                Ok(s) => {
+                    open.push(s);
+                    counted.store(open.len(), std::sync::atomic::Ordering::SeqCst);
+                }
                 Err(_) => break,
             }
             if open.len() >= 1_100 {
@@ -203,8 +220,23 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
         }
         open.len()
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The flood reaches the limit the broker advertises (1,024 streams per connection) and stops there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while opened.load(std::sync::atomic::Ordering::SeqCst) < 1_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood opened only {} streams",
+            opened.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     still_serves(&broker, "t").await;
+    let n = opened.load(std::sync::atomic::Ordering::SeqCst);
+    // One stream more may wait in the client to open (h2 holds one pending-open stream).
+    assert!(
+        n <= 1_025,
+        "{n} concurrent streams on one connection (limit 1,024)"
+    );
     flood.abort();
 
     // Offset commits past the end, "negative" (a u64 near 2^64), from members that are not in the group.

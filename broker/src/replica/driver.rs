@@ -100,7 +100,15 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
-    let mut driver = Driver {
+    // What the core opened with (its membership) reaches readers before spawn returns.
+    let mut core = core;
+    while let Some(action) = core.next_action() {
+        match action {
+            Action::Membership(m) => *shared.membership.lock() = m,
+            other => unreachable!("a new replica core asked for {other:?} before any event"),
+        }
+    }
+    let driver = Driver {
         core,
         shared: shared.clone(),
         transport,
@@ -112,10 +120,7 @@ pub fn spawn(
     };
     let task = tokio::spawn(async move {
         let mut exit = exit;
-        // The membership the core opened with reaches readers before anything else.
-        if driver.carry_out().await {
-            driver.run(rx, inbox_rx, control_rx, clock, cancel).await;
-        }
+        driver.run(rx, inbox_rx, control_rx, clock, cancel).await;
         exit.ended = true;
     });
     Ok((

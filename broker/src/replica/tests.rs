@@ -85,10 +85,11 @@ async fn publishes_are_durable_ordered_and_survive_restart() {
             tokio::spawn(async move { publish(&r, i, Durability::Quorum).await })
         })
         .collect();
-    let mut offsets = Vec::new();
-    for f in futs {
-        offsets.push(f.await.unwrap().unwrap().base_offset);
+    let mut written = Vec::new();
+    for (i, f) in futs.into_iter().enumerate() {
+        written.push((f.await.unwrap().unwrap().base_offset, format!("v{i}")));
     }
+    let mut offsets: Vec<u64> = written.iter().map(|(o, _)| *o).collect();
     offsets.sort_unstable();
     assert_eq!(
         offsets,
@@ -117,6 +118,11 @@ async fn publishes_are_durable_ordered_and_survive_restart() {
     );
     let vals = read_all(&r);
     assert_eq!(vals.len(), 202);
+    // Each value at the offset its acknowledgement named, then the two published alone.
+    for (offset, value) in &written {
+        assert_eq!(&vals[*offset as usize], value, "offset {offset}");
+    }
+    assert_eq!(vals[200..], ["v200", "v201"]);
     cancel.cancel();
     task.await.unwrap();
 }
@@ -240,8 +246,10 @@ async fn concurrent_publishes_share_fsyncs() {
         f.await.unwrap().unwrap();
     }
     let fsyncs = faults.fsyncs.load(Ordering::SeqCst) - before;
+    // 500 publishes in flight at once, up to 1,024 proposals per Raft step: at least five per fsync on
+    // average (an fsync per publish, or nearly, is not group commit).
     assert!(
-        (1..500).contains(&fsyncs),
+        (1..=100).contains(&fsyncs),
         "group commit: {fsyncs} fsyncs for 500 acknowledged publishes"
     );
     cancel.cancel();

@@ -91,6 +91,18 @@ impl Node {
     }
 }
 
+/// A free loopback port below the kernel's ephemeral range (32768-60999): a restarted node binds its peer
+/// port again, and a port picked by binding port 0 may meanwhile be the local port of some connection.
+fn rebindable_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    (0..)
+        .map(|_| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        .map(|n| 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port")
+}
+
 pub(crate) async fn bind_again(addr: &str) -> tokio::net::TcpListener {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -119,8 +131,7 @@ impl Cluster {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut peers = BTreeMap::new();
         for id in 1..=3u64 {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            peers.insert(id, l.local_addr().unwrap().to_string());
+            peers.insert(id, format!("127.0.0.1:{}", rebindable_port()));
         }
         let mut nodes: Vec<Node> = (1..=3u64)
             .map(|id| Node {

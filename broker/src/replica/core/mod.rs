@@ -367,9 +367,9 @@ impl<R> ReplicaCore<R> {
                 // A shell that fell behind catches up on the ticks it missed (bounded).
                 for _ in 0..passed.clamp(1, TICKS_CATCH_UP_MAX) {
                     self.tick();
-                }
-                if self.fenced {
-                    return;
+                    if self.fenced {
+                        return;
+                    }
                 }
                 if self.sync_on_interval() {
                     return;

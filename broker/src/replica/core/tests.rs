@@ -537,12 +537,15 @@ fn a_quiesce_heartbeat_quiets_a_follower_and_any_other_message_wakes_it() {
     hb.from = l;
     hb.to = f;
     hb.term = c.nodes[&l].leadership.term;
-    hb.context = Bytes::from_static(QUIESCE_CONTEXT);
-    c.handle(f, Event::Messages(vec![hb.clone()]));
-    assert!(c.nodes[&f].quiesced);
-    hb.context = Bytes::new();
-    c.handle(f, Event::Messages(vec![hb]));
-    assert!(!c.nodes[&f].quiesced, "an ordinary heartbeat wakes it");
+    let quiesce = Bytes::from_static(QUIESCE_CONTEXT);
+    for _ in 0..2 {
+        hb.context = Bytes::new();
+        c.handle(f, Event::Messages(vec![hb.clone()]));
+        assert!(!c.nodes[&f].quiesced, "an ordinary heartbeat wakes it");
+        hb.context = quiesce.clone();
+        c.handle(f, Event::Messages(vec![hb.clone()]));
+        assert!(c.nodes[&f].quiesced, "the quiesce heartbeat quiets it");
+    }
 }
 
 #[test]
@@ -614,10 +617,23 @@ fn the_interval_policy_answers_after_the_write_and_fsyncs_on_its_interval() {
     c.handle(1, Event::Proposals(vec![plain("a", 1)]));
     assert_eq!(c.answers(1), [(1, ack(0))]);
     assert!(!c.node(1).trace.contains(&"sync"));
+    // The fsync waits for its interval (1 s: ten ticks of 100 ms from the last one), then comes once.
     c.node(1).hold_syncs = true;
-    c.tick_until("the interval's fsync", |c| c.nodes[&1].held.is_some());
+    let mut ticks = 0;
+    c.tick_until("the interval's fsync", |c| {
+        ticks += 1;
+        c.nodes[&1].held.is_some()
+    });
+    assert!(ticks <= 11, "{ticks} ticks");
     c.release(1, Ok(()));
     assert!(c.node(1).fenced.is_none());
+    for _ in 0..5 {
+        c.tick();
+    }
+    assert!(
+        c.nodes[&1].held.is_none(),
+        "no fsync before the next interval"
+    );
 }
 
 #[test]
@@ -670,5 +686,9 @@ fn time_is_what_the_caller_says() {
     let (b, answers_b) = run();
     assert_eq!(a, b);
     assert_eq!(answers_a, answers_b);
-    assert!(a.contains(&true) && a.contains(&false), "{a:?}");
+    // A 250 ms interval over 100 ms ticks of handed-in time: an fsync every third tick, whatever the wall
+    // clock did.
+    let syncs: Vec<usize> = (0..a.len()).filter(|i| a[*i]).collect();
+    assert!(syncs.len() >= 2, "{a:?}");
+    assert!(syncs.windows(2).all(|w| w[1] - w[0] == 3), "{a:?}");
 }
