@@ -1,9 +1,13 @@
-//! Support code for Ferry's integration tests: start real `ferryd` processes on 127.0.0.1 with ephemeral
+//! Support code for Ferry's integration tests: start real `ferryd` processes on 127.0.0.1 with free
 //! ports and temporary data dirs, run the real `ferry` CLI, and wait on conditions with deadlines.
 //!
 //! The binaries are built by `cargo test --workspace` (the README's test command): `ferryd` and `ferry` have
 //! integration tests of their own, which makes cargo build them; they are found next to the test
 //! executable's directory (`target/<profile>/`).
+//!
+//! Modules, lower first: [`ports`] (loopback ports a restarted broker can bind again), this file (one
+//! `ferryd`, the `ferry` CLI, waits), [`cluster`] (three-broker clusters), [`layout`] (the source-tree
+//! check, apart).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use tonic::transport::Channel;
 
 pub mod cluster;
 pub mod layout;
+pub mod ports;
 
 /// How long a broker may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,9 +83,9 @@ pub fn broker_panics() -> usize {
 }
 
 /// A loopback address for a listener that [`Ferryd::restart_in_place`] binds again (see
-/// [`cluster::free_port`]).
+/// [`ports::free_port`]).
 fn restartable() -> String {
-    format!("127.0.0.1:{}", cluster::free_port())
+    format!("127.0.0.1:{}", ports::free_port())
 }
 
 /// The fault file (`FERRY_FAULT_FILE`) of the broker on `data_dir`.
