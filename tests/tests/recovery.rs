@@ -171,7 +171,16 @@ async fn torn_tails_are_truncated_and_corruption_is_never_served() {
         payload: Some(Payload::Batch(batch_of(&["after-cut".to_string()]))),
         timeout_ms: 0,
     };
-    client.publish(req).await.unwrap();
+    // The append lands right after the last intact record, and reads back there.
+    let next = before.keys().next_back().map_or(0, |o| o + 1);
+    let acked = client.publish(req).await.unwrap().into_inner();
+    assert_eq!(
+        acked.acks[0].base_offset, next,
+        "appended where the cut left off"
+    );
+    let now = read_partition(&mut client, "tails", 1).await.unwrap();
+    assert_eq!(now.get(&next).map(String::as_str), Some("after-cut"));
+    assert_eq!(now.len(), before.len() + 1, "{now:?}");
 
     // A flipped byte in an older segment of partition 0: reported with the file, never served as data.
     broker.stop();
