@@ -544,15 +544,30 @@ async fn damage_in_the_controller_log_is_repaired_from_peers() {
     let mut c = Cluster::start().await;
     c.publish(10).await;
     let victim = (c.leader().await + 1) % 3;
+    // The controller log holds at least three batches on the victim before it stops (how many broker
+    // registrations it holds by now is a race): one more command, and wait for the victim to commit it.
+    let pad = c.nodes[victim]
+        .broker()
+        .create_topic("pad", 1, 3, TopicSettings::default())
+        .await;
+    assert!(pad.is_ok(), "{pad:?}");
+    let deadline = Instant::now() + CASE_DEADLINE;
+    while c.nodes[victim].broker().controller().committed_raft_index() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the victim's controller commits three entries"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let dir = c.nodes[victim].dir.join("__cluster");
     c.nodes[victim].stop().await;
     make_unclean(&dir);
-    // The newest segment holding a third batch (the newest of all may have just rolled and hold fewer).
-    let log = segments(&dir)
-        .into_iter()
-        .rev()
-        .find(|s| batch_count(s) > 2)
-        .expect("a controller segment with three batches");
+    let log = segments(&dir).pop().unwrap();
+    assert!(
+        batch_count(&log) > 2,
+        "{} holds three batches",
+        log.display()
+    );
     let at = batch_position(&log, 2) + HEADER_LEN + 5;
     damage(&log, at, Kind::Flip, &c.nodes[victim].faults);
     let peers = c.peers.clone();
