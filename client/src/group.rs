@@ -83,6 +83,9 @@ pub struct GroupConfig {
     /// Bytes of records read ahead of the application, over all partitions (also at most
     /// [`PREFETCH_RECORDS_MAX`] records).
     pub prefetch_bytes_max: usize,
+    /// Report ownership changes through [`GroupConsumer::next_event`] (off by default: unread events would
+    /// accumulate).
+    pub assignment_events: bool,
 }
 
 impl GroupConfig {
@@ -98,6 +101,7 @@ impl GroupConfig {
             start_from: StartFrom::Earliest,
             assignor: String::new(),
             prefetch_bytes_max: PREFETCH_BYTES_MAX_DEFAULT,
+            assignment_events: false,
         }
     }
 }
@@ -113,6 +117,44 @@ struct Shared {
     paused: HashSet<Tp>,
     /// Reader generation per partition: records read before a seek (older generation) are dropped.
     epochs: HashMap<Tp, u64>,
+    /// Until when the coordinator is sure to count this member in (the send time of the last answered
+    /// heartbeat plus the session timeout). No record is handed out after it: by then the coordinator may
+    /// have given the partitions to another member.
+    lease_until: Option<Instant>,
+    /// Ownership changes not yet read by [`GroupConsumer::next_event`] (only with `assignment_events`).
+    events: std::collections::VecDeque<GroupEvent>,
+    events_on: bool,
+    /// Woken when an event is queued.
+    waker: Option<std::task::Waker>,
+}
+
+impl Shared {
+    /// Queues an ownership change for [`GroupConsumer::next_event`].
+    fn event(&mut self, e: GroupEvent) {
+        if self.events_on {
+            self.events.push_back(e);
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// False once the lease ran out: records are no longer handed out.
+    fn leased(&self, now: Instant) -> bool {
+        self.lease_until.is_some_and(|until| now < until)
+    }
+}
+
+/// What [`GroupConsumer::next_event`] yields, in the order the application must see it: every record of an
+/// ownership comes after its `Assigned` and before its `Revoked`.
+#[derive(Debug, Clone)]
+pub enum GroupEvent {
+    /// The partition is this member's from now on; its records follow.
+    Assigned(Tp),
+    /// The partition is no longer this member's (revoked, the session ran out, or the consumer closed): no
+    /// record of it is handed out until it is assigned again.
+    Revoked(Tp),
+    Record(ConsumedRecord),
 }
 
 /// A record as a reader queued it, with the reader generation of its partition (`u64::MAX` for errors).
@@ -161,7 +203,10 @@ impl GroupConsumer {
         let budget_max = config.prefetch_bytes_max.clamp(1, u32::MAX as usize);
         let budget = Arc::new(tokio::sync::Semaphore::new(budget_max));
         let (control_tx, control_rx) = mpsc::channel(16);
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            events_on: config.assignment_events,
+            ..Shared::default()
+        }));
         let task = Member {
             client,
             config,
@@ -171,7 +216,7 @@ impl GroupConsumer {
             committed: HashMap::new(),
             shared: shared.clone(),
             records: tx,
-            last_ok: Instant::now(),
+            last_ok: None,
             budget: budget.clone(),
             budget_max,
         };
@@ -189,6 +234,12 @@ impl GroupConsumer {
     /// The next record (marking it handed to the application), or `None` once the consumer is closed.
     pub async fn next_record(&mut self) -> Option<Result<ConsumedRecord, ClientError>> {
         futures::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The next record or ownership change (with [`GroupConfig::assignment_events`]; without, records only),
+    /// or `None` once the consumer is closed.
+    pub async fn next_event(&mut self) -> Option<Result<GroupEvent, ClientError>> {
+        futures::future::poll_fn(|cx| self.poll_item(cx)).await
     }
 
     /// The partitions owned now.
@@ -245,43 +296,72 @@ impl Stream for GroupConsumer {
     type Item = Result<ConsumedRecord, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+        loop {
+            return match self.poll_item(cx) {
+                Poll::Ready(Some(Ok(GroupEvent::Record(r)))) => Poll::Ready(Some(Ok(r))),
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl GroupConsumer {
+    /// The next event: a queued ownership change first, then a record of a partition owned now (whose
+    /// offset then counts as handed out). A record read when an event is waiting goes back to the front.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<GroupEvent, ClientError>>> {
         // Records of paused partitions wait in `held` until resumed.
         {
-            let mut s = this.shared.lock();
-            if let Some(i) = this
+            let mut s = self.shared.lock();
+            if let Some(e) = s.events.pop_front() {
+                return Poll::Ready(Some(Ok(e)));
+            }
+            if s.events_on && !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.waker = Some(cx.waker().clone());
+            }
+            let now = Instant::now();
+            if let Some(i) = self
                 .held
                 .iter()
                 .position(|r| !s.paused.contains(&(r.topic.clone(), r.partition)))
             {
-                let r = this.held.remove(i);
-                this.budget.add_permits(prefetch_cost(&r, this.budget_max));
+                let r = self.held.remove(i);
+                self.budget.add_permits(prefetch_cost(&r, self.budget_max));
                 let tp = (r.topic.clone(), r.partition);
-                if s.owned.contains(&tp) {
+                if s.owned.contains(&tp) && s.leased(now) {
                     s.positions.insert(tp, r.offset + 1);
-                    return Poll::Ready(Some(Ok(r)));
+                    return Poll::Ready(Some(Ok(GroupEvent::Record(r))));
                 }
             }
         }
         loop {
-            match this.records.poll_recv(cx) {
+            match self.records.poll_recv(cx) {
                 Poll::Ready(Some((_, Err(e)))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some((epoch, Ok(r)))) => {
-                    let mut s = this.shared.lock();
+                    let mut s = self.shared.lock();
                     let tp = (r.topic.clone(), r.partition);
-                    if s.paused.contains(&tp)
-                        && s.owned.contains(&tp)
-                        && s.epochs.get(&tp) == Some(&epoch)
-                    {
-                        this.held.push(r); // keeps its share of the budget while held
-                        continue;
+                    let current = s.owned.contains(&tp) && s.epochs.get(&tp) == Some(&epoch);
+                    if current && (s.paused.contains(&tp) || !s.events.is_empty()) {
+                        // Keeps its share of the budget while held. An event queued since the check above
+                        // goes first: a new ownership's `Assigned` precedes its records.
+                        if s.paused.contains(&tp) {
+                            self.held.push(r);
+                        } else {
+                            self.held.insert(0, r);
+                        }
+                        match s.events.pop_front() {
+                            Some(e) => return Poll::Ready(Some(Ok(e))),
+                            None => continue,
+                        }
                     }
-                    this.budget.add_permits(prefetch_cost(&r, this.budget_max));
-                    if !s.owned.contains(&tp) || s.epochs.get(&tp) != Some(&epoch) {
-                        continue; // revoked (its new owner reads it from the commit) or read before a seek
+                    self.budget.add_permits(prefetch_cost(&r, self.budget_max));
+                    if !current || !s.leased(Instant::now()) {
+                        continue; // revoked (its new owner reads it from the commit), read before a seek, or past the lease
                     }
                     s.positions.insert(tp, r.offset + 1);
-                    return Poll::Ready(Some(Ok(r)));
+                    return Poll::Ready(Some(Ok(GroupEvent::Record(r))));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -301,7 +381,8 @@ struct Member {
     committed: HashMap<Tp, u64>,
     shared: Arc<Mutex<Shared>>,
     records: mpsc::Sender<Queued>,
-    last_ok: Instant,
+    /// When the last answered heartbeat was sent.
+    last_ok: Option<Instant>,
     budget: Arc<tokio::sync::Semaphore>,
     budget_max: usize,
 }
@@ -314,6 +395,13 @@ impl Member {
         let mut beat_now = true;
         loop {
             let wait = if beat_now { Duration::ZERO } else { interval };
+            // Wake at the lease's end too, to stop consuming at once rather than at the next heartbeat.
+            let wait = match self.lease_until() {
+                Some(until) if !self.readers.is_empty() => {
+                    wait.min(until.saturating_duration_since(Instant::now()))
+                }
+                _ => wait,
+            };
             tokio::select! {
                 c = control.recv() => match c {
                     Some(Control::Commit(reply)) => {
@@ -349,10 +437,16 @@ impl Member {
                 next_commit =
                     Instant::now() + Duration::from_millis(self.config.auto_commit_interval_ms);
             }
+            if self.release_if_lease_ran_out() {
+                continue;
+            }
             beat_now = false;
+            let sent = Instant::now();
             match self.beat(false).await {
                 Ok(answer) => {
-                    self.last_ok = Instant::now();
+                    self.last_ok = Some(sent);
+                    let session = Duration::from_millis(u64::from(self.config.session_timeout_ms));
+                    self.shared.lock().lease_until = Some(sent + session);
                     interval =
                         Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(50)));
                     beat_now = self.adopt(answer).await;
@@ -365,16 +459,31 @@ impl Member {
                 }
                 Err(err) => {
                     tracing::debug!(%err, "heartbeat failed");
-                    let session = Duration::from_millis(u64::from(self.config.session_timeout_ms));
-                    if self.last_ok.elapsed() > session && !self.readers.is_empty() {
-                        // The coordinator has given our partitions away by now: stop consuming them.
-                        tracing::warn!(group = %self.config.group, "no heartbeat within the session timeout; releasing every partition");
-                        self.stop_all(false).await;
-                        self.member_id.clear();
-                    }
+                    self.release_if_lease_ran_out();
                 }
             }
         }
+    }
+
+    fn lease_until(&self) -> Option<Instant> {
+        self.shared.lock().lease_until
+    }
+
+    /// Past the lease (no heartbeat answered within a session timeout of its sending), the coordinator may
+    /// have given our partitions to others: stop consuming them, without committing (a commit now could
+    /// overwrite the new owner's). True if it released anything.
+    fn release_if_lease_ran_out(&mut self) -> bool {
+        let expired = self.lease_until().is_some_and(|u| Instant::now() >= u);
+        if !expired || self.readers.is_empty() {
+            return false;
+        }
+        tracing::warn!(group = %self.config.group, last_answered = ?self.last_ok.map(|t| t.elapsed()), "no heartbeat answered within the session timeout; releasing every partition");
+        let owned: Vec<Tp> = self.readers.keys().cloned().collect();
+        for tp in owned {
+            self.release(&tp);
+        }
+        self.member_id.clear();
+        true
     }
 
     async fn beat(&self, leave: bool) -> Result<GroupHeartbeatResponse, ClientError> {
@@ -450,6 +559,8 @@ impl Member {
 
     fn start(&mut self, tp: Tp, offset: u64) {
         self.committed.insert(tp.clone(), offset);
+        // Queued before the reader exists, so before any record of this ownership.
+        self.shared.lock().event(GroupEvent::Assigned(tp.clone()));
         self.read_from(tp, offset);
     }
 
@@ -532,19 +643,26 @@ impl Member {
         Ok(())
     }
 
-    /// Stops consuming `tp`; with `commit`, commits what was handed out of it first.
-    async fn stop(&mut self, tp: &Tp, commit: bool) {
+    /// Stops reading `tp` and handing out its records; the offset after the last one handed out.
+    fn release(&mut self, tp: &Tp) -> Option<u64> {
         if let Some(reader) = self.readers.remove(tp) {
             reader.abort();
         }
-        let position = {
-            let mut s = self.shared.lock();
-            s.owned.remove(tp);
-            s.epochs.remove(tp);
-            s.positions.remove(tp)
-        };
+        let mut s = self.shared.lock();
+        if s.owned.remove(tp) {
+            s.event(GroupEvent::Revoked(tp.clone()));
+        }
+        s.epochs.remove(tp);
+        self.committed.remove(tp);
+        s.positions.remove(tp)
+    }
+
+    /// Stops consuming `tp`; with `commit`, commits what was handed out of it first.
+    async fn stop(&mut self, tp: &Tp, commit: bool) {
+        let committed = self.committed.get(tp).copied();
+        let position = self.release(tp);
         if let (true, Some(position)) = (commit, position) {
-            if self.committed.get(tp) != Some(&position) {
+            if committed != Some(position) {
                 let offsets = vec![PartitionOffset {
                     topic: tp.0.clone(),
                     partition: tp.1,
@@ -555,7 +673,6 @@ impl Member {
                 }
             }
         }
-        self.committed.remove(tp);
     }
 
     async fn stop_all(&mut self, commit: bool) {

@@ -63,7 +63,7 @@ pub use config::ClientConfig;
 pub use delivery::{Delivery, DeliveryResult};
 pub use error::{ClientError, ConnectAttempt};
 pub use fetch::{FetchResult, OffsetSpec, PartitionOffsets};
-pub use group::{GroupConfig, GroupConsumer, SeekTo, StartFrom};
+pub use group::{GroupConfig, GroupConsumer, GroupEvent, SeekTo, StartFrom};
 pub use producer::{Producer, ProducerConfig};
 pub use record::{ConsumedRecord, ProducerRecord};
 

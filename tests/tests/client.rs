@@ -2,7 +2,7 @@
 //! backpressure; fetch and subscribe; administration and its errors; bootstrap fallback; and what a client
 //! sees when its broker is killed, restarted, paused or finds corruption on disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -519,4 +519,103 @@ async fn group_prefetch_is_bounded_by_bytes() {
         seen.insert((r.partition, r.offset));
     }
     consumer.close().await;
+}
+
+/// A member whose heartbeats go unanswered (its coordinator stopped) hands out no record past its lease:
+/// the send time of its last answered heartbeat plus the session timeout. The coordinator may give the
+/// partitions to another member from then on, so records read ahead must not keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_its_coordinator_stops_at_its_lease_end() {
+    use ferry_client::{GroupConfig, GroupConsumer};
+    let (_dir, broker, client) = setup(1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    send_all(&producer, numbered(0..3_000)).await;
+    let mut config = GroupConfig::new("lease", vec!["t".into()]);
+    config.session_timeout_ms = 2_000;
+    let mut consumer = within(GroupConsumer::join(client.clone(), config))
+        .await
+        .unwrap();
+    // Read ahead: the first record is out, the reader has buffered more.
+    within(consumer.next_record()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.pause();
+    let paused = std::time::Instant::now();
+    let mut last = None;
+    // Take a record every 50 ms for twice the session: the buffer holds far more than that.
+    while paused.elapsed() < Duration::from_millis(4_000) {
+        if let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(50), consumer.next_record()).await
+        {
+            last = Some(paused.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.resume();
+    let last = last.expect("records read ahead are handed out while the lease lasts");
+    assert!(
+        last <= Duration::from_millis(2_000),
+        "a record was handed out {last:?} after the coordinator stopped answering (session 2 s)"
+    );
+    consumer.close().await;
+}
+
+/// With assignment events on, every record of a partition comes between that partition's `Assigned` and
+/// `Revoked`, for a member that loses a partition to a second member and gets it back when that one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_events_bracket_every_record() {
+    use ferry_client::{GroupConfig, GroupConsumer, GroupEvent};
+    let (_dir, _broker, client) = setup(2).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
+    let mut config = GroupConfig::new("events", vec!["t".into()]);
+    config.assignment_events = true;
+    let mut first = within(GroupConsumer::join(client.clone(), config.clone()))
+        .await
+        .unwrap();
+    let mut owned: BTreeSet<u32> = BTreeSet::new();
+    let mut events = Vec::new();
+    // Drives `first` until `done` holds of what it owns, checking each record against its ownership.
+    async fn drive(
+        c: &mut GroupConsumer,
+        owned: &mut BTreeSet<u32>,
+        events: &mut Vec<String>,
+        done: impl Fn(&BTreeSet<u32>) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(owned) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no settle: {events:?}"
+            );
+            match tokio::time::timeout(Duration::from_millis(200), c.next_event()).await {
+                Ok(Some(Ok(GroupEvent::Assigned((_, p))))) => {
+                    assert!(owned.insert(p), "assigned twice: {p}");
+                    events.push(format!("+{p}"));
+                }
+                Ok(Some(Ok(GroupEvent::Revoked((_, p))))) => {
+                    assert!(owned.remove(&p), "revoked unowned: {p}");
+                    events.push(format!("-{p}"));
+                }
+                Ok(Some(Ok(GroupEvent::Record(r)))) => {
+                    assert!(
+                        owned.contains(&r.partition),
+                        "record of {} outside its ownership: {events:?}",
+                        r.partition
+                    );
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {}
+            }
+        }
+    }
+    drive(&mut first, &mut owned, &mut events, |o| o.len() == 2).await;
+    send_all(&producer, numbered(0..200)).await;
+    let second = within(GroupConsumer::join(client.clone(), config.clone()))
+        .await
+        .unwrap();
+    drive(&mut first, &mut owned, &mut events, |o| o.len() == 1).await;
+    send_all(&producer, numbered(200..400)).await;
+    second.close().await;
+    drive(&mut first, &mut owned, &mut events, |o| o.len() == 2).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    first.close().await;
 }
