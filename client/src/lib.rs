@@ -35,6 +35,7 @@
 //! - [`fetch`]: [`Client::fetch`], batch decoding, offset lookups ([`Client::list_offsets`]).
 //! - [`subscribe`]: [`Client::subscribe`], a resuming record stream over the `Subscribe` RPC.
 //! - [`group`]: consumer groups: joining, heartbeats, cooperative assignment, offset commits.
+//! - [`group_admin`]: the calls at a group's coordinator: heartbeat, commit, describe, delete, list.
 //! - [`delivery`]: [`Delivery`], the future of one produced record.
 //! - [`producer_task`]: the producer's background task (the I/O around the accumulator).
 //! - [`producer`]: [`Producer`] and [`ProducerConfig`], the handle applications use.
@@ -48,6 +49,7 @@ pub mod delivery;
 pub mod error;
 pub mod fetch;
 pub mod group;
+pub mod group_admin;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
