@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::faults::Fault;
 use crate::load::History;
+use crate::order;
 use crate::setup::PARTITIONS;
 
 /// What the checker concluded.
@@ -67,12 +68,17 @@ pub fn check(
             inconsistent += 1;
         }
     }
-    for (_, p, o, v) in &h.polled {
-        if log.get(p).and_then(|l| l.get(*o as usize)) != Some(v) {
+    for (_, p, o, v) in h.polled() {
+        if log
+            .get(&p)
+            .and_then(|l| l.get(o as usize))
+            .map(String::as_str)
+            != Some(v)
+        {
             inconsistent += 1;
         }
     }
-    let seen: HashSet<&str> = h.polled.iter().map(|(_, _, _, v)| v.as_str()).collect();
+    let seen: HashSet<&str> = h.polled().map(|(_, _, _, v)| v).collect();
     let unseen = h
         .acked
         .keys()
@@ -138,12 +144,30 @@ pub fn check(
             .iter()
             .any(|(g, _, what)| g == f && !what.starts_with("skipped"))
     };
-    let not_run: Vec<&str> = run
+    let mut not_run: Vec<&str> = run
         .scheduled
         .iter()
         .filter(|f| !ran(f) && !run.allowed_skips.contains(f))
         .map(|f| f.name())
         .collect();
+    // Consumers crash on their own schedule (`--consumer-churn-secs`): at least one crash, or the
+    // ownership oracles never saw a handover without a goodbye.
+    if h.consumer_crashes == 0 {
+        not_run.push("consumer-crash");
+    }
+    let order = order::check_consumers(&h.deliveries);
+    let send_order = order::send_order(log);
+    for (what, found) in [
+        ("overlapping owners", &order.overlapping_owners),
+        ("record outside ownership", &order.outside_ownership),
+        ("poll order", &order.nonmonotonic),
+        ("poll skip", &order.skips),
+        ("send order", &send_order),
+    ] {
+        for f in found.iter().take(5) {
+            eprintln!("chaos: {what}: {f}");
+        }
+    }
     let failed_visible = h
         .failed
         .iter()
@@ -161,9 +185,14 @@ pub fn check(
         + run.died.len()
         + run.panics
         + run.disagreements.len()
-        + over_bound.len();
+        + over_bound.len()
+        + order.overlapping_owners.len()
+        + order.outside_ownership.len()
+        + order.nonmonotonic.len()
+        + order.skips.len()
+        + send_order.len();
     let line = format!(
-        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} not_run={} hung_stops={} died={} panics={} replica_disagreements={} unavailable_over_bound={} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} max_unavailable_ms={max_unavailable}",
+        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} not_run={} hung_stops={} died={} panics={} replica_disagreements={} unavailable_over_bound={} overlapping_owners={} outside_ownership={} poll_order={} poll_skips={} send_order={} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} consumer_crashes={} consumer_closes={} max_unavailable_ms={max_unavailable}",
         lost.len(),
         not_run.len(),
         run.hung_stops,
@@ -171,18 +200,28 @@ pub fn check(
         run.panics,
         run.disagreements.len(),
         over_bound.len(),
+        order.overlapping_owners.len(),
+        order.outside_ownership.len(),
+        order.nonmonotonic.len(),
+        order.skips.len(),
+        send_order.len(),
         h.acked.len(),
         h.failed.len(),
-        h.polled.len(),
+        h.polled().count(),
         events.len(),
         skipped.len(),
+        h.consumer_crashes,
+        h.consumer_closes,
     );
     let report = serde_json::json!({
         "lost": lost.len(), "lost_examples": lost.iter().take(10).collect::<Vec<_>>(),
         "duplicated": duplicated, "inconsistent": inconsistent, "unseen": unseen,
         "commit_regressions": regressions, "commit_beyond_end": beyond, "stuck_membership": stuck_changes, "stale_end_views": stale_views,
         "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,
-        "polled": h.polled.len(), "max_unavailable_ms": max_unavailable,
+        "polled": h.polled().count(), "max_unavailable_ms": max_unavailable,
+        "overlapping_owners": order.overlapping_owners, "outside_ownership": order.outside_ownership,
+        "poll_order": order.nonmonotonic, "poll_skips": order.skips, "send_order": send_order,
+        "consumer_crashes": h.consumer_crashes, "consumer_closes": h.consumer_closes,
         "max_unavailable_ms_per_fault": per_fault, "faults": report_faults, "skipped": skipped,
         "not_run": not_run, "hung_stops": run.hung_stops, "died": run.died, "panics": run.panics,
         "replica_disagreements": run.disagreements, "unavailable_over_bound": over_bound,

@@ -1,13 +1,13 @@
 //! The load `ferry-chaos` drives while faults come and go: idempotent producers publishing unique values, a
-//! consumer group reading them, a sampler of the group's committed offsets; everything they observe goes
-//! into one [`History`] for the checker.
+//! sampler of the group's committed offsets (the group's consumers are in `consumers.rs`); everything they
+//! observe goes into one [`History`] for the checker.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_client::{Client, GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord};
+use ferry_client::{Client, Producer, ProducerConfig, ProducerRecord};
 use parking_lot::Mutex;
 
 use crate::setup::{GROUP, TOPIC};
@@ -18,13 +18,43 @@ pub struct History {
     /// value → (partition, offset, sent at, acknowledged at).
     pub acked: HashMap<String, (u32, u64, Instant, Instant)>,
     pub failed: HashSet<String>,
-    /// (member, partition, offset, value), in delivery order per member.
-    pub polled: Vec<(usize, u32, u64, String)>,
+    /// What each consumer incarnation saw, in the order it saw it (ownership changes and records).
+    pub deliveries: Vec<Delivery>,
+    /// Consumer incarnations ended by a crash (dropped without leaving or committing), and by a close.
+    pub consumer_crashes: usize,
+    pub consumer_closes: usize,
     /// (partition, committed, end) samples of the group, in time order.
     pub commits: Vec<(u32, i64, i64)>,
 }
 
 pub type Shared = Arc<Mutex<History>>;
+
+/// One thing a consumer incarnation saw, when it returned from `next_event`.
+pub struct Delivery {
+    /// The incarnation: a restarted consumer is a new member.
+    pub member: usize,
+    pub at: Instant,
+    pub partition: u32,
+    pub what: Seen,
+}
+
+pub enum Seen {
+    Assigned,
+    Revoked,
+    Record { offset: u64, value: String },
+}
+
+impl History {
+    /// The records delivered: (member, partition, offset, value).
+    pub fn polled(&self) -> impl Iterator<Item = (usize, u32, u64, &str)> {
+        self.deliveries.iter().filter_map(|d| match &d.what {
+            Seen::Record { offset, value } => {
+                Some((d.member, d.partition, *offset, value.as_str()))
+            }
+            _ => None,
+        })
+    }
+}
 
 pub async fn produce(id: usize, client: Client, rate: u64, stop: Arc<AtomicBool>, h: Shared) {
     let config = ProducerConfig {
@@ -72,30 +102,6 @@ fn record(
             h.failed.insert(value);
         }
     }
-}
-
-pub async fn consume(member: usize, client: Client, stop: Arc<AtomicBool>, h: Shared) {
-    let mut config = GroupConfig::new(GROUP, vec![TOPIC.into()]);
-    config.session_timeout_ms = 6_000;
-    let mut c = match GroupConsumer::join(client, config).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("chaos: consumer {member} could not join: {e}");
-            return;
-        }
-    };
-    while !stop.load(Ordering::Relaxed) {
-        match tokio::time::timeout(Duration::from_millis(200), c.next_record()).await {
-            Ok(Some(Ok(r))) => {
-                let value = String::from_utf8_lossy(&r.value).into_owned();
-                h.lock().polled.push((member, r.partition, r.offset, value));
-            }
-            Ok(Some(Err(e))) => eprintln!("chaos: consumer {member}: {e}"),
-            Ok(None) => return,
-            Err(_) => {}
-        }
-    }
-    c.close().await;
 }
 
 pub async fn sample_commits(client: Client, stop: Arc<AtomicBool>, h: Shared) {

@@ -25,6 +25,13 @@
 //! - `replica_disagreements`: after the final heal, a replica (read from its segment files) that misses or
 //!   differs from the leader's log over the committed range;
 //! - `unavailable_over_bound`: a fault whose unavailability passed `--unavailable-max-ms` (default 30 s);
+//! - `overlapping_owners`: two group members handing out records of one partition at overlapping times;
+//!   `outside_ownership`: a record handed out by a member between no `Assigned` and `Revoked` of its
+//!   partition; `poll_order` / `poll_skips`: within one ownership an offset not after the previous one or
+//!   jumping past the next, or an ownership starting past everything handed out before it; the group's
+//!   members crash (dropped mid-flight) and close in turn every `--consumer-churn-secs` (default 10), at
+//!   least one crash per run (`order.rs`, `consumers.rs`);
+//! - `send_order`: a producer's values stored out of the order it sent them, per partition;
 //! - per fault, the time from its start until every partition acknowledged a publish sent after it began.
 //!
 //! Prints one summary line, writes a JSON report (`--report`), and exits 1 on any violation.
@@ -36,12 +43,15 @@
 //!
 //! `--list-faults` prints every fault's name, one per line.
 //!
-//! Files: `faults.rs` (what each fault does), `load.rs` (producers, consumers, the history), `replicas.rs`
+//! Files: `faults.rs` (what each fault does), `load.rs` (producers, the history), `consumers.rs` (the
+//! group's members, crashing and closing in turn), `order.rs` (ownership and order oracles), `replicas.rs`
 //! (every replica's log against the leader's), `check.rs` (the verdict).
 
 mod check;
+mod consumers;
 mod faults;
 mod load;
+mod order;
 mod replicas;
 mod setup;
 
@@ -55,7 +65,7 @@ use ferry_tests::cluster::{leaders, start_cluster, try_read_all};
 
 use faults::{block, inject, mount_small_disk, restart_all, set_faults, Fault};
 use ferry_tests::Ferryd;
-use load::{consume, produce, sample_commits, Shared};
+use load::{produce, sample_commits, Shared};
 
 use setup::{GROUP, PARTITIONS, TOPIC};
 
@@ -69,6 +79,8 @@ struct Args {
     allow_skip: Vec<Fault>,
     /// Longest unavailability a fault may cause (ms).
     unavailable_max_ms: u128,
+    /// How often a consumer of the group is replaced (crashes and closes in turn).
+    consumer_churn: Duration,
     report: Option<String>,
 }
 
@@ -88,6 +100,7 @@ fn args() -> Result<Args, String> {
         faults: Fault::ALL.to_vec(),
         allow_skip: Vec::new(),
         unavailable_max_ms: UNAVAILABLE_MAX_MS_DEFAULT,
+        consumer_churn: Duration::from_secs(10),
         report: None,
     };
     let mut it = std::env::args().skip(1);
@@ -108,6 +121,9 @@ fn args() -> Result<Args, String> {
             "--duration-secs" => a.duration = secs(value()?)?,
             "--fault-secs" => a.fault = secs(value()?)?,
             "--heal-secs" => a.heal = secs(value()?)?,
+            "--consumer-churn-secs" => {
+                a.consumer_churn = secs(value()?)?.max(Duration::from_secs(1))
+            }
             "--rate" => {
                 a.rate = value()?
                     .parse()
@@ -198,7 +214,7 @@ async fn main() {
         retry_backoff_ms_max: 200,
         ..ClientConfig::default()
     };
-    let client = Client::connect_with(brokers.clone(), config)
+    let client = Client::connect_with(brokers.clone(), config.clone())
         .await
         .expect("connect");
     let mut admin = nodes[0].admin().await;
@@ -227,15 +243,15 @@ async fn main() {
             h.clone(),
         )));
     }
-    let mut consumers = Vec::new();
-    for m in 0..2 {
-        consumers.push(tokio::spawn(consume(
-            m,
-            client.clone(),
-            stop_consumers.clone(),
-            h.clone(),
-        )));
-    }
+    let group =
+        block(|| consumers::Consumers::start(2, brokers.clone(), config.clone(), h.clone()));
+    let group = Arc::new(parking_lot::Mutex::new(Some(group)));
+    let stop_churn = Arc::new(AtomicBool::new(false));
+    let churn = tokio::spawn(consumers::churn(
+        group.clone(),
+        args.consumer_churn,
+        stop_churn.clone(),
+    ));
     let sampler = tokio::spawn(sample_commits(
         client.clone(),
         stop_consumers.clone(),
@@ -276,6 +292,8 @@ async fn main() {
     for p in producers {
         let _ = p.await;
     }
+    stop_churn.store(true, Ordering::Relaxed);
+    let _ = churn.await;
     let drained_by = Instant::now() + Duration::from_secs(60);
     loop {
         let lagging = match client.describe_group(GROUP).await {
@@ -288,8 +306,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop_consumers.store(true, Ordering::Relaxed);
-    for c in consumers {
-        let _ = c.await;
+    if let Some(g) = group.lock().take() {
+        block(|| g.close_all());
     }
     let _ = sampler.await;
     let mut log: BTreeMap<u32, Vec<String>> = BTreeMap::new();
