@@ -7,7 +7,8 @@
 //! `topics` (create and delete), `cluster` (brokers joining and leaving, leadership moves), `restart`
 //! (the controller's restart and repair), `tasks` (background loops: following metadata,
 //! registering, balancing leaders, scrubbing, supervision), `groups` (the group coordinator, over
-//! `coordinated`, its in-memory state) and `views` (topic views, own and merged).
+//! `coordinated`, its in-memory state), `views` (topic views, own and merged) and `health` (readiness
+//! and cluster health); `startup` (the start-up phase, shared with the HTTP server) sits below it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 mod cluster;
 mod coordinated;
 mod groups;
+pub mod health;
 mod restart;
 mod start;
+pub mod startup;
 mod tasks;
 mod topics;
 mod views;
@@ -124,6 +127,10 @@ pub struct Broker {
     inflight: Arc<tokio::sync::Semaphore>,
     /// How this broker asks other brokers (their views of topics, forwarded controller commands).
     dialer: Arc<dyn Dialer>,
+    /// The start-up phase, shared with the HTTP server that answers before the broker exists.
+    startup: startup::Startup,
+    /// The controller's log end at start: the metadata is caught up once the controller commits it.
+    catch_up_target: u64,
     cancel: CancellationToken,
 }
 
@@ -533,28 +540,6 @@ impl Broker {
             .publish(data, h, durability)
             .await
             .map_err(|e| self.replica_error(e))
-    }
-
-    /// Whether the broker can serve: the controller and every local partition have a leader (this broker
-    /// serving, or another known) and none is fenced.
-    pub fn readiness(&self) -> Result<(), String> {
-        let settled =
-            |r: &Replica| r.is_serving() || (r.leader() != 0 && r.leader() != self.config.node_id);
-        if !settled(&self.controller()) {
-            return Err("controller has no leader yet".into());
-        }
-        if let Some(((t, p), why)) = self.unopenable.read().iter().next() {
-            return Err(format!("partition {t}-{p} cannot open: {why}"));
-        }
-        for ((t, p), r) in self.partitions.read().iter() {
-            if let Some(why) = r.replica.failure() {
-                return Err(format!("partition {t}-{p} is fenced: {why}"));
-            }
-            if !settled(&r.replica) {
-                return Err(format!("partition {t}-{p} has no leader yet"));
-            }
-        }
-        Ok(())
     }
 
     /// Repairs the local replica of a partition whose log is damaged from Raft index `from`: stops it, cuts

@@ -13,6 +13,7 @@
 //! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
 //! - [`membership`]: planning replica moves when brokers join or leave.
 //! - [`config`]: broker settings.
+//! - [`settings`]: `ferryd`'s settings in human units, layered from defaults, a TOML file, `FERRY_*` and flags.
 //! - [`views`]: cluster views as plain types, and the `Dialer` through which the broker asks others.
 //! - [`broker`]: the broker: controller, local replicas, operations, group coordination (no gRPC).
 //! - [`server`]: the gRPC services, the gRPC `Dialer` (`server::dial`), and the HTTP endpoints over the broker.
@@ -24,6 +25,7 @@ pub mod metadata;
 pub mod peer;
 pub mod replica;
 pub mod server;
+pub mod settings;
 pub mod views;
 
 /// Partition storage lives in its own crate ([`ferry_storage`]), re-exported under its old path.

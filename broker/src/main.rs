@@ -1,4 +1,5 @@
-//! `ferryd`: the Ferry broker binary. Flags, each also an environment variable `FERRY_<NAME>`.
+//! `ferryd`: the Ferry broker binary. Settings: a TOML file, `FERRY_<KEY>` environment variables and flags
+//! (`ferry_broker::settings`, docs/configuration.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,128 +7,110 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use clap::Parser;
+use ferry_broker::broker::startup::{Phase, Startup};
 use ferry_broker::broker::Broker;
 use ferry_broker::config::BrokerConfig;
 use ferry_broker::peer::Router;
-use ferry_broker::replica::FsyncPolicy;
 use ferry_broker::server;
+use ferry_broker::server::http::HttpState;
+use ferry_broker::settings::Settings;
 use ferry_broker::storage::{OsDisk, SystemClock};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-/// Ferry broker.
-#[derive(Debug, Parser)]
+/// Ferry broker. Settings come from defaults < the `--config` TOML file < `FERRY_<KEY>` environment
+/// variables < these flags (docs/configuration.md lists every key).
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "ferryd", version, about = "Ferry message broker")]
 struct Args {
-    /// Directory holding all of this broker's data.
-    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
-    data_dir: PathBuf,
-    /// Client gRPC listener (host:port).
-    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7400")]
-    listen: SocketAddr,
-    /// HTTP listener for /healthz, /readyz and /metrics (host:port).
-    #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
-    http_listen: SocketAddr,
+    /// TOML file of settings (keys as in docs/configuration.md, e.g. `data_dir`, `segment_bytes`).
+    #[arg(long, env = "FERRY_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the effective settings as TOML (a file that gives the same settings back) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
+    /// Directory holding all of this broker's data [default: ./ferry-data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Client gRPC listener, host:port [default: 127.0.0.1:7400].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// HTTP listener for /healthz, /readyz and /metrics, host:port [default: 127.0.0.1:7480].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<SocketAddr>,
     /// This broker's id (a positive integer). Default: from a hostname ending in `-N` (a StatefulSet pod
     /// `ferry-N` is broker N+1), else 1.
-    #[arg(long, env = "FERRY_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<u64>,
-    /// Host (or host:port) that clients are told to use for this broker (default: the listen address).
-    #[arg(long, env = "FERRY_ADVERTISE")]
+    /// Host (or host:port) that clients are told to use for this broker [default: the listen address,
+    /// which must then not be unspecified].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
-    /// Broker-to-broker listener (host:port), used when --peers is given.
-    #[arg(long, env = "FERRY_PEER_LISTEN", default_value = "127.0.0.1:7401")]
-    peer_listen: SocketAddr,
+    /// Broker-to-broker listener, host:port, used when --peers is given [default: 127.0.0.1:7401].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_listen: Option<SocketAddr>,
     /// The cluster's initial voters: `ID=HOST:PORT[,ID=HOST:PORT...]` (peer ports). Every broker gets the
     /// same list, a broker added later (`ferry cluster add-broker`) too: it is not in the list and joins.
     /// Empty: a cluster of one.
-    #[arg(long, env = "FERRY_PEERS", default_value = "", value_parser = ferry_broker::config::parse_peers)]
-    peers: std::collections::BTreeMap<u64, String>,
-    /// Largest record batch accepted (bytes).
-    #[arg(long, env = "FERRY_BATCH_BYTES_MAX", default_value_t = ferry_protocol::limits::BATCH_BYTES_DEFAULT_MAX)]
-    batch_bytes_max: u32,
-    /// Default segment size of new topics (bytes).
-    #[arg(long, env = "FERRY_SEGMENT_BYTES", default_value_t = 256 * 1024 * 1024)]
-    segment_bytes: u32,
-    /// Default retention of new topics by size, per partition (bytes; 0: unlimited).
-    #[arg(long, env = "FERRY_RETENTION_BYTES", default_value_t = 0)]
-    retention_bytes: u64,
-    /// Default retention of new topics by age (ms; 0: forever).
-    #[arg(long, env = "FERRY_RETENTION_MS", default_value_t = 7 * 24 * 3600 * 1000)]
-    retention_ms: u64,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<String>,
+    /// Largest record batch accepted (bytes, or a size such as `1MiB`) [default: 1MiB].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_bytes_max: Option<String>,
+    /// Default segment size of new topics (bytes, or e.g. `256MiB`) [default: 256MiB].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment_bytes: Option<String>,
+    /// Default retention of new topics by size, per partition (bytes, a size, or `forever`) [default:
+    /// forever].
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_bytes: Option<String>,
+    /// Default retention of new topics by age (ms, a duration such as `7d`, or `forever`) [default: 7d].
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_ms: Option<String>,
     /// When to fsync: `batch` (default: before every acknowledgement, one fsync per group commit) or
-    /// `interval:MS` (acknowledge after the write, fsync every MS ms: a power loss can lose acknowledged data).
-    #[arg(long, env = "FERRY_FSYNC", default_value = "batch", value_parser = parse_fsync)]
-    fsync: FsyncPolicy,
-    /// Most partition replicas this broker hosts; topic creation past it is refused.
-    #[arg(long, env = "FERRY_PARTITIONS_MAX", default_value_t = ferry_broker::config::PARTITIONS_MAX_DEFAULT)]
-    partitions_max: usize,
-    /// Most open client connections; more are closed at once.
-    #[arg(long, env = "FERRY_CONNECTIONS_MAX", default_value_t = ferry_broker::config::CONNECTIONS_MAX_DEFAULT)]
-    connections_max: usize,
-    /// Bytes of publishes held at once, decoded and queued until acknowledged (more wait).
-    #[arg(long, env = "FERRY_INFLIGHT_BYTES_MAX", default_value_t = ferry_broker::config::INFLIGHT_BYTES_MAX_DEFAULT)]
-    inflight_bytes_max: u64,
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug`.
-    #[arg(long, env = "FERRY_LOG", default_value = "info,raft=warn")]
-    log: String,
+    /// `interval:DURATION` (acknowledge after the write, fsync every DURATION, ms if a plain number: a power
+    /// loss can lose acknowledged data).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fsync: Option<String>,
+    /// Most partition replicas this broker hosts; topic creation past it is refused [default: 4096].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions_max: Option<usize>,
+    /// Most open client connections; more are closed at once [default: 4096].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections_max: Option<usize>,
+    /// Bytes of publishes held at once, decoded and queued until acknowledged; more wait [default: 512MiB].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inflight_bytes_max: Option<String>,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
 }
 
-fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
-    match s {
-        "batch" => Ok(FsyncPolicy::PerBatch),
-        _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
-            Some(Ok(ms)) if ms > 0 => Ok(FsyncPolicy::IntervalMs(ms)),
-            _ => Err(format!(
-                "expected `batch` or `interval:MS` (MS > 0), got `{s}`"
-            )),
-        },
-    }
-}
-
-fn config(args: &Args) -> anyhow::Result<BrokerConfig> {
-    let hard = ferry_protocol::limits::BATCH_BYTES_HARD_MAX;
-    anyhow::ensure!(
-        args.batch_bytes_max >= 1024 && args.batch_bytes_max <= hard,
-        "--batch-bytes-max must be between 1024 and {hard}"
-    );
-    anyhow::ensure!(
-        args.segment_bytes >= 64 * 1024,
-        "--segment-bytes must be at least 65536"
-    );
+/// The settings, from the file, the process's environment and the flags; the node id resolved.
+fn settings(args: &Args) -> anyhow::Result<(Settings, Vec<String>)> {
+    let loaded = ferry_broker::settings::load(args.config.as_deref(), std::env::vars(), args)?;
+    let mut settings = loaded.settings;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let node_id = args
-        .node_id
-        .or_else(|| ferry_broker::config::node_id_from_hostname(&hostname))
-        .unwrap_or(1);
-    let mut c = BrokerConfig::new(
-        node_id,
-        args.data_dir.clone(),
-        args.listen,
-        args.http_listen,
-    );
-    c.peer_listen = args.peer_listen;
-    c.peers = args.peers.clone();
-    c.batch_bytes_max = args.batch_bytes_max;
-    c.replica.fsync = args.fsync;
-    c.log.limits.segment_bytes = args.segment_bytes;
-    c.log.retention_bytes = args.retention_bytes;
-    c.log.retention_ms = args.retention_ms;
-    anyhow::ensure!(
-        args.partitions_max >= 1,
-        "--partitions-max must be at least 1"
-    );
-    anyhow::ensure!(
-        args.connections_max >= 1,
-        "--connections-max must be at least 1"
-    );
-    anyhow::ensure!(
-        args.inflight_bytes_max >= u64::from(args.batch_bytes_max),
-        "--inflight-bytes-max must be at least --batch-bytes-max"
-    );
-    c.partitions_max = args.partitions_max;
-    c.connections_max = args.connections_max;
-    c.inflight_bytes_max = args.inflight_bytes_max;
-    Ok(c)
+    settings.node_id = Some(settings.resolved_node_id(&hostname));
+    Ok((settings, loaded.unknown_env))
 }
 
 /// Raises the open-file limit to its hard maximum: each replica holds files, each connection a socket, and
@@ -163,21 +146,38 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    // Settings first: the log filter is one of them. A bad one is one line naming the key.
+    let (settings, unknown_env) = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferryd: error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_new(&settings.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = run(args).await {
+    for name in unknown_env {
+        tracing::warn!(
+            "{name} is not a ferryd setting (docs/configuration.md lists them): ignored"
+        );
+    }
+    if let Err(e) = run(settings).await {
         eprintln!("ferryd: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = config(&args)?;
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let mut config = settings.broker_config(settings.node_id.unwrap_or(1));
     raise_file_limit();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -186,7 +186,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let http = bind(config.http_listen).await?;
     // With port 0 the OS picks the ports: tell clients and the operator the real ones.
     let (client_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    config.advertise = client_advertise(args.advertise.as_deref(), client_addr);
+    config.advertise = client_advertise(settings.advertise.as_deref(), client_addr);
     let peer = if config.peers.is_empty() {
         None
     } else {
@@ -194,14 +194,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     watch_fault_file();
     let cancel = CancellationToken::new();
+    let serve_cancel = CancellationToken::new();
+    let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
+    // HTTP answers from the first second: a liveness probe must not kill a broker that is still
+    // recovering, and /healthz says how far start-up got.
+    let startup = Startup::default();
+    let http_task = tokio::spawn(serve_http(
+        http,
+        HttpState {
+            broker: started.clone(),
+            startup: startup.clone(),
+            prometheus: Some(prometheus),
+        },
+        serve_cancel.clone(),
+    ));
+    println!("ferryd starting http={http_addr}");
     // The peer server runs before the broker starts: a starting broker waits for its controller to catch
     // up, which needs the other brokers' Raft messages.
     let router = Arc::new(Router::default());
-    let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
     let peer_addr = match peer {
         Some(l) => {
             let addr = l.local_addr()?;
-            config.peer_advertise = peer_advertise(&config, args.advertise.as_deref(), addr);
+            config.peer_advertise = peer_advertise(&config, settings.advertise.as_deref(), addr);
+            anyhow::ensure!(
+                !peer_advertise_unspecified(&config.peer_advertise),
+                "config: `advertise`: other brokers would be told to dial {} (unspecified); set `advertise` \
+                 or list this broker in `peers`",
+                config.peer_advertise
+            );
             let serve = server::peer::serve_peer(
                 config.node_id,
                 router.clone(),
@@ -220,6 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
         router,
+        startup.clone(),
         cancel.child_token(),
     )
     .await
@@ -235,7 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ""
     };
     println!("ferryd listening client={client_addr} http={http_addr} peer={peer_addr}{faults}");
-    serve_until_signal(broker, grpc, http, prometheus).await;
+    serve_until_signal(broker, grpc, startup, serve_cancel, http_task).await;
     cancel.cancel();
     tracing::info!("ferryd stopped cleanly");
     Ok(())
@@ -277,6 +298,15 @@ fn peer_advertise(
         }
         (None, None) => bound.to_string(),
     }
+}
+
+fn peer_advertise_unspecified(a: &str) -> bool {
+    a.rsplit_once(':').is_some_and(|(h, _)| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+    })
 }
 
 /// The disk the broker runs on: the real one; in a fault-injection build with `FERRY_FAULT_DISK=JOURNAL`,
@@ -327,29 +357,34 @@ fn watch_fault_file() {
     }
 }
 
-/// Serves gRPC and HTTP until SIGTERM or SIGINT, then stops in order: leaderships handed to caught-up
-/// followers (clients see a short redirect rather than an election timeout), no new requests, every
-/// partition closed cleanly (fsync, clean checkpoints).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, server::http::router(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+/// Serves gRPC (HTTP already serves) until SIGTERM or SIGINT, then stops in order: not ready (Kubernetes
+/// takes the pod out of its Services), leaderships handed to caught-up followers (clients see a short
+/// redirect rather than an election timeout), no new requests, every partition closed cleanly (fsync,
+/// clean checkpoints).
 async fn serve_until_signal(
     broker: Arc<Broker>,
     grpc: tokio::net::TcpListener,
-    http: tokio::net::TcpListener,
-    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    startup: Startup,
+    serve_cancel: CancellationToken,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
-    let serve_cancel = CancellationToken::new();
     let grpc_task = tokio::spawn(server::serve_grpc(
         broker.clone(),
         grpc,
         serve_cancel.clone(),
     ));
-    let router = server::http::router(broker.clone(), Some(prometheus));
-    let http_cancel = serve_cancel.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, router)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-    });
     shutdown_signal().await;
+    startup.set(Phase::Stopping);
     broker.hand_off_leadership(HAND_OFF_WAIT).await;
     serve_cancel.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;

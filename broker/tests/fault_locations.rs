@@ -471,7 +471,7 @@ async fn run_case(case: Case) -> String {
     if fenced_for_good {
         let b = c.nodes[victim].broker();
         let visible =
-            b.readiness().is_err() || b.partition(TOPIC, 0).is_ok_and(|r| r.trouble().is_some());
+            !b.troubles().is_empty() || b.partition(TOPIC, 0).is_ok_and(|r| r.trouble().is_some());
         assert!(visible, "{case:?}: the fenced replica is not reported");
     }
     // Nothing acknowledged lost, nothing served twice or out of place.

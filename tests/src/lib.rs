@@ -346,11 +346,25 @@ impl Ferryd {
         run_ferry(&self.addr, args, stdin)
     }
 
-    /// Waits until `/readyz` answers 200.
+    /// Waits until `/readyz` answers 200 and, as this broker sees the cluster (`/health/cluster`), the
+    /// controller and every partition have a leader (under-replication is allowed: a test may have stopped
+    /// a broker).
     pub fn wait_ready(&self) {
-        wait_until(Duration::from_secs(20), "broker ready", || {
-            http_get(&self.http, "/readyz").0 == 200
-        });
+        wait_until(
+            Duration::from_secs(20),
+            "broker ready, every partition led",
+            || http_get(&self.http, "/readyz").0 == 200 && self.leaders_known(),
+        );
+    }
+
+    /// The controller and every partition have a leader, as `/health/cluster` says.
+    pub fn leaders_known(&self) -> bool {
+        let (_, body) = http_get(&self.http, "/health/cluster");
+        let Ok(h) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return false;
+        };
+        h["controller_leader"].as_u64().is_some_and(|l| l != 0)
+            && h["leaderless"].as_array().is_some_and(|a| a.is_empty())
     }
 }
 

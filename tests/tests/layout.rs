@@ -61,6 +61,7 @@ const LAYERS: &[(&str, &[&str])] = &[(
         "peer",
         "membership",
         "config",
+        "settings",
         "views",
         "broker",
         "server",

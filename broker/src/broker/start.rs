@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use super::startup::{Phase, Startup};
 use super::{controller_log_config, replay_controller, Broker, BrokerError, CONTROLLER_CATCH_UP};
 use super::{restart, tasks};
 
@@ -24,8 +25,10 @@ impl Broker {
         wall: Arc<dyn WallClock>,
         dialer: Arc<dyn Dialer>,
         router: Arc<Router>,
+        startup: Startup,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
+        startup.set(Phase::Starting);
         crate::storage::format::check_or_create(disk.as_ref(), &config.data_dir)?;
         let voters = config.voters();
         let ctl_dir = config.data_dir.join("__cluster");
@@ -55,6 +58,7 @@ impl Broker {
             },
         )?;
         router.register(CONTROLLER_GROUP, controller.inbox());
+        let catch_up_target = controller.log_end_offset();
         let broker = Arc::new(Broker {
             config,
             disk,
@@ -73,12 +77,17 @@ impl Broker {
             unopenable: Default::default(),
             producer_ids: tokio::sync::Mutex::new(0..0),
             inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib)),
+            startup: startup.clone(),
+            catch_up_target,
             cancel,
         });
+        startup.set(Phase::CatchingUp);
         let hw = broker.catch_up_controller().await;
+        startup.set(Phase::Opening);
         broker.reconcile().await?;
         broker.remove_orphan_dirs();
         broker.spawn_tasks(hw);
+        startup.set(Phase::Serving);
         Ok(broker)
     }
 
@@ -91,7 +100,9 @@ impl Broker {
         let caught_up = tokio::time::timeout(CONTROLLER_CATCH_UP, hw.wait_for(|hw| *hw >= log_end))
             .await
             .is_ok_and(|r| r.is_ok());
-        if !caught_up {
+        if caught_up {
+            self.startup.set_caught_up();
+        } else {
             tracing::warn!("controller has not caught up within {CONTROLLER_CATCH_UP:?}; serving what is known");
         }
         hw

@@ -1,34 +1,66 @@
-//! The HTTP endpoints: `GET /healthz` (the process serves), `GET /readyz` (every local partition has a
-//! leader and none is fenced) and `GET /metrics` (Prometheus text).
+//! The HTTP endpoints, answered from the first second of the process (before the broker has started):
+//! - `GET /healthz` (liveness): 200 `ok phase=<phase>` while the process runs;
+//! - `GET /readyz` (readiness): 200 once this broker can take client traffic (joined, metadata caught up,
+//!   replicas opened), with the replicas that cannot serve named; 503 with the reason before that and while
+//!   stopping;
+//! - `GET /health/cluster`: JSON, 200 when no partition is leaderless or under-replicated, no registered
+//!   broker unreachable and the controller has a leader; 503 otherwise (or before the broker started);
+//! - `GET /metrics`: Prometheus text.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::broker::startup::Startup;
 use crate::broker::Broker;
 
+/// What the endpoints read: the broker once it has started, its start-up phase meanwhile.
 #[derive(Clone)]
-struct AppState {
-    broker: Arc<Broker>,
-    prometheus: Option<PrometheusHandle>,
+pub struct HttpState {
+    pub broker: Arc<OnceLock<Arc<Broker>>>,
+    pub startup: Startup,
+    /// Renders the metrics the binary's recorder collected.
+    pub prometheus: Option<PrometheusHandle>,
 }
 
-/// The HTTP router. `prometheus` renders the metrics the binary's recorder collected.
-pub fn router(broker: Arc<Broker>, prometheus: Option<PrometheusHandle>) -> Router {
+/// The HTTP router.
+pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/health/cluster", get(cluster_health))
         .route("/metrics", get(metrics))
-        .with_state(AppState { broker, prometheus })
+        .with_state(state)
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
-    match s.broker.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+async fn healthz(State(s): State<HttpState>) -> String {
+    format!(
+        "ok phase={} uptime_s={}\n",
+        s.startup.phase().name(),
+        s.startup.uptime_secs()
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    let Some(broker) = s.broker.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: phase {}\n", s.startup.phase().name()),
+        );
+    };
+    match broker.readiness() {
+        Ok(ready) => {
+            let mut out = String::from("ready\n");
+            for down in ready.down {
+                out.push_str(&format!("down: {down}\n"));
+            }
+            (StatusCode::OK, out)
+        }
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
@@ -36,14 +68,31 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> (StatusCode, String) {
+async fn cluster_health(State(s): State<HttpState>) -> Response {
+    let Some(broker) = s.broker.get() else {
+        let body = serde_json::json!({"healthy": false, "phase": s.startup.phase().name()});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    };
+    let health = broker.cluster_health().await;
+    let code = if health.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(health)).into_response()
+}
+
+async fn metrics(State(s): State<HttpState>) -> (StatusCode, String) {
     let mut out = String::new();
     if let Some(p) = &s.prometheus {
         out.push_str(&p.render());
     }
+    let Some(broker) = s.broker.get() else {
+        return (StatusCode::OK, out);
+    };
     // Partition gauges are read at scrape time rather than pushed on every commit.
     out.push_str("# TYPE ferry_partition_high_watermark gauge\n");
-    let parts = s.broker.local_partitions();
+    let parts = broker.local_partitions();
     for ((t, p), r) in &parts {
         out.push_str(&format!(
             "ferry_partition_high_watermark{{topic=\"{t}\",partition=\"{p}\"}} {}\n",

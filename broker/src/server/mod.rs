@@ -33,7 +33,39 @@ const GRPC_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Serves the gRPC services on `listener` until `cancel` fires.
+/// How often the gRPC health service re-reads readiness.
+const GRPC_HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `grpc.health.v1.Health` on the client port: `SERVING` for the whole server ("") and `ferry.v1.Ferry`
+/// exactly when `/readyz` would answer 200.
+fn grpc_health(
+    broker: Arc<Broker>,
+    cancel: CancellationToken,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (mut reporter, service) = tonic_health::server::health_reporter();
+    let broker = Arc::downgrade(&broker);
+    tokio::spawn(async move {
+        loop {
+            let Some(b) = broker.upgrade() else { return };
+            let status = if b.readiness().is_ok() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            drop(b);
+            for name in ["", "ferry.v1.Ferry"] {
+                reporter.set_service_status(name, status).await;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(GRPC_HEALTH_REFRESH) => {}
+            }
+        }
+    });
+    service
+}
+
+/// Serves the gRPC services (and `grpc.health.v1`) on `listener` until `cancel` fires.
 pub async fn serve_grpc(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
@@ -43,6 +75,7 @@ pub async fn serve_grpc(
     let client = v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let health = grpc_health(broker.clone(), cancel.clone());
     let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -58,6 +91,7 @@ pub async fn serve_grpc(
         .tcp_nodelay(true)
         .add_service(client)
         .add_service(admin)
+        .add_service(health)
         .serve_with_incoming_shutdown(
             limits::incoming(listener, connections_max, "client"),
             cancel.cancelled_owned(),

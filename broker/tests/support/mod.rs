@@ -61,6 +61,7 @@ impl Node {
             Arc::new(ferry_broker::storage::SystemClock),
             Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
             router,
+            ferry_broker::broker::startup::Startup::default(),
             cancel.child_token(),
         )
         .await

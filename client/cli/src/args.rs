@@ -92,24 +92,68 @@ pub struct CreateArgs {
     /// Replicas per partition (default: the broker's default).
     #[arg(long)]
     pub replicas: Option<u32>,
-    /// Keep at most this many bytes per partition (default: the broker's default).
-    #[arg(long)]
+    /// Keep at most this many bytes per partition: bytes, a size (`10GiB`), or `forever` (also `-1`: kept
+    /// whatever the broker's default) [default: the broker's default].
+    #[arg(long, value_parser = parse_retention_bytes, allow_hyphen_values = true)]
     pub retention_bytes: Option<u64>,
-    /// Keep messages at least this long, in milliseconds (default: the broker's default).
-    #[arg(long)]
+    /// Keep messages at least this long: ms, a duration (`7d`, `12h`), or `forever` (also `-1`: kept
+    /// whatever the broker's default) [default: the broker's default].
+    #[arg(long, value_parser = parse_retention_ms, allow_hyphen_values = true)]
     pub retention_ms: Option<u64>,
-    /// Size at which a partition's log segment is rolled, in bytes (default: the broker's default).
-    #[arg(long)]
+    /// Size at which a partition's log segment is rolled: bytes or a size (`64MiB`) [default: the broker's
+    /// default].
+    #[arg(long, value_parser = parse_bytes)]
     pub segment_bytes: Option<u64>,
-    /// Age at which a partition's log segment is rolled, in milliseconds (default: the broker's default).
-    #[arg(long)]
+    /// Age at which a partition's log segment is rolled: ms or a duration (`1h`) [default: the broker's
+    /// default].
+    #[arg(long, value_parser = parse_ms)]
     pub segment_ms: Option<u64>,
+}
+
+/// The wire's "forever" in a retention field (`TopicConfig`; 0 there means the broker's default).
+pub const FOREVER: u64 = u64::MAX;
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("`{s}` is not a size (bytes, or e.g. `64KiB`, `256MiB`, `10GiB`)"))
+}
+
+fn parse_ms(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}; ms, or e.g. `500ms`, `12h`, `7d`)"))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too long"))
+}
+
+fn forever(s: &str) -> bool {
+    matches!(s.trim(), "forever" | "-1")
+}
+
+fn parse_retention_bytes(s: &str) -> Result<u64, String> {
+    if forever(s) {
+        return Ok(FOREVER);
+    }
+    parse_bytes(s)
+}
+
+fn parse_retention_ms(s: &str) -> Result<u64, String> {
+    if forever(s) {
+        return Ok(FOREVER);
+    }
+    parse_ms(s)
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Brokers, whether each is up, and how many partitions each leads.
     Status,
+    /// Leaderless and under-replicated partitions, brokers down, the controller's leader; exit status 10
+    /// when any is wrong.
+    Health,
     /// Move a partition's leadership to another of its replicas.
     TransferLeader {
         /// Topic name.

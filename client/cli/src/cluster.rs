@@ -16,6 +16,7 @@ use crate::output::{self, Table};
 pub async fn run(client: &Client, command: ClusterCommand, format: OutputFormat) -> Result<()> {
     match command {
         ClusterCommand::Status => status(client, format).await,
+        ClusterCommand::Health => crate::health::run(client, format).await,
         ClusterCommand::TransferLeader {
             topic,
             partition,

@@ -15,6 +15,7 @@ mod bench;
 mod cluster;
 mod consume;
 mod group;
+mod health;
 mod json;
 mod output;
 mod produce;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if err.is::<health::Unhealthy>() => ExitCode::from(health::UNHEALTHY_EXIT),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -98,6 +98,8 @@ fn write_topic(info: &TopicInfo, format: OutputFormat, out: &mut impl Write) -> 
     let setting = |v: u64| {
         if v == 0 {
             "default".to_owned()
+        } else if v == crate::args::FOREVER {
+            "forever".to_owned()
         } else {
             v.to_string()
         }

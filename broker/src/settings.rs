@@ -1,0 +1,349 @@
+//! `ferryd`'s settings, layered by figment: defaults < TOML file (`--config`) < `FERRY_*` environment <
+//! flags. Every key is documented in docs/configuration.md; [`Settings`] prints as TOML
+//! (`ferryd --print-config`) and reads back to the same settings.
+
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    BrokerConfig, CONNECTIONS_MAX_DEFAULT, INFLIGHT_BYTES_MAX_DEFAULT, PARTITIONS_MAX_DEFAULT,
+};
+use crate::replica::FsyncPolicy;
+use units::{Bytes, Fsync, Millis, Peers, Retain};
+
+/// The environment variables' prefix.
+pub const ENV_PREFIX: &str = "FERRY_";
+
+/// `FERRY_*` variables that are not settings (test seams, the config file's own path).
+const ENV_NOT_SETTINGS: &[&str] = &["config", "fault_file", "fault_disk"];
+
+/// Largest segment a topic may roll at (bytes): past it, one segment file holds too much to re-read on
+/// repair (the topic-settings bound, docs/reliability.md H7).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Smallest segment (bytes).
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+
+/// Every setting of a broker, in the units a person writes them in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Directory holding all of this broker's data.
+    pub data_dir: PathBuf,
+    /// Client gRPC listener.
+    pub listen: SocketAddr,
+    /// HTTP listener: health, readiness, metrics.
+    pub http_listen: SocketAddr,
+    /// Broker-to-broker listener (used with `peers`).
+    pub peer_listen: SocketAddr,
+    /// This broker's id (≥ 1). Unset: from a hostname ending in `-N` (N + 1), else 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Host or host:port clients are told to use for this broker. Unset: the client listener's address,
+    /// which then must not be unspecified (`0.0.0.0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// The cluster's initial voters (peer ports); empty: a cluster of one.
+    pub peers: Peers,
+    /// Largest record batch accepted.
+    pub batch_bytes_max: Bytes,
+    /// Default segment size of new topics.
+    pub segment_bytes: Bytes,
+    /// Default retention of new topics by size, per partition.
+    pub retention_bytes: Retain<Bytes>,
+    /// Default retention of new topics by age (the key keeps its historic name; any duration unit works).
+    pub retention_ms: Retain<Millis>,
+    /// When to fsync.
+    pub fsync: Fsync,
+    /// Most partition replicas this broker hosts.
+    pub partitions_max: usize,
+    /// Most open client connections.
+    pub connections_max: usize,
+    /// Bytes of publishes held at once until acknowledged.
+    pub inflight_bytes_max: Bytes,
+    /// Log filter (tracing's EnvFilter syntax).
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./ferry-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            node_id: None,
+            advertise: None,
+            peers: Peers::default(),
+            batch_bytes_max: Bytes(u64::from(ferry_protocol::limits::BATCH_BYTES_DEFAULT_MAX)),
+            segment_bytes: Bytes(256 << 20),
+            retention_bytes: Retain::Forever,
+            retention_ms: Retain::Up(Millis(7 * 24 * 3600 * 1000)),
+            fsync: Fsync(FsyncPolicy::PerBatch),
+            partitions_max: PARTITIONS_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            inflight_bytes_max: Bytes(INFLIGHT_BYTES_MAX_DEFAULT),
+            log: "info,raft=warn".into(),
+        }
+    }
+}
+
+/// A setting that cannot be used: the key and why, on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("config: {0}")]
+    Figment(String),
+    #[error("config: `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("config file {path}: cannot read it: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// What [`load`] found besides the settings: `FERRY_*` variables that are no setting (a typo, most often),
+/// to be logged once logging is set up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub unknown_env: Vec<String>,
+}
+
+/// Layers defaults, the file, the environment `env` (name, value pairs; the process's in `ferryd`) and
+/// `flags` (only those given), then checks the result.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &impl Serialize,
+) -> Result<Loaded, SettingsError> {
+    let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+    if let Some(path) = file {
+        // figment treats a missing file as empty; a named config file that is not there is a mistake.
+        std::fs::metadata(path).map_err(|e| SettingsError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let keys = setting_keys();
+    let mut known = Vec::new();
+    let mut unknown_env = Vec::new();
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        if keys.contains(&key.as_str()) {
+            known.push((key, value));
+        } else if !ENV_NOT_SETTINGS.contains(&key.as_str()) {
+            unknown_env.push(name);
+        }
+    }
+    // The variables are read from the list given, not the process: tests pass their own. Values parse as
+    // figment's `Env` provider parses them.
+    let env_dict: Dict = known
+        .into_iter()
+        .map(|(k, v)| (k, v.parse::<Value>().expect("infallible")))
+        .collect();
+    figment = figment.merge(Layer {
+        name: "the FERRY_* environment",
+        dict: env_dict,
+    });
+    let flags = match Value::serialize(flags) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    };
+    figment = figment.merge(Layer {
+        name: "the command line",
+        dict: flags,
+    });
+    let settings: Settings = figment
+        .extract()
+        .map_err(|e| SettingsError::Figment(one_line(&e)))?;
+    settings.validate()?;
+    Ok(Loaded {
+        settings,
+        unknown_env,
+    })
+}
+
+/// One layer of settings (the environment, the flags), named as the source in errors.
+struct Layer {
+    name: &'static str,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// The first error of a figment failure, with the key and where the value came from, on one line.
+fn one_line(e: &figment::Error) -> String {
+    let first = e.clone().into_iter().next();
+    let e = first.as_ref().unwrap_or(e);
+    let key = e.path.join(".");
+    let from = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(src) => format!(" (from {src})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    let what = e.kind.to_string().replace('\n', " ");
+    if key.is_empty() {
+        format!("{what}{from}")
+    } else {
+        format!("`{key}`: {what}{from}")
+    }
+}
+
+/// The keys a file or `FERRY_*` variable may set.
+pub fn setting_keys() -> Vec<&'static str> {
+    vec![
+        "data_dir",
+        "listen",
+        "http_listen",
+        "peer_listen",
+        "node_id",
+        "advertise",
+        "peers",
+        "batch_bytes_max",
+        "segment_bytes",
+        "retention_bytes",
+        "retention_ms",
+        "fsync",
+        "partitions_max",
+        "connections_max",
+        "inflight_bytes_max",
+        "log",
+    ]
+}
+
+impl Settings {
+    /// Checks every bound; the error names the key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key, reason: String| Err(SettingsError::Invalid { key, reason });
+        let hard = u64::from(ferry_protocol::limits::BATCH_BYTES_HARD_MAX);
+        if !(1024..=hard).contains(&self.batch_bytes_max.0) {
+            return bad(
+                "batch_bytes_max",
+                format!("must be between 1KiB and {hard} bytes"),
+            );
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes.0) {
+            return bad("segment_bytes", "must be between 64KiB and 1GiB".into());
+        }
+        if self.node_id == Some(0) {
+            return bad("node_id", "broker ids start at 1".into());
+        }
+        if self.partitions_max == 0 {
+            return bad("partitions_max", "must be at least 1".into());
+        }
+        if self.connections_max == 0 {
+            return bad("connections_max", "must be at least 1".into());
+        }
+        if self.inflight_bytes_max.0 < self.batch_bytes_max.0 {
+            return bad(
+                "inflight_bytes_max",
+                "must be at least batch_bytes_max".into(),
+            );
+        }
+        if let Some(a) = &self.advertise {
+            if let Err(reason) = check_advertise(a) {
+                return bad("advertise", reason);
+            }
+        } else if self.listen.ip().is_unspecified() {
+            return bad(
+                "advertise",
+                format!(
+                    "must be set when `listen` is {} (clients cannot connect to an unspecified address)",
+                    self.listen
+                ),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return bad(
+                "log",
+                format!(
+                    "`{}` is not a log filter (e.g. `info,ferry_broker=debug`)",
+                    self.log
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The node id: as set, else from the hostname (`ferry-N` → N + 1), else 1.
+    pub fn resolved_node_id(&self, hostname: &str) -> u64 {
+        self.node_id
+            .or_else(|| crate::config::node_id_from_hostname(hostname))
+            .unwrap_or(1)
+    }
+
+    /// The broker's configuration (the advertised addresses are filled in once the listeners are bound).
+    pub fn broker_config(&self, node_id: u64) -> BrokerConfig {
+        let mut c = BrokerConfig::new(
+            node_id,
+            self.data_dir.clone(),
+            self.listen,
+            self.http_listen,
+        );
+        c.peer_listen = self.peer_listen;
+        c.peers = self.peers.0.clone();
+        c.batch_bytes_max =
+            u32::try_from(self.batch_bytes_max.0).expect("validated: at most the hard limit");
+        c.replica.fsync = self.fsync.0;
+        c.log.limits.segment_bytes =
+            u32::try_from(self.segment_bytes.0).expect("validated: at most 1 GiB");
+        c.log.retention_bytes = self.retention_bytes.or_zero(|b| b.0);
+        c.log.retention_ms = self.retention_ms.or_zero(|m| m.0);
+        c.partitions_max = self.partitions_max;
+        c.connections_max = self.connections_max;
+        c.inflight_bytes_max = self.inflight_bytes_max.0;
+        c
+    }
+
+    /// The settings as a TOML file that reads back to them.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings serialize to TOML")
+    }
+}
+
+/// An advertised address names a host clients can reach: not empty, not unspecified, a valid port if any.
+fn check_advertise(a: &str) -> Result<(), String> {
+    let host = match a.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => a, // a bare IPv6 address
+        Some((h, p)) => {
+            p.parse::<u16>()
+                .map_err(|_| format!("`{a}`: `{p}` is not a port"))?;
+            h
+        }
+        None => a,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("must name a host".into());
+    }
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "`{a}` is unspecified: clients cannot connect to it; name this broker's host"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
