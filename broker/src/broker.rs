@@ -368,6 +368,11 @@ impl Broker {
             .topics
             .get(topic)
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
+        if partition < t.partitions {
+            // It exists: its replica here is being restarted or repaired, or is not opened yet, or this
+            // broker does not host it. Retriable, never "does not exist".
+            return Err(BrokerError::NoLeader);
+        }
         Err(BrokerError::UnknownPartition {
             topic: topic.to_owned(),
             partition,
