@@ -19,6 +19,7 @@ use ferry_protocol::v1;
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod docker;
 pub mod layout;
 pub mod ports;
 

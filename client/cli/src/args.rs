@@ -154,6 +154,13 @@ pub enum ClusterCommand {
     /// Leaderless and under-replicated partitions, brokers down, the controller's leader; exit status 10
     /// when any is wrong.
     Health,
+    /// Move the answering broker's partition leaderships to in-sync replicas elsewhere (before stopping
+    /// it: the StatefulSet's preStop hook).
+    HandOff {
+        /// Give up after this many seconds (what is left, ferryd hands off on SIGTERM).
+        #[arg(long, default_value_t = 25)]
+        timeout_secs: u64,
+    },
     /// Move a partition's leadership to another of its replicas.
     TransferLeader {
         /// Topic name.

@@ -17,6 +17,9 @@ pub async fn run(client: &Client, command: ClusterCommand, format: OutputFormat)
     match command {
         ClusterCommand::Status => status(client, format).await,
         ClusterCommand::Health => crate::health::run(client, format).await,
+        ClusterCommand::HandOff { timeout_secs } => {
+            crate::hand_off::run(client, std::time::Duration::from_secs(timeout_secs), format).await
+        }
         ClusterCommand::TransferLeader {
             topic,
             partition,

@@ -15,6 +15,7 @@ mod bench;
 mod cluster;
 mod consume;
 mod group;
+mod hand_off;
 mod health;
 mod json;
 mod output;
