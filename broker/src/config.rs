@@ -40,6 +40,9 @@ pub struct BrokerConfig {
     pub inflight_bytes_max: u64,
     /// Most open client connections; more are closed at once.
     pub connections_max: usize,
+    /// A broker not among the initial voters asks the controller to add it (what `ferry cluster
+    /// add-broker` does) until it is a member: a StatefulSet scale-up joins on its own.
+    pub auto_join: bool,
 }
 
 /// Default [`BrokerConfig::connections_max`].
@@ -77,6 +80,7 @@ impl BrokerConfig {
             partitions_max: PARTITIONS_MAX_DEFAULT,
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            auto_join: false,
         }
     }
 

@@ -98,6 +98,11 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     inflight_bytes_max: Option<String>,
+    /// A broker not among --peers adds itself to the cluster (what `ferry cluster add-broker` does) until
+    /// it is a member: a StatefulSet scale-up joins on its own [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_join: Option<bool>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

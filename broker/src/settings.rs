@@ -69,6 +69,8 @@ pub struct Settings {
     pub inflight_bytes_max: Bytes,
     /// Log filter (tracing's EnvFilter syntax).
     pub log: String,
+    /// A broker not among `peers` adds itself to the cluster (as `ferry cluster add-broker` would).
+    pub auto_join: bool,
 }
 
 impl Default for Settings {
@@ -90,6 +92,7 @@ impl Default for Settings {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             inflight_bytes_max: Bytes(INFLIGHT_BYTES_MAX_DEFAULT),
             log: "info,raft=warn".into(),
+            auto_join: false,
         }
     }
 }
@@ -310,6 +313,7 @@ impl Settings {
         c.partitions_max = self.partitions_max;
         c.connections_max = self.connections_max;
         c.inflight_bytes_max = self.inflight_bytes_max.0;
+        c.auto_join = self.auto_join;
         c
     }
 

@@ -172,7 +172,8 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
         _config: config_dir,
     };
     docker(&["network", "create", &pods.network]);
-    for i in 0..replicas {
+    // Starts pod `i` as the kubelet would (its container named after the pod).
+    let start_pod = |pods: &mut Pods, i: usize| {
         let pod = format!("{name}-{i}");
         let env = pod_env(container, &pod);
         let cname = format!("{tag}-{pod}");
@@ -217,6 +218,9 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
         cmd.extend(args.iter().cloned());
         let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
         docker(&refs);
+    };
+    for i in 0..replicas {
+        start_pod(&mut pods, i);
     }
     let probe = |kind: &str| {
         container[kind]["httpGet"]["path"]
@@ -244,7 +248,7 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
     let ferry = |i: usize, args: &[&str]| {
         let mut cmd = vec!["/usr/local/bin/ferry".to_owned()];
         cmd.extend(args.iter().map(|s| s.to_string()));
-        exec(&pods.names[i], &cmd)
+        exec(&format!("{tag}-{name}-{i}"), &cmd)
     };
     let out = ferry(
         0,
@@ -311,6 +315,37 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // `kubectl scale --replicas 4`: pod ferry-3 (broker 4, not among the ConfigMap's peers) from the same
+    // template joins on its own (`auto_join`) and takes replicas.
+    assert!(
+        cm["data"]["ferry.toml"]
+            .as_str()
+            .unwrap()
+            .contains("auto_join = true"),
+        "the ConfigMap lets a scale-up join"
+    );
+    start_pod(&mut pods, replicas);
+    wait(
+        "broker 4 joined, active, with replicas",
+        Duration::from_secs(120),
+        || {
+            let out = ferry(0, &["cluster", "status", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["brokers"].as_array().is_some_and(|bs| {
+                bs.iter().any(|b| {
+                    b["id"] == 4
+                        && b["state"] == "active"
+                        && b["up"] == true
+                        && b["replicas"].as_u64() > Some(0)
+                })
+            }) && v["moving_partitions"] == 0
+        },
+    );
+    let port = http_port(&pods.names[replicas]);
+    wait("the new pod ready", Duration::from_secs(60), || {
+        ferry_tests::http_get(&port, &readiness).0 == 200
+    });
 
     // The preStop hook as written: ferry-0 leads nothing afterwards; then a stop within the grace period is
     // clean (exit 0).

@@ -127,6 +127,10 @@ impl Broker {
                 broker.cancel.clone(),
             ));
             tokio::spawn(tasks::scrub(Arc::downgrade(broker), broker.cancel.clone()));
+            if broker.config.auto_join && !broker.config.peers.contains_key(&broker.config.node_id)
+            {
+                tokio::spawn(tasks::join(Arc::downgrade(broker), broker.cancel.clone()));
+            }
         }
         tokio::spawn(tasks::supervise(
             Arc::downgrade(broker),

@@ -113,6 +113,58 @@ pub(super) async fn register(broker: std::sync::Weak<Broker>, cancel: Cancellati
     }
 }
 
+/// Pause between two rounds of asking the initial voters to add this broker.
+const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// After the controller accepted the addition, how long to wait to see it before asking again.
+const JOIN_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `auto_join`: a broker not among the initial voters asks them, one after the other, to add it (an
+/// `AddBroker` command, as `ferry cluster add-broker` sends; whichever leads the controller takes it), until
+/// its own metadata shows it a member. It knows only the initial voters' peer addresses until then.
+pub(super) async fn join(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let me = b.config.node_id;
+        if b.metadata.state.read().members.contains_key(&me) {
+            return;
+        }
+        let cmd = Command::AddBroker {
+            id: me,
+            peer_address: b.config.peer_advertise.clone(),
+        };
+        let batch = cmd.to_batch(b.now_ms());
+        let mut accepted = false;
+        for (voter, addr) in &b.config.peers {
+            match b.dialer.forward(addr.clone(), batch.clone()).await {
+                Ok(_) => {
+                    tracing::info!(
+                        broker = me,
+                        via = voter,
+                        "asked the controller to add this broker (auto_join)"
+                    );
+                    accepted = true;
+                    break;
+                }
+                Err(e) => tracing::debug!(via = voter, "auto_join: {e}"),
+            }
+        }
+        let mut hw = b.controller().watch_high_watermark();
+        drop(b);
+        let wait = if accepted { JOIN_SETTLE } else { JOIN_RETRY };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::timeout(wait, async {
+                while hw.changed().await.is_ok() {
+                    let Some(b) = broker.upgrade() else { return };
+                    if b.metadata.state.read().members.contains_key(&me) {
+                        return;
+                    }
+                }
+            }) => {}
+        }
+    }
+}
+
 /// How often a broker hands partitions back to their preferred leaders.
 const LEADER_BALANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
