@@ -102,7 +102,7 @@ impl Default for Settings {
 pub enum SettingsError {
     #[error("config: {0}")]
     Figment(String),
-    #[error("config: `{key}`: {reason}")]
+    #[error("config: `{key}` (--{flag}, {ENV_PREFIX}{env}): {reason}", flag = key.replace('_', "-"), env = key.to_ascii_uppercase())]
     Invalid { key: &'static str, reason: String },
     #[error("config file {path}: cannot read it: {reason}")]
     File { path: PathBuf, reason: String },
@@ -240,11 +240,20 @@ impl Settings {
         if !(1024..=hard).contains(&self.batch_bytes_max.0) {
             return bad(
                 "batch_bytes_max",
-                format!("must be between 1KiB and {hard} bytes"),
+                format!(
+                    "must be between 1KiB and {hard} bytes (got {})",
+                    self.batch_bytes_max.0
+                ),
             );
         }
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes.0) {
-            return bad("segment_bytes", "must be between 64KiB and 1GiB".into());
+            return bad(
+                "segment_bytes",
+                format!(
+                    "must be between 64KiB and 1GiB (got {} bytes)",
+                    self.segment_bytes.0
+                ),
+            );
         }
         if self.node_id == Some(0) {
             return bad("node_id", "broker ids start at 1".into());
