@@ -423,34 +423,21 @@ impl PartitionLog {
         let seg = &self.segments[si];
         let pos = seg.position_of_raft_index(low)?;
         let mut total = 0u64;
-        // Offsets run on from batch to batch (and from the segment's base at its start). The trusted open
-        // (a clean checkpoint) checks no header, so a stamp that is consistent with itself but says a wrong
-        // offset must be caught here, never served (found by the segment_recovery fuzz target).
-        let mut offset = (pos == 0).then_some(seg.base_offset);
-        let mut at = u64::from(pos);
+        // Offsets are checked by `batches_from`; Raft indexes here.
         for (next, (h, b)) in (low..).zip(seg.batches_from(pos, max_bytes)?) {
             if h.raft_index >= high || (!out.is_empty() && total + b.len() as u64 > max_bytes) {
                 break;
             }
-            let corrupt = |why: String| StorageError::Corrupt {
-                path: seg.log_path().to_owned(),
-                position: at,
-                why,
-            };
             if h.raft_index != next {
-                return Err(corrupt(format!(
-                    "batch stamp says raft index {} where {next} belongs",
-                    h.raft_index
-                )));
+                return Err(StorageError::Corrupt {
+                    path: seg.log_path().to_owned(),
+                    position: u64::from(pos),
+                    why: format!(
+                        "batch stamp says raft index {} where {next} belongs",
+                        h.raft_index
+                    ),
+                });
             }
-            if let Some(o) = offset.filter(|o| *o != h.base_offset) {
-                return Err(corrupt(format!(
-                    "batch stamp says offset {} where {o} belongs",
-                    h.base_offset
-                )));
-            }
-            offset = Some(h.next_offset());
-            at += b.len() as u64;
             total += b.len() as u64;
             out.push((h, b));
         }

@@ -55,3 +55,16 @@ pub fn docker_quiet(args: &[&str]) {
         Duration::from_secs(90),
     );
 }
+
+/// Like [`crate::wait_until`], for conditions that run docker commands: polled every 250 ms, not 20 ms (each
+/// `docker exec` costs a process and a round trip to the daemon).
+pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

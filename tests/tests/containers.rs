@@ -112,17 +112,7 @@ impl Project {
     }
 
     fn docker(&self, args: &[&str]) -> Output {
-        let out = run(
-            Command::new("docker").args(args),
-            None,
-            Duration::from_secs(90),
-        );
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        ferry_tests::docker::docker(args)
     }
 
     fn healthy_from(&self, i: usize) -> bool {
@@ -157,14 +147,6 @@ impl Drop for Project {
     }
 }
 
-fn wait(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -178,7 +160,7 @@ fn produce(p: &Project, i: usize, values: &[String]) -> Output {
 #[ignore = "needs Docker and the image from deploy/image.sh (.ci/run builds it and runs this)"]
 fn a_three_container_cluster_survives_kills_restarts_partitions_and_grows() {
     let mut p = Project::up();
-    wait("the cluster healthy", Duration::from_secs(120), || {
+    ferry_tests::docker::poll_until("the cluster healthy", Duration::from_secs(120), || {
         p.healthy_from(0)
     });
     let out = p.ferry(
@@ -199,7 +181,7 @@ fn a_three_container_cluster_survives_kills_restarts_partitions_and_grows() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait(
+    ferry_tests::docker::poll_until(
         "every partition led and in sync",
         Duration::from_secs(60),
         || p.healthy_from(0),
@@ -229,7 +211,7 @@ fn a_three_container_cluster_survives_kills_restarts_partitions_and_grows() {
     );
     acked.extend(second);
     p.docker(&["start", &p.container(victim)]);
-    wait(
+    ferry_tests::docker::poll_until(
         "healthy after the restart",
         Duration::from_secs(120),
         || p.healthy_from(survivor),
@@ -300,7 +282,7 @@ fn a_three_container_cluster_survives_kills_restarts_partitions_and_grows() {
             String::from_utf8_lossy(&out.stderr)
         );
         acked.extend(batch);
-        wait(
+        ferry_tests::docker::poll_until(
             &format!("ferry-{i} ready again"),
             Duration::from_secs(120),
             || p.healthy_from(watcher_from),
@@ -368,7 +350,7 @@ fn a_three_container_cluster_survives_kills_restarts_partitions_and_grows() {
         &p.container(2),
     ]);
     p.docker(&["start", &p.container(2)]);
-    wait("healthy after the heal", Duration::from_secs(120), || {
+    ferry_tests::docker::poll_until("healthy after the heal", Duration::from_secs(120), || {
         p.healthy_from(0)
     });
 
@@ -405,7 +387,7 @@ fn a_three_container_cluster_survives_kills_restarts_partitions_and_grows() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait(
+    ferry_tests::docker::poll_until(
         "broker 4 active with replicas",
         Duration::from_secs(180),
         || {

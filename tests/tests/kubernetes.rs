@@ -104,14 +104,6 @@ fn exec(container: &str, cmd: &[String]) -> std::process::Output {
     )
 }
 
-fn wait(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 #[ignore = "needs Docker and the image from deploy/image.sh (.ci/run builds it and runs this)"]
 fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
@@ -235,13 +227,13 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
     );
     let ports: Vec<String> = pods.names.iter().map(|c| http_port(c)).collect();
     for port in &ports {
-        wait("the startup probe", Duration::from_secs(60), || {
+        ferry_tests::docker::poll_until("the startup probe", Duration::from_secs(60), || {
             ferry_tests::http_get(port, &startup).0 == 200
         });
         assert_eq!(ferry_tests::http_get(port, &liveness).0, 200);
     }
     for port in &ports {
-        wait("every pod ready", Duration::from_secs(90), || {
+        ferry_tests::docker::poll_until("every pod ready", Duration::from_secs(90), || {
             ferry_tests::http_get(port, &readiness).0 == 200
         });
     }
@@ -267,7 +259,7 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait("the cluster healthy", Duration::from_secs(60), || {
+    ferry_tests::docker::poll_until("the cluster healthy", Duration::from_secs(60), || {
         ferry(1, &["cluster", "health"]).status.success()
     });
     // Clients are told the pods' names under the headless Service.
@@ -326,7 +318,7 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
         "the ConfigMap lets a scale-up join"
     );
     start_pod(&mut pods, replicas);
-    wait(
+    ferry_tests::docker::poll_until(
         "broker 4 joined, active, with replicas",
         Duration::from_secs(120),
         || {
@@ -343,7 +335,7 @@ fn the_statefulset_as_written_forms_a_cluster_and_answers_its_probes() {
         },
     );
     let port = http_port(&pods.names[replicas]);
-    wait("the new pod ready", Duration::from_secs(60), || {
+    ferry_tests::docker::poll_until("the new pod ready", Duration::from_secs(60), || {
         ferry_tests::http_get(&port, &readiness).0 == 200
     });
 

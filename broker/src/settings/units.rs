@@ -52,11 +52,21 @@ impl Serialize for Bytes {
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberOrString("a size", |v| match v {
-            Raw::Unsigned(n) => Ok(Bytes(n)),
-            Raw::Signed(n) => Err(format!("a size cannot be negative ({n})")),
-            Raw::Str(s) => Bytes::parse(s),
-        }))
+        d.deserialize_any(NumberOrString(Bytes::WHAT, amount::<Bytes>))
+    }
+}
+
+impl Amount for Bytes {
+    const WHAT: &'static str = "a size";
+    const WHAT_OR_FOREVER: &'static str = "a size or `forever`";
+    fn from_number(n: u64) -> Self {
+        Bytes(n)
+    }
+    fn number(self) -> u64 {
+        self.0
+    }
+    fn parse(s: &str) -> Result<Self, String> {
+        Bytes::parse(s)
     }
 }
 
@@ -82,11 +92,58 @@ impl Serialize for Millis {
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberOrString("a duration", |v| match v {
-            Raw::Unsigned(n) => Ok(Millis(n)),
-            Raw::Signed(n) => Err(format!("a duration cannot be negative ({n})")),
-            Raw::Str(s) => Millis::parse(s),
-        }))
+        d.deserialize_any(NumberOrString(Millis::WHAT, amount::<Millis>))
+    }
+}
+
+impl Amount for Millis {
+    const WHAT: &'static str = "a duration";
+    const WHAT_OR_FOREVER: &'static str = "a duration or `forever`";
+    fn from_number(n: u64) -> Self {
+        Millis(n)
+    }
+    fn number(self) -> u64 {
+        self.0
+    }
+    fn parse(s: &str) -> Result<Self, String> {
+        Millis::parse(s)
+    }
+}
+
+/// A quantity read as a plain number or as a string with a unit ([`Bytes`], [`Millis`]).
+trait Amount: Copy {
+    /// What a value must be, for errors: "a size".
+    const WHAT: &'static str;
+    const WHAT_OR_FOREVER: &'static str;
+    fn from_number(n: u64) -> Self;
+    fn number(self) -> u64;
+    fn parse(s: &str) -> Result<Self, String>;
+}
+
+fn amount<T: Amount>(v: Raw<'_>) -> Result<T, String> {
+    match v {
+        Raw::Unsigned(n) => Ok(T::from_number(n)),
+        Raw::Signed(n) => Err(format!("{} cannot be negative ({n})", T::WHAT)),
+        Raw::Str(s) => T::parse(s),
+    }
+}
+
+/// `forever`, `-1` and zero (as a number or with a unit) are forever; anything else an amount.
+fn retained<T: Amount>(v: Raw<'_>) -> Result<Retain<T>, String> {
+    match v {
+        Raw::Signed(-1) => Ok(Retain::Forever),
+        Raw::Str(s) if is_forever(s) => Ok(Retain::Forever),
+        Raw::Signed(n) => Err(format!(
+            "{} cannot be negative ({n}; `-1` means forever)",
+            T::WHAT
+        )),
+        other => amount::<T>(other).map(|a| {
+            if a.number() == 0 {
+                Retain::Forever
+            } else {
+                Retain::Up(a)
+            }
+        }),
     }
 }
 
@@ -118,41 +175,13 @@ impl<T: Serialize> Serialize for Retain<T> {
 
 impl<'de> Deserialize<'de> for Retain<Bytes> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberOrString("a size or `forever`", |v| match v {
-            Raw::Unsigned(0) | Raw::Signed(-1) => Ok(Retain::Forever),
-            Raw::Str(s) if is_forever(s) => Ok(Retain::Forever),
-            Raw::Unsigned(n) => Ok(Retain::Up(Bytes(n))),
-            Raw::Signed(n) => Err(format!(
-                "a size cannot be negative ({n}; `-1` means forever)"
-            )),
-            Raw::Str(s) => Bytes::parse(s).map(|b| {
-                if b.0 == 0 {
-                    Retain::Forever
-                } else {
-                    Retain::Up(b)
-                }
-            }),
-        }))
+        d.deserialize_any(NumberOrString(Bytes::WHAT_OR_FOREVER, retained::<Bytes>))
     }
 }
 
 impl<'de> Deserialize<'de> for Retain<Millis> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberOrString("a duration or `forever`", |v| match v {
-            Raw::Unsigned(0) | Raw::Signed(-1) => Ok(Retain::Forever),
-            Raw::Str(s) if is_forever(s) => Ok(Retain::Forever),
-            Raw::Unsigned(n) => Ok(Retain::Up(Millis(n))),
-            Raw::Signed(n) => Err(format!(
-                "a duration cannot be negative ({n}; `-1` means forever)"
-            )),
-            Raw::Str(s) => Millis::parse(s).map(|m| {
-                if m.0 == 0 {
-                    Retain::Forever
-                } else {
-                    Retain::Up(m)
-                }
-            }),
-        }))
+        d.deserialize_any(NumberOrString(Millis::WHAT_OR_FOREVER, retained::<Millis>))
     }
 }
 
