@@ -151,6 +151,20 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         .filter(|(i, _)| *i as u64 + 1 != follower)
         .map(|(_, b)| b.clone())
         .collect();
+    // The partitions the stopped broker led elect a new leader first: this test is about catching up,
+    // not about publishing through an election (the producer's retries give up after about 2 s; CI once
+    // saw an election take longer).
+    ferry_tests::wait_until(
+        Duration::from_secs(30),
+        "every partition led by a live broker",
+        || {
+            let d = describe(&live, "r");
+            (0..3).all(|p| {
+                let l = leader_of(&d, p);
+                l != 0 && l != follower
+            })
+        },
+    );
     let mut input = String::new();
     for i in 0..5000 {
         input.push_str(&format!("k{i}:early-{i}\n"));
