@@ -23,6 +23,7 @@ mod cluster;
 mod coordinated;
 mod groups;
 pub mod health;
+mod identify;
 mod restart;
 mod start;
 pub mod startup;
@@ -31,6 +32,7 @@ mod topics;
 mod views;
 
 use crate::config::BrokerConfig;
+use crate::identity::{Identity, IdentityError};
 use crate::metadata::{Command, Metadata, MetadataMachine, TopicMeta, TopicSettings};
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::raft_log::ReplicaStorage;
@@ -66,6 +68,11 @@ pub enum BrokerError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A broker whose data dir is new found that the cluster knows its node id (the reason and procedure).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Longest a leadership transfer may take before the request answers with whoever leads then.
@@ -131,6 +138,8 @@ pub struct Broker {
     startup: startup::Startup,
     /// The controller's log end at start: the metadata is caught up once the controller commits it.
     catch_up_target: u64,
+    /// The data dir's identity (node id, incarnation, cluster id), shared with the peer network and service.
+    identity: Arc<Identity>,
     cancel: CancellationToken,
 }
 
@@ -424,7 +433,11 @@ impl Broker {
             .get(&leader)
             .map(|m| m.peer_address.clone())
             .ok_or(BrokerError::NoLeader)?;
-        match self.dialer.forward(addr, batch).await {
+        match self
+            .dialer
+            .forward(addr, batch, self.cluster_id_or_empty())
+            .await
+        {
             Ok(offset) => Ok(offset),
             Err(ForwardError::Unreachable(_)) => Err(BrokerError::NoLeader),
             Err(ForwardError::Refused(why)) => Err(BrokerError::Invalid(why)),

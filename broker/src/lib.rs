@@ -9,6 +9,8 @@
 //! - [`replica`]: this broker's replica of a partition, one Raft group per partition: its Raft log over the
 //!   segment log (`replica::raft_log`, core), every replication decision (`replica::core`, core), and the
 //!   task that drives it with group commit (`replica::driver`). Raft lives here and nowhere else.
+//! - [`identity`]: the data dir's identity (node id, incarnation, cluster id) and the judgements of a
+//!   starting broker's Hello answers.
 //! - [`metadata`] (core): the cluster metadata state machine of the controller group.
 //! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
 //! - [`membership`]: planning replica moves when brokers join or leave.
@@ -20,6 +22,7 @@
 pub mod broker;
 pub mod config;
 pub mod groups;
+pub mod identity;
 pub mod membership;
 pub mod metadata;
 pub mod peer;

@@ -10,6 +10,7 @@ use clap::Parser;
 use ferry_broker::broker::startup::{Phase, Startup};
 use ferry_broker::broker::Broker;
 use ferry_broker::config::BrokerConfig;
+use ferry_broker::identity::Identity;
 use ferry_broker::peer::Router;
 use ferry_broker::server;
 use ferry_broker::server::http::HttpState;
@@ -217,6 +218,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // The peer server runs before the broker starts: a starting broker waits for its controller to catch
     // up, which needs the other brokers' Raft messages.
     let router = Arc::new(Router::default());
+    let disk = disk();
+    let identity = Identity::open_data_dir(disk.clone(), &config.data_dir, config.node_id)
+        .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
     let peer_addr = match peer {
         Some(l) => {
             let addr = l.local_addr()?;
@@ -228,7 +232,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 config.peer_advertise
             );
             let serve = server::peer::serve_peer(
-                config.node_id,
+                identity.clone(),
                 router.clone(),
                 started.clone(),
                 l,
@@ -241,10 +245,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let broker = Broker::start(
         config.clone(),
-        disk(),
         Arc::new(SystemClock),
         Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
         router,
+        identity,
         startup.clone(),
         cancel.child_token(),
     )

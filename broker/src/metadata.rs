@@ -120,11 +120,21 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
-    /// A broker announces (or changes) the address clients reach it at.
+    /// A broker announces (or changes) the address clients reach it at, and the incarnation of its data dir
+    /// (0 from brokers older than identities: docs/operations.md, "Identity").
     RegisterBroker {
         id: u64,
         client_address: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        incarnation: u64,
     },
+    /// The cluster's id, minted once by the first broker that finds none; a later one is ignored.
+    ClusterId {
+        id: String,
+    },
+    /// Changes nothing: the controller leader commits one to be sure it still leads before answering a
+    /// read (a starting broker asking whether the cluster knows it).
+    Barrier {},
     /// An operator adds a broker, reachable by peers at `peer_address`; it joins the controller and
     /// partitions move to it.
     AddBroker {
@@ -220,7 +230,9 @@ impl Command {
                 settings.validate()
             }
             Command::DeleteTopic { name } => name_ok(name),
-            Command::RegisterBroker { id, client_address } => {
+            Command::RegisterBroker {
+                id, client_address, ..
+            } => {
                 if *id == 0 {
                     return Err("broker ids start at 1".into());
                 }
@@ -232,7 +244,10 @@ impl Command {
                 }
                 addr_ok(peer_address)
             }
-            Command::RemoveBroker { .. } | Command::ForgetBroker { .. } => Ok(()),
+            Command::RemoveBroker { .. } | Command::ForgetBroker { .. } | Command::Barrier {} => {
+                Ok(())
+            }
+            Command::ClusterId { id } => crate::identity::check_cluster_id(id),
             Command::MoveReplicas {
                 topic, replicas, ..
             }
@@ -279,6 +294,10 @@ pub struct Member {
     pub leaving: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Command {
     /// The command as a one-record batch stamped `now_ms`.
     pub fn to_batch(&self, now_ms: i64) -> Bytes {
@@ -301,6 +320,11 @@ pub struct Metadata {
     pub topics: BTreeMap<String, TopicMeta>,
     /// Client addresses of the brokers that registered, by id.
     pub brokers: BTreeMap<u64, String>,
+    /// The incarnation (data dir identity) each broker registered with, by id; brokers older than
+    /// identities registered none.
+    pub incarnations: BTreeMap<u64, u64>,
+    /// The cluster's id, once minted (`Command::ClusterId`).
+    pub cluster_id: Option<String>,
     /// The cluster's brokers by id: the initial voters (`--peers`) plus those added, minus those forgotten.
     pub members: BTreeMap<u64, Member>,
     pub next_topic_id: u64,
@@ -377,11 +401,22 @@ impl Metadata {
             Command::DeleteTopic { name } => {
                 self.topics.remove(&name);
             }
-            Command::RegisterBroker { id, client_address } => {
+            Command::RegisterBroker {
+                id,
+                client_address,
+                incarnation,
+            } => {
                 if self.members.is_empty() || self.members.contains_key(&id) {
                     self.brokers.insert(id, client_address);
+                    if incarnation != 0 {
+                        self.incarnations.insert(id, incarnation);
+                    }
                 }
             }
+            Command::ClusterId { id } => {
+                self.cluster_id.get_or_insert(id);
+            }
+            Command::Barrier {} => {}
             Command::AddBroker { id, peer_address } => {
                 let m = self.members.entry(id).or_insert(Member {
                     peer_address: peer_address.clone(),
@@ -399,6 +434,7 @@ impl Metadata {
                 if self.members.get(&id).is_some_and(|m| m.leaving) && self.replicas_on(id) == 0 {
                     self.members.remove(&id);
                     self.brokers.remove(&id);
+                    self.incarnations.remove(&id);
                 }
             }
             Command::MoveReplicas {

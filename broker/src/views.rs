@@ -46,7 +46,29 @@ pub trait Dialer: Send + Sync + std::fmt::Debug {
     /// Broker `addr`'s own view of topic `name`; `None` when it does not answer in time.
     fn local_view(&self, addr: String, name: String) -> BoxFuture<'_, Option<TopicView>>;
 
-    /// Sends a controller command batch to the controller leader's peer port at `addr`: the controller
-    /// log offset it landed at.
-    fn forward(&self, addr: String, batch: Bytes) -> BoxFuture<'_, Result<u64, ForwardError>>;
+    /// Sends a controller command batch to the controller leader's peer port at `addr`, from a broker of
+    /// cluster `cluster_id` (empty until known): the controller log offset it landed at.
+    fn forward(
+        &self,
+        addr: String,
+        batch: Bytes,
+        cluster_id: String,
+    ) -> BoxFuture<'_, Result<u64, ForwardError>>;
+
+    /// Asks the broker at peer address `addr` who it is and whether the cluster knows this broker (a
+    /// starting broker's check, `broker::identify`); an error says why it did not answer.
+    fn hello(&self, addr: String, hello: Hello) -> BoxFuture<'_, Result<HelloAnswer, String>>;
 }
+
+/// What a starting broker tells its peers in Hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    pub node_id: u64,
+    /// Empty when this broker has none yet.
+    pub cluster_id: String,
+    pub incarnation: u64,
+    /// Its data dir is new: it asks for the controller leader's confirmation.
+    pub fresh: bool,
+}
+
+pub use crate::identity::HelloAnswer;

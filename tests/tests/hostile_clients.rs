@@ -318,7 +318,10 @@ async fn a_forged_forward_is_refused_and_changes_nothing() {
     for cmd in forged {
         let batch = batch_of(&[cmd.to_owned()]);
         let err = peer_client
-            .forward(v1::ForwardRequest { command: batch })
+            .forward(v1::ForwardRequest {
+                command: batch,
+                cluster_id: String::new(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{cmd}: {err:?}");

@@ -57,6 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[(
     &[
         "groups",
         "replica",
+        "identity",
         "metadata",
         "peer",
         "membership",

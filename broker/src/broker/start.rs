@@ -6,7 +6,7 @@ use crate::metadata::{MetadataMachine, CONTROLLER_GROUP};
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::raft_log::ReplicaStorage;
 use crate::replica::{Clock, NoPeers, Transport, Wiring};
-use crate::storage::{Disk, WallClock};
+use crate::storage::WallClock;
 use crate::views::Dialer;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -15,21 +15,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::startup::{Phase, Startup};
 use super::{controller_log_config, replay_controller, Broker, BrokerError, CONTROLLER_CATCH_UP};
-use super::{restart, tasks};
+use super::{identify, restart, tasks};
+use crate::identity::Identity;
 
 impl Broker {
-    /// Opens the data dir, recovers the controller and every local partition, and starts their replicas.
+    /// Recovers the controller and every local partition of the data dir `identity` was opened on (its disk
+    /// is the broker's), after the identity check, and starts their replicas.
     pub async fn start(
         config: BrokerConfig,
-        disk: Arc<dyn Disk>,
         wall: Arc<dyn WallClock>,
         dialer: Arc<dyn Dialer>,
         router: Arc<Router>,
+        identity: Arc<Identity>,
         startup: Startup,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
+        let disk = identity.disk().clone();
+        startup.set(Phase::Identifying);
+        identify::check(&config, &identity, dialer.as_ref(), &cancel).await?;
         startup.set(Phase::Starting);
-        crate::storage::format::check_or_create(disk.as_ref(), &config.data_dir)?;
         let voters = config.voters();
         let ctl_dir = config.data_dir.join("__cluster");
         let (storage, _) = ReplicaStorage::open(
@@ -39,13 +43,18 @@ impl Broker {
             controller_log_config(),
             &voters,
         )?;
-        let (network, transport) = peer_network(&config, &cancel);
+        // The controller state exists now: from here on this data dir has taken part.
+        identity.settle()?;
+        let (network, transport) = peer_network(&config, &identity, &cancel);
         let metadata = MetadataMachine::new(&config.peers);
         let clock = Clock::start(config.replica.tick_ms, cancel.clone());
         let inflight_kib = usize::try_from(config.inflight_bytes_max / 1024)
             .unwrap_or(usize::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         replay_controller(&storage, &metadata)?;
+        if let Some(id) = metadata.state.read().cluster_id.clone() {
+            identity.learn_cluster_id(&id)?;
+        }
         let (controller, ctl_cancel, ctl_task) = restart::spawn_controller(
             storage,
             &config,
@@ -58,6 +67,7 @@ impl Broker {
             },
         )?;
         router.register(CONTROLLER_GROUP, controller.inbox());
+        identity.watch_controller(controller.clone());
         let catch_up_target = controller.log_end_offset();
         let broker = Arc::new(Broker {
             config,
@@ -79,6 +89,7 @@ impl Broker {
             inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib)),
             startup: startup.clone(),
             catch_up_target,
+            identity,
             cancel,
         });
         startup.set(Phase::CatchingUp);
@@ -127,8 +138,9 @@ impl Broker {
                 broker.cancel.clone(),
             ));
             tokio::spawn(tasks::scrub(Arc::downgrade(broker), broker.cancel.clone()));
-            if broker.config.auto_join && !broker.config.peers.contains_key(&broker.config.node_id)
-            {
+            // An initial voter is a member from the start and stops at once; one that was removed and
+            // forgotten (rebuilt after losing its data dir) adds itself again.
+            if broker.config.auto_join {
                 tokio::spawn(tasks::join(Arc::downgrade(broker), broker.cancel.clone()));
             }
         }
@@ -143,11 +155,12 @@ impl Broker {
 /// sends Raft messages nowhere.
 fn peer_network(
     config: &BrokerConfig,
+    identity: &Arc<Identity>,
     cancel: &CancellationToken,
 ) -> (Option<Arc<PeerNetwork>>, Arc<dyn Transport>) {
     let network = (!config.peers.is_empty()).then(|| {
         PeerNetwork::start(
-            config.node_id,
+            identity.clone(),
             config.peer_advertise.clone(),
             &config.peers,
             cancel.child_token(),

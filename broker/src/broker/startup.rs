@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum Phase {
     /// Opening the data dir and the controller's log.
     Starting,
+    /// Checking this broker's identity with its peers (a new data dir waits here until it may take part).
+    Identifying,
     /// Waiting for the controller to commit what its log holds (bounded by `CONTROLLER_CATCH_UP`).
     CatchingUp,
     /// Opening and recovering the local partitions.
@@ -26,6 +28,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
+            Phase::Identifying => "identifying",
             Phase::CatchingUp => "catching-up",
             Phase::Opening => "opening",
             Phase::Serving => "serving",

@@ -29,6 +29,7 @@ pub(super) async fn follow_metadata(
         if let Err(e) = b.reconcile().await {
             tracing::error!("applying metadata failed: {e}");
         }
+        b.learn_cluster_id();
     }
 }
 
@@ -90,18 +91,39 @@ pub(super) async fn register(broker: std::sync::Weak<Broker>, cancel: Cancellati
     loop {
         let Some(b) = broker.upgrade() else { return };
         let (id, addr) = (b.config.node_id, b.config.advertise.clone());
-        if b.metadata.state.read().brokers.get(&id) == Some(&addr) {
-            return;
-        }
-        let cmd = Command::RegisterBroker {
-            id,
-            client_address: addr.clone(),
+        let incarnation = b.identity.incarnation;
+        let registered = |m: &crate::metadata::Metadata| {
+            m.brokers.get(&id) == Some(&addr) && m.incarnations.get(&id) == Some(&incarnation)
         };
-        match b
-            .propose_command(&cmd, |m| m.brokers.get(&id) == Some(&addr))
-            .await
-        {
-            Ok(()) => return,
+        let minted = |m: &crate::metadata::Metadata| m.cluster_id.is_some();
+        let done = {
+            let m = b.metadata.state.read();
+            (registered(&m), minted(&m))
+        };
+        let attempt = match done {
+            (true, true) => return,
+            (false, _) => {
+                let cmd = Command::RegisterBroker {
+                    id,
+                    client_address: addr.clone(),
+                    incarnation,
+                };
+                b.propose_command(&cmd, registered).await
+            }
+            // The first broker to find the cluster without an id mints one; if several race, the first
+            // committed wins and the others are ignored when applied.
+            (true, false) => {
+                let cmd = Command::ClusterId {
+                    id: crate::identity::mint_cluster_id(),
+                };
+                b.propose_command(&cmd, minted).await
+            }
+        };
+        match attempt {
+            Ok(()) => {
+                backoff_ms = 100;
+                continue;
+            }
             Err(e) => tracing::debug!("registering with the controller: {e}"),
         }
         drop(b);
@@ -118,14 +140,16 @@ const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// After the controller accepted the addition, how long to wait to see it before asking again.
 const JOIN_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `auto_join`: a broker not among the initial voters asks them, one after the other, to add it (an
+/// `auto_join`: a broker that is not a member asks the initial voters, one after the other, to add it (an
 /// `AddBroker` command, as `ferry cluster add-broker` sends; whichever leads the controller takes it), until
 /// its own metadata shows it a member. It knows only the initial voters' peer addresses until then.
+/// Membership counts only in metadata that has applied a command: an empty controller log shows every
+/// initial voter a member, also one the cluster removed and forgot (rebuilt after losing its data dir).
 pub(super) async fn join(broker: std::sync::Weak<Broker>, cancel: CancellationToken) {
     loop {
         let Some(b) = broker.upgrade() else { return };
         let me = b.config.node_id;
-        if b.metadata.state.read().members.contains_key(&me) {
+        if is_member(&b.metadata.state.read(), me) {
             return;
         }
         let cmd = Command::AddBroker {
@@ -134,8 +158,12 @@ pub(super) async fn join(broker: std::sync::Weak<Broker>, cancel: CancellationTo
         };
         let batch = cmd.to_batch(b.now_ms());
         let mut accepted = false;
-        for (voter, addr) in &b.config.peers {
-            match b.dialer.forward(addr.clone(), batch.clone()).await {
+        for (voter, addr) in b.config.peers.iter().filter(|(v, _)| **v != me) {
+            match b
+                .dialer
+                .forward(addr.clone(), batch.clone(), b.cluster_id_or_empty())
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(
                         broker = me,
@@ -156,13 +184,18 @@ pub(super) async fn join(broker: std::sync::Weak<Broker>, cancel: CancellationTo
             _ = tokio::time::timeout(wait, async {
                 while hw.changed().await.is_ok() {
                     let Some(b) = broker.upgrade() else { return };
-                    if b.metadata.state.read().members.contains_key(&me) {
+                    if is_member(&b.metadata.state.read(), me) {
                         return;
                     }
                 }
             }) => {}
         }
     }
+}
+
+/// `me` is a member by metadata that has applied at least one command (the controller log's own word).
+fn is_member(m: &crate::metadata::Metadata, me: u64) -> bool {
+    m.applied_index > 0 && m.members.contains_key(&me)
 }
 
 /// How often a broker hands partitions back to their preferred leaders.

@@ -15,6 +15,7 @@ use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::Identity;
 use crate::replica::Transport;
 
 /// Messages queued per peer before new ones are dropped (Raft retransmits what is dropped).
@@ -49,6 +50,8 @@ struct Link {
 #[derive(Debug)]
 pub struct PeerNetwork {
     node_id: u64,
+    /// Stamped on every batch: peers refuse batches from another cluster or an unknown incarnation.
+    identity: Arc<Identity>,
     /// host:port of this broker's own peer listener, sent with every batch so that a broker that does not
     /// know this one yet (it just joined) can answer.
     own_address: String,
@@ -59,13 +62,14 @@ pub struct PeerNetwork {
 impl PeerNetwork {
     /// Starts a link task per peer (`node id → host:port` of its peer listener, self excluded).
     pub fn start(
-        node_id: u64,
+        identity: Arc<Identity>,
         own_address: String,
         peers: &BTreeMap<u64, String>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let n = Arc::new(PeerNetwork {
-            node_id,
+            node_id: identity.node_id,
+            identity,
             own_address,
             links: RwLock::new(HashMap::new()),
             cancel,
@@ -80,7 +84,7 @@ impl PeerNetwork {
         let queued_bytes = Arc::new(AtomicU64::new(0));
         let cancel = self.cancel.child_token();
         tokio::spawn(run_link(
-            (self.node_id, self.own_address.clone()),
+            (self.identity.clone(), self.own_address.clone()),
             id,
             address.to_owned(),
             (rx, queued_bytes.clone()),
@@ -190,7 +194,7 @@ fn envelope(group: u64, m: &Message) -> v1::RaftEnvelope {
 }
 
 async fn run_link(
-    (from, from_address): (u64, String),
+    (identity, from_address): (Arc<Identity>, String),
     to: u64,
     addr: String,
     (mut rx, queued_bytes): (mpsc::Receiver<v1::RaftEnvelope>, Arc<AtomicU64>),
@@ -245,12 +249,22 @@ async fn run_link(
         });
         backoff_ms = BACKOFF_MS_MIN;
         up.store(true, Ordering::Relaxed);
-        let sender = (from, from_address.clone(), to);
+        let sender = (identity.as_ref(), from_address.clone(), to);
         if let Pumped::Stop = queue.pump(sender, &stream_tx, &cancel).await {
             return;
         }
         up.store(false, Ordering::Relaxed);
         match call.await {
+            // Refused for who this broker is (another cluster, an unknown incarnation, the wrong broker):
+            // retrying soon changes nothing.
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                tracing::warn!(
+                    to,
+                    "peer refused this broker's Raft traffic: {}",
+                    status.message()
+                );
+                backoff_ms = BACKOFF_MS_MAX;
+            }
             Ok(Err(status)) => tracing::debug!(to, "peer stream ended: {status}"),
             Err(e) => tracing::debug!(to, "peer stream task failed: {e}"),
             Ok(Ok(_)) => {}
@@ -287,7 +301,7 @@ impl Queue<'_> {
     /// of a stream names this broker's peer address (`sender`: this broker's id and address, the peer's id).
     async fn pump(
         &mut self,
-        (from, from_address, to): (u64, String, u64),
+        (identity, from_address, to): (&Identity, String, u64),
         stream_tx: &mpsc::Sender<v1::RaftBatch>,
         cancel: &CancellationToken,
     ) -> Pumped {
@@ -315,8 +329,10 @@ impl Queue<'_> {
             };
             for messages in batches {
                 let batch = v1::RaftBatch {
-                    from,
+                    from: identity.node_id,
                     to,
+                    cluster_id: identity.cluster_id().unwrap_or_default().to_owned(),
+                    incarnation: identity.incarnation,
                     messages,
                     from_address: if std::mem::take(&mut first) {
                         from_address.clone()

@@ -8,10 +8,12 @@ use ferry_protocol::v1;
 use futures::future::BoxFuture;
 
 use super::views::partition_view;
-use crate::views::{Dialer, ForwardError, TopicView};
+use crate::views::{Dialer, ForwardError, Hello, HelloAnswer, TopicView};
 
 /// How long a broker waits for another broker's view of a topic (ms).
 const VIEW_TIMEOUT_MS: u64 = 2_000;
+/// How long a Hello may take (ms): the answering controller leader commits a barrier first.
+const HELLO_TIMEOUT_MS: u64 = 3_000;
 /// How long a connection attempt to another broker may take (ms).
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
@@ -68,11 +70,19 @@ impl Dialer for GrpcDialer {
         })
     }
 
-    fn forward(&self, addr: String, batch: Bytes) -> BoxFuture<'_, Result<u64, ForwardError>> {
+    fn forward(
+        &self,
+        addr: String,
+        batch: Bytes,
+        cluster_id: String,
+    ) -> BoxFuture<'_, Result<u64, ForwardError>> {
         Box::pin(async move {
             let channel = self.channel(&addr).map_err(ForwardError::Refused)?;
             let mut client = v1::peer_client::PeerClient::new(channel);
-            let req = v1::ForwardRequest { command: batch };
+            let req = v1::ForwardRequest {
+                command: batch,
+                cluster_id,
+            };
             match client.forward(req).await {
                 Ok(r) => Ok(r.into_inner().base_offset),
                 Err(s) if s.code() == tonic::Code::Unavailable => {
@@ -80,6 +90,37 @@ impl Dialer for GrpcDialer {
                 }
                 Err(s) => Err(ForwardError::Refused(s.message().to_owned())),
             }
+        })
+    }
+
+    fn hello(&self, addr: String, hello: Hello) -> BoxFuture<'_, Result<HelloAnswer, String>> {
+        Box::pin(async move {
+            let channel = self.channel(&addr)?;
+            let mut client = v1::peer_client::PeerClient::new(channel);
+            let req = v1::HelloRequest {
+                node_id: hello.node_id,
+                cluster_id: hello.cluster_id,
+                incarnation: hello.incarnation,
+                fresh: hello.fresh,
+            };
+            let ask = client.hello(req);
+            let a = tokio::time::timeout(std::time::Duration::from_millis(HELLO_TIMEOUT_MS), ask)
+                .await
+                .map_err(|_| format!("no answer within {HELLO_TIMEOUT_MS} ms"))?
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            if !a.cluster_id.is_empty() {
+                crate::identity::check_cluster_id(&a.cluster_id)?;
+            }
+            Ok(HelloAnswer {
+                node_id: a.node_id,
+                cluster_id: a.cluster_id,
+                fresh: a.fresh,
+                confirmed: a.confirmed,
+                registered: a.registered,
+                registered_incarnation: a.registered_incarnation,
+                leader_address: a.leader_address,
+            })
         })
     }
 }

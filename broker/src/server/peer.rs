@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status::to_status;
 use crate::broker::Broker;
+use crate::identity::{check_cluster_id, HelloAnswer, Identity};
 use crate::peer::Router;
 
 /// HTTP/2 windows of the peer port (bytes): room for whole Raft appends.
@@ -27,6 +28,9 @@ const CONNECTIONS_MAX: usize = 256;
 #[derive(Debug)]
 pub struct PeerService {
     node_id: u64,
+    /// This broker's identity: batches and commands from another cluster, or from an incarnation the
+    /// cluster does not know for their sender, are refused; Hello is answered from it.
+    identity: Arc<Identity>,
     router: Arc<Router>,
     /// Where forwarded controller commands go, once the broker has started (never set in replica-level
     /// tests, which only replicate).
@@ -59,6 +63,7 @@ impl Peer for PeerService {
             if crate::peer::faults::drops_from(batch.from) {
                 continue;
             }
+            self.check_sender(batch.from, &batch.cluster_id, batch.incarnation)?;
             liveness.heard(batch.from);
             if !learned && !batch.from_address.is_empty() {
                 if let Some(b) = self.broker.get() {
@@ -120,7 +125,10 @@ impl Peer for PeerService {
         &self,
         req: Request<v1::ForwardRequest>,
     ) -> Result<Response<v1::ForwardResponse>, Status> {
-        let batch = req.into_inner().command;
+        let req = req.into_inner();
+        self.check_cluster(&req.cluster_id)
+            .map_err(|why| Status::failed_precondition(format!("command refused: {why}")))?;
+        let batch = req.command;
         let broker = self
             .broker
             .get()
@@ -128,18 +136,92 @@ impl Peer for PeerService {
         let base_offset = broker.propose_local(batch).await.map_err(to_status)?;
         Ok(Response::new(v1::ForwardResponse { base_offset }))
     }
+
+    async fn hello(
+        &self,
+        req: Request<v1::HelloRequest>,
+    ) -> Result<Response<v1::HelloResponse>, Status> {
+        let req = req.into_inner();
+        if !req.cluster_id.is_empty() {
+            check_cluster_id(&req.cluster_id).map_err(Status::invalid_argument)?;
+        }
+        let mut a = HelloAnswer {
+            node_id: self.node_id,
+            cluster_id: self.identity.cluster_id().unwrap_or_default().to_owned(),
+            fresh: self.identity.is_pristine(),
+            ..HelloAnswer::default()
+        };
+        if req.fresh && req.node_id != self.node_id {
+            if let Some(b) = self.broker.get() {
+                b.answer_hello(req.node_id, &mut a).await;
+            }
+        }
+        Ok(Response::new(v1::HelloResponse {
+            node_id: a.node_id,
+            cluster_id: a.cluster_id,
+            fresh: a.fresh,
+            confirmed: a.confirmed,
+            registered: a.registered,
+            registered_incarnation: a.registered_incarnation,
+            leader_address: a.leader_address,
+        }))
+    }
+}
+
+impl PeerService {
+    /// Refuses a batch from another cluster, or from an incarnation of `from` other than the one the
+    /// cluster registered (its data dir was replaced: it would vote having forgotten its votes). A sender
+    /// without an identity (0, an older version) passes.
+    fn check_sender(&self, from: u64, cluster_id: &str, incarnation: u64) -> Result<(), Status> {
+        self.check_cluster(cluster_id).map_err(|why| {
+            Status::failed_precondition(format!("Raft traffic from broker {from} refused: {why}"))
+        })?;
+        let known = self
+            .broker
+            .get()
+            .and_then(|b| b.registered_incarnation(from));
+        match known {
+            Some(k) if incarnation != 0 && incarnation != k => {
+                Err(Status::failed_precondition(format!(
+                    "Raft traffic from broker {from} refused: it runs on a data dir of incarnation \
+                     {incarnation:016x}, but the cluster registered broker {from} with {k:016x}: its data \
+                     dir was replaced, and it must not vote with forgotten state (docs/operations.md, \
+                     \"A broker lost its data dir\")"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Why a peer of cluster `theirs` (empty: none yet) is not of this broker's cluster.
+    fn check_cluster(&self, theirs: &str) -> Result<(), String> {
+        let Some(own) = self.identity.cluster_id() else {
+            return Ok(());
+        };
+        if theirs.is_empty() || theirs == own {
+            return Ok(());
+        }
+        check_cluster_id(theirs)?;
+        Err(format!(
+            "the sender belongs to cluster {theirs}, this broker ({}) to cluster {own}: one of them runs on \
+             another cluster's data dir, or its peers name another cluster's brokers (docs/operations.md, \
+             \"Identity\")",
+            self.node_id
+        ))
+    }
 }
 
 /// Serves the peer service on `listener` until `cancel` fires.
 pub async fn serve_peer(
-    node_id: u64,
+    identity: Arc<Identity>,
     router: Arc<Router>,
     broker: Arc<OnceLock<Arc<Broker>>>,
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let svc = v1::peer_server::PeerServer::new(PeerService {
-        node_id,
+        node_id: identity.node_id,
+        identity,
         router,
         broker,
         cancel: cancel.clone(),

@@ -97,15 +97,16 @@ async fn start_cluster_with(
     for id in 1..=3u64 {
         let cancel = CancellationToken::new();
         let router = Arc::new(Router::default());
+        let dir = dirs[id as usize - 1].path();
+        let identity = crate::identity::Identity::open(Arc::new(OsDisk), dir, id).unwrap();
         tokio::spawn(serve_peer(
-            id,
+            identity.clone(),
             router.clone(),
             Default::default(),
             listeners.remove(&id).unwrap(),
             cancel.clone(),
         ));
-        let network = PeerNetwork::start(id, peers[&id].clone(), &peers, cancel.clone());
-        let dir = dirs[id as usize - 1].path();
+        let network = PeerNetwork::start(identity, peers[&id].clone(), &peers, cancel.clone());
         let (storage, _) = ReplicaStorage::open(
             Arc::new(OsDisk),
             Arc::new(crate::storage::SystemClock),

@@ -18,6 +18,9 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::Invalid(_) => Status::invalid_argument(e.to_string()),
         BrokerError::Unsatisfiable(_) => Status::failed_precondition(e.to_string()),
         BrokerError::Storage(e) => Status::internal(e.to_string()),
+        BrokerError::Identity(_) | BrokerError::Refused(_) => {
+            Status::failed_precondition(e.to_string())
+        }
         BrokerError::NotLeader {
             leader,
             ref address,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_broker::broker::{Broker, BrokerError};
 use ferry_broker::config::BrokerConfig;
+use ferry_broker::identity::Identity;
 use ferry_broker::metadata::TopicSettings;
 use ferry_broker::peer::Router;
 use ferry_broker::replica::Durability;
@@ -45,22 +46,23 @@ impl Node {
         let router = Arc::new(Router::default());
         let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
         let listener = bind_again(&self.peer_addr).await;
+        let disk = Arc::new(FaultyDisk {
+            faults: self.faults.clone(),
+        });
+        let identity = Identity::open_data_dir(disk.clone(), &self.dir, self.id).expect("identity");
         self.peer_server = Some(tokio::spawn(ferry_broker::server::peer::serve_peer(
-            self.id,
+            identity.clone(),
             router.clone(),
             started.clone(),
             listener,
             cancel.clone(),
         )));
-        let disk = Arc::new(FaultyDisk {
-            faults: self.faults.clone(),
-        });
         let broker = Broker::start(
             config,
-            disk,
             Arc::new(ferry_broker::storage::SystemClock),
             Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
             router,
+            identity,
             ferry_broker::broker::startup::Startup::default(),
             cancel.child_token(),
         )
