@@ -425,14 +425,7 @@ impl Broker {
 
     /// Sends a command batch to the controller leader's peer port.
     async fn forward(&self, leader: u64, batch: Bytes) -> Result<u64, BrokerError> {
-        let addr = self
-            .metadata
-            .state
-            .read()
-            .members
-            .get(&leader)
-            .map(|m| m.peer_address.clone())
-            .ok_or(BrokerError::NoLeader)?;
+        let addr = self.peer_address(leader).ok_or(BrokerError::NoLeader)?;
         match self
             .dialer
             .forward(addr, batch, self.cluster_id_or_empty())

@@ -35,6 +35,18 @@ fn cluster_id(dir: &Path) -> Option<String> {
     })
 }
 
+/// Waits until every broker on `dirs` registered and wrote the same cluster id into its data dir.
+fn wait_for_one_cluster_id(dirs: &[tempfile::TempDir]) {
+    wait_until(
+        Duration::from_secs(30),
+        "every broker registered and wrote the cluster id into its data dir",
+        || {
+            let ids: Vec<_> = dirs.iter().map(|d| cluster_id(d.path())).collect();
+            ids[0].is_some() && ids.iter().all(|i| *i == ids[0])
+        },
+    );
+}
+
 /// Runs `ferryd` on `dir` with `flags` (ephemeral client and HTTP ports), expecting it to refuse to start:
 /// its stderr.
 fn refused_start(dir: &Path, flags: &[String]) -> String {
@@ -107,14 +119,7 @@ async fn a_wiped_broker_refuses_to_start_and_rejoins_empty_after_the_documented_
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
     let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    wait_until(
-        Duration::from_secs(30),
-        "every broker registered and wrote the cluster id into its data dir",
-        || {
-            let ids: Vec<_> = dirs.iter().map(|d| cluster_id(d.path())).collect();
-            ids[0].is_some() && ids.iter().all(|i| *i == ids[0])
-        },
-    );
+    wait_for_one_cluster_id(&dirs);
     cli_ok(
         &brokers,
         &[
@@ -209,14 +214,7 @@ async fn a_broker_on_another_clusters_data_dir_is_refused() {
     // Cluster B: three brokers.
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_until(
-        Duration::from_secs(30),
-        "cluster B's brokers know its id",
-        || {
-            let ids: Vec<_> = dirs.iter().map(|d| cluster_id(d.path())).collect();
-            ids[0].is_some() && ids.iter().all(|i| *i == ids[0])
-        },
-    );
+    wait_for_one_cluster_id(&dirs);
     let (a, b) = (
         cluster_id(other.path()).unwrap(),
         cluster_id(dirs[0].path()).unwrap(),

@@ -117,6 +117,16 @@ impl Broker {
         &self.identity
     }
 
+    /// Where member `id`'s peer port is, by the metadata.
+    pub(crate) fn peer_address(&self, id: u64) -> Option<String> {
+        self.metadata
+            .state
+            .read()
+            .members
+            .get(&id)
+            .map(|m| m.peer_address.clone())
+    }
+
     /// The incarnation the cluster registered broker `id` with, if any.
     pub fn registered_incarnation(&self, id: u64) -> Option<u64> {
         self.metadata.state.read().incarnations.get(&id).copied()
@@ -138,14 +148,7 @@ impl Broker {
     pub async fn answer_hello(&self, node_id: u64, answer: &mut HelloAnswer) {
         let leader = self.controller().leader();
         if leader != self.config.node_id {
-            answer.leader_address = self
-                .metadata
-                .state
-                .read()
-                .members
-                .get(&leader)
-                .map(|m| m.peer_address.clone())
-                .unwrap_or_default();
+            answer.leader_address = self.peer_address(leader).unwrap_or_default();
             return;
         }
         let barrier = Command::Barrier {}.to_batch(self.now_ms());

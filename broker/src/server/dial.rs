@@ -112,15 +112,35 @@ impl Dialer for GrpcDialer {
             if !a.cluster_id.is_empty() {
                 crate::identity::check_cluster_id(&a.cluster_id)?;
             }
-            Ok(HelloAnswer {
-                node_id: a.node_id,
-                cluster_id: a.cluster_id,
-                fresh: a.fresh,
-                confirmed: a.confirmed,
-                registered: a.registered,
-                registered_incarnation: a.registered_incarnation,
-                leader_address: a.leader_address,
-            })
+            Ok(HelloAnswer::from(a))
         })
+    }
+}
+
+impl From<v1::HelloResponse> for HelloAnswer {
+    fn from(a: v1::HelloResponse) -> Self {
+        HelloAnswer {
+            node_id: a.node_id,
+            cluster_id: a.cluster_id,
+            fresh: a.fresh,
+            confirmed: a.confirmed,
+            registered: a.registered,
+            registered_incarnation: a.registered_incarnation,
+            leader_address: a.leader_address,
+        }
+    }
+}
+
+impl From<HelloAnswer> for v1::HelloResponse {
+    fn from(a: HelloAnswer) -> Self {
+        v1::HelloResponse {
+            node_id: a.node_id,
+            cluster_id: a.cluster_id,
+            fresh: a.fresh,
+            confirmed: a.confirmed,
+            registered: a.registered,
+            registered_incarnation: a.registered_incarnation,
+            leader_address: a.leader_address,
+        }
     }
 }

@@ -156,15 +156,7 @@ impl Peer for PeerService {
                 b.answer_hello(req.node_id, &mut a).await;
             }
         }
-        Ok(Response::new(v1::HelloResponse {
-            node_id: a.node_id,
-            cluster_id: a.cluster_id,
-            fresh: a.fresh,
-            confirmed: a.confirmed,
-            registered: a.registered,
-            registered_incarnation: a.registered_incarnation,
-            leader_address: a.leader_address,
-        }))
+        Ok(Response::new(a.into()))
     }
 }
 
