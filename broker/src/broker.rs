@@ -188,6 +188,24 @@ impl Broker {
         id == self.config.node_id || self.network.as_ref().is_some_and(|n| n.is_connected(id))
     }
 
+    /// The client address of broker `id` on the named listener `listener` (the main one for `None`, or
+    /// when that broker has no listener of that name: a rolling change of the listeners), if known.
+    pub fn client_address(&self, id: u64, listener: Option<&str>) -> Option<String> {
+        let own = |name: &str| {
+            (id == self.config.node_id)
+                .then(|| self.config.listener_advertise.get(name).cloned())
+                .flatten()
+        };
+        let meta = self.metadata.state.read();
+        let named = listener.and_then(|name| {
+            meta.listeners
+                .get(&id)
+                .and_then(|l| l.get(name).cloned())
+                .or_else(|| own(name))
+        });
+        named.or_else(|| meta.brokers.get(&id).cloned())
+    }
+
     /// A replica error for clients: a not-leader error names the leader's client address.
     pub fn replica_error(&self, e: ReplicaError) -> BrokerError {
         match e {

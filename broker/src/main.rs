@@ -104,6 +104,12 @@ struct Args {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     auto_join: Option<bool>,
+    /// Named client listeners besides the main one: `NAME=LISTEN[@ADVERTISE][,...]`, e.g.
+    /// `external=0.0.0.0:9400@ferry-0.example.com:9400`. A client that comes in on one is told every
+    /// broker's address on that listener [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listeners: Option<String>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +199,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // With port 0 the OS picks the ports: tell clients and the operator the real ones.
     let (client_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     config.advertise = client_advertise(settings.advertise.as_deref(), client_addr);
+    let mut named = Vec::new();
+    for (name, l) in &settings.listeners.0 {
+        let listener = bind(l.listen).await?;
+        let bound = listener.local_addr()?;
+        config.listener_advertise.insert(
+            name.clone(),
+            client_advertise(l.advertise.as_deref(), bound),
+        );
+        named.push((name.clone(), bound, listener));
+    }
     let peer = if config.peers.is_empty() {
         None
     } else {
@@ -264,7 +280,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         ""
     };
-    println!("ferryd listening client={client_addr} http={http_addr} peer={peer_addr}{faults}");
+    let mut listening = format!("client={client_addr} http={http_addr} peer={peer_addr}");
+    let mut grpc = vec![(None, grpc)];
+    for (name, bound, listener) in named {
+        listening.push_str(&format!(" listener.{name}={bound}"));
+        grpc.push((Some(name), listener));
+    }
+    println!("ferryd listening {listening}{faults}");
     serve_until_signal(broker, grpc, startup, serve_cancel, http_task).await;
     cancel.cancel();
     tracing::info!("ferryd stopped cleanly");
@@ -382,21 +404,34 @@ async fn serve_http(
 /// clean checkpoints).
 async fn serve_until_signal(
     broker: Arc<Broker>,
-    grpc: tokio::net::TcpListener,
+    grpc: Vec<(Option<String>, tokio::net::TcpListener)>,
     startup: Startup,
     serve_cancel: CancellationToken,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
-    let grpc_task = tokio::spawn(server::serve_grpc(
-        broker.clone(),
-        grpc,
-        serve_cancel.clone(),
-    ));
+    // One bound on client connections for all client listeners together.
+    let connections = Arc::new(tokio::sync::Semaphore::new(broker.config.connections_max));
+    let grpc_tasks: Vec<_> = grpc
+        .into_iter()
+        .map(|(name, listener)| {
+            tokio::spawn(server::serve_grpc(
+                broker.clone(),
+                listener,
+                name,
+                connections.clone(),
+                serve_cancel.clone(),
+            ))
+        })
+        .collect();
     shutdown_signal().await;
     startup.set(Phase::Stopping);
     broker.hand_off_leadership(HAND_OFF_WAIT).await;
     serve_cancel.cancel();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures::future::join_all(grpc_tasks),
+    )
+    .await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
     broker.shutdown().await;
 }

@@ -127,6 +127,9 @@ pub enum Command {
         client_address: String,
         #[serde(default, skip_serializing_if = "is_zero")]
         incarnation: u64,
+        /// Its named listeners' advertised addresses, by listener name (none from older brokers).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        listeners: BTreeMap<String, String>,
     },
     /// The cluster's id, minted once by the first broker that finds none; a later one is ignored.
     ClusterId {
@@ -231,12 +234,25 @@ impl Command {
             }
             Command::DeleteTopic { name } => name_ok(name),
             Command::RegisterBroker {
-                id, client_address, ..
+                id,
+                client_address,
+                listeners,
+                ..
             } => {
                 if *id == 0 {
                     return Err("broker ids start at 1".into());
                 }
-                addr_ok(client_address)
+                addr_ok(client_address)?;
+                if listeners.len() > LISTENERS_MAX {
+                    return Err(format!("more than {LISTENERS_MAX} named listeners"));
+                }
+                for (name, address) in listeners {
+                    if name.is_empty() || name.len() > LISTENER_NAME_LEN_MAX {
+                        return Err(format!("listener name '{name}' is empty or too long"));
+                    }
+                    addr_ok(address)?;
+                }
+                Ok(())
             }
             Command::AddBroker { id, peer_address } => {
                 if *id == 0 {
@@ -274,6 +290,10 @@ impl Command {
 
 /// Most replicas of one partition.
 pub const REPLICATION_FACTOR_MAX: usize = 7;
+/// Most named client listeners one broker registers, besides its main one (the settings' bound too).
+pub const LISTENERS_MAX: usize = 8;
+/// Longest listener name (bytes).
+pub const LISTENER_NAME_LEN_MAX: usize = 32;
 /// Longest broker address in the metadata (bytes).
 pub const ADDRESS_LEN_MAX: usize = 255;
 /// Producer ids one allocation record hands out: id = record offset × this + k (M9 in the audit: one
@@ -318,8 +338,10 @@ pub fn json_record_batch(key: Option<&[u8]>, value: &impl Serialize, now: i64) -
 #[derive(Debug, Default, Clone)]
 pub struct Metadata {
     pub topics: BTreeMap<String, TopicMeta>,
-    /// Client addresses of the brokers that registered, by id.
+    /// Client addresses (the main listener's) of the brokers that registered, by id.
     pub brokers: BTreeMap<u64, String>,
+    /// Named listeners' client addresses of the brokers that registered, by id, then listener name.
+    pub listeners: BTreeMap<u64, BTreeMap<String, String>>,
     /// The incarnation (data dir identity) each broker registered with, by id; brokers older than
     /// identities registered none.
     pub incarnations: BTreeMap<u64, u64>,
@@ -405,9 +427,15 @@ impl Metadata {
                 id,
                 client_address,
                 incarnation,
+                listeners,
             } => {
                 if self.members.is_empty() || self.members.contains_key(&id) {
                     self.brokers.insert(id, client_address);
+                    if listeners.is_empty() {
+                        self.listeners.remove(&id);
+                    } else {
+                        self.listeners.insert(id, listeners);
+                    }
                     if incarnation != 0 {
                         self.incarnations.insert(id, incarnation);
                     }
@@ -434,6 +462,7 @@ impl Metadata {
                 if self.members.get(&id).is_some_and(|m| m.leaving) && self.replicas_on(id) == 0 {
                     self.members.remove(&id);
                     self.brokers.remove(&id);
+                    self.listeners.remove(&id);
                     self.incarnations.remove(&id);
                 }
             }
@@ -588,5 +617,43 @@ mod tests {
             2,
             "a re-created topic gets a new id"
         );
+    }
+
+    #[test]
+    fn a_broker_registers_its_named_listeners_within_bounds() {
+        let register = |listeners: BTreeMap<String, String>| Command::RegisterBroker {
+            id: 1,
+            client_address: "10.0.0.1:7400".into(),
+            incarnation: 7,
+            listeners,
+        };
+        let m = MetadataMachine::new(&BTreeMap::new());
+        let named =
+            BTreeMap::from([("external".to_owned(), "ferry-0.example.com:9400".to_owned())]);
+        let cmd = register(named.clone());
+        assert_eq!(cmd.check(&m.state.read()), Ok(()));
+        m.apply_batch(1, &cmd.to_batch(0));
+        assert_eq!(m.state.read().listeners[&1], named);
+        // Registering again without listeners forgets them.
+        m.apply_batch(2, &register(BTreeMap::new()).to_batch(0));
+        assert!(m.state.read().listeners.is_empty());
+        // An older broker's command (no `listeners` field) still reads.
+        let old = r#"{"RegisterBroker":{"id":1,"client_address":"a:1"}}"#;
+        assert!(matches!(
+            serde_json::from_str::<Command>(old),
+            Ok(Command::RegisterBroker { listeners, .. }) if listeners.is_empty()
+        ));
+        let too_many = (0..=LISTENERS_MAX)
+            .map(|i| (format!("l{i}"), "h:1".to_owned()))
+            .collect();
+        let bad = [
+            too_many,
+            BTreeMap::from([("x".to_owned(), "no-port".to_owned())]),
+            BTreeMap::from([("x".repeat(LISTENER_NAME_LEN_MAX + 1), "h:1".to_owned())]),
+            BTreeMap::from([(String::new(), "h:1".to_owned())]),
+        ];
+        for l in bad {
+            assert!(register(l.clone()).check(&m.state.read()).is_err(), "{l:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! flags. Every key is documented in docs/configuration.md; [`Settings`] prints as TOML
 //! (`ferryd --print-config`) and reads back to the same settings.
 
+pub mod listeners;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::config::{
     BrokerConfig, CONNECTIONS_MAX_DEFAULT, INFLIGHT_BYTES_MAX_DEFAULT, PARTITIONS_MAX_DEFAULT,
 };
 use crate::replica::FsyncPolicy;
+use listeners::Listeners;
 use units::{Bytes, Fsync, Millis, Peers, Retain};
 
 /// The environment variables' prefix.
@@ -71,6 +73,10 @@ pub struct Settings {
     pub log: String,
     /// A broker not among `peers` adds itself to the cluster (as `ferry cluster add-broker` would).
     pub auto_join: bool,
+    /// Named client listeners besides the main one (`listen`, `advertise`, named `internal`), each with
+    /// its own bind and advertised address (settings/listeners.rs).
+    #[serde(skip_serializing_if = "Listeners::is_empty")]
+    pub listeners: Listeners,
 }
 
 impl Default for Settings {
@@ -93,6 +99,7 @@ impl Default for Settings {
             inflight_bytes_max: Bytes(INFLIGHT_BYTES_MAX_DEFAULT),
             log: "info,raft=warn".into(),
             auto_join: false,
+            listeners: Listeners::default(),
         }
     }
 }
@@ -229,6 +236,8 @@ pub fn setting_keys() -> Vec<&'static str> {
         "connections_max",
         "inflight_bytes_max",
         "log",
+        "auto_join",
+        "listeners",
     ]
 }
 
@@ -283,6 +292,9 @@ impl Settings {
                 ),
             );
         }
+        if let Err(reason) = self.listeners.validate(check_advertise) {
+            return bad("listeners", reason);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(
                 "log",
@@ -323,6 +335,12 @@ impl Settings {
         c.connections_max = self.connections_max;
         c.inflight_bytes_max = self.inflight_bytes_max.0;
         c.auto_join = self.auto_join;
+        c.listeners = self
+            .listeners
+            .0
+            .iter()
+            .map(|(name, l)| (name.clone(), l.listen))
+            .collect();
         c
     }
 

@@ -45,12 +45,31 @@ pub fn power_cut_journal(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.with_file_name(format!("{name}.power-cut"))
 }
 
+/// [`start_cluster`] with `extra` flags for every broker.
+pub fn start_cluster_with_flags(dirs: &[tempfile::TempDir], extra: &[&str]) -> Vec<Ferryd> {
+    for _ in 0..5 {
+        if let Some(nodes) = try_start_cluster_with_flags(dirs, false, extra) {
+            return nodes;
+        }
+    }
+    panic!("could not start a three-broker cluster");
+}
+
 /// One attempt at [`start_cluster`]; `None` when a picked port was taken meanwhile.
 pub fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
     try_start_cluster_with(dirs, false)
 }
 
 fn try_start_cluster_with(dirs: &[tempfile::TempDir], faulty_disks: bool) -> Option<Vec<Ferryd>> {
+    try_start_cluster_with_flags(dirs, faulty_disks, &[])
+}
+
+fn try_start_cluster_with_flags(
+    dirs: &[tempfile::TempDir],
+    faulty_disks: bool,
+    extra: &[&str],
+) -> Option<Vec<Ferryd>> {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
     let peers: Vec<String> = ports
         .iter()
@@ -64,6 +83,7 @@ fn try_start_cluster_with(dirs: &[tempfile::TempDir], faulty_disks: bool) -> Opt
         .enumerate()
         .map(|(i, d)| {
             let (dir, peers, port) = (d.path().to_owned(), peers.clone(), ports[i]);
+            let extra = extra.clone();
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let listen = format!("127.0.0.1:{port}");
@@ -73,18 +93,16 @@ fn try_start_cluster_with(dirs: &[tempfile::TempDir], faulty_disks: bool) -> Opt
                 } else {
                     &[]
                 };
-                Ferryd::try_start_with_env(
-                    &dir,
-                    &[
-                        "--node-id",
-                        &id,
-                        "--peer-listen",
-                        &listen,
-                        "--peers",
-                        &peers,
-                    ],
-                    env,
-                )
+                let mut flags = vec![
+                    "--node-id",
+                    &id,
+                    "--peer-listen",
+                    &listen,
+                    "--peers",
+                    &peers,
+                ];
+                flags.extend(extra.iter().map(String::as_str));
+                Ferryd::try_start_with_env(&dir, &flags, env)
             })
         })
         .collect();

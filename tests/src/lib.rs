@@ -105,6 +105,8 @@ pub struct Ferryd {
     pub addr: String,
     /// host:port of the HTTP listener.
     pub http: String,
+    /// Bound host:port of each named client listener (`listener.NAME=` in its listening line).
+    pub listeners: std::collections::BTreeMap<String, String>,
     extra: Vec<String>,
     /// Environment variables it was started with (kept across restarts).
     env: Vec<(String, String)>,
@@ -219,9 +221,16 @@ impl Ferryd {
                 .expect("listening line field")
                 .to_owned()
         };
+        let listeners = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("listener."))
+            .filter_map(|w| w.split_once('='))
+            .map(|(name, addr)| (name.to_owned(), addr.to_owned()))
+            .collect();
         Ok(Ferryd {
             addr: field("client="),
             http: field("http="),
+            listeners,
             child,
             data_dir: data_dir.to_owned(),
             extra,

@@ -92,8 +92,13 @@ pub(super) async fn register(broker: std::sync::Weak<Broker>, cancel: Cancellati
         let Some(b) = broker.upgrade() else { return };
         let (id, addr) = (b.config.node_id, b.config.advertise.clone());
         let incarnation = b.identity.incarnation;
+        let listeners = b.config.listener_advertise.clone();
         let registered = |m: &crate::metadata::Metadata| {
-            m.brokers.get(&id) == Some(&addr) && m.incarnations.get(&id) == Some(&incarnation)
+            m.brokers.get(&id) == Some(&addr)
+                && m.incarnations.get(&id) == Some(&incarnation)
+                && m.listeners
+                    .get(&id)
+                    .map_or(listeners.is_empty(), |l| *l == listeners)
         };
         let minted = |m: &crate::metadata::Metadata| m.cluster_id.is_some();
         let done = {
@@ -107,6 +112,7 @@ pub(super) async fn register(broker: std::sync::Weak<Broker>, cancel: Cancellati
                     id,
                     client_address: addr.clone(),
                     incarnation,
+                    listeners: listeners.clone(),
                 };
                 b.propose_command(&cmd, registered).await
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ferry_protocol::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
+use super::via::Via;
 use super::views::{brokers, moving_partitions, topic_info};
 use crate::broker::Broker;
 use crate::metadata::TopicSettings;
@@ -14,12 +14,14 @@ use crate::metadata::TopicSettings;
 #[derive(Debug)]
 pub struct AdminService {
     broker: Arc<Broker>,
+    /// The listener it serves: which broker addresses its clients are told.
+    via: Via,
 }
 
 impl AdminService {
     /// The service over `broker`.
-    pub fn new(broker: Arc<Broker>) -> Self {
-        AdminService { broker }
+    pub fn new(broker: Arc<Broker>, via: Via) -> Self {
+        AdminService { broker, via }
     }
 }
 
@@ -41,7 +43,7 @@ impl Admin for AdminService {
             .broker
             .create_topic(&req.name, req.partitions, req.replicas, settings)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.via.status(&self.broker, e))?;
         Ok(Response::new(topic_info(&t, self.broker.topic_view(&t))))
     }
 
@@ -55,7 +57,7 @@ impl Admin for AdminService {
         self.broker
             .delete_topic(&req.name)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.via.status(&self.broker, e))?;
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
@@ -79,7 +81,10 @@ impl Admin for AdminService {
         let req = req.into_inner();
         ferry_protocol::topic::validate_topic_name(&req.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let t = self.broker.topic(&req.name).map_err(to_status)?;
+        let t = self
+            .broker
+            .topic(&req.name)
+            .map_err(|e| self.via.status(&self.broker, e))?;
         let view = if req.local_only {
             self.broker.topic_view(&t)
         } else {
@@ -99,7 +104,7 @@ impl Admin for AdminService {
             .broker
             .transfer_leader(&req.topic, req.partition, req.to)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.via.status(&self.broker, e))?;
         Ok(Response::new(v1::TransferLeaderResponse { leader }))
     }
 
@@ -108,7 +113,7 @@ impl Admin for AdminService {
         _req: Request<v1::DescribeClusterRequest>,
     ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
         Ok(Response::new(v1::DescribeClusterResponse {
-            brokers: brokers(&self.broker),
+            brokers: brokers(&self.broker, self.via.name()),
             controller: self.broker.controller().leader(),
             node_id: self.broker.config.node_id,
             moving_partitions: moving_partitions(&self.broker),
@@ -123,7 +128,7 @@ impl Admin for AdminService {
         self.broker
             .add_broker(r.id, &r.peer_address)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.via.status(&self.broker, e))?;
         Ok(Response::new(v1::AddBrokerResponse {}))
     }
 
@@ -132,7 +137,10 @@ impl Admin for AdminService {
         req: Request<v1::RemoveBrokerRequest>,
     ) -> Result<Response<v1::RemoveBrokerResponse>, Status> {
         let id = req.into_inner().id;
-        self.broker.remove_broker(id).await.map_err(to_status)?;
+        self.broker
+            .remove_broker(id)
+            .await
+            .map_err(|e| self.via.status(&self.broker, e))?;
         Ok(Response::new(v1::RemoveBrokerResponse {}))
     }
 }

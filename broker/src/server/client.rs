@@ -15,6 +15,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
+use super::via::Via;
 use super::views::{brokers, topic_info};
 use crate::broker::{Broker, BrokerError};
 use crate::replica::Durability;
@@ -33,10 +34,17 @@ const READ_LEASE_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct ClientService {
     broker: Arc<Broker>,
+    /// The listener it serves: which broker addresses its clients are told.
+    via: Via,
     round_robin: AtomicU64,
 }
 
 impl ClientService {
+    /// A broker error as this listener's clients get it.
+    fn status(&self, e: BrokerError) -> Status {
+        self.via.status(&self.broker, e)
+    }
+
     /// What fetch and subscribe check first: the topic name, the format, the partition's replica here, and
     /// the byte limit of one response.
     fn read_target(
@@ -48,14 +56,18 @@ impl ClientService {
     ) -> Result<(Replica, v1::Format, u32), Status> {
         check_topic(topic)?;
         let format = check_format(format)?;
-        let replica = self.broker.partition(topic, partition).map_err(to_status)?;
+        let replica = self
+            .broker
+            .partition(topic, partition)
+            .map_err(|e| self.status(e))?;
         Ok((replica, format, fetch_bytes(max_bytes)))
     }
 
     /// The service over `broker`.
-    pub fn new(broker: Arc<Broker>) -> Self {
+    pub fn new(broker: Arc<Broker>, via: Via) -> Self {
         ClientService {
             broker,
+            via,
             round_robin: AtomicU64::new(0),
         }
     }
@@ -214,12 +226,13 @@ fn fetch_response(
 /// One fetch from the serving leader under its lease, long-polling up to `wait` for data past `offset`.
 async fn fetch_once(
     broker: &Broker,
+    via: &Via,
     r: &Replica,
     offset: u64,
     max_bytes: u32,
     wait: Duration,
 ) -> Result<crate::replica::handle::Fetched, Status> {
-    let status = |e| to_status(broker.replica_error(e));
+    let status = |e| via.replica_status(broker, e);
     r.ready_to_read(READ_LEASE_WAIT).await.map_err(status)?;
     let f = r.fetch(offset, max_bytes).map_err(status)?;
     if !f.batches.is_empty() || wait.is_zero() {
@@ -242,7 +255,7 @@ impl Ferry for ClientService {
         let req = req.into_inner();
         check_topic(&req.topic)?;
         let durability = durability(req.acks)?;
-        let topic = self.broker.topic(&req.topic).map_err(to_status)?;
+        let topic = self.broker.topic(&req.topic).map_err(|e| self.status(e))?;
         let max = self.broker.config.batch_bytes_max;
         let batches: BTreeMap<u32, Bytes> = match req.payload {
             None => return Err(Status::invalid_argument("publish needs records or a batch")),
@@ -296,7 +309,7 @@ impl Ferry for ClientService {
             .broker
             .admit_publish(bytes, timeout)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.status(e))?;
         let work = futures::future::try_join_all(batches.into_iter().map(|(p, b)| {
             let broker = self.broker.clone();
             let topic = req.topic.clone();
@@ -304,7 +317,7 @@ impl Ferry for ClientService {
                 let ack = broker
                     .publish(&topic, p, b, durability)
                     .await
-                    .map_err(to_status)?;
+                    .map_err(|e| self.status(e))?;
                 Ok::<_, Status>(v1::PartitionAck {
                     partition: p,
                     base_offset: ack.base_offset,
@@ -334,7 +347,15 @@ impl Ferry for ClientService {
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
         let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
-        let f = fetch_once(&self.broker, &replica, req.offset, max_bytes, wait).await?;
+        let f = fetch_once(
+            &self.broker,
+            &self.via,
+            &replica,
+            req.offset,
+            max_bytes,
+            wait,
+        )
+        .await?;
         let resp = fetch_response(&req.topic, req.partition, req.offset, format, max_bytes, f)?;
         metrics::counter!("ferry_fetch_responses_total").increment(1);
         Ok(Response::new(resp))
@@ -350,9 +371,17 @@ impl Ferry for ClientService {
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
         // Check the start offset now so a bad one is an error, not an empty stream.
-        fetch_once(&self.broker, &replica, req.offset, 1, Duration::ZERO).await?;
+        fetch_once(
+            &self.broker,
+            &self.via,
+            &replica,
+            req.offset,
+            1,
+            Duration::ZERO,
+        )
+        .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER);
-        let broker = self.broker.clone();
+        let (broker, via) = (self.broker.clone(), self.via.clone());
         tokio::spawn(async move {
             let mut offset = req.offset;
             loop {
@@ -362,6 +391,7 @@ impl Ferry for ClientService {
                     Ok(replica) => {
                         fetch_once(
                             &broker,
+                            &via,
                             &replica,
                             offset,
                             max_bytes,
@@ -369,7 +399,7 @@ impl Ferry for ClientService {
                         )
                         .await
                     }
-                    Err(e) => Err(to_status(e)),
+                    Err(e) => Err(via.status(&broker, e)),
                 };
                 let item = f.and_then(|f| {
                     fetch_response(&req.topic, req.partition, offset, format, max_bytes, f)
@@ -408,8 +438,8 @@ impl Ferry for ClientService {
         let replica = self
             .broker
             .partition(&req.topic, req.partition)
-            .map_err(to_status)?;
-        let status = |e| to_status(self.broker.replica_error(e));
+            .map_err(|e| self.status(e))?;
+        let status = |e| self.via.replica_status(&self.broker, e);
         replica
             .ready_to_read(READ_LEASE_WAIT)
             .await
@@ -420,7 +450,7 @@ impl Ferry for ClientService {
             Some(Spec::Latest(_)) => high_watermark,
             Some(Spec::TimestampMs(ts)) => replica
                 .offset_for_time(ts)
-                .map_err(|e| to_status(self.broker.replica_error(e)))?,
+                .map_err(|e| self.via.replica_status(&self.broker, e))?,
             None => {
                 return Err(Status::invalid_argument(
                     "list offsets needs earliest, latest or timestamp_ms",
@@ -438,7 +468,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::GroupHeartbeatRequest>,
     ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
-        super::groups::heartbeat(&self.broker, req.into_inner())
+        super::groups::heartbeat(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -447,7 +477,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
-        super::groups::commit(&self.broker, req.into_inner())
+        super::groups::commit(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -456,7 +486,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
-        super::groups::describe(&self.broker, req.into_inner())
+        super::groups::describe(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -465,14 +495,16 @@ impl Ferry for ClientService {
         &self,
         _req: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
-        super::groups::list(&self.broker).await.map(Response::new)
+        super::groups::list(&self.broker, &self.via)
+            .await
+            .map(Response::new)
     }
 
     async fn delete_group(
         &self,
         req: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
-        super::groups::delete(&self.broker, req.into_inner())
+        super::groups::delete(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -481,7 +513,11 @@ impl Ferry for ClientService {
         &self,
         _req: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
-        let producer_id = self.broker.init_producer().await.map_err(to_status)?;
+        let producer_id = self
+            .broker
+            .init_producer()
+            .await
+            .map_err(|e| self.status(e))?;
         Ok(Response::new(v1::InitProducerResponse {
             producer_id,
             producer_epoch: 0,
@@ -507,7 +543,7 @@ impl Ferry for ClientService {
             }
         }
         Ok(Response::new(v1::MetadataResponse {
-            brokers: brokers(&self.broker),
+            brokers: brokers(&self.broker, self.via.name()),
             topics,
             controller: self.broker.controller().leader(),
         }))

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use ferry_protocol::v1;
 use tonic::Status;
 
-use super::status::to_status;
+use super::via::Via;
 use crate::broker::Broker;
 use crate::groups::assign::{Assignor, Tp};
 use crate::groups::state::Beat;
@@ -27,6 +27,7 @@ fn to_proto(set: &BTreeSet<Tp>) -> Vec<v1::TopicPartition> {
 
 pub async fn heartbeat(
     b: &Broker,
+    via: &Via,
     r: v1::GroupHeartbeatRequest,
 ) -> Result<v1::GroupHeartbeatResponse, Status> {
     let assignor = Assignor::parse(&r.assignor).map_err(Status::invalid_argument)?;
@@ -44,7 +45,10 @@ pub async fn heartbeat(
         leave: r.leave,
         assignor,
     };
-    let a = b.group_heartbeat(&r.group, beat).await.map_err(to_status)?;
+    let a = b
+        .group_heartbeat(&r.group, beat)
+        .await
+        .map_err(|e| via.status(b, e))?;
     Ok(v1::GroupHeartbeatResponse {
         member_id: a.member_id,
         generation: a.generation,
@@ -64,6 +68,7 @@ pub async fn heartbeat(
 
 pub async fn commit(
     b: &Broker,
+    via: &Via,
     r: v1::CommitOffsetsRequest,
 ) -> Result<v1::CommitOffsetsResponse, Status> {
     let offsets = r
@@ -73,15 +78,19 @@ pub async fn commit(
         .collect();
     b.commit_offsets(&r.group, &r.member_id, r.generation, offsets)
         .await
-        .map_err(to_status)?;
+        .map_err(|e| via.status(b, e))?;
     Ok(v1::CommitOffsetsResponse {})
 }
 
 pub async fn describe(
     b: &Broker,
+    via: &Via,
     r: v1::DescribeGroupRequest,
 ) -> Result<v1::DescribeGroupResponse, Status> {
-    let g = b.group_snapshot(&r.group).await.map_err(to_status)?;
+    let g = b
+        .group_snapshot(&r.group)
+        .await
+        .map_err(|e| via.status(b, e))?;
     // Every partition of the subscribed topics, plus any with a committed offset.
     let mut parts: BTreeSet<Tp> = g.committed.keys().cloned().collect();
     let topics: BTreeSet<String> = g
@@ -156,15 +165,18 @@ pub async fn describe(
     })
 }
 
-pub async fn list(b: &Broker) -> Result<v1::ListGroupsResponse, Status> {
-    let groups = b.list_groups().await.map_err(to_status)?;
+pub async fn list(b: &Broker, via: &Via) -> Result<v1::ListGroupsResponse, Status> {
+    let groups = b.list_groups().await.map_err(|e| via.status(b, e))?;
     Ok(v1::ListGroupsResponse { groups })
 }
 
 pub async fn delete(
     b: &Broker,
+    via: &Via,
     r: v1::DeleteGroupRequest,
 ) -> Result<v1::DeleteGroupResponse, Status> {
-    b.delete_group(&r.group).await.map_err(to_status)?;
+    b.delete_group(&r.group)
+        .await
+        .map_err(|e| via.status(b, e))?;
     Ok(v1::DeleteGroupResponse {})
 }

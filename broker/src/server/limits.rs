@@ -67,13 +67,14 @@ impl AsyncWrite for Limited {
     }
 }
 
-/// The connections `listener` accepts, at most `max` open at once. `name` labels the refusals metric.
+/// The connections `listener` accepts, each holding one of `permits` while open (several listeners
+/// sharing one pool share its bound). `name` labels the refusals metric.
 pub fn incoming(
     listener: TcpListener,
-    max: usize,
+    permits: Arc<Semaphore>,
     name: &'static str,
 ) -> impl Stream<Item = io::Result<Limited>> {
-    let permits = Arc::new(Semaphore::new(max));
+    let max = permits.available_permits();
     futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
         loop {
             let (stream, peer) = match listener.accept().await {

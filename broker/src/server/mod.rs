@@ -8,6 +8,7 @@ pub mod http;
 pub mod limits;
 pub mod peer;
 pub mod status;
+pub mod via;
 pub mod views;
 
 use std::sync::Arc;
@@ -65,18 +66,24 @@ fn grpc_health(
     service
 }
 
-/// Serves the gRPC services (and `grpc.health.v1`) on `listener` until `cancel` fires.
+/// Serves the gRPC services (and `grpc.health.v1`) on `listener` until `cancel` fires: the main client
+/// listener (`name` `None`) or the named one `name`, whose clients are told the brokers' addresses on it.
+/// Each open connection holds one of `connections`, the pool every client listener shares
+/// (`connections_max`).
 pub async fn serve_grpc(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
+    name: Option<String>,
+    connections: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let connections_max = broker.config.connections_max;
-    let client = v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone()))
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let via = via::Via::new(name);
+    let client =
+        v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone(), via.clone()))
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let health = grpc_health(broker.clone(), cancel.clone());
-    let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker))
+    let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker, via))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
@@ -93,7 +100,7 @@ pub async fn serve_grpc(
         .add_service(admin)
         .add_service(health)
         .serve_with_incoming_shutdown(
-            limits::incoming(listener, connections_max, "client"),
+            limits::incoming(listener, connections, "client"),
             cancel.cancelled_owned(),
         )
         .await

@@ -229,7 +229,11 @@ pub async fn serve_peer(
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            super::limits::incoming(listener, CONNECTIONS_MAX, "peer"),
+            super::limits::incoming(
+                listener,
+                Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX)),
+                "peer",
+            ),
             cancel.cancelled_owned(),
         )
         .await

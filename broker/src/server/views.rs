@@ -47,15 +47,23 @@ pub(super) fn partition_view(p: v1::PartitionInfo) -> PartitionView {
     }
 }
 
-/// The brokers clients can use: every registered broker (this one at least), and whether it is reachable
-/// from here.
-pub fn brokers(b: &Broker) -> Vec<v1::BrokerInfo> {
+/// The brokers clients can use: every registered broker (this one at least), with its address on the
+/// client listener `listener` (`None`: the main one), and whether it is reachable from here.
+pub fn brokers(b: &Broker, listener: Option<&str>) -> Vec<v1::BrokerInfo> {
     let meta = b.metadata();
     let mut known = meta.brokers.clone();
+    if let Some(name) = listener {
+        for (id, address) in known.iter_mut() {
+            if let Some(a) = meta.listeners.get(id).and_then(|l| l.get(name)) {
+                address.clone_from(a);
+            }
+        }
+    }
+    let own = listener.and_then(|name| b.config.listener_advertise.get(name));
     if meta.members.is_empty() || meta.members.contains_key(&b.config.node_id) {
         known
             .entry(b.config.node_id)
-            .or_insert_with(|| b.config.advertise.clone());
+            .or_insert_with(|| own.unwrap_or(&b.config.advertise).clone());
     }
     // Members that have not registered a client address yet are listed too (without one).
     for id in meta.members.keys() {

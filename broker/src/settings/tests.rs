@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::listeners::{Listener, Listeners};
 use super::units::{Bytes, Millis, Retain};
 use super::*;
 
@@ -104,6 +105,11 @@ fn printed_settings_read_back_to_the_same_settings() {
         segment_bytes: Bytes(3 * 1024 * 1024 + 1),
         retention_ms: Retain::Up(Millis(90_061_001)),
         fsync: units::Fsync(FsyncPolicy::IntervalMs(250)),
+        listeners: Listeners::parse(
+            "external=0.0.0.0:9400@ferry-2.example.com:9400,lan=10.0.0.3:9500",
+        )
+        .unwrap(),
+        auto_join: true,
         ..Settings::default()
     };
     for s in [Settings::default(), s] {
@@ -133,6 +139,37 @@ fn a_bad_setting_fails_on_one_line_naming_the_key() {
         ("", &[("FERRY_PARTITIONS_MAX", "lots")], "partitions_max"),
         ("", &[("FERRY_NODE_ID", "0")], "node_id"),
         ("this is not toml", &[], "TOML"),
+        (
+            "[listeners.external]\nlisten = \"0.0.0.0:9400\"\n",
+            &[],
+            "listeners",
+        ),
+        (
+            "[listeners.internal]\nlisten = \"127.0.0.1:9400\"\n",
+            &[],
+            "listeners",
+        ),
+        (
+            "[listeners.Ext]\nlisten = \"127.0.0.1:9400\"\n",
+            &[],
+            "listeners",
+        ),
+        (
+            "[listeners.x]\nlisten = \"127.0.0.1:9400\"\nport = 1\n",
+            &[],
+            "listeners",
+        ),
+        (
+            "[listeners.x]\nlisten = \"127.0.0.1:9400\"\nadvertise = \"[::]\"\n",
+            &[],
+            "listeners",
+        ),
+        ("", &[("FERRY_LISTENERS", "external=nowhere")], "listeners"),
+        (
+            "",
+            &[("FERRY_LISTENERS", "a=127.0.0.1:1,a=127.0.0.1:2")],
+            "listeners",
+        ),
     ];
     for (text, vars, key) in cases {
         let f = file(text);
@@ -176,4 +213,75 @@ fn advertised_addresses_name_a_reachable_host() {
     assert!(check_advertise("::").is_err());
     assert!(check_advertise(":7400").is_err());
     assert!(check_advertise("host:port").is_err());
+}
+
+#[test]
+fn named_listeners_come_from_a_table_or_the_flag_form() {
+    let f = file(
+        "[listeners.external]\nlisten = \"0.0.0.0:9400\"\nadvertise = \"ferry-0.example.com\"\n\n\
+         [listeners.lan]\nlisten = \"10.1.2.3:9500\"\n",
+    );
+    let s = load(Some(f.path()), env(&[]), &Flags::default())
+        .unwrap()
+        .settings;
+    let want = Listeners(BTreeMap::from([
+        (
+            "external".to_owned(),
+            Listener {
+                listen: "0.0.0.0:9400".parse().unwrap(),
+                advertise: Some("ferry-0.example.com".into()),
+            },
+        ),
+        (
+            "lan".to_owned(),
+            Listener {
+                listen: "10.1.2.3:9500".parse().unwrap(),
+                advertise: None,
+            },
+        ),
+    ]));
+    assert_eq!(s.listeners, want);
+    let c = s.broker_config(1);
+    assert_eq!(c.listeners["external"], "0.0.0.0:9400".parse().unwrap());
+    // The environment's string form replaces the file's table whole.
+    let e = env(&[(
+        "FERRY_LISTENERS",
+        "external=0.0.0.0:9400@ferry-0.example.com, lan=10.1.2.3:9500",
+    )]);
+    let from_env = load(None, e, &Flags::default()).unwrap().settings;
+    assert_eq!(from_env.listeners, want);
+    let e = env(&[("FERRY_LISTENERS", "lan=10.1.2.3:9500")]);
+    let over = load(Some(f.path()), e, &Flags::default()).unwrap().settings;
+    assert_eq!(over.listeners.0.len(), 1, "{:?}", over.listeners);
+}
+
+#[test]
+fn too_many_listeners_are_refused() {
+    let list: Vec<String> = (0..=super::listeners::LISTENERS_MAX)
+        .map(|i| format!("l{i}=127.0.0.1:{}", 9000 + i))
+        .collect();
+    let e = env(&[("FERRY_LISTENERS", &list.join(","))]);
+    let err = load(None, e, &Flags::default()).unwrap_err().to_string();
+    assert!(err.contains("at most"), "{err}");
+}
+
+#[test]
+fn every_setting_is_a_key_the_environment_may_set() {
+    // Every field printed (the optional ones set) is in `setting_keys`: a setting missing there would be
+    // ignored as an unknown `FERRY_*` variable.
+    let s = Settings {
+        node_id: Some(2),
+        advertise: Some("a".into()),
+        listeners: Listeners::parse("x=127.0.0.1:1").unwrap(),
+        ..Settings::default()
+    };
+    let table: toml::Table = toml::from_str(&s.to_toml()).unwrap();
+    let keys = setting_keys();
+    for k in table.keys() {
+        assert!(keys.contains(&k.as_str()), "`{k}` is not in setting_keys");
+    }
+    let e = env(&[("FERRY_AUTO_JOIN", "true")]);
+    let loaded = load(None, e, &Flags::default()).unwrap();
+    assert!(loaded.settings.auto_join);
+    assert!(loaded.unknown_env.is_empty(), "{:?}", loaded.unknown_env);
 }
