@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
+        // A message that does not decode is the sender's mistake: INVALID_ARGUMENT (src/codec.rs).
+        .codec_path("crate::codec::FerryCodec")
         .compile_protos_with_config(config, &["proto/ferry/v1/ferry.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/ferry/v1/ferry.proto");
     Ok(())

@@ -6,9 +6,13 @@
 //! - [`partitioner`]: the stable key hash that maps a key to a partition (murmur2, as Kafka).
 //! - [`topic`]: topic name rules shared by every component.
 //! - `v1`: the generated `ferry.v1` gRPC messages and services (feature `grpc`, on by default).
+//! - `codec`: the gRPC codec of the `ferry.v1` services (feature `grpc`): prost's, with undecodable
+//!   messages as `INVALID_ARGUMENT`.
 //! - [`limits`]: named protocol limits.
 
 pub mod batch;
+#[cfg(feature = "grpc")]
+pub mod codec;
 pub mod limits;
 pub mod partitioner;
 pub mod stamp;
