@@ -135,3 +135,189 @@ async fn offsets_by_time_and_key_placement() {
         "answered on commit, not at the deadline"
     );
 }
+
+/// Group commits are fenced end to end: a member commits only partitions it owns (a partition handed to
+/// another member is refused to the old owner), a member whose session expired is out of the group (its
+/// commits are refused, and the committed offsets stay as they were), and a generation from before a
+/// member joined is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_foreign_group_commits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Ferryd::start(dir.path(), &[]);
+    broker
+        .admin()
+        .await
+        .create_topic(v1::CreateTopicRequest {
+            name: "f".into(),
+            partitions: 2,
+            replicas: 1,
+            config: None,
+        })
+        .await
+        .unwrap();
+    let mut c = broker.client().await;
+    for p in 0..2 {
+        let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+        c.publish(v1::PublishRequest {
+            topic: "f".into(),
+            partition: Some(p),
+            acks: v1::Acks::All as i32,
+            payload: Some(Payload::Batch(ferry_tests::batch_of(&values))),
+            timeout_ms: 5_000,
+        })
+        .await
+        .unwrap();
+    }
+    let tp = |p: u32| v1::TopicPartition {
+        topic: "f".into(),
+        partition: p,
+    };
+    // One heartbeat of `member` reporting `owned`.
+    let beat = |member: &str, owned: &[u32]| v1::GroupHeartbeatRequest {
+        group: "fence".into(),
+        member_id: member.into(),
+        instance_id: String::new(),
+        topics: vec!["f".into()],
+        session_timeout_ms: 1_000,
+        owned: owned.iter().map(|p| tp(*p)).collect(),
+        leave: false,
+        assignor: String::new(),
+    };
+    let commit = |member: &str, generation: u64, p: u32, offset: u64| v1::CommitOffsetsRequest {
+        group: "fence".into(),
+        member_id: member.into(),
+        generation,
+        offsets: vec![v1::PartitionOffset {
+            topic: "f".into(),
+            partition: p,
+            offset,
+        }],
+    };
+    let owned = |r: &v1::GroupHeartbeatResponse| -> Vec<u32> {
+        let mut v: Vec<u32> = r.assignment.iter().map(|t| t.partition).collect();
+        v.sort_unstable();
+        v
+    };
+    let committed = |c: &mut v1::ferry_client::FerryClient<_>| {
+        let mut c = c.clone();
+        async move {
+            let d = c
+                .describe_group(v1::DescribeGroupRequest {
+                    group: "fence".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut v: Vec<(u32, i64)> = d
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.committed))
+                .collect();
+            v.sort_unstable();
+            v
+        }
+    };
+
+    // A joins and gets both partitions.
+    let a = c.group_heartbeat(beat("", &[])).await.unwrap().into_inner();
+    let (a_id, a_gen) = (a.member_id.clone(), a.generation);
+    let mut a_owned = owned(&a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a_owned != [0, 1] {
+        assert!(Instant::now() < deadline, "A owns {a_owned:?}");
+        let r = c
+            .group_heartbeat(beat(&a_id, &a_owned))
+            .await
+            .unwrap()
+            .into_inner();
+        a_owned.extend(owned(&r));
+        a_owned.sort_unstable();
+        a_owned.dedup();
+    }
+    c.commit_offsets(commit(&a_id, a_gen, 0, 5)).await.unwrap();
+    c.commit_offsets(commit(&a_id, a_gen, 1, 6)).await.unwrap();
+
+    // B joins: A is asked to give one partition up, releases it, and B gets it.
+    let b = c.group_heartbeat(beat("", &[])).await.unwrap().into_inner();
+    let (b_id, b_gen) = (b.member_id.clone(), b.generation);
+    assert!(b_gen > a_gen, "a join is a new generation");
+    let mut b_owned = owned(&b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b_owned.is_empty() {
+        assert!(Instant::now() < deadline, "B got nothing");
+        // A reports what it is still told to own (its assignment answer is its target).
+        let r = c
+            .group_heartbeat(beat(&a_id, &a_owned))
+            .await
+            .unwrap()
+            .into_inner();
+        let target = owned(&r);
+        if !target.is_empty() {
+            a_owned.retain(|p| target.contains(p));
+        }
+        let r = c
+            .group_heartbeat(beat(&b_id, &b_owned))
+            .await
+            .unwrap()
+            .into_inner();
+        b_owned = owned(&r);
+    }
+    assert_eq!(b_owned.len(), 1, "B {b_owned:?}, A {a_owned:?}");
+    let moved = b_owned[0];
+    assert!(!a_owned.contains(&moved), "A released {moved}: {a_owned:?}");
+    // A commits the partition it gave up: refused, whatever generation it names.
+    for generation in [a_gen, b_gen] {
+        let e = c
+            .commit_offsets(commit(&a_id, generation, moved, 9))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("does not own"), "{e:?}");
+    }
+    // B's generation is its join: one from before is stale.
+    let e = c
+        .commit_offsets(commit(&b_id, a_gen, moved, 8))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    c.commit_offsets(commit(&b_id, b_gen, moved, 7))
+        .await
+        .unwrap();
+    let before = committed(&mut c).await;
+    assert!(before.contains(&(moved, 7)), "{before:?}");
+
+    // A goes quiet past its 1 s session while B keeps beating: A is expired, and its commits (even of the
+    // partition it owned) are refused; nothing committed changes.
+    let kept = a_owned[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .group_heartbeat(beat(&b_id, &b_owned))
+            .await
+            .unwrap()
+            .into_inner();
+        b_owned.extend(owned(&r));
+        b_owned.sort_unstable();
+        b_owned.dedup();
+        // Within its session the commit is A's right: it names the offset already committed.
+        let same = before
+            .iter()
+            .find(|(p, _)| *p == kept)
+            .map_or(0, |(_, o)| *o as u64);
+        match c.commit_offsets(commit(&a_id, a_gen, kept, same)).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+                assert!(e.message().contains("is not in the group"), "{e:?}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "A was never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        committed(&mut c).await,
+        before,
+        "refused commits changed nothing"
+    );
+}
