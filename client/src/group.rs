@@ -459,6 +459,14 @@ impl Member {
                     self.member_id.clear();
                     beat_now = true;
                 }
+                Err(err) if is_fenced(&err) => {
+                    // Another process joined under our instance id: it has our partitions. Rejoining would
+                    // fence it in turn; stop consuming (at the lease's end at the latest) and say so.
+                    if !self.readers.is_empty() {
+                        tracing::warn!(group = %self.config.group, %err, "fenced by a newer consumer");
+                        self.stop_all(false).await;
+                    }
+                }
                 Err(err) => {
                     tracing::debug!(%err, "heartbeat failed");
                     self.release_if_lease_ran_out();
@@ -724,6 +732,11 @@ impl Member {
         };
         self.client.commit_offsets(request).await
     }
+}
+
+fn is_fenced(err: &ClientError) -> bool {
+    matches!(err, ClientError::Status { code: tonic::Code::FailedPrecondition, message }
+        if message.contains("this one is fenced"))
 }
 
 fn is_unknown_member(err: &ClientError) -> bool {

@@ -263,11 +263,20 @@ fn a_static_member_gets_its_partitions_back() {
         || a.values().len() + b2.values().len() >= 600 && !b2.values().is_empty(),
     );
     let after = describe(&addr, "s");
+    let (ids_before, ids_after) = (member_ids(&before), member_ids(&after));
     assert_eq!(
-        member_ids(&after),
-        member_ids(&before),
-        "pod-b came back under its member id (a new member would get a new one)"
+        ids_after.keys().collect::<Vec<_>>(),
+        ids_before.keys().collect::<Vec<_>>(),
+        "the same two instances"
     );
+    assert_eq!(
+        after["members"].as_array().map(Vec::len),
+        Some(2),
+        "no new member"
+    );
+    assert_eq!(ids_after["pod-a"], ids_before["pod-a"], "pod-a undisturbed");
+    // Under a new member id: the killed process, had it still run, would be fenced.
+    assert_ne!(ids_after["pod-b"], ids_before["pod-b"]);
     assert_eq!(
         assignment(&after),
         assigned,

@@ -321,3 +321,103 @@ async fn stale_and_foreign_group_commits_are_refused() {
         "refused commits changed nothing"
     );
 }
+
+/// A static member that comes back (same instance id, a new process) gets a new member id, so the process
+/// it replaced, if still running, is fenced: its heartbeats and commits are refused, the new one's go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_static_member_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Ferryd::start(dir.path(), &[]);
+    broker
+        .admin()
+        .await
+        .create_topic(v1::CreateTopicRequest {
+            name: "z".into(),
+            partitions: 1,
+            replicas: 1,
+            config: None,
+        })
+        .await
+        .unwrap();
+    let mut c = broker.client().await;
+    let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+    c.publish(v1::PublishRequest {
+        topic: "z".into(),
+        partition: Some(0),
+        acks: v1::Acks::All as i32,
+        payload: Some(Payload::Batch(ferry_tests::batch_of(&values))),
+        timeout_ms: 5_000,
+    })
+    .await
+    .unwrap();
+    let beat = |member: &str, owned: bool| v1::GroupHeartbeatRequest {
+        group: "static".into(),
+        member_id: member.into(),
+        instance_id: "pod-z".into(),
+        topics: vec!["z".into()],
+        session_timeout_ms: 10_000,
+        owned: if owned {
+            vec![v1::TopicPartition {
+                topic: "z".into(),
+                partition: 0,
+            }]
+        } else {
+            vec![]
+        },
+        leave: false,
+        assignor: String::new(),
+    };
+    let commit = |member: &str, generation: u64, offset: u64| v1::CommitOffsetsRequest {
+        group: "static".into(),
+        member_id: member.into(),
+        generation,
+        offsets: vec![v1::PartitionOffset {
+            topic: "z".into(),
+            partition: 0,
+            offset,
+        }],
+    };
+    let old = c
+        .group_heartbeat(beat("", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.assignment.len(), 1, "{old:?}");
+    c.group_heartbeat(beat(&old.member_id, true)).await.unwrap();
+    c.commit_offsets(commit(&old.member_id, old.generation, 3))
+        .await
+        .unwrap();
+    // The instance restarts (the old process is only paused, say): it joins again with no member id.
+    let new = c
+        .group_heartbeat(beat("", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(new.member_id, old.member_id);
+    assert_eq!(new.generation, old.generation, "no rebalance");
+    assert_eq!(new.assignment.len(), 1, "same partition back: {new:?}");
+    assert_eq!(new.committed.first().map(|o| o.offset), Some(3));
+    // The old process wakes up: fenced, and it is told why.
+    for e in [
+        c.commit_offsets(commit(&old.member_id, old.generation, 2))
+            .await
+            .unwrap_err(),
+        c.group_heartbeat(beat(&old.member_id, true))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("fenced"), "{e:?}");
+    }
+    c.commit_offsets(commit(&new.member_id, new.generation, 4))
+        .await
+        .unwrap();
+    let d = c
+        .describe_group(v1::DescribeGroupRequest {
+            group: "static".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.partitions[0].committed, 4);
+}

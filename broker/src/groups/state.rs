@@ -45,6 +45,11 @@ pub enum GroupError {
     StaleGeneration { got: u64, current: u64 },
     #[error("group '{0}' has live members")]
     Live(String),
+    #[error(
+        "member '{member}' was replaced by a newer consumer with instance id '{instance}': this one is fenced \
+         (two live consumers must not share an instance id)"
+    )]
+    Fenced { member: String, instance: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -62,6 +67,9 @@ pub struct Member {
     pub target: BTreeSet<Tp>,
     /// Generation at which it joined (its commits must carry at least this).
     pub joined: u64,
+    /// The member id a static member had before its instance came back under a new one: requests under
+    /// it are fenced, not taken for a member to rejoin.
+    pub replaced: Option<String>,
 }
 
 /// A member as persisted in a membership record.
@@ -75,6 +83,8 @@ pub struct StoredMember {
     /// Target and owned partitions when this was written: what it may still be consuming.
     pub may_own: Vec<Tp>,
     pub joined: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// What a coordinator writes to the group's partition of `__consumer_offsets` (one JSON record each).
@@ -210,6 +220,7 @@ impl Group {
                             owned: m.may_own.iter().cloned().collect(),
                             target: m.target.iter().cloned().collect(),
                             joined: m.joined,
+                            replaced: m.replaced.clone(),
                         };
                         (m.id.clone(), member)
                     })
@@ -244,6 +255,7 @@ impl Group {
                     target: m.target.iter().cloned().collect(),
                     may_own: m.target.union(&m.owned).cloned().collect(),
                     joined: m.joined,
+                    replaced: m.replaced.clone(),
                 })
                 .collect(),
         }
@@ -274,7 +286,7 @@ impl Group {
         if beat.leave {
             return Ok(self.leave(beat.member_id, partitions));
         }
-        let (id, mut changed) = self.admit(&beat, session_ms, now_ms)?;
+        let (id, mut changed, renamed) = self.admit(&beat, session_ms, now_ms)?;
         {
             let m = self.members.get_mut(&id).expect("member present");
             m.last_seen_ms = now_ms;
@@ -291,7 +303,8 @@ impl Group {
             self.generation += u64::from(!beat.member_id.is_empty());
             self.rebalance(partitions);
         }
-        Ok((self.hand_out(id), changed))
+        // A static member's new id is persisted too, though nothing is rebalanced.
+        Ok((self.hand_out(id), changed || renamed))
     }
 
     /// A member leaves: the others are rebalanced at once rather than after its session runs out.
@@ -310,17 +323,18 @@ impl Group {
     }
 
     /// The member a heartbeat is from: a known one, a static member coming back, or a new member (a new
-    /// generation); also whether the membership changed.
+    /// generation); also whether the membership changed (a rebalance), and whether a member was renamed.
     fn admit(
         &mut self,
         beat: &Beat,
         session_ms: u64,
         now_ms: u64,
-    ) -> Result<(String, bool), GroupError> {
+    ) -> Result<(String, bool, bool), GroupError> {
         if !beat.member_id.is_empty() {
             if self.members.contains_key(&beat.member_id) {
-                return Ok((beat.member_id.clone(), false));
+                return Ok((beat.member_id.clone(), false, false));
             }
+            self.check_not_fenced(&beat.member_id)?;
             return Err(GroupError::UnknownMember(beat.member_id.clone()));
         }
         let returning = beat.instance_id.as_ref().and_then(|i| {
@@ -329,9 +343,17 @@ impl Group {
                 .find(|(_, m)| m.instance_id.as_ref() == Some(i))
                 .map(|(id, _)| id.clone())
         });
-        // A static member back within its session: same id, same partitions, nobody disturbed.
-        if let Some(id) = returning {
-            return Ok((id, false));
+        // A static member back within its session: same partitions, same generation, nobody disturbed; but
+        // a new member id, so the process it replaces (if that is still running) is fenced rather than
+        // committing beside it.
+        if let Some(old) = returning {
+            let mut m = self.members.remove(&old).expect("found above");
+            let instance = m.instance_id.clone().unwrap_or_default();
+            let nonce: u64 = rand::random();
+            let id = format!("{instance}-{}-{nonce:016x}", m.joined);
+            m.replaced = Some(old);
+            self.members.insert(id.clone(), m);
+            return Ok((id, false, true));
         }
         if self.members.len() >= MEMBERS_PER_GROUP_MAX {
             return Err(GroupError::Invalid(format!(
@@ -357,12 +379,13 @@ impl Group {
                 owned: BTreeSet::new(),
                 target: BTreeSet::new(),
                 joined: self.generation,
+                replaced: None,
             },
         );
         if self.members.len() == 1 {
             self.assignor = beat.assignor;
         }
-        Ok((id, true))
+        Ok((id, true, false))
     }
 
     /// Hands member `id` each partition of its target that no other member owns (it keeps what it owns of
@@ -431,10 +454,10 @@ impl Group {
             }
             return Ok(());
         }
-        let m = self
-            .members
-            .get(member_id)
-            .ok_or_else(|| GroupError::UnknownMember(member_id.to_owned()))?;
+        let Some(m) = self.members.get(member_id) else {
+            self.check_not_fenced(member_id)?;
+            return Err(GroupError::UnknownMember(member_id.to_owned()));
+        };
         if generation < m.joined {
             return Err(GroupError::StaleGeneration {
                 got: generation,
@@ -457,6 +480,21 @@ impl Group {
             }
         }
         Ok(())
+    }
+
+    /// Refuses `member_id` if a static member that came back replaced it.
+    fn check_not_fenced(&self, member_id: &str) -> Result<(), GroupError> {
+        match self
+            .members
+            .values()
+            .find(|m| m.replaced.as_deref() == Some(member_id))
+        {
+            Some(m) => Err(GroupError::Fenced {
+                member: member_id.to_owned(),
+                instance: m.instance_id.clone().unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Whether a partition waits for its old owner to release it.
@@ -640,12 +678,35 @@ mod tests {
         // pod-b restarts: it rejoins with no member id and owns nothing yet.
         let mut back = beat("", &BTreeSet::new());
         back.instance_id = Some("pod-b".into());
-        let (ans, changed) = g.heartbeat(back, 2, &parts()).unwrap();
-        assert!(!changed, "nobody else is disturbed");
-        assert_eq!(ans.member_id, b);
+        let (ans, persist) = g.heartbeat(back, 2, &parts()).unwrap();
+        assert!(persist, "its new member id is persisted");
         assert_eq!(ans.assignment, owned[&b], "same partitions back");
-        assert_eq!(g.generation, generation);
+        assert_eq!(g.generation, generation, "nobody else is disturbed");
         assert_eq!(g.members[&a].target, owned[&a]);
+        // Under a new member id: the process it replaced, if still running, is fenced, in heartbeats and
+        // commits, also after a coordinator takes the group over from its log.
+        let new = ans.member_id;
+        assert_ne!(new, b);
+        let tp = owned[&b].iter().next().unwrap().clone();
+        let fenced = |g: &mut Group| {
+            assert!(matches!(
+                g.heartbeat(beat(&b, &owned[&b]), 3, &parts()),
+                Err(GroupError::Fenced { .. })
+            ));
+            assert!(matches!(
+                g.check_commit(&b, generation, std::slice::from_ref(&tp)),
+                Err(GroupError::Fenced { .. })
+            ));
+        };
+        fenced(&mut g);
+        assert_eq!(
+            g.check_commit(&new, generation, std::slice::from_ref(&tp)),
+            Ok(())
+        );
+        let mut taken_over = Group::new("g");
+        taken_over.replay(&g.members_record(), 4);
+        fenced(&mut taken_over);
+        assert_eq!(taken_over.members[&new].target, owned[&b]);
     }
 
     #[test]
