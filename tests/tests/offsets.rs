@@ -142,32 +142,7 @@ async fn offsets_by_time_and_key_placement() {
 /// member joined is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_foreign_group_commits_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Ferryd::start(dir.path(), &[]);
-    broker
-        .admin()
-        .await
-        .create_topic(v1::CreateTopicRequest {
-            name: "f".into(),
-            partitions: 2,
-            replicas: 1,
-            config: None,
-        })
-        .await
-        .unwrap();
-    let mut c = broker.client().await;
-    for p in 0..2 {
-        let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
-        c.publish(v1::PublishRequest {
-            topic: "f".into(),
-            partition: Some(p),
-            acks: v1::Acks::All as i32,
-            payload: Some(Payload::Batch(ferry_tests::batch_of(&values))),
-            timeout_ms: 5_000,
-        })
-        .await
-        .unwrap();
-    }
+    let (_dir, _broker, mut c) = broker_with_topic("f", 2).await;
     let tp = |p: u32| v1::TopicPartition {
         topic: "f".into(),
         partition: p,
@@ -326,30 +301,7 @@ async fn stale_and_foreign_group_commits_are_refused() {
 /// it replaced, if still running, is fenced: its heartbeats and commits are refused, the new one's go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_static_member_is_fenced() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Ferryd::start(dir.path(), &[]);
-    broker
-        .admin()
-        .await
-        .create_topic(v1::CreateTopicRequest {
-            name: "z".into(),
-            partitions: 1,
-            replicas: 1,
-            config: None,
-        })
-        .await
-        .unwrap();
-    let mut c = broker.client().await;
-    let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
-    c.publish(v1::PublishRequest {
-        topic: "z".into(),
-        partition: Some(0),
-        acks: v1::Acks::All as i32,
-        payload: Some(Payload::Batch(ferry_tests::batch_of(&values))),
-        timeout_ms: 5_000,
-    })
-    .await
-    .unwrap();
+    let (_dir, _broker, mut c) = broker_with_topic("z", 1).await;
     let beat = |member: &str, owned: bool| v1::GroupHeartbeatRequest {
         group: "static".into(),
         member_id: member.into(),
@@ -420,4 +372,42 @@ async fn a_replaced_static_member_is_fenced() {
         .unwrap()
         .into_inner();
     assert_eq!(d.partitions[0].committed, 4);
+}
+
+/// A broker with topic `name` of `partitions` partitions holding ten records each, and a client of it.
+async fn broker_with_topic(
+    name: &str,
+    partitions: u32,
+) -> (
+    tempfile::TempDir,
+    Ferryd,
+    v1::ferry_client::FerryClient<tonic::transport::Channel>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Ferryd::start(dir.path(), &[]);
+    broker
+        .admin()
+        .await
+        .create_topic(v1::CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replicas: 1,
+            config: None,
+        })
+        .await
+        .unwrap();
+    let mut c = broker.client().await;
+    for p in 0..partitions {
+        let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+        c.publish(v1::PublishRequest {
+            topic: name.into(),
+            partition: Some(p),
+            acks: v1::Acks::All as i32,
+            payload: Some(Payload::Batch(ferry_tests::batch_of(&values))),
+            timeout_ms: 5_000,
+        })
+        .await
+        .unwrap();
+    }
+    (dir, broker, c)
 }
