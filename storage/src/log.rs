@@ -342,7 +342,8 @@ impl PartitionLog {
                 continue;
             }
             let room = u64::from(max_bytes).saturating_sub(total);
-            let batches = seg.batches_from(pos, room)?;
+            // The first batch is checked to hold `offset` below; the ones after it continue each other.
+            let batches = seg.batches_from(pos, room, None)?;
             for (h, bytes) in batches {
                 let corrupt = |why: String| StorageError::Corrupt {
                     path: seg.log_path().to_owned(),
@@ -422,9 +423,18 @@ impl PartitionLog {
         };
         let seg = &self.segments[si];
         let pos = seg.position_of_raft_index(low)?;
+        // Mid-segment, the first batch must start where the one before it ends: a stamp that claims another
+        // offset would otherwise go to followers whenever no later batch is read in the same call.
+        let first_offset = match pos {
+            0 => None,
+            _ => {
+                let before = seg.position_of_raft_index(low - 1)?;
+                Some(seg.header_at(before)?.next_offset())
+            }
+        };
         let mut total = 0u64;
         // Offsets are checked by `batches_from`; Raft indexes here.
-        for (next, (h, b)) in (low..).zip(seg.batches_from(pos, max_bytes)?) {
+        for (next, (h, b)) in (low..).zip(seg.batches_from(pos, max_bytes, first_offset)?) {
             if h.raft_index >= high || (!out.is_empty() && total + b.len() as u64 > max_bytes) {
                 break;
             }

@@ -708,3 +708,54 @@ fn roll_and_retention_by_age_follow_the_clock_handed_in() {
     // Back at a time when its records were young, nothing is old enough.
     assert!(log.retention_plan(1_000, u64::MAX).unwrap().is_none());
 }
+
+#[test]
+fn a_raft_read_starting_mid_segment_checks_the_first_offset_against_the_batch_before() {
+    // A stamp consistent with itself (its checksum recomputed) that claims a wrong offset, on the trusted
+    // open after a clean close (no header is checked then). A Raft read starting at that batch checked
+    // offsets only within its own call, so it served the batch with the wrong offset to followers.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path()).unwrap();
+    fill(&mut log, 6, 3);
+    log.close().unwrap();
+    drop(log);
+    let path = active_segment_path(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The fourth batch (Raft index 4, offsets 9..12) claims offsets 1009..1012.
+    let mut at = 0usize;
+    for _ in 0..3 {
+        at += u32::from_le_bytes(bytes[at + 24..at + 28].try_into().unwrap()) as usize;
+    }
+    let field = |b: &[u8], i: usize, n: usize| {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&b[at + i..at + i + n]);
+        u64::from_le_bytes(v)
+    };
+    assert_eq!(
+        field(&bytes, 0, 8),
+        9,
+        "the fourth batch starts at offset 9"
+    );
+    let stamp = ferry_protocol::stamp::stamp(
+        1009,
+        field(&bytes, 8, 4),
+        field(&bytes, 16, 8),
+        field(&bytes, 24, 4) as u32,
+        field(&bytes, 28, 4) as u32,
+    )
+    .unwrap();
+    bytes[at..at + stamp.len()].copy_from_slice(&stamp);
+    std::fs::write(&path, &bytes).unwrap();
+    let log = open(dir.path()).unwrap();
+    // A read whose bytes end with the damaged batch (Raft's size limit, or the end of the segment) saw no
+    // batch after it to disagree with.
+    for high in [5, 7] {
+        let err = log
+            .batches_by_raft_index(4, high, 1)
+            .expect_err("the fourth batch's offset does not follow the third's");
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("1009"), "{err}");
+    }
+    // From the segment's start, the continuity check already caught it.
+    assert!(log.batches_by_raft_index(1, 7, 1 << 20).is_err());
+}

@@ -345,11 +345,14 @@ impl Segment {
 
     /// Whole batches from `pos` (a batch boundary), read with one positioned read of about `max_bytes`
     /// (the first batch whole even if larger), each checked like [`Segment::batch_at`]; batches are slices
-    /// of that one buffer. Stops at the end of the segment.
+    /// of that one buffer. Stops at the end of the segment. `first_offset`, when the caller knows it (the
+    /// next offset of the batch before `pos`), is the offset the first batch must start at; at `pos` 0 it
+    /// is the segment's base.
     pub fn batches_from(
         &self,
         pos: u32,
         max_bytes: u64,
+        first_offset: Option<u64>,
     ) -> Result<Vec<(BatchHeader, Bytes)>, StorageError> {
         let mut out = Vec::new();
         if pos >= self.len {
@@ -364,7 +367,7 @@ impl Segment {
         // Offsets run on from batch to batch, and from the segment's base at its start. Stamps are checked
         // one by one; a stamp consistent with itself that says a wrong offset is caught only here (the
         // trusted open after a clean shutdown checks no header; found by the segment_recovery fuzz target).
-        let mut offset = (pos == 0).then_some(self.base_offset);
+        let mut offset = (pos == 0).then_some(self.base_offset).or(first_offset);
         while at + HEADER_LEN <= buf.len() {
             let here = pos + at as u32;
             let head = &buf[at..at + HEADER_LEN];
