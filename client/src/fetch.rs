@@ -29,6 +29,21 @@ pub struct FetchResult {
     pub next_offset: u64,
 }
 
+/// What one [`Client::fetch_batches`] returned: whole stored batches, not decoded into records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBatches {
+    /// The batches, each validated (CRC and layout); the first may start before the requested offset.
+    pub batches: Vec<Bytes>,
+    /// Records at or after the requested offset in `batches` (control batches hold none).
+    pub record_count: u64,
+    /// Offset one past the last committed record of the partition.
+    pub high_watermark: u64,
+    /// First offset the partition still stores.
+    pub log_start_offset: u64,
+    /// Offset to fetch from next.
+    pub next_offset: u64,
+}
+
 /// Which offset [`Client::list_offsets`] looks up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -105,6 +120,68 @@ impl Client {
             high_watermark: response.high_watermark,
             log_start_offset: response.log_start_offset,
             next_offset,
+        })
+    }
+
+    /// Like [`Client::fetch`], but hands back the stored batches whole (each validated) instead of
+    /// decoding every record: the path for readers that process batches (a mirror, a bulk loader, a
+    /// benchmark), with no per-record work.
+    pub async fn fetch_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<FetchedBatches, ClientError> {
+        if max_bytes == 0 || max_bytes > FETCH_BYTES_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "fetch max_bytes must be 1 to {FETCH_BYTES_MAX}, not {max_bytes}"
+            )));
+        }
+        if max_wait_ms > FETCH_WAIT_MS_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "fetch max_wait_ms must be at most {FETCH_WAIT_MS_MAX}, not {max_wait_ms}"
+            )));
+        }
+        let request = FetchRequest {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms,
+            format: Format::Batches as i32,
+        };
+        let timeout =
+            self.config().request_timeout() + std::time::Duration::from_millis(max_wait_ms.into());
+        let route = Route::Leader { topic, partition };
+        let response = self
+            .call(route, true, timeout, |channel| {
+                let request = request.clone();
+                async move { ferry_client(channel).fetch(request).await }
+            })
+            .await?;
+        let mut record_count = 0u64;
+        let mut next = offset;
+        for batch in &response.batches {
+            let header = validate(batch).map_err(|reason| ClientError::CorruptBatch {
+                topic: topic.to_owned(),
+                partition,
+                reason,
+            })?;
+            if !header.is_control() {
+                record_count += header
+                    .next_offset()
+                    .saturating_sub(header.base_offset.max(offset));
+            }
+            next = next.max(header.next_offset());
+        }
+        Ok(FetchedBatches {
+            batches: response.batches,
+            record_count,
+            high_watermark: response.high_watermark,
+            log_start_offset: response.log_start_offset,
+            next_offset: next.max(response.next_offset),
         })
     }
 

@@ -64,7 +64,7 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use delivery::{Delivery, DeliveryResult};
 pub use error::{ClientError, ConnectAttempt};
-pub use fetch::{FetchResult, OffsetSpec, PartitionOffsets};
+pub use fetch::{FetchResult, FetchedBatches, OffsetSpec, PartitionOffsets};
 pub use group::{GroupConfig, GroupConsumer, GroupEvent, SeekTo, StartFrom};
 pub use producer::{Producer, ProducerConfig};
 pub use record::{ConsumedRecord, ProducerRecord};

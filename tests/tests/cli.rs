@@ -311,6 +311,38 @@ fn bench_produce_reports_json() {
     assert_eq!(doc["bytes"], 20000 * 50);
     assert!(doc["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(high_watermarks(&broker, "t").iter().sum::<u64>(), 20_000);
+    // `bench consume` reads back exactly what is stored, as whole batches from both partitions.
+    let out = ok(
+        &broker,
+        &["-o", "json", "bench", "consume", "--topic", "t"],
+        b"",
+    );
+    let doc = &json_lines(&out)[0];
+    assert_eq!(doc["messages"], 20000);
+    assert_eq!(doc["partitions"], 2);
+    assert!(doc["bytes"].as_u64().unwrap() > 20000 * 50, "{doc}");
+    // With a small fetch and a limit it stops early, on a whole fetch.
+    let args = [
+        "-o",
+        "json",
+        "bench",
+        "consume",
+        "--topic",
+        "t",
+        "--messages",
+        "10",
+        "--fetch-bytes",
+        "1",
+    ];
+    let doc = &json_lines(&ok(&broker, &args, b""))[0];
+    let read = doc["messages"].as_u64().unwrap();
+    assert!((10..20000).contains(&read), "{doc}");
+    let bad = broker.ferry(
+        &["bench", "consume", "--topic", "t", "--fetch-bytes", "0"],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("--fetch-bytes"), "{}", stderr(&bad));
 }
 
 #[test]

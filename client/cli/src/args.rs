@@ -356,6 +356,22 @@ fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
 pub enum BenchCommand {
     /// Publish generated messages as fast as the producer allows and report throughput and latency.
     Produce(BenchProduceArgs),
+    /// Read a topic's stored messages as whole batches from every partition at once (nothing printed,
+    /// nothing committed) and report throughput.
+    Consume(BenchConsumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchConsumeArgs {
+    /// Topic to read (it must exist).
+    #[arg(long)]
+    pub topic: String,
+    /// Stop after this many messages [default: everything stored when the run starts].
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Bytes asked for in one fetch (at most 8 MiB; a fetch returns at least one whole batch).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub fetch_bytes: u32,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! `ferry bench produce`: a load generator over the real producer. It reports throughput and the
 //! acknowledgement latency of each message (from the moment `send` accepted it to its acknowledgement).
+//! `ferry bench consume`: reads what a topic stores, whole batches from every partition at once.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -11,10 +12,13 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 
-use crate::args::{BenchCommand, BenchProduceArgs, OutputFormat};
+use crate::args::{BenchCommand, BenchConsumeArgs, BenchProduceArgs, OutputFormat};
 use crate::json;
 use crate::output;
 use crate::produce::Tally;
+
+/// Partitions `bench consume` reads at once.
+const CONSUME_PARTITIONS_IN_FLIGHT_MAX: usize = 64;
 
 /// Longest latency the histogram records (microseconds); longer ones are clamped to it.
 const LATENCY_US_MAX: u64 = 60_000_000;
@@ -23,6 +27,7 @@ const LATENCY_US_MAX: u64 = 60_000_000;
 pub async fn run(client: Client, command: BenchCommand, format: OutputFormat) -> Result<()> {
     match command {
         BenchCommand::Produce(args) => produce(client, args, format).await,
+        BenchCommand::Consume(args) => consume(client, args, format).await,
     }
 }
 
@@ -119,4 +124,76 @@ fn note(
         latency_us.saturating_record(us.clamp(1, LATENCY_US_MAX));
     }
     tally.record(result);
+}
+
+async fn consume(client: Client, args: BenchConsumeArgs, format: OutputFormat) -> Result<()> {
+    if args.fetch_bytes == 0 || args.fetch_bytes > ferry_protocol::limits::FETCH_BYTES_MAX {
+        bail!(
+            "--fetch-bytes must be 1 to {}",
+            ferry_protocol::limits::FETCH_BYTES_MAX
+        );
+    }
+    let bounds = client.partition_offsets(&args.topic).await?;
+    let stored: u64 = bounds
+        .iter()
+        .map(|b| b.high_watermark - b.log_start_offset)
+        .sum();
+    let wanted = args.messages.unwrap_or(stored).min(stored);
+    // Every partition reads from its start to the end it had when the run started, until all partitions
+    // together have read `wanted`.
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    let results: Vec<Result<u64, ferry_client::ClientError>> = futures::stream::iter(&bounds)
+        .map(|b| {
+            let (client, topic, read) = (&client, &args.topic, &read);
+            async move {
+                use std::sync::atomic::Ordering::Relaxed;
+                let (mut offset, mut bytes) = (b.log_start_offset, 0u64);
+                while offset < b.high_watermark && read.load(Relaxed) < wanted {
+                    let f = client
+                        .fetch_batches(topic, b.partition, offset, args.fetch_bytes, 0)
+                        .await?;
+                    if f.next_offset <= offset {
+                        break; // retention moved the start past what was asked, or nothing is there
+                    }
+                    read.fetch_add(f.record_count, Relaxed);
+                    bytes += f.batches.iter().map(|x| x.len() as u64).sum::<u64>();
+                    offset = f.next_offset;
+                }
+                Ok(bytes)
+            }
+        })
+        .buffer_unordered(CONSUME_PARTITIONS_IN_FLIGHT_MAX)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut bytes = 0u64;
+    for r in results {
+        bytes += r?;
+    }
+    let messages = read.into_inner();
+    let report = json::BenchConsumeReport {
+        messages,
+        bytes,
+        partitions: bounds.len() as u32,
+        seconds,
+        messages_per_sec: messages as f64 / seconds,
+        mb_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
+    };
+    let mut out = output::stdout();
+    match format {
+        OutputFormat::Json => output::json_line(&mut out, &report)?,
+        OutputFormat::Text => writeln!(
+            out,
+            "{} messages ({} bytes stored) from {} partitions in {:.2} s: {:.0} msg/s, {:.1} MiB/s",
+            report.messages,
+            report.bytes,
+            report.partitions,
+            report.seconds,
+            report.messages_per_sec,
+            report.mb_per_sec
+        )?,
+    }
+    out.flush()?;
+    Ok(())
 }

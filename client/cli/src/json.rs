@@ -166,6 +166,18 @@ pub struct BenchReport {
     pub latency_ms: Latency,
 }
 
+/// `ferry bench consume`'s report.
+#[derive(Debug, Serialize)]
+pub struct BenchConsumeReport {
+    pub messages: u64,
+    /// Bytes of the batches read (headers and records, as stored).
+    pub bytes: u64,
+    pub partitions: u32,
+    pub seconds: f64,
+    pub messages_per_sec: f64,
+    pub mb_per_sec: f64,
+}
+
 /// Acknowledgement latency percentiles (milliseconds).
 #[derive(Debug, Serialize)]
 pub struct Latency {
