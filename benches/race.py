@@ -9,7 +9,8 @@ for R1 (one broker) and R3 (three brokers, one partition at replication factor 3
 - publish, many in flight: `ferry bench produce` (the SDK's batching producer) -> msg/s, MB/s, and the
   server CPU per message (utime + stime of every broker process, /proc/PID/stat);
 - publish, one in flight: `ferry bench produce --sync --linger-ms 0` -> acknowledgement p50 / p99;
-- consume: `ferry consume --from beginning --exit-at-end` to /dev/null of what the publish run wrote.
+- consume: `ferry consume --from beginning --exit-at-end` to /dev/null of what the publish run wrote, and
+  `ferry bench consume` (whole batches, nothing decoded or printed) of the same.
 
 Then it runs ../shared/bench/nats-peer.sh (override with NATS_PEER=PATH) with the same sizes and REPS, and
 prints every figure for both sides with the ratio, and writes the JSON report. Ferry runs at its durable
@@ -119,7 +120,8 @@ def ferry_suite(bin_dir, cluster, reps, scale, work):
     try:
         for size in SIZES:
             count = max(1000, int(COUNTS[(cluster, size)] * scale))
-            runs = {"msgs_per_s": [], "cpu_us_per_msg": [], "p50_us": [], "p99_us": [], "consume_msgs_per_s": []}
+            runs = {"msgs_per_s": [], "cpu_us_per_msg": [], "p50_us": [], "p99_us": [], "consume_msgs_per_s": [],
+                    "batch_consume_msgs_per_s": []}
             for rep in range(reps):
                 topic = f"race-{size}-{rep}"
                 c.topic(topic, n)
@@ -132,6 +134,8 @@ def ferry_suite(bin_dir, cluster, reps, scale, work):
                 t0 = time.monotonic()
                 c.cli("consume", topic, "--from", "beginning", "--exit-at-end", stdout=subprocess.DEVNULL)
                 runs["consume_msgs_per_s"].append(count / (time.monotonic() - t0))
+                b = json.loads(c.cli("bench", "consume", "--topic", topic, "-o", "json"))
+                runs["batch_consume_msgs_per_s"].append(b["messages_per_sec"])
                 s = json.loads(c.cli("bench", "produce", "--topic", topic, "--messages", str(SYNC_COUNT),
                                      "--size", str(size), "--sync", "--linger-ms", "0", "-o", "json"))
                 runs["p50_us"].append(s["latency_ms"]["p50"] * 1000)
@@ -142,6 +146,8 @@ def ferry_suite(bin_dir, cluster, reps, scale, work):
                             "server_cpu_us_per_msg": med["cpu_us_per_msg"], "runs": runs["msgs_per_s"]},
                 "one_in_flight": {"p50_us": med["p50_us"], "p99_us": med["p99_us"]},
                 "consume": {"msgs_per_s": med["consume_msgs_per_s"], "runs": runs["consume_msgs_per_s"]},
+                "batch_consume": {"msgs_per_s": med["batch_consume_msgs_per_s"],
+                                  "runs": runs["batch_consume_msgs_per_s"]},
             }
             log(f"ferry {cluster} {size} B: {json.dumps(out[size])}")
     finally:
@@ -204,6 +210,8 @@ def rows(ferry, nats):
                 (f"{name} one in flight p99", g(f, "one_in_flight", "p99_us"), g(n, "one_in_flight", "p99_us"),
                  "us", False),
                 (f"{name} consume", g(f, "consume", "msgs_per_s"), g(n, "consume", "msgs_per_s"), "msg/s", True),
+                (f"{name} consume batches", g(f, "batch_consume", "msgs_per_s"), g(n, "consume", "msgs_per_s"),
+                 "msg/s", True),
             ]
     return out
 
