@@ -5,12 +5,12 @@
 //! Each broker gets `external=127.0.0.1:0@localhost`: its external addresses read `localhost:PORT`, its
 //! main ones `127.0.0.1:PORT`, so every answer shows which listener it was written for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_protocol::v1::{self, publish_request::Payload};
-use ferry_tests::cluster::{client, leaders, start_cluster_with_flags};
-use ferry_tests::{batch_of, run_ferry, Ferryd};
+use ferry_protocol::v1;
+use ferry_tests::cluster::{client, start_cluster_with_flags};
+use ferry_tests::{run_ferry, Ferryd};
 
 const TOPIC: &str = "outside";
 const LEADER_HEADER: &str = "ferry-leader";
@@ -40,25 +40,38 @@ async fn broker_list(addr: &str) -> BTreeMap<u64, String> {
     m.brokers.into_iter().map(|b| (b.id, b.address)).collect()
 }
 
-/// The redirect a publish to `addr`, which does not lead `partition`, gets: `ID=HOST:PORT`.
-async fn redirect(addr: &str, partition: u32) -> String {
+/// The redirect a read of `partition` from `addr` gets when `addr` does not lead it: the leader's id and
+/// address (`ID=HOST:PORT`); `None` when `addr` leads it (the read is served). A follower that has not
+/// heard from a leader yet says so; it is asked again. (A read, so that nothing is written.)
+async fn redirect(addr: &str, partition: u32) -> Option<(u64, String)> {
     let mut c = client(addr).await.expect("the listener answers");
-    let err = c
-        .publish(v1::PublishRequest {
-            topic: TOPIC.into(),
-            partition: Some(partition),
-            acks: v1::Acks::All as i32,
-            payload: Some(Payload::Batch(batch_of(&["x".to_owned()]))),
-            timeout_ms: 5_000,
-        })
-        .await
-        .expect_err("a follower does not take publishes");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    err.metadata()
-        .get(LEADER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("a redirect names the leader: {err:?}"))
-        .to_owned()
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let read = c
+            .fetch(v1::FetchRequest {
+                topic: TOPIC.into(),
+                partition,
+                offset: 0,
+                max_bytes: 1024,
+                max_wait_ms: 0,
+                format: v1::Format::Batches as i32,
+            })
+            .await;
+        let err = match read {
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        if let Some(v) = err.metadata().get(LEADER_HEADER) {
+            let (id, address) = v.to_str().unwrap().split_once('=').unwrap();
+            return Some((id.parse().unwrap(), address.to_owned()));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no redirect names the leader: {err:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,34 +126,30 @@ async fn each_listener_tells_its_clients_its_own_addresses() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // A publish to a follower is redirected to the leader's address on the listener it came in on.
-    let mut leader_of: HashMap<u32, u64> = HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while leader_of.len() < 3 {
-        let known = leaders(&main, TOPIC).await;
-        leader_of = known
-            .iter()
-            .filter_map(|(p, a)| {
-                let id = addrs.iter().find(|(_, m)| m.0 == *a)?.0;
-                Some((*p, *id))
-            })
-            .collect();
-        assert!(std::time::Instant::now() < deadline, "leaders {known:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for (p, leader) in &leader_of {
-        let follower = (1..=3).find(|id| id != leader).unwrap();
-        let f = &brokers[(follower - 1) as usize];
-        let (main_addr, external_addr) = &addrs[leader];
-        assert_eq!(
-            redirect(&f.addr, *p).await,
-            format!("{leader}={main_addr}"),
-            "partition {p} through the main listener"
-        );
-        assert_eq!(
-            redirect(&f.listeners["external"], *p).await,
-            format!("{leader}={external_addr}"),
-            "partition {p} through the external listener"
+    // A read from a follower is redirected to the leader's address on the listener it came in on. (The
+    // leader named is whichever leads then: leadership may move meanwhile.)
+    for p in 0..3 {
+        let mut redirected = 0;
+        for (id, b) in brokers.iter().enumerate() {
+            let id = id as u64 + 1;
+            if let Some((named, address)) = redirect(&b.addr, p).await {
+                assert_ne!(named, id, "a broker redirects to another");
+                assert_eq!(
+                    address, addrs[&named].0,
+                    "partition {p} through the main listener"
+                );
+                redirected += 1;
+            }
+            if let Some((named, address)) = redirect(&b.listeners["external"], p).await {
+                assert_eq!(
+                    address, addrs[&named].1,
+                    "partition {p} through the external listener"
+                );
+            }
+        }
+        assert!(
+            redirected >= 2,
+            "partition {p}: {redirected} brokers redirected"
         );
     }
 
