@@ -81,32 +81,8 @@ impl Client {
         max_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<FetchResult, ClientError> {
-        if max_bytes == 0 || max_bytes > FETCH_BYTES_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "fetch max_bytes must be 1 to {FETCH_BYTES_MAX}, not {max_bytes}"
-            )));
-        }
-        if max_wait_ms > FETCH_WAIT_MS_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "fetch max_wait_ms must be at most {FETCH_WAIT_MS_MAX}, not {max_wait_ms}"
-            )));
-        }
-        let request = FetchRequest {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            max_bytes,
-            max_wait_ms,
-            format: Format::Batches as i32,
-        };
-        let timeout =
-            self.config().request_timeout() + std::time::Duration::from_millis(max_wait_ms.into());
-        let route = Route::Leader { topic, partition };
         let response = self
-            .call(route, true, timeout, |channel| {
-                let request = request.clone();
-                async move { ferry_client(channel).fetch(request).await }
-            })
+            .fetch_response(topic, partition, offset, max_bytes, max_wait_ms)
             .await?;
         let mut records = decode_batches(topic, partition, &response.batches, offset)?;
         records.extend(convert_records(topic, partition, response.records, offset));
@@ -134,6 +110,42 @@ impl Client {
         max_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<FetchedBatches, ClientError> {
+        let response = self
+            .fetch_response(topic, partition, offset, max_bytes, max_wait_ms)
+            .await?;
+        let mut record_count = 0u64;
+        let mut next = offset;
+        for batch in &response.batches {
+            let header = validate(batch).map_err(|reason| ClientError::CorruptBatch {
+                topic: topic.to_owned(),
+                partition,
+                reason,
+            })?;
+            if !header.is_control() {
+                record_count += header
+                    .next_offset()
+                    .saturating_sub(header.base_offset.max(offset));
+            }
+            next = next.max(header.next_offset());
+        }
+        Ok(FetchedBatches {
+            batches: response.batches,
+            record_count,
+            high_watermark: response.high_watermark,
+            log_start_offset: response.log_start_offset,
+            next_offset: next.max(response.next_offset),
+        })
+    }
+
+    /// One Fetch of whole batches from the partition's leader, its bounds checked first.
+    async fn fetch_response(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<ferry_protocol::v1::FetchResponse, ClientError> {
         if max_bytes == 0 || max_bytes > FETCH_BYTES_MAX {
             return Err(ClientError::InvalidArgument(format!(
                 "fetch max_bytes must be 1 to {FETCH_BYTES_MAX}, not {max_bytes}"
@@ -161,28 +173,7 @@ impl Client {
                 async move { ferry_client(channel).fetch(request).await }
             })
             .await?;
-        let mut record_count = 0u64;
-        let mut next = offset;
-        for batch in &response.batches {
-            let header = validate(batch).map_err(|reason| ClientError::CorruptBatch {
-                topic: topic.to_owned(),
-                partition,
-                reason,
-            })?;
-            if !header.is_control() {
-                record_count += header
-                    .next_offset()
-                    .saturating_sub(header.base_offset.max(offset));
-            }
-            next = next.max(header.next_offset());
-        }
-        Ok(FetchedBatches {
-            batches: response.batches,
-            record_count,
-            high_watermark: response.high_watermark,
-            log_start_offset: response.log_start_offset,
-            next_offset: next.max(response.next_offset),
-        })
+        Ok(response)
     }
 
     /// Looks up an offset of `partition` of `topic` at its leader: the first stored, the end, or the first
