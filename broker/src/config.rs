@@ -48,6 +48,8 @@ pub struct BrokerConfig {
     /// Named listeners' advertised host:port (filled once they are bound): what a client that came in
     /// on one is told for this broker.
     pub listener_advertise: BTreeMap<String, String>,
+    /// TLS for every listener and every connection to another broker; `None`: plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 /// Default [`BrokerConfig::connections_max`].
@@ -88,6 +90,7 @@ impl BrokerConfig {
             auto_join: false,
             listeners: BTreeMap::new(),
             listener_advertise: BTreeMap::new(),
+            tls: None,
         }
     }
 

@@ -11,6 +11,8 @@
 //!   task that drives it with group commit (`replica::driver`). Raft lives here and nowhere else.
 //! - [`identity`]: the data dir's identity (node id, incarnation, cluster id) and the judgements of a
 //!   starting broker's Hello answers.
+//! - [`tls`]: rustls configurations from PEM files, reloaded when they change; the broker id a peer's
+//!   certificate names.
 //! - [`metadata`] (core): the cluster metadata state machine of the controller group.
 //! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
 //! - [`membership`]: planning replica moves when brokers join or leave.
@@ -29,6 +31,7 @@ pub mod peer;
 pub mod replica;
 pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod views;
 
 /// Partition storage lives in its own crate ([`ferry_storage`]), re-exported under its old path.

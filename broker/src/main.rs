@@ -110,6 +110,32 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listeners: Option<String>,
+    /// This broker's certificate chain (PEM). With --tls-key and --tls-ca, every listener speaks TLS and
+    /// the peer port requires mTLS [default: none, plaintext].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA bundle (PEM): other brokers' certificates must chain to it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    /// CA bundle of client certificates (PEM): set, clients must present a certificate (mTLS).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_client_ca: Option<PathBuf>,
+    /// How a broker's certificate names its id: a SAN or common name equal to this with `{id}` (or
+    /// `{ordinal}`, id - 1) filled in [default: broker-{id}].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_peer_name: Option<String>,
+    /// How often the TLS files are checked for changes (ms, or a duration) [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_reload_ms: Option<String>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,6 +216,11 @@ async fn main() {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut config = settings.broker_config(settings.node_id.unwrap_or(1));
+    if let Some(files) = settings.tls_files() {
+        let names = ferry_broker::tls::PeerNames::parse(&settings.tls_peer_name)
+            .map_err(|e| anyhow::anyhow!("config: `tls_peer_name`: {e}"))?;
+        config.tls = Some(ferry_broker::tls::Tls::load(files, names)?);
+    }
     raise_file_limit();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -217,12 +248,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     watch_fault_file();
     let cancel = CancellationToken::new();
     let serve_cancel = CancellationToken::new();
+    if let Some(tls) = &config.tls {
+        tls.watch(
+            std::time::Duration::from_millis(settings.tls_reload_ms.0),
+            cancel.clone(),
+        );
+    }
     let started: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
     // HTTP answers from the first second: a liveness probe must not kill a broker that is still
     // recovering, and /healthz says how far start-up got.
     let startup = Startup::default();
-    let http_task = tokio::spawn(serve_http(
+    let http_task = tokio::spawn(server::http::serve(
         http,
+        config.tls.clone(),
         HttpState {
             broker: started.clone(),
             startup: startup.clone(),
@@ -251,7 +289,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 identity.clone(),
                 router.clone(),
                 started.clone(),
-                l,
+                (l, config.tls.clone()),
                 cancel.clone(),
             );
             tokio::spawn(serve);
@@ -262,7 +300,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let broker = Broker::start(
         config.clone(),
         Arc::new(SystemClock),
-        Arc::new(ferry_broker::server::dial::GrpcDialer::default()),
+        Arc::new(ferry_broker::server::dial::GrpcDialer::new(
+            config.tls.clone(),
+        )),
         router,
         identity,
         startup.clone(),
@@ -281,6 +321,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         ""
     };
     let mut listening = format!("client={client_addr} http={http_addr} peer={peer_addr}");
+    if config.tls.is_some() {
+        listening.push_str(" tls=on");
+    }
     let mut grpc = vec![(None, grpc)];
     for (name, bound, listener) in named {
         listening.push_str(&format!(" listener.{name}={bound}"));
@@ -386,16 +429,6 @@ fn watch_fault_file() {
             "FERRY_FAULT_FILE is ignored: this ferryd is built without fault injection"
         );
     }
-}
-
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    state: HttpState,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, server::http::router(state))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
 }
 
 /// Serves gRPC (HTTP already serves) until SIGTERM or SIGINT, then stops in order: not ready (Kubernetes

@@ -77,6 +77,24 @@ pub struct Settings {
     /// its own bind and advertised address (settings/listeners.rs).
     #[serde(skip_serializing_if = "Listeners::is_empty")]
     pub listeners: Listeners,
+    /// This broker's certificate chain (PEM, leaf first). With `tls_key` and `tls_ca`, every listener
+    /// speaks TLS and the peer port requires mTLS (docs/security.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA bundle (PEM): other brokers' certificates must chain to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// CA bundle of client certificates (PEM): set, every client must present a certificate (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How a broker's certificate names its id: a DNS or URI SAN (or the common name) equal to this
+    /// template with `{id}` (or `{ordinal}`, id - 1) filled in.
+    pub tls_peer_name: String,
+    /// How often the TLS files are checked for changes (a changed file is used from the next handshake).
+    pub tls_reload_ms: Millis,
 }
 
 impl Default for Settings {
@@ -100,9 +118,20 @@ impl Default for Settings {
             log: "info,raft=warn".into(),
             auto_join: false,
             listeners: Listeners::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_ca: None,
+            tls_peer_name: crate::tls::names::PEER_NAME_DEFAULT.into(),
+            tls_reload_ms: Millis(TLS_RELOAD_MS_DEFAULT),
         }
     }
 }
+
+/// Default `tls_reload_ms`: a rotated certificate is in use within 10 s.
+pub const TLS_RELOAD_MS_DEFAULT: u64 = 10_000;
+/// Shortest `tls_reload_ms`: each check reads the files' metadata.
+const TLS_RELOAD_MS_MIN: u64 = 100;
 
 /// A setting that cannot be used: the key and why, on one line.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +267,12 @@ pub fn setting_keys() -> Vec<&'static str> {
         "log",
         "auto_join",
         "listeners",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "tls_client_ca",
+        "tls_peer_name",
+        "tls_reload_ms",
     ]
 }
 
@@ -295,6 +330,7 @@ impl Settings {
         if let Err(reason) = self.listeners.validate(check_advertise) {
             return bad("listeners", reason);
         }
+        self.validate_tls()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return bad(
                 "log",
@@ -305,6 +341,54 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), SettingsError> {
+        let bad = |key, reason: String| Err(SettingsError::Invalid { key, reason });
+        let parts = [&self.tls_cert, &self.tls_key, &self.tls_ca];
+        let set = parts.iter().filter(|p| p.is_some()).count();
+        if set != 0 && set != parts.len() {
+            let key = if self.tls_cert.is_none() {
+                "tls_cert"
+            } else if self.tls_key.is_none() {
+                "tls_key"
+            } else {
+                "tls_ca"
+            };
+            return bad(
+                key,
+                "TLS needs all of tls_cert, tls_key and tls_ca (this one is missing)".into(),
+            );
+        }
+        if self.tls_client_ca.is_some() && set == 0 {
+            return bad(
+                "tls_client_ca",
+                "client certificates need TLS: set tls_cert, tls_key and tls_ca too".into(),
+            );
+        }
+        if let Err(reason) = crate::tls::PeerNames::parse(&self.tls_peer_name) {
+            return bad(
+                "tls_peer_name",
+                format!("`{}` {reason}", self.tls_peer_name),
+            );
+        }
+        if self.tls_reload_ms.0 < TLS_RELOAD_MS_MIN {
+            return bad(
+                "tls_reload_ms",
+                format!("must be at least {TLS_RELOAD_MS_MIN} ms"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The node id: as set, else from the hostname (`ferry-N` → N + 1), else 1.

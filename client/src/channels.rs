@@ -79,16 +79,27 @@ const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// HTTP/2 flow-control window of one connection (bytes): several partitions in flight at once.
 const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
-/// The endpoint for `host:port` (or a full `http://` URI), with Ferry's connection settings.
+/// The endpoint for `host:port` (or a full `http://` or `https://` URI), with Ferry's connection
+/// settings: over TLS when the config has TLS.
 fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
-    let uri = if address.contains("://") {
-        address.to_owned()
+    let scheme = if config.tls.is_some() {
+        "https"
     } else {
-        format!("http://{address}")
+        "http"
     };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+    let uri = match address.split_once("://") {
+        Some((_, rest)) => format!("{scheme}://{rest}"),
+        None => format!("{scheme}://{address}"),
+    };
+    let bad = |e: tonic::transport::Error| {
         ClientError::InvalidArgument(format!("bad broker address '{address}': {e}"))
-    })?;
+    };
+    let mut endpoint = Endpoint::from_shared(uri).map_err(bad)?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.tonic_config()).map_err(|e| {
+            ClientError::InvalidArgument(format!("TLS settings: {}", error_chain(&e)))
+        })?;
+    }
     Ok(endpoint
         .connect_timeout(config.connect_timeout())
         .tcp_nodelay(true)

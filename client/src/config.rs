@@ -27,6 +27,8 @@ pub struct ClientConfig {
     pub retry_backoff_ms_min: u64,
     /// Longest pause between retries (milliseconds).
     pub retry_backoff_ms_max: u64,
+    /// TLS to every broker; `None`: plaintext.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -37,6 +39,7 @@ impl Default for ClientConfig {
             retries_max: RETRIES_MAX_DEFAULT,
             retry_backoff_ms_min: RETRY_BACKOFF_MS_MIN_DEFAULT,
             retry_backoff_ms_max: RETRY_BACKOFF_MS_MAX_DEFAULT,
+            tls: None,
         }
     }
 }

@@ -58,6 +58,7 @@ pub mod publish;
 pub mod record;
 pub mod retry;
 pub mod subscribe;
+pub mod tls;
 pub mod trace;
 
 pub use client::Client;
@@ -68,6 +69,7 @@ pub use fetch::{FetchResult, FetchedBatches, OffsetSpec, PartitionOffsets};
 pub use group::{GroupConfig, GroupConsumer, GroupEvent, SeekTo, StartFrom};
 pub use producer::{Producer, ProducerConfig};
 pub use record::{ConsumedRecord, ProducerRecord};
+pub use tls::ClientTls;
 
 /// The generated `ferry.v1` types that appear in this crate's API (`TopicInfo`, `Acks`, ...).
 pub use ferry_protocol::v1;

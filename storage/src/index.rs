@@ -1,8 +1,8 @@
 //! Sparse, memory-mapped indexes of one segment: the offset index (offset and Raft index to file position)
 //! and the time index (timestamp to offset). Both have fixed 12-byte little-endian entries (docs/design.md).
 //! While a segment is active its index files are sized to their capacity; sealing trims them to the entries
-//! written. Entries are written with `pwrite` (a full disk is an error, never a fault on a mapped page) and
-//! read through a read-only map. Indexes are derived data: never trusted after a crash (recovery rebuilds
+//! written. Entries are written with `pwrite` (a full disk is an error, never a fault on a mapped page); an
+//! active index is read from memory and a sealed one through a read-only map (never over a hole). Indexes are derived data: never trusted after a crash (recovery rebuilds
 //! them from the log), and an entry is checked against the batch header it points at before a lookup
 //! relies on it (`segment`).
 
@@ -39,50 +39,60 @@ pub struct TimeEntry {
 /// lookups see them from memory meanwhile.
 const PENDING_ENTRIES_MAX: usize = 128;
 
-/// A memory-mapped file of fixed 12-byte entries.
+/// A file of fixed 12-byte entries: memory-mapped once sealed, held in memory while active.
+///
+/// An active index file is sized to its capacity and sparse past what was written. It is never mapped: on
+/// a memory-backed file system (tmpfs, a Kubernetes `emptyDir` with `medium: Memory`) a read fault on a hole
+/// allocates a page, and on a full one that is SIGBUS, which kills the broker (a chaos run's disk-full
+/// fault found it). Its entries are read with `pread` at open (a hole reads as zeros, which `is_sane`
+/// refuses) and kept in memory, 12 bytes each. A sealed file is trimmed to its entries, every byte written
+/// and fsynced, so its map covers no hole.
 #[derive(Debug)]
 struct MappedEntries {
     file: Arc<dyn DiskFile>,
+    /// Sealed: the whole file (exactly `entries` entries).
     map: Option<Mmap>,
+    /// Active: the bytes of every entry, the pending ones included.
+    memory: Vec<u8>,
     /// Entries, the pending ones included.
     entries: usize,
-    /// Entries written to the file (the rest are in `pending`).
+    /// Entries written to the file (the rest are pending, in `memory` only).
     written: usize,
-    pending: Vec<u8>,
     capacity: usize,
 }
 
 impl MappedEntries {
     /// Opens (creating) the file; `entries` valid entries are at its start; it is grown to `capacity`.
+    /// With `capacity` 0 (a sealed segment's: no room) it is mapped; otherwise read into memory.
     fn open(disk: &dyn Disk, path: &Path, entries: usize, capacity: usize) -> io::Result<Self> {
         let file = disk.open(path, true)?;
+        let sealed = capacity == 0;
         let capacity = capacity.max(entries);
         file.set_len((capacity * INDEX_ENTRY_LEN) as u64)?;
-        let map = if capacity > 0 {
-            Some(file.map_read()?)
-        } else {
-            None
-        };
-        Ok(MappedEntries {
+        let mut e = MappedEntries {
             file,
-            map,
+            map: None,
+            memory: Vec::new(),
             entries,
             written: entries,
-            pending: Vec::new(),
             capacity,
-        })
+        };
+        if sealed && entries > 0 {
+            e.map = Some(e.file.map_read()?);
+        } else if entries > 0 {
+            // Bounded by the caller: at most an active segment's index capacity.
+            e.memory = vec![0; entries * INDEX_ENTRY_LEN];
+            e.file.read_exact_at(&mut e.memory, 0)?;
+        }
+        Ok(e)
     }
 
     fn raw(&self, i: usize) -> &[u8] {
-        if i >= self.written {
-            let at = (i - self.written) * INDEX_ENTRY_LEN;
-            return &self.pending[at..at + INDEX_ENTRY_LEN];
+        let at = i * INDEX_ENTRY_LEN;
+        match &self.map {
+            Some(map) => &map[at..at + INDEX_ENTRY_LEN],
+            None => &self.memory[at..at + INDEX_ENTRY_LEN],
         }
-        let map = self
-            .map
-            .as_ref()
-            .expect("entry within capacity implies a map");
-        &map[i * INDEX_ENTRY_LEN..(i + 1) * INDEX_ENTRY_LEN]
     }
 
     /// Appends an entry; `Ok(false)` when full.
@@ -90,7 +100,8 @@ impl MappedEntries {
         if self.entries >= self.capacity {
             return Ok(false);
         }
-        self.pending.extend_from_slice(&bytes);
+        debug_assert!(self.map.is_none(), "a file with room is never mapped");
+        self.memory.extend_from_slice(&bytes);
         self.entries += 1;
         if self.entries - self.written >= PENDING_ENTRIES_MAX {
             self.flush()?;
@@ -100,14 +111,18 @@ impl MappedEntries {
 
     /// Writes the pending entries to the file.
     fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
+        if self.written == self.entries {
             return Ok(());
         }
-        let at = (self.written * INDEX_ENTRY_LEN) as u64;
-        self.file
-            .write_all_vectored_at(&[std::io::IoSlice::new(&self.pending)], at)?;
+        let (from, to) = (
+            self.written * INDEX_ENTRY_LEN,
+            self.entries * INDEX_ENTRY_LEN,
+        );
+        self.file.write_all_vectored_at(
+            &[std::io::IoSlice::new(&self.memory[from..to])],
+            from as u64,
+        )?;
         self.written = self.entries;
-        self.pending.clear();
         Ok(())
     }
 
@@ -116,26 +131,30 @@ impl MappedEntries {
         if n >= self.entries {
             return;
         }
-        if n >= self.written {
-            self.pending.truncate((n - self.written) * INDEX_ENTRY_LEN);
+        if let Some(map) = self.map.take() {
+            // A sealed file cut back: its kept entries move to memory (the file keeps its length until it
+            // is sealed again or reopened, so the map is dropped rather than left over stale bytes).
+            self.memory = map[..n * INDEX_ENTRY_LEN].to_vec();
         } else {
-            self.pending.clear();
-            self.written = n;
+            self.memory.truncate(n * INDEX_ENTRY_LEN);
         }
         self.entries = n;
+        self.written = self.written.min(n);
     }
 
-    /// Shrinks the file to the written entries and makes it durable.
+    /// Shrinks the file to the written entries, makes it durable and maps it.
     fn seal(&mut self) -> io::Result<()> {
         self.flush()?;
         // Unmapped before it shrinks: a map over bytes past the end of a file faults when touched.
         self.map = None;
         self.file.set_len((self.entries * INDEX_ENTRY_LEN) as u64)?;
         self.capacity = self.entries;
+        self.file.sync_data()?;
         if self.entries > 0 {
             self.map = Some(self.file.map_read()?);
         }
-        self.file.sync_data()
+        self.memory = Vec::new();
+        Ok(())
     }
 
     /// Writes and makes durable every entry (recovery, before the log counts as durable).

@@ -55,6 +55,20 @@ pub fn start_cluster_with_flags(dirs: &[tempfile::TempDir], extra: &[&str]) -> V
     panic!("could not start a three-broker cluster");
 }
 
+/// [`start_cluster`] with flags of its own for each broker (`per_broker(id)`: its certificate, say).
+pub fn start_cluster_each(
+    dirs: &[tempfile::TempDir],
+    per_broker: impl Fn(u64) -> Vec<String>,
+) -> Vec<Ferryd> {
+    let flags: Vec<Vec<String>> = (1..=dirs.len() as u64).map(per_broker).collect();
+    for _ in 0..5 {
+        if let Some(nodes) = try_start_cluster_each(dirs, false, &flags) {
+            return nodes;
+        }
+    }
+    panic!("could not start a three-broker cluster");
+}
+
 /// One attempt at [`start_cluster`]; `None` when a picked port was taken meanwhile.
 pub fn try_start_cluster(dirs: &[tempfile::TempDir]) -> Option<Vec<Ferryd>> {
     try_start_cluster_with(dirs, false)
@@ -70,6 +84,14 @@ fn try_start_cluster_with_flags(
     extra: &[&str],
 ) -> Option<Vec<Ferryd>> {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    try_start_cluster_each(dirs, faulty_disks, &vec![extra; dirs.len()])
+}
+
+fn try_start_cluster_each(
+    dirs: &[tempfile::TempDir],
+    faulty_disks: bool,
+    flags: &[Vec<String>],
+) -> Option<Vec<Ferryd>> {
     let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
     let peers: Vec<String> = ports
         .iter()
@@ -83,7 +105,7 @@ fn try_start_cluster_with_flags(
         .enumerate()
         .map(|(i, d)| {
             let (dir, peers, port) = (d.path().to_owned(), peers.clone(), ports[i]);
-            let extra = extra.clone();
+            let extra = flags[i].clone();
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let listen = format!("127.0.0.1:{port}");

@@ -6,8 +6,8 @@
 //! executable's directory (`target/<profile>/`).
 //!
 //! Modules, lower first: [`ports`] (loopback ports a restarted broker can bind again), this file (one
-//! `ferryd`, the `ferry` CLI, waits), [`cluster`] (three-broker clusters), [`layout`] (the source-tree
-//! check, apart).
+//! `ferryd`, the `ferry` CLI, waits), [`cluster`] (three-broker clusters), [`pki`] (certificate
+//! authorities and certificates made in the test, HTTPS probes), [`layout`] (the source-tree check, apart).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 pub mod cluster;
 pub mod docker;
 pub mod layout;
+pub mod pki;
 pub mod ports;
 
 /// How long a broker may take to start listening.

@@ -58,6 +58,7 @@ const LAYERS: &[(&str, &[&str])] = &[(
         "groups",
         "replica",
         "identity",
+        "tls",
         "metadata",
         "peer",
         "membership",

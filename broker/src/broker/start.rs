@@ -163,6 +163,7 @@ fn peer_network(
             identity.clone(),
             config.peer_advertise.clone(),
             &config.peers,
+            config.tls.clone(),
             cancel.child_token(),
         )
     });

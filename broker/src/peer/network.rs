@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
 use crate::replica::Transport;
+use crate::tls::Tls;
 
 /// Messages queued per peer before new ones are dropped (Raft retransmits what is dropped).
 const LINK_QUEUE_MAX: usize = 8192;
@@ -55,6 +56,8 @@ pub struct PeerNetwork {
     /// host:port of this broker's own peer listener, sent with every batch so that a broker that does not
     /// know this one yet (it just joined) can answer.
     own_address: String,
+    /// Links speak TLS with this broker's certificate when set.
+    tls: Option<Arc<Tls>>,
     links: RwLock<HashMap<u64, Link>>,
     cancel: CancellationToken,
 }
@@ -65,12 +68,14 @@ impl PeerNetwork {
         identity: Arc<Identity>,
         own_address: String,
         peers: &BTreeMap<u64, String>,
+        tls: Option<Arc<Tls>>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let n = Arc::new(PeerNetwork {
             node_id: identity.node_id,
             identity,
             own_address,
+            tls,
             links: RwLock::new(HashMap::new()),
             cancel,
         });
@@ -84,7 +89,11 @@ impl PeerNetwork {
         let queued_bytes = Arc::new(AtomicU64::new(0));
         let cancel = self.cancel.child_token();
         tokio::spawn(run_link(
-            (self.identity.clone(), self.own_address.clone()),
+            (
+                self.identity.clone(),
+                self.own_address.clone(),
+                self.tls.clone(),
+            ),
             id,
             address.to_owned(),
             (rx, queued_bytes.clone()),
@@ -194,7 +203,7 @@ fn envelope(group: u64, m: &Message) -> v1::RaftEnvelope {
 }
 
 async fn run_link(
-    (identity, from_address): (Arc<Identity>, String),
+    (identity, from_address, tls): (Arc<Identity>, String, Option<Arc<Tls>>),
     to: u64,
     addr: String,
     (mut rx, queued_bytes): (mpsc::Receiver<v1::RaftEnvelope>, Arc<AtomicU64>),
@@ -224,7 +233,7 @@ async fn run_link(
         }
         let connected = tokio::select! {
             _ = cancel.cancelled() => return,
-            c = endpoint.connect() => c,
+            c = crate::tls::connect::connect(&endpoint, tls.as_ref()) => c,
         };
         let channel = match connected {
             Ok(c) => c,

@@ -22,9 +22,19 @@ const CONNECT_TIMEOUT_MS: u64 = 2_000;
 #[derive(Debug, Default)]
 pub struct GrpcDialer {
     channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// Other brokers are dialed over TLS, presenting this broker's certificate, when set.
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 impl GrpcDialer {
+    /// A dialer speaking TLS when `tls` is set.
+    pub fn new(tls: Option<std::sync::Arc<crate::tls::Tls>>) -> Self {
+        GrpcDialer {
+            channels: Default::default(),
+            tls,
+        }
+    }
+
     fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(addr) {
@@ -34,7 +44,7 @@ impl GrpcDialer {
             .map_err(|e| format!("bad broker address {addr}: {e}"))?
             .connect_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true);
-        let c = endpoint.connect_lazy();
+        let c = crate::tls::connect::connect_lazy(&endpoint, self.tls.as_ref());
         channels.insert(addr.to_owned(), c.clone());
         Ok(c)
     }

@@ -6,6 +6,9 @@
 //! - `GET /health/cluster`: JSON, 200 when no partition is leaderless or under-replicated, no registered
 //!   broker unreachable and the controller has a leader; 503 otherwise (or before the broker started);
 //! - `GET /metrics`: Prometheus text.
+//!
+//! Served over HTTP/1.1 (or HTTP/2), through TLS when the broker has TLS (no client certificates: the
+//! kubelet's probes present none), at most [`HTTP_CONNECTIONS_MAX`] connections at once.
 
 use std::sync::{Arc, OnceLock};
 
@@ -18,6 +21,58 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::startup::Startup;
 use crate::broker::Broker;
+use crate::tls::Tls;
+
+/// Most open HTTP connections (probes and scrapes need a few).
+pub const HTTP_CONNECTIONS_MAX: usize = 256;
+/// Longest an open HTTP connection may take to finish once the server stops.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pause after a failed accept (out of file descriptors): the loop must not spin.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Serves the HTTP router on `listener` (through TLS with `tls`) until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<Tls>>,
+    state: HttpState,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use futures::StreamExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = router(state);
+    let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
+    let tls = tls.map(|t| (t, super::conn::Side::Http));
+    let mut incoming = super::conn::incoming(listener, permits, "http", tls);
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            next = incoming.next() => next,
+        };
+        let conn = match next {
+            None => return Ok(()),
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let served = builder.serve_connection(TokioIo::new(conn), service);
+            tokio::pin!(served);
+            tokio::select! {
+                _ = served.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    served.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HTTP_DRAIN, served).await;
+                }
+            }
+        });
+    }
+}
 
 /// What the endpoints read: the broker once it has started, its start-up phase meanwhile.
 #[derive(Clone)]

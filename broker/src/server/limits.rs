@@ -11,7 +11,6 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// A connection that holds one of its listener's permits while open.
 pub struct Limited {
@@ -19,11 +18,10 @@ pub struct Limited {
     _permit: OwnedSemaphorePermit,
 }
 
-impl Connected for Limited {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+impl Limited {
+    /// The address of the other side.
+    pub fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer_addr().ok()
     }
 }
 

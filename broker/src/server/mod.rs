@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod conn;
 pub mod dial;
 pub mod groups;
 pub mod http;
@@ -77,6 +78,7 @@ pub async fn serve_grpc(
     connections: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let tls = broker.config.tls.clone();
     let via = via::Via::new(name);
     let client =
         v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone(), via.clone()))
@@ -100,7 +102,12 @@ pub async fn serve_grpc(
         .add_service(admin)
         .add_service(health)
         .serve_with_incoming_shutdown(
-            limits::incoming(listener, connections, "client"),
+            conn::incoming(
+                listener,
+                connections,
+                "client",
+                tls.map(|t| (t, conn::Side::Client)),
+            ),
             cancel.cancelled_owned(),
         )
         .await

@@ -10,10 +10,12 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::conn::{ConnInfo, Side};
 use super::status::to_status;
 use crate::broker::Broker;
 use crate::identity::{check_cluster_id, HelloAnswer, Identity};
 use crate::peer::Router;
+use crate::tls::Tls;
 
 /// HTTP/2 windows of the peer port (bytes): room for whole Raft appends.
 const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
@@ -39,6 +41,8 @@ pub struct PeerService {
     /// shutdown would otherwise wait for them forever, and a restarted broker in the same process would
     /// keep receiving through its predecessor's connections).
     cancel: CancellationToken,
+    /// With TLS, every peer presents a certificate of the cluster's CA naming the broker it speaks for.
+    tls: Option<Arc<Tls>>,
 }
 
 #[tonic::async_trait]
@@ -48,6 +52,7 @@ impl Peer for PeerService {
         req: Request<Streaming<v1::RaftBatch>>,
     ) -> Result<Response<v1::RaftAck>, Status> {
         let (node_id, router) = (self.node_id, &self.router);
+        let certified = self.certified_ids(&req);
         let mut stream = req.into_inner();
         let mut learned = false;
         let liveness = router.liveness();
@@ -63,6 +68,7 @@ impl Peer for PeerService {
             if crate::peer::faults::drops_from(batch.from) {
                 continue;
             }
+            check_certified("Raft traffic", certified.as_deref(), batch.from)?;
             self.check_sender(batch.from, &batch.cluster_id, batch.incarnation)?;
             liveness.heard(batch.from);
             if !learned && !batch.from_address.is_empty() {
@@ -125,6 +131,16 @@ impl Peer for PeerService {
         &self,
         req: Request<v1::ForwardRequest>,
     ) -> Result<Response<v1::ForwardResponse>, Status> {
+        if let Some(ids) = self.certified_ids(&req) {
+            // A command is proposed on behalf of the broker whose certificate sent it: one broker, named.
+            let [from] = ids[..] else {
+                return Err(Status::permission_denied(format!(
+                    "forwarded command refused: the sender's certificate names no single broker ({})",
+                    self.expected_names()
+                )));
+            };
+            tracing::debug!(from, "forwarded controller command");
+        }
         let req = req.into_inner();
         self.check_cluster(&req.cluster_id)
             .map_err(|why| Status::failed_precondition(format!("command refused: {why}")))?;
@@ -141,7 +157,9 @@ impl Peer for PeerService {
         &self,
         req: Request<v1::HelloRequest>,
     ) -> Result<Response<v1::HelloResponse>, Status> {
+        let certified = self.certified_ids(&req);
         let req = req.into_inner();
+        check_certified("Hello", certified.as_deref(), req.node_id)?;
         if !req.cluster_id.is_empty() {
             check_cluster_id(&req.cluster_id).map_err(Status::invalid_argument)?;
         }
@@ -160,7 +178,41 @@ impl Peer for PeerService {
     }
 }
 
+/// Refuses what a peer sends as broker `claimed` unless TLS is off (`certified` `None`) or its certificate
+/// names that broker and no other.
+fn check_certified(what: &str, certified: Option<&[u64]>, claimed: u64) -> Result<(), Status> {
+    match certified {
+        None => Ok(()),
+        Some([id]) if *id == claimed => Ok(()),
+        Some(ids) => Err(Status::permission_denied(format!(
+            "{what} claiming to be from broker {claimed} refused: the sender's certificate names {}",
+            if ids.is_empty() {
+                "no broker".to_owned()
+            } else {
+                format!("broker {ids:?}")
+            }
+        ))),
+    }
+}
+
 impl PeerService {
+    /// With TLS, the broker ids the sender's certificate names (empty if none); `None` without TLS.
+    fn certified_ids<T>(&self, req: &Request<T>) -> Option<Vec<u64>> {
+        let tls = self.tls.as_ref()?;
+        let cert = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.peer_cert.as_ref());
+        Some(cert.map(|c| tls.peer_names.ids_of(c)).unwrap_or_default())
+    }
+
+    fn expected_names(&self) -> String {
+        match &self.tls {
+            Some(t) => format!("expected a name such as {}", t.peer_names.name_of(1)),
+            None => String::new(),
+        }
+    }
+
     /// Refuses a batch from another cluster, or from an incarnation of `from` other than the one the
     /// cluster registered (its data dir was replaced: it would vote having forgotten its votes). A sender
     /// without an identity (0, an older version) passes.
@@ -203,12 +255,12 @@ impl PeerService {
     }
 }
 
-/// Serves the peer service on `listener` until `cancel` fires.
+/// Serves the peer service on `listener` (through mTLS with `tls`) until `cancel` fires.
 pub async fn serve_peer(
     identity: Arc<Identity>,
     router: Arc<Router>,
     broker: Arc<OnceLock<Arc<Broker>>>,
-    listener: tokio::net::TcpListener,
+    (listener, tls): (tokio::net::TcpListener, Option<Arc<Tls>>),
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let svc = v1::peer_server::PeerServer::new(PeerService {
@@ -217,6 +269,7 @@ pub async fn serve_peer(
         router,
         broker,
         cancel: cancel.clone(),
+        tls: tls.clone(),
     })
     .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -229,10 +282,11 @@ pub async fn serve_peer(
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            super::limits::incoming(
+            super::conn::incoming(
                 listener,
                 Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX)),
                 "peer",
+                tls.map(|t| (t, Side::Peer)),
             ),
             cancel.cancelled_owned(),
         )

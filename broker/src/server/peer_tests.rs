@@ -103,10 +103,11 @@ async fn start_cluster_with(
             identity.clone(),
             router.clone(),
             Default::default(),
-            listeners.remove(&id).unwrap(),
+            (listeners.remove(&id).unwrap(), None),
             cancel.clone(),
         ));
-        let network = PeerNetwork::start(identity, peers[&id].clone(), &peers, cancel.clone());
+        let network =
+            PeerNetwork::start(identity, peers[&id].clone(), &peers, None, cancel.clone());
         let (storage, _) = ReplicaStorage::open(
             Arc::new(OsDisk),
             Arc::new(crate::storage::SystemClock),

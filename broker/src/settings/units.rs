@@ -76,6 +76,10 @@ pub struct Millis(pub u64);
 
 impl Millis {
     fn parse(s: &str) -> Result<Millis, String> {
+        // A plain number is ms, from a flag (a string) as from a file (a number).
+        if let Ok(ms) = s.trim().parse::<u64>() {
+            return Ok(Millis(ms));
+        }
         let d = humantime::parse_duration(s.trim())
             .map_err(|e| format!("`{s}` is not a duration ({e}; e.g. `500ms`, `10s`, `7d`)"))?;
         u64::try_from(d.as_millis())

@@ -54,7 +54,7 @@ impl Node {
             identity.clone(),
             router.clone(),
             started.clone(),
-            listener,
+            (listener, None),
             cancel.clone(),
         )));
         let broker = Broker::start(

@@ -23,8 +23,44 @@ pub struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// TLS to the brokers (docs/security.md). Without `--tls-ca`, plaintext.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// CA bundle (PEM) the brokers' certificates chain to; turns TLS on.
+    #[arg(long, global = true, env = "FERRY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This client's certificate chain (PEM), for brokers that require client certificates.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Name to check in every broker's certificate instead of the host dialed.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 /// Output format of every command.

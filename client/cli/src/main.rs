@@ -55,7 +55,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let client = Client::connect(cli.bootstrap).await?;
+    let mut config = ferry_client::ClientConfig::default();
+    if let Some(ca) = &cli.tls.tls_ca {
+        let a = &cli.tls;
+        let mut tls =
+            ferry_client::ClientTls::from_files(ca, a.tls_cert.as_deref(), a.tls_key.as_deref())?;
+        tls.server_name = a.tls_server_name.clone();
+        config.tls = Some(tls);
+    } else if cli.tls.tls_cert.is_some() {
+        anyhow::bail!("--tls-cert needs --tls-ca (the CA the brokers' certificates chain to)");
+    }
+    let client = Client::connect_with(cli.bootstrap, config).await?;
     let format = cli.output;
     match cli.command {
         Command::Topic { command } => topic::run(&client, command, format).await,

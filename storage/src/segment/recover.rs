@@ -39,10 +39,15 @@ impl Segment {
         };
         let active = matches!(tail, Tail::Active { .. });
         let cap = if active { limits.index_capacity() } else { 0 };
-        let (n_idx, n_time) = (idx_entries(&index_path), idx_entries(&time_path));
-        let index = OffsetIndex::open(disk, &index_path, n_idx, cap.max(n_idx))
+        let (mut n_idx, mut n_time) = (idx_entries(&index_path), idx_entries(&time_path));
+        if active {
+            // An active index is read into memory: never more than its capacity, whatever a damaged
+            // file's length says (the rest is past any entry it can hold, and is cut).
+            (n_idx, n_time) = (n_idx.min(cap), n_time.min(cap));
+        }
+        let index = OffsetIndex::open(disk, &index_path, n_idx, cap)
             .map_err(|e| StorageError::io(&index_path, e))?;
-        let time_index = TimeIndex::open(disk, &time_path, n_time, cap.max(n_time))
+        let time_index = TimeIndex::open(disk, &time_path, n_time, cap)
             .map_err(|e| StorageError::io(&time_path, e))?;
         let mut seg = Segment::assemble(
             base_offset,

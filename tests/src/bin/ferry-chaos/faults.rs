@@ -101,12 +101,25 @@ pub fn set_faults(nodes: &[Ferryd], rules: &[String]) {
 /// quiet kill -9.
 pub static HUNG_STOPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Stops `node` with SIGTERM, counting a broker that did not stop in time.
+/// Brokers found already exited when the schedule came to stop them (a crash during a fault: a disk-full
+/// fault once found a SIGBUS this way): `died`, not `hung_stops`.
+pub static DIED_BEFORE_STOP: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+
+/// Stops `node` with SIGTERM, counting a broker that did not stop in time, or had died before.
 fn stop(node: &mut Ferryd) {
+    if let Ok(Some(status)) = node.child.try_wait() {
+        let what = format!(
+            "broker on {} had exited ({status}) before the schedule stopped it",
+            node.data_dir.display()
+        );
+        eprintln!("chaos: {what}");
+        DIED_BEFORE_STOP.lock().push(what);
+        return;
+    }
     if !node.stop() {
         HUNG_STOPS.fetch_add(1, Ordering::Relaxed);
         eprintln!(
-            "chaos: broker on {} did not stop on SIGTERM within 20 s (killed -9)",
+            "chaos: broker on {} did not stop cleanly on SIGTERM (a failed exit, or still running after 20 s and killed -9)",
             node.data_dir.display()
         );
     }

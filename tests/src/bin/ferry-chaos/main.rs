@@ -281,6 +281,7 @@ async fn main() {
     // Heal, stop the load, let the group catch up, drain.
     set_faults(&nodes, &vec![String::new(); nodes.len()]);
     died.extend(reap_dead(&mut nodes, "the schedule"));
+    died.extend(faults::DIED_BEFORE_STOP.lock().drain(..));
     block(|| {
         nodes.iter().for_each(Ferryd::resume);
         restart_all(&mut nodes);
