@@ -19,6 +19,7 @@ use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod acls;
 mod cluster;
 mod coordinated;
 mod groups;

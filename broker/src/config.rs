@@ -50,6 +50,19 @@ pub struct BrokerConfig {
     pub listener_advertise: BTreeMap<String, String>,
     /// TLS for every listener and every connection to another broker; `None`: plaintext.
     pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    /// Who clients are (tokens) and whether ACLs are enforced.
+    pub auth: AuthConfig,
+}
+
+/// Authentication and authorization settings (docs/security.md).
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Enforce ACLs: nothing is allowed without a matching allow, except to superusers and brokers.
+    pub authorization: bool,
+    /// Principals allowed everything (`User:admin`).
+    pub superusers: std::collections::BTreeSet<String>,
+    /// The SHA-256 of each static bearer token, and the principal it stands for.
+    pub tokens: BTreeMap<[u8; 32], String>,
 }
 
 /// Default [`BrokerConfig::connections_max`].
@@ -91,6 +104,7 @@ impl BrokerConfig {
             listeners: BTreeMap::new(),
             listener_advertise: BTreeMap::new(),
             tls: None,
+            auth: AuthConfig::default(),
         }
     }
 

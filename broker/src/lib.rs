@@ -5,6 +5,7 @@
 //! `tests/tests/layout.rs`, with no module circle and no tokio, tonic or axum in the cores).
 //! - [`storage`]: the segment log of a partition (segments, indexes, recovery), the disk seam and the
 //!   wall clock: the `ferry-storage` crate, re-exported here.
+//! - [`acl`] (core): access control lists and the decision for one request.
 //! - [`groups`] (core): consumer-group assignment and the per-group state machine.
 //! - [`replica`]: this broker's replica of a partition, one Raft group per partition: its Raft log over the
 //!   segment log (`replica::raft_log`, core), every replication decision (`replica::core`, core), and the
@@ -21,6 +22,7 @@
 //! - [`views`]: cluster views as plain types, and the `Dialer` through which the broker asks others.
 //! - [`broker`]: the broker: controller, local replicas, operations, group coordination (no gRPC).
 //! - [`server`]: the gRPC services, the gRPC `Dialer` (`server::dial`), and the HTTP endpoints over the broker.
+pub mod acl;
 pub mod broker;
 pub mod config;
 pub mod groups;

@@ -136,6 +136,20 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_reload_ms: Option<String>,
+    /// Enforce ACLs (`ferry acl`): nothing is allowed without a matching allow, except to --superusers and
+    /// brokers. A cluster needs TLS for it [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization: Option<bool>,
+    /// Principals allowed everything: `User:NAME[,User:NAME...]` [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    superusers: Option<String>,
+    /// Static bearer tokens: `PRINCIPAL=sha256:HEX[,...]`, the SHA-256 of each token (`ferry token hash`),
+    /// never the token itself [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_tokens: Option<String>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

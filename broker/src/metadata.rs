@@ -10,6 +10,7 @@ use ferry_protocol::batch::{self, BatchBuilder, Records};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclBinding, AclFilter, Acls};
 use crate::replica::Apply;
 
 /// Raft group id of the controller.
@@ -172,6 +173,14 @@ pub enum Command {
         partition: u32,
         voters: Vec<u64>,
     },
+    /// An operator allows or denies a principal an operation on resources (acl.rs).
+    CreateAcl {
+        binding: AclBinding,
+    },
+    /// An operator removes the ACLs `filter` names.
+    DeleteAcls {
+        filter: AclFilter,
+    },
 }
 
 impl Command {
@@ -276,6 +285,17 @@ impl Command {
                 set_ok(replicas)
             }
             Command::AllocateProducerId {} => Ok(()),
+            Command::CreateAcl { binding } => {
+                binding.check()?;
+                if m.acls.len() >= crate::acl::ACLS_MAX {
+                    return Err(format!(
+                        "the cluster holds {} ACLs already",
+                        crate::acl::ACLS_MAX
+                    ));
+                }
+                Ok(())
+            }
+            Command::DeleteAcls { .. } => Ok(()),
             Command::AllocateProducerIds { count } => {
                 if *count == 0 || *count > PRODUCER_ID_BLOCK {
                     return Err(format!(
@@ -350,6 +370,8 @@ pub struct Metadata {
     /// The cluster's brokers by id: the initial voters (`--peers`) plus those added, minus those forgotten.
     pub members: BTreeMap<u64, Member>,
     pub next_topic_id: u64,
+    /// Who may do what (acl.rs): enforced when the broker runs with `authorization`.
+    pub acls: Acls,
     /// Raft index of the last applied command.
     pub applied_index: u64,
 }
@@ -480,6 +502,12 @@ impl Metadata {
                 }
             }
             Command::AllocateProducerId {} | Command::AllocateProducerIds { .. } => {}
+            Command::CreateAcl { binding } => {
+                let _ = self.acls.add(binding);
+            }
+            Command::DeleteAcls { filter } => {
+                self.acls.remove(&filter);
+            }
             Command::SettleReplicas {
                 topic,
                 partition,

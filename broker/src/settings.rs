@@ -2,6 +2,7 @@
 //! flags. Every key is documented in docs/configuration.md; [`Settings`] prints as TOML
 //! (`ferryd --print-config`) and reads back to the same settings.
 
+pub mod auth;
 pub mod listeners;
 pub mod units;
 
@@ -95,6 +96,15 @@ pub struct Settings {
     pub tls_peer_name: String,
     /// How often the TLS files are checked for changes (a changed file is used from the next handshake).
     pub tls_reload_ms: Millis,
+    /// Enforce ACLs: with it, nothing is allowed without a matching allow, except to superusers and
+    /// brokers (docs/security.md). In a cluster it needs TLS: brokers prove who they are by certificate.
+    pub authorization: bool,
+    /// Principals allowed everything, e.g. `User:admin`.
+    #[serde(skip_serializing_if = "auth::List::is_empty")]
+    pub superusers: auth::List,
+    /// Static bearer tokens, each `PRINCIPAL=sha256:HEX` (the token's SHA-256, never the token).
+    #[serde(skip_serializing_if = "auth::List::is_empty")]
+    pub auth_tokens: auth::List,
 }
 
 impl Default for Settings {
@@ -124,6 +134,9 @@ impl Default for Settings {
             tls_client_ca: None,
             tls_peer_name: crate::tls::names::PEER_NAME_DEFAULT.into(),
             tls_reload_ms: Millis(TLS_RELOAD_MS_DEFAULT),
+            authorization: false,
+            superusers: auth::List::default(),
+            auth_tokens: auth::List::default(),
         }
     }
 }
@@ -273,6 +286,9 @@ pub fn setting_keys() -> Vec<&'static str> {
         "tls_client_ca",
         "tls_peer_name",
         "tls_reload_ms",
+        "authorization",
+        "superusers",
+        "auth_tokens",
     ]
 }
 
@@ -366,6 +382,20 @@ impl Settings {
                 "client certificates need TLS: set tls_cert, tls_key and tls_ca too".into(),
             );
         }
+        if let Err(reason) = auth::superusers(&self.superusers) {
+            return bad("superusers", reason);
+        }
+        if let Err(reason) = auth::tokens(&self.auth_tokens) {
+            return bad("auth_tokens", reason);
+        }
+        if self.authorization && set == 0 && !self.peers.0.is_empty() {
+            return bad(
+                "authorization",
+                "a cluster enforcing ACLs needs TLS (tls_cert, tls_key, tls_ca): brokers prove who they \
+                 are to each other by certificate"
+                    .into(),
+            );
+        }
         if let Err(reason) = crate::tls::PeerNames::parse(&self.tls_peer_name) {
             return bad(
                 "tls_peer_name",
@@ -419,6 +449,11 @@ impl Settings {
         c.connections_max = self.connections_max;
         c.inflight_bytes_max = self.inflight_bytes_max.0;
         c.auto_join = self.auto_join;
+        c.auth = crate::config::AuthConfig {
+            authorization: self.authorization,
+            superusers: auth::superusers(&self.superusers).expect("validated"),
+            tokens: auth::tokens(&self.auth_tokens).expect("validated"),
+        };
         c.listeners = self
             .listeners
             .0

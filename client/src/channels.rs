@@ -5,6 +5,8 @@
 //! has heard of, which bounds the pool by the cluster size.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
@@ -15,6 +17,42 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ClientConfig;
 use crate::error::{error_chain, ClientError};
+use crate::token::Tokens;
+
+/// A channel to one broker that adds the client's bearer token (if any) to every request.
+#[derive(Debug, Clone)]
+pub struct BrokerChannel {
+    channel: Channel,
+    tokens: Option<Arc<Tokens>>,
+}
+
+type HttpRequest = http::Request<tonic::body::BoxBody>;
+
+impl tower_service::Service<HttpRequest> for BrokerChannel {
+    type Response = <Channel as tower_service::Service<HttpRequest>>::Response;
+    type Error = <Channel as tower_service::Service<HttpRequest>>::Error;
+    type Future = <Channel as tower_service::Service<HttpRequest>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut req: HttpRequest) -> Self::Future {
+        if let Some(tokens) = &self.tokens {
+            match tokens.header() {
+                Ok(v) => {
+                    if let Ok(v) = http::HeaderValue::from_bytes(v.as_encoded_bytes()) {
+                        req.headers_mut().insert(http::header::AUTHORIZATION, v);
+                    }
+                }
+                // Sent without: the broker answers UNAUTHENTICATED or PERMISSION_DENIED, which the caller
+                // sees; this says why.
+                Err(why) => tracing::warn!("no bearer token for this request: {why}"),
+            }
+        }
+        tower_service::Service::call(&mut self.channel, req)
+    }
+}
 
 /// Interval of HTTP/2 keep-alive pings, so a dead broker is noticed on an idle connection (milliseconds).
 const KEEP_ALIVE_INTERVAL_MS: u64 = 30_000;
@@ -25,13 +63,15 @@ const KEEP_ALIVE_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug)]
 pub struct Channels {
     config: ClientConfig,
-    by_address: Mutex<HashMap<String, Channel>>,
+    tokens: Option<Arc<Tokens>>,
+    by_address: Mutex<HashMap<String, BrokerChannel>>,
 }
 
 impl Channels {
     /// An empty pool whose connections use `config`'s timeouts.
     pub fn new(config: ClientConfig) -> Self {
         Channels {
+            tokens: config.token.clone().map(|t| Arc::new(Tokens::new(t))),
             config,
             by_address: Mutex::new(HashMap::new()),
         }
@@ -39,7 +79,7 @@ impl Channels {
 
     /// Opens a connection to `address` now, failing within the connect timeout if nobody answers. Used for
     /// bootstrap, where the reason a broker is unreachable must be reported. The error is readable text.
-    pub async fn connect(&self, address: &str) -> Result<Channel, String> {
+    pub async fn connect(&self, address: &str) -> Result<BrokerChannel, String> {
         let endpoint = endpoint(address, &self.config).map_err(|e| match e {
             ClientError::InvalidArgument(why) => why,
             other => other.to_string(),
@@ -47,7 +87,7 @@ impl Channels {
         // The endpoint's connect timeout covers TCP; the outer one also covers the HTTP/2 handshake.
         let connecting = endpoint.connect();
         let channel = match tokio::time::timeout(self.config.connect_timeout(), connecting).await {
-            Ok(Ok(channel)) => channel,
+            Ok(Ok(channel)) => self.wrap(channel),
             Ok(Err(e)) => return Err(error_chain(&e)),
             Err(_) => {
                 return Err(format!(
@@ -63,14 +103,23 @@ impl Channels {
     }
 
     /// The channel to `address`, created lazily (it connects on first use) when new.
-    pub fn get(&self, address: &str) -> Result<Channel, ClientError> {
+    pub fn get(&self, address: &str) -> Result<BrokerChannel, ClientError> {
         if let Some(channel) = self.by_address.lock().get(address) {
             return Ok(channel.clone());
         }
-        let channel = endpoint(address, &self.config)?.connect_lazy();
+        let channel = self.wrap(endpoint(address, &self.config)?.connect_lazy());
         // Another task may have raced us here; keep whichever was inserted first so all share one.
         let mut map = self.by_address.lock();
         Ok(map.entry(address.to_owned()).or_insert(channel).clone())
+    }
+}
+
+impl Channels {
+    fn wrap(&self, channel: Channel) -> BrokerChannel {
+        BrokerChannel {
+            channel,
+            tokens: self.tokens.clone(),
+        }
     }
 }
 
@@ -112,14 +161,14 @@ fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientErro
 }
 
 /// The `Ferry` service client over `channel`, with Ferry's message size limits in both directions.
-pub fn ferry_client(channel: Channel) -> FerryClient<Channel> {
+pub fn ferry_client(channel: BrokerChannel) -> FerryClient<BrokerChannel> {
     FerryClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
 
 /// The `Admin` service client over `channel`, with Ferry's message size limits in both directions.
-pub fn admin_client(channel: Channel) -> AdminClient<Channel> {
+pub fn admin_client(channel: BrokerChannel) -> AdminClient<BrokerChannel> {
     AdminClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)

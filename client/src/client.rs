@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use ferry_protocol::v1::{DescribeClusterRequest, MetadataRequest, MetadataResponse};
 use parking_lot::{Mutex, RwLock};
-use tonic::transport::Channel;
 
-use crate::channels::{admin_client, ferry_client, Channels};
+use crate::channels::{admin_client, ferry_client, BrokerChannel, Channels};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, ConnectAttempt};
 use crate::metadata::MetadataCache;
@@ -195,7 +194,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(BrokerChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let policy: fn(&ClientError) -> bool = if retriable {
@@ -216,7 +215,7 @@ impl Client {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(BrokerChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let config = &self.inner.config;
@@ -305,12 +304,12 @@ impl Client {
     }
 
     /// A channel to the broker at `address`.
-    pub(crate) fn channel_to(&self, address: &str) -> Result<Channel, ClientError> {
+    pub(crate) fn channel_to(&self, address: &str) -> Result<BrokerChannel, ClientError> {
         self.inner.channels.get(address)
     }
 
     /// The channel a request on `route` goes to.
-    async fn channel_for(&self, route: Route<'_>) -> Result<Channel, ClientError> {
+    async fn channel_for(&self, route: Route<'_>) -> Result<BrokerChannel, ClientError> {
         let address = match route {
             Route::Any => None,
             Route::Group(group) => self.inner.coordinators.lock().get(group).cloned(),
@@ -362,7 +361,7 @@ async fn bootstrap_one(
     channels: &Channels,
     config: &ClientConfig,
     address: &str,
-) -> Result<(Channel, MetadataResponse), String> {
+) -> Result<(BrokerChannel, MetadataResponse), String> {
     let channel = channels.connect(address).await?;
     let request = MetadataRequest { topics: vec![] };
     let mut ferry = ferry_client(channel.clone());
@@ -379,7 +378,7 @@ async fn bootstrap_one(
 
 /// The id of the broker behind `channel`, if it says within the connect timeout. Best effort: it only
 /// lets the client prefer the address it reached that broker at over the one the broker advertises.
-async fn node_id(channel: Channel, config: &ClientConfig) -> Option<u64> {
+async fn node_id(channel: BrokerChannel, config: &ClientConfig) -> Option<u64> {
     let mut admin = admin_client(channel);
     let answer = admin.describe_cluster(DescribeClusterRequest {});
     match tokio::time::timeout(config.connect_timeout(), answer).await {

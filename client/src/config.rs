@@ -29,6 +29,8 @@ pub struct ClientConfig {
     pub retry_backoff_ms_max: u64,
     /// TLS to every broker; `None`: plaintext.
     pub tls: Option<crate::tls::ClientTls>,
+    /// The bearer token sent with every request (docs/security.md); `None`: none.
+    pub token: Option<crate::token::Token>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +42,7 @@ impl Default for ClientConfig {
             retry_backoff_ms_min: RETRY_BACKOFF_MS_MIN_DEFAULT,
             retry_backoff_ms_max: RETRY_BACKOFF_MS_MAX_DEFAULT,
             tls: None,
+            token: None,
         }
     }
 }

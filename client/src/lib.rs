@@ -41,6 +41,7 @@
 //! - [`producer`]: [`Producer`] and [`ProducerConfig`], the handle applications use.
 
 pub mod accumulator;
+pub mod acls;
 pub mod admin;
 pub mod channels;
 pub mod client;
@@ -59,6 +60,7 @@ pub mod record;
 pub mod retry;
 pub mod subscribe;
 pub mod tls;
+pub mod token;
 pub mod trace;
 
 pub use client::Client;
@@ -70,6 +72,7 @@ pub use group::{GroupConfig, GroupConsumer, GroupEvent, SeekTo, StartFrom};
 pub use producer::{Producer, ProducerConfig};
 pub use record::{ConsumedRecord, ProducerRecord};
 pub use tls::ClientTls;
+pub use token::Token;
 
 /// The generated `ferry.v1` types that appear in this crate's API (`TopicInfo`, `Acks`, ...).
 pub use ferry_protocol::v1;

@@ -55,6 +55,7 @@ const CORES: &[(&str, &[&[&str]])] = &[
 const LAYERS: &[(&str, &[&str])] = &[(
     "broker/src/lib.rs",
     &[
+        "acl",
         "groups",
         "replica",
         "identity",

@@ -1,12 +1,14 @@
-//! The `ferry.v1.Admin` service: topics and the cluster.
+//! The `ferry.v1.Admin` service: topics, the cluster and ACLs. Each call is authorized first (auth.rs).
 
 use std::sync::Arc;
 
 use ferry_protocol::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
+use super::auth::{Auth, Principal, CLUSTER};
 use super::via::Via;
 use super::views::{brokers, moving_partitions, topic_info};
+use crate::acl::{Operation, ResourceType};
 use crate::broker::Broker;
 use crate::metadata::TopicSettings;
 
@@ -16,12 +18,26 @@ pub struct AdminService {
     broker: Arc<Broker>,
     /// The listener it serves: which broker addresses its clients are told.
     via: Via,
+    auth: Auth,
 }
 
 impl AdminService {
     /// The service over `broker`.
-    pub fn new(broker: Arc<Broker>, via: Via) -> Self {
-        AdminService { broker, via }
+    pub fn new(broker: Arc<Broker>, via: Via, auth: Auth) -> Self {
+        AdminService { broker, via, auth }
+    }
+
+    /// The principal of `req`, refused unless it may do `op` on `kind` `name`.
+    fn allowed<T>(
+        &self,
+        req: &Request<T>,
+        op: Operation,
+        kind: ResourceType,
+        name: &str,
+    ) -> Result<Principal, Status> {
+        let p = self.auth.principal(req)?;
+        self.auth.check(&self.broker, &p, op, kind, name)?;
+        Ok(p)
     }
 }
 
@@ -31,6 +47,24 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::TopicInfo>, Status> {
+        // `create` on the topic's name, or on the cluster (any name).
+        let p = self.auth.principal(&req)?;
+        let name = &req.get_ref().name;
+        if !self.auth.may(
+            &self.broker,
+            &p,
+            Operation::Create,
+            ResourceType::Cluster,
+            CLUSTER,
+        ) {
+            self.auth.check(
+                &self.broker,
+                &p,
+                Operation::Create,
+                ResourceType::Topic,
+                name,
+            )?;
+        }
         let req = req.into_inner();
         let c = req.config.unwrap_or_default();
         let settings = TopicSettings {
@@ -51,6 +85,12 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        self.allowed(
+            &req,
+            Operation::Delete,
+            ResourceType::Topic,
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         ferry_protocol::topic::validate_topic_name(&req.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -63,12 +103,22 @@ impl Admin for AdminService {
 
     async fn list_topics(
         &self,
-        _req: Request<v1::ListTopicsRequest>,
+        req: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let p = self.auth.principal(&req)?;
         let meta = self.broker.metadata();
         let topics = meta
             .topics
             .values()
+            .filter(|t| {
+                self.auth.may(
+                    &self.broker,
+                    &p,
+                    Operation::Describe,
+                    ResourceType::Topic,
+                    &t.name,
+                )
+            })
             .map(|t| topic_info(t, self.broker.topic_view(t)))
             .collect();
         Ok(Response::new(v1::ListTopicsResponse { topics }))
@@ -78,6 +128,12 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::TopicInfo>, Status> {
+        self.allowed(
+            &req,
+            Operation::Describe,
+            ResourceType::Topic,
+            &req.get_ref().name,
+        )?;
         let req = req.into_inner();
         ferry_protocol::topic::validate_topic_name(&req.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -97,6 +153,12 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::TransferLeaderRequest>,
     ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        self.allowed(
+            &req,
+            Operation::Alter,
+            ResourceType::Topic,
+            &req.get_ref().topic,
+        )?;
         let req = req.into_inner();
         ferry_protocol::topic::validate_topic_name(&req.topic)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -110,8 +172,9 @@ impl Admin for AdminService {
 
     async fn describe_cluster(
         &self,
-        _req: Request<v1::DescribeClusterRequest>,
+        req: Request<v1::DescribeClusterRequest>,
     ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
+        self.allowed(&req, Operation::Describe, ResourceType::Cluster, CLUSTER)?;
         Ok(Response::new(v1::DescribeClusterResponse {
             brokers: brokers(&self.broker, self.via.name()),
             controller: self.broker.controller().leader(),
@@ -124,6 +187,12 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::AddBrokerRequest>,
     ) -> Result<Response<v1::AddBrokerResponse>, Status> {
+        self.allowed(
+            &req,
+            Operation::ClusterAdmin,
+            ResourceType::Cluster,
+            CLUSTER,
+        )?;
         let r = req.into_inner();
         self.broker
             .add_broker(r.id, &r.peer_address)
@@ -136,11 +205,65 @@ impl Admin for AdminService {
         &self,
         req: Request<v1::RemoveBrokerRequest>,
     ) -> Result<Response<v1::RemoveBrokerResponse>, Status> {
+        self.allowed(
+            &req,
+            Operation::ClusterAdmin,
+            ResourceType::Cluster,
+            CLUSTER,
+        )?;
         let id = req.into_inner().id;
         self.broker
             .remove_broker(id)
             .await
             .map_err(|e| self.via.status(&self.broker, e))?;
         Ok(Response::new(v1::RemoveBrokerResponse {}))
+    }
+
+    async fn create_acl(
+        &self,
+        req: Request<v1::CreateAclRequest>,
+    ) -> Result<Response<v1::CreateAclResponse>, Status> {
+        self.allowed(&req, Operation::Alter, ResourceType::Cluster, CLUSTER)?;
+        let binding = req
+            .into_inner()
+            .binding
+            .ok_or_else(|| Status::invalid_argument("create ACL needs a binding"))?;
+        let binding = super::acls::binding_from(binding)?;
+        self.broker
+            .create_acl(binding)
+            .await
+            .map_err(|e| self.via.status(&self.broker, e))?;
+        Ok(Response::new(v1::CreateAclResponse {}))
+    }
+
+    async fn delete_acls(
+        &self,
+        req: Request<v1::DeleteAclsRequest>,
+    ) -> Result<Response<v1::DeleteAclsResponse>, Status> {
+        self.allowed(&req, Operation::Alter, ResourceType::Cluster, CLUSTER)?;
+        let filter = super::acls::filter_from(req.into_inner().filter.unwrap_or_default())?;
+        let deleted = self
+            .broker
+            .delete_acls(filter)
+            .await
+            .map_err(|e| self.via.status(&self.broker, e))?;
+        Ok(Response::new(v1::DeleteAclsResponse {
+            deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_acls(
+        &self,
+        req: Request<v1::ListAclsRequest>,
+    ) -> Result<Response<v1::ListAclsResponse>, Status> {
+        self.allowed(&req, Operation::Describe, ResourceType::Cluster, CLUSTER)?;
+        let filter = super::acls::filter_from(req.into_inner().filter.unwrap_or_default())?;
+        let bindings = self
+            .broker
+            .acls(&filter)
+            .iter()
+            .map(super::acls::binding_to)
+            .collect();
+        Ok(Response::new(v1::ListAclsResponse { bindings }))
     }
 }

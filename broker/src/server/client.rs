@@ -14,9 +14,11 @@ use ferry_protocol::v1::{self, ferry_server::Ferry, publish_request::Payload};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Auth, Principal};
 use super::status::to_status;
 use super::via::Via;
 use super::views::{brokers, topic_info};
+use crate::acl::{Operation, ResourceType};
 use crate::broker::{Broker, BrokerError};
 use crate::replica::Durability;
 use crate::replica::Replica;
@@ -36,10 +38,26 @@ pub struct ClientService {
     broker: Arc<Broker>,
     /// The listener it serves: which broker addresses its clients are told.
     via: Via,
+    /// Who each request is from, and what it may do.
+    auth: Auth,
     round_robin: AtomicU64,
 }
 
 impl ClientService {
+    /// The principal of `req`, refused unless it may do `op` on topic `topic` (checked before the topic is
+    /// looked up: a refusal never says whether it exists).
+    fn topic_principal<T>(
+        &self,
+        req: &Request<T>,
+        op: Operation,
+        topic: &str,
+    ) -> Result<Principal, Status> {
+        let p = self.auth.principal(req)?;
+        self.auth
+            .check(&self.broker, &p, op, ResourceType::Topic, topic)?;
+        Ok(p)
+    }
+
     /// A broker error as this listener's clients get it.
     fn status(&self, e: BrokerError) -> Status {
         self.via.status(&self.broker, e)
@@ -64,10 +82,11 @@ impl ClientService {
     }
 
     /// The service over `broker`.
-    pub fn new(broker: Arc<Broker>, via: Via) -> Self {
+    pub fn new(broker: Arc<Broker>, via: Via, auth: Auth) -> Self {
         ClientService {
             broker,
             via,
+            auth,
             round_robin: AtomicU64::new(0),
         }
     }
@@ -252,6 +271,7 @@ impl Ferry for ClientService {
         req: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let started = Instant::now();
+        self.topic_principal(&req, Operation::Write, &req.get_ref().topic)?;
         let req = req.into_inner();
         check_topic(&req.topic)?;
         let durability = durability(req.acks)?;
@@ -343,6 +363,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
+        self.topic_principal(&req, Operation::Read, &req.get_ref().topic)?;
         let req = req.into_inner();
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
@@ -367,6 +388,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
+        self.topic_principal(&req, Operation::Read, &req.get_ref().topic)?;
         let req = req.into_inner();
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
@@ -433,6 +455,7 @@ impl Ferry for ClientService {
         req: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         use v1::list_offsets_request::Spec;
+        self.topic_principal(&req, Operation::Describe, &req.get_ref().topic)?;
         let req = req.into_inner();
         check_topic(&req.topic)?;
         let replica = self
@@ -468,6 +491,19 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::GroupHeartbeatRequest>,
     ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
+        let p = self.auth.principal(&req)?;
+        let r = req.get_ref();
+        self.auth.check(
+            &self.broker,
+            &p,
+            Operation::Read,
+            ResourceType::Group,
+            &r.group,
+        )?;
+        for t in &r.topics {
+            self.auth
+                .check(&self.broker, &p, Operation::Read, ResourceType::Topic, t)?;
+        }
         super::groups::heartbeat(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -477,6 +513,24 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        let p = self.auth.principal(&req)?;
+        let r = req.get_ref();
+        self.auth.check(
+            &self.broker,
+            &p,
+            Operation::Read,
+            ResourceType::Group,
+            &r.group,
+        )?;
+        for o in &r.offsets {
+            self.auth.check(
+                &self.broker,
+                &p,
+                Operation::Read,
+                ResourceType::Topic,
+                &o.topic,
+            )?;
+        }
         super::groups::commit(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -486,6 +540,15 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        let p = self.auth.principal(&req)?;
+        let group = &req.get_ref().group;
+        self.auth.check(
+            &self.broker,
+            &p,
+            Operation::Describe,
+            ResourceType::Group,
+            group,
+        )?;
         super::groups::describe(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -493,17 +556,35 @@ impl Ferry for ClientService {
 
     async fn list_groups(
         &self,
-        _req: Request<v1::ListGroupsRequest>,
+        req: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
-        super::groups::list(&self.broker, &self.via)
-            .await
-            .map(Response::new)
+        let p = self.auth.principal(&req)?;
+        let mut list = super::groups::list(&self.broker, &self.via).await?;
+        list.groups.retain(|g| {
+            self.auth.may(
+                &self.broker,
+                &p,
+                Operation::Describe,
+                ResourceType::Group,
+                g,
+            )
+        });
+        Ok(Response::new(list))
     }
 
     async fn delete_group(
         &self,
         req: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        let p = self.auth.principal(&req)?;
+        let group = &req.get_ref().group;
+        self.auth.check(
+            &self.broker,
+            &p,
+            Operation::Delete,
+            ResourceType::Group,
+            group,
+        )?;
         super::groups::delete(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -511,8 +592,10 @@ impl Ferry for ClientService {
 
     async fn init_producer(
         &self,
-        _req: Request<v1::InitProducerRequest>,
+        req: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        let p = self.auth.principal(&req)?;
+        self.auth.check_producer_id(&self.broker, &p)?;
         let producer_id = self
             .broker
             .init_producer()
@@ -528,17 +611,40 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::MetadataRequest>,
     ) -> Result<Response<v1::MetadataResponse>, Status> {
+        let p = self.auth.principal(&req)?;
         let req = req.into_inner();
         let meta = self.broker.metadata();
         let mut topics = Vec::new();
+        let may = |name: &str| {
+            self.auth.may(
+                &self.broker,
+                &p,
+                Operation::Describe,
+                ResourceType::Topic,
+                name,
+            )
+        };
         for name in &req.topics {
             check_topic(name)?;
+            if !may(name) {
+                return Err(self
+                    .auth
+                    .check(
+                        &self.broker,
+                        &p,
+                        Operation::Describe,
+                        ResourceType::Topic,
+                        name,
+                    )
+                    .unwrap_err());
+            }
             if !meta.topics.contains_key(name) {
                 return Err(to_status(BrokerError::UnknownTopic(name.clone())));
             }
         }
         for t in meta.topics.values() {
-            if req.topics.is_empty() || req.topics.contains(&t.name) {
+            // Only what the principal may describe is listed.
+            if (req.topics.is_empty() && may(&t.name)) || req.topics.contains(&t.name) {
                 topics.push(topic_info(t, self.broker.cluster_view(t, false).await));
             }
         }

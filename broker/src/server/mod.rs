@@ -1,6 +1,8 @@
 //! The broker's servers: gRPC services on the client port and the HTTP endpoints.
 
+pub mod acls;
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod conn;
 pub mod dial;
@@ -80,12 +82,16 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     let tls = broker.config.tls.clone();
     let via = via::Via::new(name);
-    let client =
-        v1::ferry_server::FerryServer::new(client::ClientService::new(broker.clone(), via.clone()))
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let auth = auth::Auth::new(broker.config.auth.clone(), tls.clone());
+    let client = v1::ferry_server::FerryServer::new(client::ClientService::new(
+        broker.clone(),
+        via.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let health = grpc_health(broker.clone(), cancel.clone());
-    let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker, via))
+    let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker, via, auth))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()

@@ -112,6 +112,20 @@ pub fn names_of(cert: &CertificateDer<'_>) -> Vec<String> {
     names
 }
 
+/// The name a client certificate gives its holder: the subject's common name, else its first DNS or URI
+/// subject alternative name.
+pub fn holder_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Some(cn) = c
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok())
+    {
+        return Some(cn.to_owned());
+    }
+    names_of(cert).into_iter().next()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,24 @@ pub struct TlsArgs {
         value_name = "NAME"
     )]
     pub tls_server_name: Option<String>,
+    /// Bearer token sent with every request (prefer --token-file or FERRY_TOKEN: flags show in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File whose first line is the bearer token (re-read when it changes).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Output format of every command.
@@ -98,6 +116,22 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Access control lists: who may do what (docs/security.md).
+    Acl {
+        #[command(subcommand)]
+        command: crate::acl::AclCommand,
+    },
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the `sha256:HEX` of the token on stdin, for a broker's `auth_tokens` (needs no broker).
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]

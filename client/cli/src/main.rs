@@ -10,6 +10,7 @@
 //! Exit codes: 0 success (also when stdout's reader goes away), 1 any failure, with one line
 //! `error: <message>` on stderr, 2 a usage error (from clap).
 
+mod acl;
 mod args;
 mod bench;
 mod cluster;
@@ -55,6 +56,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::Token {
+        command: args::TokenCommand::Hash,
+    } = cli.command
+    {
+        return acl::hash_token();
+    }
     let mut config = ferry_client::ClientConfig::default();
     if let Some(ca) = &cli.tls.tls_ca {
         let a = &cli.tls;
@@ -65,6 +72,11 @@ async fn run(cli: Cli) -> Result<()> {
     } else if cli.tls.tls_cert.is_some() {
         anyhow::bail!("--tls-cert needs --tls-ca (the CA the brokers' certificates chain to)");
     }
+    config.token = match (&cli.tls.token, &cli.tls.token_file) {
+        (Some(t), _) => Some(ferry_client::Token::Static(t.clone())),
+        (None, Some(f)) => Some(ferry_client::Token::File(f.clone())),
+        (None, None) => None,
+    };
     let client = Client::connect_with(cli.bootstrap, config).await?;
     let format = cli.output;
     match cli.command {
@@ -77,6 +89,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(client, args, format).await,
         Command::Group { command } => group::run(&client, command, format).await,
         Command::Bench { command } => bench::run(client, command, format).await,
+        Command::Acl { command } => acl::run(&client, command, format).await,
+        Command::Token { .. } => unreachable!("handled before connecting"),
     }
 }
 
