@@ -63,6 +63,8 @@ pub struct AuthConfig {
     pub superusers: std::collections::BTreeSet<String>,
     /// The SHA-256 of each static bearer token, and the principal it stands for.
     pub tokens: BTreeMap<[u8; 32], String>,
+    /// The verifier of signed JWT bearer tokens, when keys are configured.
+    pub jwt: Option<std::sync::Arc<crate::jwt::Jwt>>,
 }
 
 /// Default [`BrokerConfig::connections_max`].

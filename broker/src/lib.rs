@@ -14,6 +14,7 @@
 //!   starting broker's Hello answers.
 //! - [`tls`]: rustls configurations from PEM files, reloaded when they change; the broker id a peer's
 //!   certificate names.
+//! - [`jwt`]: signed JWTs as bearer tokens, verified against configured public keys.
 //! - [`metadata`] (core): the cluster metadata state machine of the controller group.
 //! - [`peer`]: Raft traffic between brokers (the peer port), batched per destination.
 //! - [`membership`]: planning replica moves when brokers join or leave.
@@ -27,6 +28,7 @@ pub mod broker;
 pub mod config;
 pub mod groups;
 pub mod identity;
+pub mod jwt;
 pub mod membership;
 pub mod metadata;
 pub mod peer;

@@ -150,6 +150,22 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_tokens: Option<String>,
+    /// PEM public keys (RSA, EC or Ed25519) that sign JWT bearer tokens: `FILE[,FILE...]` [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_public_keys: Option<String>,
+    /// The issuer (`iss`) every JWT must carry.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_issuer: Option<String>,
+    /// The audience (`aud`) every JWT must carry: this cluster.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_audience: Option<String>,
+    /// Clock skew allowed on a JWT's expiry and not-before (ms, or a duration) [default: 1m].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_leeway_ms: Option<String>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -235,6 +251,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("config: `tls_peer_name`: {e}"))?;
         config.tls = Some(ferry_broker::tls::Tls::load(files, names)?);
     }
+    config.auth.jwt = settings.jwt()?.map(Arc::new);
     raise_file_limit();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

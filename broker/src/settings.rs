@@ -105,6 +105,17 @@ pub struct Settings {
     /// Static bearer tokens, each `PRINCIPAL=sha256:HEX` (the token's SHA-256, never the token).
     #[serde(skip_serializing_if = "auth::List::is_empty")]
     pub auth_tokens: auth::List,
+    /// PEM public keys (RSA, EC or Ed25519) that sign JWT bearer tokens.
+    #[serde(skip_serializing_if = "auth::List::is_empty")]
+    pub jwt_public_keys: auth::List,
+    /// The `iss` every JWT must carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every JWT must carry (this cluster: a token for another is refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a JWT's `exp` and `nbf`.
+    pub jwt_leeway_ms: Millis,
 }
 
 impl Default for Settings {
@@ -137,9 +148,18 @@ impl Default for Settings {
             authorization: false,
             superusers: auth::List::default(),
             auth_tokens: auth::List::default(),
+            jwt_public_keys: auth::List::default(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_ms: Millis(JWT_LEEWAY_MS_DEFAULT),
         }
     }
 }
+
+/// Default `jwt_leeway_ms`: a minute of clock skew between the token issuer and the brokers.
+pub const JWT_LEEWAY_MS_DEFAULT: u64 = 60_000;
+/// Most `jwt_leeway_ms`.
+const JWT_LEEWAY_MS_MAX: u64 = 10 * 60_000;
 
 /// Default `tls_reload_ms`: a rotated certificate is in use within 10 s.
 pub const TLS_RELOAD_MS_DEFAULT: u64 = 10_000;
@@ -289,6 +309,10 @@ pub fn setting_keys() -> Vec<&'static str> {
         "authorization",
         "superusers",
         "auth_tokens",
+        "jwt_public_keys",
+        "jwt_issuer",
+        "jwt_audience",
+        "jwt_leeway_ms",
     ]
 }
 
@@ -388,6 +412,22 @@ impl Settings {
         if let Err(reason) = auth::tokens(&self.auth_tokens) {
             return bad("auth_tokens", reason);
         }
+        if !self.jwt_public_keys.is_empty() {
+            for (key, v) in [
+                ("jwt_issuer", &self.jwt_issuer),
+                ("jwt_audience", &self.jwt_audience),
+            ] {
+                if v.as_deref().is_none_or(str::is_empty) {
+                    return bad(
+                        key,
+                        "JWTs are checked for an issuer and an audience: set both".into(),
+                    );
+                }
+            }
+        }
+        if self.jwt_leeway_ms.0 > JWT_LEEWAY_MS_MAX {
+            return bad("jwt_leeway_ms", format!("at most {JWT_LEEWAY_MS_MAX} ms"));
+        }
         if self.authorization && set == 0 && !self.peers.0.is_empty() {
             return bad(
                 "authorization",
@@ -409,6 +449,25 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The JWT verifier, when keys are configured (reads the key files).
+    pub fn jwt(&self) -> Result<Option<crate::jwt::Jwt>, SettingsError> {
+        if self.jwt_public_keys.is_empty() {
+            return Ok(None);
+        }
+        let paths: Vec<PathBuf> = self.jwt_public_keys.0.iter().map(PathBuf::from).collect();
+        crate::jwt::Jwt::load(
+            &paths,
+            self.jwt_issuer.as_deref().unwrap_or_default(),
+            self.jwt_audience.as_deref().unwrap_or_default(),
+            self.jwt_leeway_ms.0,
+        )
+        .map(Some)
+        .map_err(|reason| SettingsError::Invalid {
+            key: "jwt_public_keys",
+            reason,
+        })
     }
 
     /// The TLS files, when TLS is on.
@@ -453,6 +512,7 @@ impl Settings {
             authorization: self.authorization,
             superusers: auth::superusers(&self.superusers).expect("validated"),
             tokens: auth::tokens(&self.auth_tokens).expect("validated"),
+            jwt: None,
         };
         c.listeners = self
             .listeners

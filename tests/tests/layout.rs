@@ -60,6 +60,7 @@ const LAYERS: &[(&str, &[&str])] = &[(
         "replica",
         "identity",
         "tls",
+        "jwt",
         "metadata",
         "peer",
         "membership",

@@ -1,7 +1,7 @@
 //! Who sent a request, and whether it may do what it asks (docs/security.md).
 //!
-//! The principal comes from a bearer token (`authorization: Bearer TOKEN`, looked up by its SHA-256 among
-//! `auth_tokens`), else from the client certificate (`User:` and its common name; a certificate naming a
+//! The principal comes from a bearer token (`authorization: Bearer TOKEN`: a signed JWT verified by
+//! `jwt.rs` when keys are configured, else looked up by its SHA-256 among `auth_tokens`), else from the client certificate (`User:` and its common name; a certificate naming a
 //! broker is `Broker:N`), else it is `User:ANONYMOUS`. A token that matches none is refused
 //! (UNAUTHENTICATED) whether or not ACLs are enforced: a client sending one expects it to count. With
 //! `authorization`, a request passes only if the ACLs allow it (acl.rs), or its principal is a superuser or
@@ -74,6 +74,11 @@ impl Auth {
             return Err(Status::unauthenticated(format!(
                 "a bearer token is 1-{TOKEN_BYTES_MAX} bytes"
             )));
+        }
+        if let (Some(jwt), Ok(text)) = (&self.config.jwt, std::str::from_utf8(token)) {
+            if crate::jwt::Jwt::looks_like(text) {
+                return jwt.verify(text).map_err(Status::unauthenticated);
+            }
         }
         let digest: [u8; 32] = Sha256::digest(token).into();
         self.config
