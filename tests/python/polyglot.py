@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A client that knows only the .proto files: create a topic, publish plain records, consume them.
 
-Usage: polyglot.py HOST:PORT TOPIC
+Usage: polyglot.py HOST:PORT TOPIC [CA_PEM_FILE TOKEN]
+With a CA file and a token: TLS (trusting that CA) and `authorization: Bearer TOKEN` on every call.
 Generates the stubs from protocol/proto with grpcio-tools into a temp dir, so nothing generated is committed.
 Exits non-zero with one line on stderr if anything does not hold.
 """
@@ -25,12 +26,19 @@ def generate(out):
 
 def main():
     addr, topic = sys.argv[1], sys.argv[2]
+    ca, token = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else (None, None)
     out = tempfile.mkdtemp(prefix="ferry-py-")
     generate(out)
     import grpc
     from ferry.v1 import ferry_pb2 as pb, ferry_pb2_grpc as rpc
 
-    ch = grpc.insecure_channel(addr)
+    if ca:
+        with open(ca, "rb") as f:
+            tls = grpc.ssl_channel_credentials(root_certificates=f.read())
+        creds = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+        ch = grpc.secure_channel(addr, creds)
+    else:
+        ch = grpc.insecure_channel(addr)
     admin, client = rpc.AdminStub(ch), rpc.FerryStub(ch)
     admin.CreateTopic(pb.CreateTopicRequest(name=topic, partitions=3), timeout=10)
 

@@ -25,6 +25,9 @@ fn last_line(out: &std::process::Output) -> String {
 /// beside and renamed into place, so a half-made environment is never used. `Err` is one line saying what
 /// to install.
 fn python_with_grpc_tools() -> Result<PathBuf, String> {
+    // The tests of this binary run on parallel threads: one makes the environment, the others wait.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let venv = ferry_tests::target_dir().join("polyglot-venv");
     let python = venv.join("bin").join("python");
     if python.exists() {
@@ -68,12 +71,18 @@ fn python_with_grpc_tools() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-fn run_script(python: &Path, addr: &str) -> std::process::Output {
+fn run_script(python: &Path, addr: &str, secure: &[&str]) -> std::process::Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/polyglot.py");
+    let topic = if secure.is_empty() {
+        "polyglot"
+    } else {
+        "polyglot-secure"
+    };
     Command::new(python)
         .arg(script)
         .arg(addr)
-        .arg("polyglot")
+        .arg(topic)
+        .args(secure)
         .output()
         .expect("run the Python client")
 }
@@ -83,11 +92,73 @@ fn python_client_from_protos_alone() {
     let python = python_with_grpc_tools().unwrap_or_else(|why| panic!("polyglot test: {why}"));
     let dir = tempfile::tempdir().unwrap();
     let broker = Ferryd::start(dir.path(), &[]);
-    let out = run_script(&python, &broker.addr);
+    let out = run_script(&python, &broker.addr, &[]);
     assert!(
         out.status.success(),
         "python client failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The same client over TLS with a bearer token, on a broker enforcing ACLs: its principal may create,
+/// write and read `polyglot` topics, and that is all it needs.
+#[test]
+fn python_client_over_tls_with_a_token() {
+    let python = python_with_grpc_tools().unwrap_or_else(|why| panic!("polyglot test: {why}"));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ferry_tests::pki::Pki::new(dir.path(), "ca");
+    let hash = |token: &str| {
+        let out = ferry_tests::run_ferry("unused:1", &["token", "hash"], Some(token.as_bytes()));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let tokens = format!("User:admin={},User:py={}", hash("admin-t"), hash("py-t"));
+    let mut flags = pki.broker(1).broker_flags(&pki.ca());
+    flags.extend(
+        [
+            "--authorization",
+            "--superusers",
+            "User:admin",
+            "--auth-tokens",
+            &tokens,
+        ]
+        .map(String::from),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let broker = Ferryd::start(&dir.path().join("data"), &flags);
+    let ca = pki.ca().display().to_string();
+    let grant = ferry_tests::run_ferry(
+        &broker.addr,
+        &[
+            "--tls-ca",
+            &ca,
+            "--token",
+            "admin-t",
+            "acl",
+            "create",
+            "--principal",
+            "User:py",
+            "--operation",
+            "create,write,read",
+            "--topic",
+            "polyglot",
+            "--prefix",
+        ],
+        None,
+    );
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
+    let out = run_script(&python, &broker.addr, &[&ca, "py-t"]);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And without the token it gets nothing.
+    let out = run_script(&python, &broker.addr, &[&ca, "wrong-token"]);
+    assert!(!out.status.success(), "an unknown token is refused");
 }

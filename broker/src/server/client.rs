@@ -52,6 +52,8 @@ impl ClientService {
         op: Operation,
         topic: &str,
     ) -> Result<Principal, Status> {
+        // A bad name is bad input whoever asks: INVALID_ARGUMENT before any authorization.
+        check_topic(topic)?;
         let p = self.auth.principal(req)?;
         self.auth
             .check(&self.broker, &p, op, ResourceType::Topic, topic)?;
