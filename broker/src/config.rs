@@ -65,6 +65,8 @@ pub struct AuthConfig {
     pub tokens: BTreeMap<[u8; 32], String>,
     /// The verifier of signed JWT bearer tokens, when keys are configured.
     pub jwt: Option<std::sync::Arc<crate::jwt::Jwt>>,
+    /// Byte rates per principal (responses past them are delayed).
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 /// Default [`BrokerConfig::connections_max`].

@@ -6,6 +6,7 @@
 //! - [`storage`]: the segment log of a partition (segments, indexes, recovery), the disk seam and the
 //!   wall clock: the `ferry-storage` crate, re-exported here.
 //! - [`acl`] (core): access control lists and the decision for one request.
+//! - [`quota`] (core): byte-rate quotas per principal, as response delays.
 //! - [`groups`] (core): consumer-group assignment and the per-group state machine.
 //! - [`replica`]: this broker's replica of a partition, one Raft group per partition: its Raft log over the
 //!   segment log (`replica::raft_log`, core), every replication decision (`replica::core`, core), and the
@@ -32,6 +33,7 @@ pub mod jwt;
 pub mod membership;
 pub mod metadata;
 pub mod peer;
+pub mod quota;
 pub mod replica;
 pub mod server;
 pub mod settings;

@@ -166,6 +166,11 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     jwt_leeway_ms: Option<String>,
+    /// Byte rates per principal: `PRINCIPAL=publish:RATE|fetch:RATE[,...]` (RATE per second, e.g. `10MiB`;
+    /// `*` for everyone without its own); responses past them are delayed [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quotas: Option<String>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ferry_broker=debug` [default: info,raft=warn].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -116,6 +116,10 @@ pub struct Settings {
     pub jwt_audience: Option<String>,
     /// Clock skew allowed on a JWT's `exp` and `nbf`.
     pub jwt_leeway_ms: Millis,
+    /// Byte rates per principal: `PRINCIPAL=publish:RATE` or `=fetch:RATE` (`*`: everyone without its
+    /// own); responses past them are delayed.
+    #[serde(skip_serializing_if = "auth::List::is_empty")]
+    pub quotas: auth::List,
 }
 
 impl Default for Settings {
@@ -152,6 +156,7 @@ impl Default for Settings {
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_ms: Millis(JWT_LEEWAY_MS_DEFAULT),
+            quotas: auth::List::default(),
         }
     }
 }
@@ -313,6 +318,7 @@ pub fn setting_keys() -> Vec<&'static str> {
         "jwt_issuer",
         "jwt_audience",
         "jwt_leeway_ms",
+        "quotas",
     ]
 }
 
@@ -408,6 +414,9 @@ impl Settings {
         }
         if let Err(reason) = auth::superusers(&self.superusers) {
             return bad("superusers", reason);
+        }
+        if let Err(reason) = auth::quotas(&self.quotas) {
+            return bad("quotas", reason);
         }
         if let Err(reason) = auth::tokens(&self.auth_tokens) {
             return bad("auth_tokens", reason);
@@ -513,6 +522,7 @@ impl Settings {
             superusers: auth::superusers(&self.superusers).expect("validated"),
             tokens: auth::tokens(&self.auth_tokens).expect("validated"),
             jwt: None,
+            quotas: auth::quotas(&self.quotas).expect("validated"),
         };
         c.listeners = self
             .listeners

@@ -56,6 +56,7 @@ const LAYERS: &[(&str, &[&str])] = &[(
     "broker/src/lib.rs",
     &[
         "acl",
+        "quota",
         "groups",
         "replica",
         "identity",

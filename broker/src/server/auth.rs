@@ -9,6 +9,7 @@
 //! whether the resource exists (the check runs before any lookup).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
@@ -17,6 +18,7 @@ use super::conn::ConnInfo;
 use crate::acl::{Operation, ResourceType};
 use crate::broker::Broker;
 use crate::config::AuthConfig;
+use crate::quota::{Pacer, QuotaKind};
 use crate::tls::Tls;
 
 /// The principal of a request with neither token nor certificate.
@@ -39,6 +41,8 @@ pub struct Principal {
 pub struct Auth {
     config: Arc<AuthConfig>,
     tls: Option<Arc<Tls>>,
+    /// Every principal's quota clocks, shared by the listener's connections.
+    pacer: Arc<parking_lot::Mutex<Pacer>>,
 }
 
 impl Auth {
@@ -46,7 +50,41 @@ impl Auth {
         Auth {
             config: Arc::new(config),
             tls,
+            pacer: Arc::default(),
         }
+    }
+
+    /// How long to hold the answer to `p`'s request of `bytes` of `kind` (zero without a quota, or within
+    /// it), counted in `ferry_quota_throttle_seconds_total` under the quota's principal (`*` for the
+    /// default one, so labels stay bounded).
+    pub fn throttle(&self, p: &Principal, kind: QuotaKind, bytes: u64) -> Duration {
+        if p.name.starts_with("Broker:") {
+            return Duration::ZERO;
+        }
+        let Some(rate) = self.config.quotas.rate(&p.name, kind) else {
+            return Duration::ZERO;
+        };
+        let wait = self
+            .pacer
+            .lock()
+            .charge(&p.name, kind, bytes, rate, std::time::Instant::now());
+        if !wait.is_zero() {
+            let own = self
+                .config
+                .quotas
+                .rates
+                .contains_key(&(p.name.clone(), kind));
+            let label = if own { p.name.clone() } else { "*".to_owned() };
+            let kind = match kind {
+                QuotaKind::Publish => "publish",
+                QuotaKind::Fetch => "fetch",
+            };
+            metrics::counter!("ferry_quota_throttled_total", "principal" => label.clone(), "kind" => kind)
+                .increment(1);
+            metrics::counter!("ferry_quota_throttle_ms_total", "principal" => label, "kind" => kind)
+                .increment(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        }
+        wait
     }
 
     /// Whether ACLs are enforced.

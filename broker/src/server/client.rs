@@ -20,6 +20,7 @@ use super::via::Via;
 use super::views::{brokers, topic_info};
 use crate::acl::{Operation, ResourceType};
 use crate::broker::{Broker, BrokerError};
+use crate::quota::QuotaKind;
 use crate::replica::Durability;
 use crate::replica::Replica;
 
@@ -273,7 +274,7 @@ impl Ferry for ClientService {
         req: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let started = Instant::now();
-        self.topic_principal(&req, Operation::Write, &req.get_ref().topic)?;
+        let principal = self.topic_principal(&req, Operation::Write, &req.get_ref().topic)?;
         let req = req.into_inner();
         check_topic(&req.topic)?;
         let durability = durability(req.acks)?;
@@ -358,6 +359,12 @@ impl Ferry for ClientService {
         metrics::counter!("ferry_publish_bytes_total").increment(bytes as u64);
         metrics::histogram!("ferry_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
+        // Past its quota, the answer waits (the publish itself is durable already).
+        tokio::time::sleep(
+            self.auth
+                .throttle(&principal, QuotaKind::Publish, bytes as u64),
+        )
+        .await;
         Ok(Response::new(v1::PublishResponse { acks }))
     }
 
@@ -365,7 +372,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
-        self.topic_principal(&req, Operation::Read, &req.get_ref().topic)?;
+        let principal = self.topic_principal(&req, Operation::Read, &req.get_ref().topic)?;
         let req = req.into_inner();
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
@@ -381,6 +388,8 @@ impl Ferry for ClientService {
         .await?;
         let resp = fetch_response(&req.topic, req.partition, req.offset, format, max_bytes, f)?;
         metrics::counter!("ferry_fetch_responses_total").increment(1);
+        let bytes = prost::Message::encoded_len(&resp) as u64;
+        tokio::time::sleep(self.auth.throttle(&principal, QuotaKind::Fetch, bytes)).await;
         Ok(Response::new(resp))
     }
 
@@ -390,7 +399,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
-        self.topic_principal(&req, Operation::Read, &req.get_ref().topic)?;
+        let principal = self.topic_principal(&req, Operation::Read, &req.get_ref().topic)?;
         let req = req.into_inner();
         let (replica, format, max_bytes) =
             self.read_target(&req.topic, req.partition, req.format, req.max_bytes)?;
@@ -405,7 +414,7 @@ impl Ferry for ClientService {
         )
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER);
-        let (broker, via) = (self.broker.clone(), self.via.clone());
+        let (broker, via, auth) = (self.broker.clone(), self.via.clone(), self.auth.clone());
         tokio::spawn(async move {
             let mut offset = req.offset;
             loop {
@@ -436,9 +445,12 @@ impl Ferry for ClientService {
                     }
                     Ok(resp) => {
                         offset = resp.next_offset;
+                        let bytes = prost::Message::encoded_len(&resp) as u64;
                         if tx.send(Ok(resp)).await.is_err() {
                             return;
                         }
+                        tokio::time::sleep(auth.throttle(&principal, QuotaKind::Fetch, bytes))
+                            .await;
                     }
                     Err(s) => {
                         let _ = tx.send(Err(s)).await;

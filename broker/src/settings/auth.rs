@@ -104,6 +104,40 @@ pub fn tokens(list: &List) -> Result<BTreeMap<[u8; 32], String>, String> {
     Ok(out)
 }
 
+/// Most quota entries.
+const QUOTAS_MAX: usize = 1024;
+
+/// The quotas: each entry `PRINCIPAL=publish:RATE` or `PRINCIPAL=fetch:RATE` (RATE bytes per second, a
+/// size such as `10MiB`; PRINCIPAL `*` is the default of every principal without its own).
+pub fn quotas(list: &List) -> Result<crate::quota::QuotaConfig, String> {
+    use crate::quota::QuotaKind;
+    if list.0.len() > QUOTAS_MAX {
+        return Err(format!("more than {QUOTAS_MAX} quotas"));
+    }
+    let mut c = crate::quota::QuotaConfig::default();
+    for entry in &list.0 {
+        let bad = || {
+            format!("`{entry}` is not PRINCIPAL=publish:RATE or PRINCIPAL=fetch:RATE (RATE a size per second, e.g. 10MiB)")
+        };
+        let (principal, rest) = entry.rsplit_once('=').ok_or_else(bad)?;
+        if principal != "*" {
+            check_principal(principal)?;
+        }
+        let (kind, rate) = rest.split_once(':').ok_or_else(bad)?;
+        let kind = match kind {
+            "publish" => QuotaKind::Publish,
+            "fetch" => QuotaKind::Fetch,
+            _ => return Err(bad()),
+        };
+        let rate: bytesize::ByteSize = rate.trim().parse().map_err(|_| bad())?;
+        if rate.0 == 0 {
+            return Err(format!("`{entry}`: a quota is at least 1 byte per second"));
+        }
+        c.rates.insert((principal.to_owned(), kind), rate.0);
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +161,26 @@ mod tests {
         ]);
         assert!(tokens(&dup).is_err());
         assert!(superusers(&List(vec!["admin".into()])).is_err());
+        let q = quotas(&List(vec![
+            "User:a=publish:1MiB".into(),
+            "*=fetch:10KiB".into(),
+        ]))
+        .unwrap();
+        assert_eq!(
+            q.rate("User:a", crate::quota::QuotaKind::Publish),
+            Some(1 << 20)
+        );
+        assert_eq!(
+            q.rate("User:b", crate::quota::QuotaKind::Fetch),
+            Some(10 << 10)
+        );
+        for bad in [
+            "User:a=publish",
+            "User:a=write:1MiB",
+            "a=fetch:1MiB",
+            "User:a=fetch:0",
+        ] {
+            assert!(quotas(&List(vec![bad.into()])).is_err(), "{bad}");
+        }
     }
 }
