@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A client that knows only the .proto files: create a topic, publish plain records, consume them.
 
-Usage: polyglot.py HOST:PORT TOPIC [CA_PEM_FILE TOKEN]
-With a CA file and a token: TLS (trusting that CA) and `authorization: Bearer TOKEN` on every call.
+Usage: polyglot.py HOST:PORT[,HOST:PORT...] TOPIC [CA_PEM_FILE TOKEN]
+With a CA file and a token: TLS (trusting that CA) and `authorization: Bearer TOKEN` on every call. With
+several brokers, a call a broker refuses as not the partition's leader is tried on the next.
 Generates the stubs from protocol/proto with grpcio-tools into a temp dir, so nothing generated is committed.
 Exits non-zero with one line on stderr if anything does not hold.
 """
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.join(HERE, "..", "..", "protocol", "proto")
@@ -32,14 +34,39 @@ def main():
     import grpc
     from ferry.v1 import ferry_pb2 as pb, ferry_pb2_grpc as rpc
 
-    if ca:
+    def channel(a):
+        if not ca:
+            return grpc.insecure_channel(a)
         with open(ca, "rb") as f:
             tls = grpc.ssl_channel_credentials(root_certificates=f.read())
         creds = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
-        ch = grpc.secure_channel(addr, creds)
-    else:
-        ch = grpc.insecure_channel(addr)
-    admin, client = rpc.AdminStub(ch), rpc.FerryStub(ch)
+        return grpc.secure_channel(a, creds)
+
+    channels = [channel(a) for a in addr.split(",")]
+    admin = rpc.AdminStub(channels[0])
+    clients = [rpc.FerryStub(ch) for ch in channels]
+
+    class Leader:
+        """Calls the Ferry service on whichever broker leads: a refusal as not the leader tries the next."""
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                # Leaders of a new topic take a moment to be elected: keep asking, for at most 10 s.
+                deadline = time.monotonic() + 10
+                while True:
+                    for c in clients:
+                        try:
+                            return getattr(c, name)(*args, **kwargs)
+                        except grpc.RpcError as e:
+                            if e.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                                raise
+                            last = e
+                    if time.monotonic() > deadline:
+                        raise last
+                    time.sleep(0.1)
+            return call
+
+    client = Leader()
     admin.CreateTopic(pb.CreateTopicRequest(name=topic, partitions=3), timeout=10)
 
     sent = {}
@@ -80,8 +107,16 @@ def main():
         sys.exit(1)
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
-    stream = client.Subscribe(pb.SubscribeRequest(topic=topic, partition=sent["event-0"][0], offset=0), timeout=10)
-    first = next(stream)
+    first = None
+    for c in clients:
+        stream = c.Subscribe(pb.SubscribeRequest(topic=topic, partition=sent["event-0"][0], offset=0), timeout=10)
+        try:
+            first = next(stream)
+            break
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                raise
+    assert first is not None, "no broker serves the subscribe stream"
     assert len(first.records) > 0
     stream.cancel()
     print(f"ok: python client published and consumed {len(got)} records")

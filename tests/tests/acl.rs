@@ -452,4 +452,67 @@ async fn a_secure_cluster_serves_the_sdk_by_token_over_tls() {
         ["orders.created"],
         "metadata lists only what it may describe"
     );
+
+    // The CLI over TLS with tokens, on the same cluster: the service publishes, the admin reads it all.
+    let ca = ca.display().to_string();
+    let all = bootstrap.join(",");
+    let input: String = (0..20).map(|i| format!("cli{i}\n")).collect();
+    let out = run_ferry(
+        &all,
+        &[
+            "--tls-ca",
+            &ca,
+            "--token",
+            ORDERS,
+            "produce",
+            "orders.created",
+        ],
+        Some(input.as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_ferry(
+        &all,
+        &[
+            "--tls-ca",
+            &ca,
+            "--token",
+            ORDERS,
+            "produce",
+            "payments.settled",
+        ],
+        Some(b"x\n"),
+    );
+    assert!(
+        !out.status.success(),
+        "the CLI is refused on payments.settled too"
+    );
+    let out = run_ferry(
+        &all,
+        &[
+            "--tls-ca",
+            &ca,
+            "--token",
+            ADMIN,
+            "consume",
+            "orders.created",
+            "--from",
+            "beginning",
+            "--exit-at-end",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        50,
+        "30 from the SDK and 20 from the CLI"
+    );
 }

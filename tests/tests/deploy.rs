@@ -374,7 +374,8 @@ async fn a_topic_kept_forever_outlives_the_broker_default() {
 /// CSI driver: the containers test runs the plain manifests.)
 #[test]
 fn the_kubernetes_tls_variant_names_each_broker_as_its_peers_expect() {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes-tls");
+    let root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes-tls");
     let read = |f: &str| std::fs::read_to_string(root.join(f)).expect("manifest reads");
     let cm: serde_yaml::Value = serde_yaml::from_str(&read("configmap-tls.yaml")).unwrap();
     let toml = cm["data"]["ferry.toml"].as_str().expect("ferry.toml");
@@ -394,31 +395,53 @@ fn the_kubernetes_tls_variant_names_each_broker_as_its_peers_expect() {
     let sts: serde_yaml::Value = serde_yaml::from_str(&read("statefulset-tls.yaml")).unwrap();
     let spec = &sts["spec"]["template"]["spec"];
     let attrs = &spec["volumes"][0]["csi"]["volumeAttributes"];
-    let dns = attrs["csi.cert-manager.io/dns-names"].as_str().expect("dns-names");
-    let ips = attrs["csi.cert-manager.io/ip-sans"].as_str().unwrap_or_default();
+    let dns = attrs["csi.cert-manager.io/dns-names"]
+        .as_str()
+        .expect("dns-names");
+    let ips = attrs["csi.cert-manager.io/ip-sans"]
+        .as_str()
+        .unwrap_or_default();
     let mount = spec["containers"][0]["volumeMounts"][0]["mountPath"]
         .as_str()
         .expect("the TLS mount");
     for key in ["tls_cert", "tls_key", "tls_ca"] {
         let path = settings[key].as_str().expect(key);
-        assert!(path.starts_with(&format!("{mount}/")), "{key} {path} is under {mount}");
+        assert!(
+            path.starts_with(&format!("{mount}/")),
+            "{key} {path} is under {mount}"
+        );
     }
     for (i, peer) in peers.split(',').enumerate() {
         let pod = format!("ferry-{i}");
         let names: Vec<String> = dns
             .split(',')
-            .map(|n| n.replace("${POD_NAME}", &pod).replace("${POD_NAMESPACE}", "default"))
+            .map(|n| {
+                n.replace("${POD_NAME}", &pod)
+                    .replace("${POD_NAMESPACE}", "default")
+            })
             .collect();
         let id = i + 1;
         let (peer_id, addr) = peer.split_once('=').unwrap();
         assert_eq!(peer_id, id.to_string());
         let host = addr.rsplit_once(':').unwrap().0;
-        assert!(names.iter().any(|n| n == host), "{pod}'s certificate covers {host}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == host),
+            "{pod}'s certificate covers {host}: {names:?}"
+        );
         let expected = peer_name.replace("{ordinal}", &i.to_string());
-        assert!(names.contains(&expected), "{pod}'s certificate names {expected}: {names:?}");
-        assert!(names.iter().any(|n| n == "ferry-client"), "the client Service: {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{pod}'s certificate names {expected}: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "ferry-client"),
+            "the client Service: {names:?}"
+        );
     }
-    assert!(ips.split(',').any(|ip| ip == "127.0.0.1"), "preStop dials 127.0.0.1");
+    assert!(
+        ips.split(',').any(|ip| ip == "127.0.0.1"),
+        "preStop dials 127.0.0.1"
+    );
     let container = &spec["containers"][0];
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");

@@ -101,11 +101,13 @@ fn python_client_from_protos_alone() {
     );
 }
 
-/// The same client over TLS with a bearer token, on a broker enforcing ACLs: its principal may create,
-/// write and read `polyglot` topics, and that is all it needs.
+/// The same client against a three-broker cluster with mTLS between brokers, over TLS with a bearer token,
+/// on brokers enforcing ACLs: its principal may create, write and read `polyglot` topics, and that is all it
+/// needs. An unknown token gets nothing.
 #[test]
-fn python_client_over_tls_with_a_token() {
+fn python_client_on_a_secure_cluster_with_a_token() {
     let python = python_with_grpc_tools().unwrap_or_else(|why| panic!("polyglot test: {why}"));
+    let _serial = ferry_tests::serial();
     let dir = tempfile::tempdir().unwrap();
     let pki = ferry_tests::pki::Pki::new(dir.path(), "ca");
     let hash = |token: &str| {
@@ -113,22 +115,35 @@ fn python_client_over_tls_with_a_token() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     let tokens = format!("User:admin={},User:py={}", hash("admin-t"), hash("py-t"));
-    let mut flags = pki.broker(1).broker_flags(&pki.ca());
-    flags.extend(
-        [
-            "--authorization",
-            "--superusers",
-            "User:admin",
-            "--auth-tokens",
-            &tokens,
-        ]
-        .map(String::from),
-    );
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let broker = Ferryd::start(&dir.path().join("data"), &flags);
+    let certs: Vec<_> = (1..=3).map(|id| pki.broker(id)).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let brokers = ferry_tests::cluster::start_cluster_each(&dirs, |id| {
+        let mut f = certs[id as usize - 1].broker_flags(&pki.ca());
+        f.extend(
+            [
+                "--authorization",
+                "--superusers",
+                "User:admin",
+                "--auth-tokens",
+                &tokens,
+            ]
+            .map(String::from),
+        );
+        f
+    });
+    let ca_pem = pki.ca_pem();
+    for b in &brokers {
+        ferry_tests::wait_until(
+            std::time::Duration::from_secs(30),
+            "ready over HTTPS",
+            || ferry_tests::pki::https_get(&b.http, "/readyz", &ca_pem).0 == 200,
+        );
+    }
+    let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
+    let addrs = addrs.join(",");
     let ca = pki.ca().display().to_string();
     let grant = ferry_tests::run_ferry(
-        &broker.addr,
+        &addrs,
         &[
             "--tls-ca",
             &ca,
@@ -151,14 +166,37 @@ fn python_client_over_tls_with_a_token() {
         "{}",
         String::from_utf8_lossy(&grant.stderr)
     );
-    let out = run_script(&python, &broker.addr, &[&ca, "py-t"]);
+    // Every broker applies the ACL (controller state) before the client asks it.
+    for b in &brokers {
+        ferry_tests::wait_until(
+            std::time::Duration::from_secs(10),
+            "the ACL applied",
+            || {
+                let out = ferry_tests::run_ferry(
+                    &b.addr,
+                    &[
+                        "--tls-ca",
+                        &ca,
+                        "--token",
+                        "admin-t",
+                        "acl",
+                        "list",
+                        "--principal",
+                        "User:py",
+                    ],
+                    None,
+                );
+                String::from_utf8_lossy(&out.stdout).lines().count() >= 4
+            },
+        );
+    }
+    let out = run_script(&python, &addrs, &[&ca, "py-t"]);
     assert!(
         out.status.success(),
         "python client failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // And without the token it gets nothing.
-    let out = run_script(&python, &broker.addr, &[&ca, "wrong-token"]);
+    let out = run_script(&python, &addrs, &[&ca, "wrong-token"]);
     assert!(!out.status.success(), "an unknown token is refused");
 }

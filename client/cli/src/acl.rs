@@ -3,59 +3,13 @@
 use std::io::{Read, Write};
 
 use anyhow::{bail, Result};
-use clap::{Args, Subcommand};
 use ferry_client::v1::{AclBinding, AclFilter};
 use ferry_client::Client;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::args::OutputFormat;
+use crate::args::{AclCommand, OutputFormat, Resource};
 use crate::output::{self, Table};
-
-#[derive(Debug, Subcommand)]
-pub enum AclCommand {
-    /// Allow (or deny) a principal operations on a resource.
-    Create(CreateAcl),
-    /// List ACLs (all, or those matching the filter flags).
-    List(Resource),
-    /// Delete the ACLs matching the filter flags (at least one).
-    Delete(Resource),
-}
-
-#[derive(Debug, Args)]
-pub struct CreateAcl {
-    /// Deny instead of allow (a deny wins over every allow).
-    #[arg(long)]
-    pub deny: bool,
-    /// Operations: read, write, create, delete, alter, describe, cluster-admin (repeat or comma-separate).
-    #[arg(long = "operation", value_delimiter = ',', required = true)]
-    pub operations: Vec<String>,
-    #[command(flatten)]
-    pub resource: Resource,
-}
-
-/// Which principal and resource an ACL is about (for list and delete: a filter).
-#[derive(Debug, Args)]
-pub struct Resource {
-    /// `User:NAME` (a token's or a certificate's principal), or `*` for everyone.
-    #[arg(long)]
-    pub principal: Option<String>,
-    /// A topic name, or with --prefix the start of topic names.
-    #[arg(long, conflicts_with_all = ["group", "cluster", "producer_ids"])]
-    pub topic: Option<String>,
-    /// A consumer group, or with --prefix the start of group names.
-    #[arg(long, conflicts_with_all = ["cluster", "producer_ids"])]
-    pub group: Option<String>,
-    /// The cluster itself (brokers, ACLs, creating any topic).
-    #[arg(long, conflicts_with = "producer_ids")]
-    pub cluster: bool,
-    /// Idempotent producer ids (InitProducer).
-    #[arg(long)]
-    pub producer_ids: bool,
-    /// The name is a prefix (`orders.` covers `orders.created`), not a literal name.
-    #[arg(long)]
-    pub prefix: bool,
-}
 
 impl Resource {
     /// (resource type, pattern) as the wire has them; empty when not given.

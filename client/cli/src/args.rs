@@ -119,7 +119,7 @@ pub enum Command {
     /// Access control lists: who may do what (docs/security.md).
     Acl {
         #[command(subcommand)]
-        command: crate::acl::AclCommand,
+        command: AclCommand,
     },
     /// Bearer tokens.
     Token {
@@ -502,4 +502,49 @@ mod tests {
         assert_eq!(cli.bootstrap, vec!["a:1".to_owned(), "b:2".to_owned()]);
         assert_eq!(cli.output, OutputFormat::Text);
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Allow (or deny) a principal operations on a resource.
+    Create(CreateAcl),
+    /// List ACLs (all, or those matching the filter flags).
+    List(Resource),
+    /// Delete the ACLs matching the filter flags (at least one).
+    Delete(Resource),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateAcl {
+    /// Deny instead of allow (a deny wins over every allow).
+    #[arg(long)]
+    pub deny: bool,
+    /// Operations: read, write, create, delete, alter, describe, cluster-admin (repeat or comma-separate).
+    #[arg(long = "operation", value_delimiter = ',', required = true)]
+    pub operations: Vec<String>,
+    #[command(flatten)]
+    pub resource: Resource,
+}
+
+/// Which principal and resource an ACL is about (for list and delete: a filter).
+#[derive(Debug, Args)]
+pub struct Resource {
+    /// `User:NAME` (a token's or a certificate's principal), or `*` for everyone.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// A topic name, or with --prefix the start of topic names.
+    #[arg(long, conflicts_with_all = ["group", "cluster", "producer_ids"])]
+    pub topic: Option<String>,
+    /// A consumer group, or with --prefix the start of group names.
+    #[arg(long, conflicts_with_all = ["cluster", "producer_ids"])]
+    pub group: Option<String>,
+    /// The cluster itself (brokers, ACLs, creating any topic).
+    #[arg(long, conflicts_with = "producer_ids")]
+    pub cluster: bool,
+    /// Idempotent producer ids (InitProducer).
+    #[arg(long)]
+    pub producer_ids: bool,
+    /// The name is a prefix (`orders.` covers `orders.created`), not a literal name.
+    #[arg(long)]
+    pub prefix: bool,
 }
