@@ -382,7 +382,11 @@ fn the_kubernetes_tls_variant_names_each_broker_as_its_peers_expect() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ferry.toml");
     write(&file, toml);
-    let out = ferryd(&["--config", file.to_str().unwrap(), "--print-config"], &[]);
+    // The advertised address comes from the StatefulSet's env, as in the base.
+    let out = ferryd(
+        &["--config", file.to_str().unwrap(), "--print-config"],
+        &[("FERRY_ADVERTISE", "ferry-0.ferry.default.svc")],
+    );
     assert!(
         out.status.success(),
         "the TLS variant's settings: {}",
