@@ -321,6 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_form_is_the_one_docs_design_md_shows() {
+        let b = b(
+            "User:orders",
+            Permission::Allow,
+            Operation::Write,
+            "orders.",
+            PatternType::Prefix,
+        );
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"principal":"User:orders","permission":"allow","operation":"write","resource_type":"topic","pattern":"orders.","pattern_type":"prefix"}"#
+        );
+        let f = AclFilter {
+            principal: Some("User:orders".into()),
+            ..AclFilter::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"principal":"User:orders","permission":null,"operation":null,"resource_type":null,"pattern":null,"pattern_type":null}"#
+        );
+    }
+
+    #[test]
     fn bindings_are_bounded_and_checked() {
         let ok = b(
             "User:a",

@@ -148,15 +148,8 @@ impl Jwt {
 
 fn read_key(path: &Path) -> Result<Key, String> {
     let bad = |why: String| format!("JWT key {}: {why}", path.display());
-    let len = std::fs::metadata(path)
-        .map_err(|e| bad(format!("cannot read it: {e}")))?
-        .len();
-    if len > KEY_FILE_BYTES_MAX {
-        return Err(bad(format!(
-            "{len} bytes, more than a public key file holds"
-        )));
-    }
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let pem =
+        crate::tls::read_bounded(path, KEY_FILE_BYTES_MAX, "a public key file").map_err(bad)?;
     if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
         return Ok(Key { key, family: EC });
     }

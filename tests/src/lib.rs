@@ -489,6 +489,11 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     );
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
+    http_response(&buf)
+}
+
+/// The status and body of a whole HTTP/1.1 response (0 and empty when it is not one).
+pub fn http_response(buf: &str) -> (u16, String) {
     let status = buf
         .split_whitespace()
         .nth(1)

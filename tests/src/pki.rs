@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
+use crate::{run_ferry, wait_until, Ferryd};
+
 /// A certificate authority whose files live in `dir`.
 pub struct Pki {
     dir: PathBuf,
@@ -107,6 +109,59 @@ impl Issued {
     }
 }
 
+/// Starts a cluster of one broker per dir, each with its own certificate of `pki` (`broker-N`, the default
+/// `tls_peer_name`) and `extra` flags; returns the certificates and the brokers, once every broker is
+/// ready over HTTPS ([`wait_ready_tls`]).
+pub fn start_secure_cluster(
+    pki: &Pki,
+    dirs: &[tempfile::TempDir],
+    extra: &[&str],
+) -> (Vec<Issued>, Vec<Ferryd>) {
+    let certs: Vec<Issued> = (1..=dirs.len() as u64).map(|id| pki.broker(id)).collect();
+    let ca = pki.ca();
+    let brokers = crate::cluster::start_cluster_each(dirs, |id| {
+        let mut f = certs[id as usize - 1].broker_flags(&ca);
+        f.extend(extra.iter().map(|s| s.to_string()));
+        f
+    });
+    wait_ready_tls(&brokers, &pki.ca_pem());
+    (certs, brokers)
+}
+
+/// Waits until every broker answers `/readyz` over HTTPS and knows the controller's and every
+/// partition's leader.
+pub fn wait_ready_tls(brokers: &[Ferryd], ca: &[u8]) {
+    for b in brokers {
+        wait_until(Duration::from_secs(30), "broker ready over HTTPS", || {
+            if https_get(&b.http, "/readyz", ca).0 != 200 {
+                return false;
+            }
+            let (_, body) = https_get(&b.http, "/health/cluster", ca);
+            serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|h| {
+                h["controller_leader"].as_u64().is_some_and(|l| l != 0)
+                    && h["leaderless"].as_array().is_some_and(|a| a.is_empty())
+            })
+        });
+    }
+}
+
+/// The `sha256:HEX` of `token` a broker's `auth_tokens` holds, from `ferry token hash`.
+pub fn token_hash(token: &str) -> String {
+    let out = run_ferry(
+        "unused:1",
+        &["token", "hash"],
+        Some(format!("{token}\n").as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(h.starts_with("sha256:") && h.len() == 7 + 64, "{h}");
+    h
+}
+
 /// GET `path` over HTTPS from `addr` (an IP address and port), trusting only `ca_pem`: (status, body), or
 /// (0, why) when no TLS session or answer came.
 pub fn https_get(addr: &str, path: &str, ca_pem: &[u8]) -> (u16, String) {
@@ -144,17 +199,7 @@ pub fn https_get(addr: &str, path: &str, ca_pem: &[u8]) -> (u16, String) {
             return (0, e.to_string());
         }
     }
-    let buf = String::from_utf8_lossy(&buf).into_owned();
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    crate::http_response(&String::from_utf8_lossy(&buf))
 }
 
 /// The certificates of a PEM buffer (rcgen writes one per file).

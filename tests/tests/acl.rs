@@ -9,26 +9,8 @@ use ferry_client::v1::AclBinding;
 use ferry_client::{
     Client, ClientConfig, ClientTls, Producer, ProducerConfig, ProducerRecord, Token,
 };
-use ferry_tests::cluster::start_cluster_each;
-use ferry_tests::pki::{https_get, Issued, Pki};
-use ferry_tests::{run_ferry, wait_until, Ferryd};
-
-/// The `sha256:HEX` of `token`, from `ferry token hash`.
-fn hash(token: &str) -> String {
-    let out = run_ferry(
-        "unused:1",
-        &["token", "hash"],
-        Some(format!("{token}\n").as_bytes()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let h = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(h.starts_with("sha256:") && h.len() == 7 + 64, "{h}");
-    h
-}
+use ferry_tests::pki::{start_secure_cluster, token_hash, Pki};
+use ferry_tests::{run_ferry, Ferryd};
 
 const ADMIN: &str = "admin-secret-token";
 const ORDERS: &str = "orders-service-token";
@@ -37,9 +19,9 @@ const READER: &str = "reader-token";
 fn tokens_flag() -> String {
     format!(
         "User:admin={},User:orders={},User:reader={}",
-        hash(ADMIN),
-        hash(ORDERS),
-        hash(READER)
+        token_hash(ADMIN),
+        token_hash(ORDERS),
+        token_hash(READER)
     )
 }
 
@@ -358,30 +340,18 @@ async fn a_secure_cluster_serves_the_sdk_by_token_over_tls() {
     let _serial = ferry_tests::serial_async().await;
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(pki_dir.path(), "cluster-ca");
-    let certs: Vec<Issued> = (1..=3).map(|id| pki.broker(id)).collect();
     let ca = pki.ca();
     let tokens = tokens_flag();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let brokers = start_cluster_each(&dirs, |id| {
-        let mut f = certs[id as usize - 1].broker_flags(&ca);
-        f.extend(
-            [
-                "--authorization",
-                "--superusers",
-                "User:admin",
-                "--auth-tokens",
-                &tokens,
-            ]
-            .map(String::from),
-        );
-        f
-    });
+    let flags = [
+        "--authorization",
+        "--superusers",
+        "User:admin",
+        "--auth-tokens",
+        &tokens,
+    ];
+    let (_, brokers) = start_secure_cluster(&pki, &dirs, &flags);
     let ca_pem = pki.ca_pem();
-    for b in &brokers {
-        wait_until(Duration::from_secs(30), "broker ready over HTTPS", || {
-            https_get(&b.http, "/readyz", &ca_pem).0 == 200
-        });
-    }
     let bootstrap: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
 
     let admin = Client::connect_with(bootstrap.clone(), sdk(&ca_pem, ADMIN))

@@ -53,14 +53,7 @@ fn jwts_from_the_issuer_for_this_cluster_name_their_principal() {
     let issuer_key = rcgen::KeyPair::generate().unwrap();
     let public = dir.path().join("issuer.pub.pem");
     std::fs::write(&public, issuer_key.public_key_pem()).unwrap();
-    let hash = {
-        let out = run_ferry(
-            "unused:1",
-            &["token", "hash"],
-            Some(format!("{ADMIN}\n").as_bytes()),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let hash = ferry_tests::pki::token_hash(ADMIN);
     let tokens = format!("User:admin={hash}");
     let data = dir.path().join("data");
     let public = public.display().to_string();

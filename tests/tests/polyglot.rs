@@ -110,35 +110,17 @@ fn python_client_on_a_secure_cluster_with_a_token() {
     let _serial = ferry_tests::serial();
     let dir = tempfile::tempdir().unwrap();
     let pki = ferry_tests::pki::Pki::new(dir.path(), "ca");
-    let hash = |token: &str| {
-        let out = ferry_tests::run_ferry("unused:1", &["token", "hash"], Some(token.as_bytes()));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let hash = ferry_tests::pki::token_hash;
     let tokens = format!("User:admin={},User:py={}", hash("admin-t"), hash("py-t"));
-    let certs: Vec<_> = (1..=3).map(|id| pki.broker(id)).collect();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let brokers = ferry_tests::cluster::start_cluster_each(&dirs, |id| {
-        let mut f = certs[id as usize - 1].broker_flags(&pki.ca());
-        f.extend(
-            [
-                "--authorization",
-                "--superusers",
-                "User:admin",
-                "--auth-tokens",
-                &tokens,
-            ]
-            .map(String::from),
-        );
-        f
-    });
-    let ca_pem = pki.ca_pem();
-    for b in &brokers {
-        ferry_tests::wait_until(
-            std::time::Duration::from_secs(30),
-            "ready over HTTPS",
-            || ferry_tests::pki::https_get(&b.http, "/readyz", &ca_pem).0 == 200,
-        );
-    }
+    let flags = [
+        "--authorization",
+        "--superusers",
+        "User:admin",
+        "--auth-tokens",
+        &tokens,
+    ];
+    let (_, brokers) = ferry_tests::pki::start_secure_cluster(&pki, &dirs, &flags);
     let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
     let addrs = addrs.join(",");
     let ca = pki.ca().display().to_string();

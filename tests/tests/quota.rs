@@ -2,6 +2,7 @@
 //! to it, within 10%, by delayed answers rather than errors; a principal without a quota is not slowed; the
 //! throttling shows in the metrics.
 
+use ferry_tests::pki::token_hash;
 use ferry_tests::{run_ferry, Ferryd};
 
 const SLOW: &str = "slow-token";
@@ -9,11 +10,6 @@ const FREE: &str = "free-token";
 /// The quotas under test (bytes per second).
 const PUBLISH_RATE: f64 = 1_048_576.0;
 const FETCH_RATE: f64 = 2_097_152.0;
-
-fn hash(token: &str) -> String {
-    let out = run_ferry("unused:1", &["token", "hash"], Some(token.as_bytes()));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// `ferry -o json bench ...` as `token`: the report.
 fn bench(b: &Ferryd, token: &str, args: &[&str]) -> serde_json::Value {
@@ -37,7 +33,11 @@ fn rate(report: &serde_json::Value) -> f64 {
 fn producers_and_consumers_are_throttled_to_their_quota() {
     let _serial = ferry_tests::serial();
     let dir = tempfile::tempdir().unwrap();
-    let tokens = format!("User:slow={},User:free={}", hash(SLOW), hash(FREE));
+    let tokens = format!(
+        "User:slow={},User:free={}",
+        token_hash(SLOW),
+        token_hash(FREE)
+    );
     let quotas = "User:slow=publish:1MiB,User:slow=fetch:2MiB";
     let b = Ferryd::start(dir.path(), &["--auth-tokens", &tokens, "--quotas", quotas]);
     let out = run_ferry(

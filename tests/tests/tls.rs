@@ -14,27 +14,9 @@ use std::time::{Duration, Instant};
 
 use ferry_client::{Client, ClientConfig, ClientTls};
 use ferry_protocol::v1;
-use ferry_tests::cluster::start_cluster_each;
-use ferry_tests::pki::{https_get, Issued, Pki};
-use ferry_tests::{run_ferry, wait_until, Ferryd};
+use ferry_tests::pki::{https_get, start_secure_cluster, Issued, Pki};
+use ferry_tests::{run_ferry, Ferryd};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// Waits until every broker answers `/readyz` over HTTPS and knows the controller's and every partition's
-/// leader.
-fn wait_ready_tls(brokers: &[Ferryd], ca: &[u8]) {
-    for b in brokers {
-        wait_until(Duration::from_secs(30), "broker ready over HTTPS", || {
-            if https_get(&b.http, "/readyz", ca).0 != 200 {
-                return false;
-            }
-            let (_, body) = https_get(&b.http, "/health/cluster", ca);
-            serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|h| {
-                h["controller_leader"].as_u64().is_some_and(|l| l != 0)
-                    && h["leaderless"].as_array().is_some_and(|a| a.is_empty())
-            })
-        });
-    }
-}
 
 /// A sample on `/metrics`, read over HTTPS (`name` with its labels as Prometheus prints them).
 fn metric_tls(b: &Ferryd, name: &str, ca: &[u8]) -> Option<f64> {
@@ -123,12 +105,10 @@ async fn a_cluster_speaks_tls_to_clients_and_mtls_between_brokers() {
     let _serial = ferry_tests::serial_async().await;
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(pki_dir.path(), "cluster-ca");
-    let certs: Vec<Issued> = (1..=3).map(|id| pki.broker(id)).collect();
     let ca = pki.ca();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let brokers = start_cluster_each(&dirs, |id| certs[id as usize - 1].broker_flags(&ca));
     // Readiness needs the controller elected: Raft between the brokers works over mTLS.
-    wait_ready_tls(&brokers, &pki.ca_pem());
+    let (_certs, brokers) = start_secure_cluster(&pki, &dirs, &[]);
     let bootstrap: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
 
     // The CLI over TLS: create, produce, consume.
@@ -221,12 +201,9 @@ async fn the_peer_port_refuses_anyone_who_is_not_the_broker_it_claims() {
     let _serial = ferry_tests::serial_async().await;
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(pki_dir.path(), "cluster-ca");
-    let certs: Vec<Issued> = (1..=3).map(|id| pki.broker(id)).collect();
-    let ca = pki.ca();
     let ca_pem = pki.ca_pem();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let brokers = start_cluster_each(&dirs, |id| certs[id as usize - 1].broker_flags(&ca));
-    wait_ready_tls(&brokers, &ca_pem);
+    let (certs, brokers) = start_secure_cluster(&pki, &dirs, &[]);
     let peer_1 = brokers[0].flag("--peer-listen").expect("peer address");
 
     // Broker 3's own certificate speaking as broker 3 passes the identity check...

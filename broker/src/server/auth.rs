@@ -129,10 +129,10 @@ impl Auth {
     fn cert_principal<T>(&self, req: &Request<T>) -> Option<String> {
         let tls = self.tls.as_ref()?;
         let cert = req.extensions().get::<ConnInfo>()?.peer_cert.as_ref()?;
-        if let [id] = tls.peer_names.ids_of(cert)[..] {
+        if let [id] = tls.peer_names.ids_in(cert)[..] {
             return Some(format!("Broker:{id}"));
         }
-        crate::tls::names::holder_of(cert).map(|n| format!("User:{n}"))
+        cert.holder().map(|n| format!("User:{n}"))
     }
 
     /// Whether `p` may do `op` on the resource `kind` named `name`.

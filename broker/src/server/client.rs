@@ -61,6 +61,24 @@ impl ClientService {
         Ok(p)
     }
 
+    /// The principal of `req`, refused unless it may do `op` on group `group` and read each of `topics`.
+    fn group_principal<'a, T>(
+        &self,
+        req: &Request<T>,
+        op: Operation,
+        group: &str,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Principal, Status> {
+        let p = self.auth.principal(req)?;
+        self.auth
+            .check(&self.broker, &p, op, ResourceType::Group, group)?;
+        for t in topics {
+            self.auth
+                .check(&self.broker, &p, Operation::Read, ResourceType::Topic, t)?;
+        }
+        Ok(p)
+    }
+
     /// A broker error as this listener's clients get it.
     fn status(&self, e: BrokerError) -> Status {
         self.via.status(&self.broker, e)
@@ -505,19 +523,9 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::GroupHeartbeatRequest>,
     ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
-        let p = self.auth.principal(&req)?;
         let r = req.get_ref();
-        self.auth.check(
-            &self.broker,
-            &p,
-            Operation::Read,
-            ResourceType::Group,
-            &r.group,
-        )?;
-        for t in &r.topics {
-            self.auth
-                .check(&self.broker, &p, Operation::Read, ResourceType::Topic, t)?;
-        }
+        let topics = r.topics.iter().map(String::as_str);
+        self.group_principal(&req, Operation::Read, &r.group, topics)?;
         super::groups::heartbeat(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -527,24 +535,9 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
-        let p = self.auth.principal(&req)?;
         let r = req.get_ref();
-        self.auth.check(
-            &self.broker,
-            &p,
-            Operation::Read,
-            ResourceType::Group,
-            &r.group,
-        )?;
-        for o in &r.offsets {
-            self.auth.check(
-                &self.broker,
-                &p,
-                Operation::Read,
-                ResourceType::Topic,
-                &o.topic,
-            )?;
-        }
+        let topics = r.offsets.iter().map(|o| o.topic.as_str());
+        self.group_principal(&req, Operation::Read, &r.group, topics)?;
         super::groups::commit(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -554,15 +547,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
-        let p = self.auth.principal(&req)?;
-        let group = &req.get_ref().group;
-        self.auth.check(
-            &self.broker,
-            &p,
-            Operation::Describe,
-            ResourceType::Group,
-            group,
-        )?;
+        self.group_principal(&req, Operation::Describe, &req.get_ref().group, [])?;
         super::groups::describe(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -590,15 +575,7 @@ impl Ferry for ClientService {
         &self,
         req: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
-        let p = self.auth.principal(&req)?;
-        let group = &req.get_ref().group;
-        self.auth.check(
-            &self.broker,
-            &p,
-            Operation::Delete,
-            ResourceType::Group,
-            group,
-        )?;
+        self.group_principal(&req, Operation::Delete, &req.get_ref().group, [])?;
         super::groups::delete(&self.broker, &self.via, req.into_inner())
             .await
             .map(Response::new)
@@ -640,18 +617,13 @@ impl Ferry for ClientService {
         };
         for name in &req.topics {
             check_topic(name)?;
-            if !may(name) {
-                return Err(self
-                    .auth
-                    .check(
-                        &self.broker,
-                        &p,
-                        Operation::Describe,
-                        ResourceType::Topic,
-                        name,
-                    )
-                    .unwrap_err());
-            }
+            self.auth.check(
+                &self.broker,
+                &p,
+                Operation::Describe,
+                ResourceType::Topic,
+                name,
+            )?;
             if !meta.topics.contains_key(name) {
                 return Err(to_status(BrokerError::UnknownTopic(name.clone())));
             }

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -20,6 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::server::Connected;
 
 use super::limits::{self, Limited};
+use crate::tls::names::CertNames;
 use crate::tls::{Material, Tls};
 
 /// Longest a TLS handshake may take before the connection is closed.
@@ -45,12 +45,13 @@ impl Side {
     }
 }
 
-/// What a request knows about its connection.
+/// What a request knows about its connection (made once per connection, cloned into each request).
 #[derive(Debug, Clone, Default)]
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
-    /// The leaf certificate the other side presented (verified by the listener's TLS configuration).
-    pub peer_cert: Option<CertificateDer<'static>>,
+    /// The names in the leaf certificate the other side presented (verified by the listener's TLS
+    /// configuration), read when the connection was accepted.
+    pub peer_cert: Option<Arc<CertNames>>,
 }
 
 /// One served connection.
@@ -75,7 +76,7 @@ impl Connected for Conn {
                     peer_cert: session
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .map(|c| c.clone().into_owned()),
+                        .map(|c| Arc::new(CertNames::of(c))),
                 }
             }
         }

@@ -203,7 +203,7 @@ impl PeerService {
             .extensions()
             .get::<ConnInfo>()
             .and_then(|c| c.peer_cert.as_ref());
-        Some(cert.map(|c| tls.peer_names.ids_of(c)).unwrap_or_default())
+        Some(cert.map(|c| tls.peer_names.ids_in(c)).unwrap_or_default())
     }
 
     fn expected_names(&self) -> String {

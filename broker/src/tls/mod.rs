@@ -248,20 +248,30 @@ fn roots(path: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore
     Ok(roots)
 }
 
+/// The bytes of `path`, refused past `max` bytes: a path pointing at something else (a log, a device) must
+/// not be read whole into memory. `what` names the expected file in the refusal.
+pub fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .len();
+    if len > max {
+        return Err(format!(
+            "{len} bytes: larger than {what} can be ({max} bytes at most)"
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
+}
+
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let err = |reason: String| TlsError::File {
+    read_bounded(
+        path,
+        PEM_FILE_BYTES_MAX,
+        "a PEM file of certificates or a key",
+    )
+    .map_err(|reason| TlsError::File {
         path: path.to_owned(),
         reason,
-    };
-    let len = std::fs::metadata(path)
-        .map_err(|e| err(format!("cannot read it: {e}")))?
-        .len();
-    if len > PEM_FILE_BYTES_MAX {
-        return Err(err(format!(
-            "{len} bytes: larger than a PEM file of certificates or a key can be ({PEM_FILE_BYTES_MAX} bytes at most)"
-        )));
-    }
-    std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))
+    })
 }
 
 /// The certificates of a PEM file, at least one.

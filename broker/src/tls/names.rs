@@ -72,10 +72,12 @@ impl PeerNames {
 
     /// The broker ids a certificate names (usually one).
     pub fn ids_of(&self, cert: &CertificateDer<'_>) -> Vec<u64> {
-        let mut ids: Vec<u64> = names_of(cert)
-            .iter()
-            .filter_map(|n| self.id_in(n))
-            .collect();
+        self.ids_in(&CertNames::of(cert))
+    }
+
+    /// The broker ids among a certificate's names.
+    pub fn ids_in(&self, cert: &CertNames) -> Vec<u64> {
+        let mut ids: Vec<u64> = cert.names.iter().filter_map(|n| self.id_in(n)).collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -87,43 +89,57 @@ impl PeerNames {
     }
 }
 
-/// The DNS and URI subject alternative names and subject common names of a certificate (none if it does
-/// not parse: rustls verified its chain already, so that does not happen in a handshake).
-pub fn names_of(cert: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, c)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return Vec::new();
-    };
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = c.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(s) | GeneralName::URI(s) => names.push((*s).to_owned()),
-                _ => {}
-            }
-        }
-    }
-    for cn in c.subject().iter_common_name() {
-        if let Ok(s) = cn.as_str() {
-            names.push(s.to_owned());
-        }
-    }
-    names.truncate(CERT_NAMES_MAX);
-    names
+/// What a certificate calls its holder, read once (a connection parses its peer's certificate when it is
+/// accepted, not on every request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    /// The DNS and URI subject alternative names, then the subject common names (at most
+    /// [`CERT_NAMES_MAX`]).
+    pub names: Vec<String>,
+    /// The first subject common name.
+    pub common_name: Option<String>,
 }
 
-/// The name a client certificate gives its holder: the subject's common name, else its first DNS or URI
-/// subject alternative name.
-pub fn holder_of(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    if let Some(cn) = c
-        .subject()
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok())
-    {
-        return Some(cn.to_owned());
+impl CertNames {
+    /// The names of `cert` (none if it does not parse: rustls verified its chain already, so that does
+    /// not happen in a handshake).
+    pub fn of(cert: &CertificateDer<'_>) -> CertNames {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, c)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+            return CertNames::default();
+        };
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = c.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(s) | GeneralName::URI(s) => names.push((*s).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let cns: Vec<String> = c
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+            .collect();
+        let common_name = cns.first().cloned();
+        names.extend(cns);
+        names.truncate(CERT_NAMES_MAX);
+        CertNames { names, common_name }
     }
-    names_of(cert).into_iter().next()
+
+    /// The name a client certificate gives its holder: the subject's common name, else its first DNS or
+    /// URI subject alternative name.
+    pub fn holder(&self) -> Option<&str> {
+        self.common_name
+            .as_deref()
+            .or_else(|| self.names.first().map(String::as_str))
+    }
+}
+
+/// The DNS and URI subject alternative names and subject common names of a certificate.
+pub fn names_of(cert: &CertificateDer<'_>) -> Vec<String> {
+    CertNames::of(cert).names
 }
 
 #[cfg(test)]
