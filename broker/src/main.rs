@@ -480,6 +480,8 @@ async fn serve_until_signal(
 ) {
     // One bound on client connections for all client listeners together.
     let connections = Arc::new(tokio::sync::Semaphore::new(broker.config.connections_max));
+    // One authenticator for all of them: quotas are per broker, not per listener.
+    let auth = server::auth::Auth::new(broker.config.auth.clone(), broker.config.tls.clone());
     let grpc_tasks: Vec<_> = grpc
         .into_iter()
         .map(|(name, listener)| {
@@ -487,7 +489,7 @@ async fn serve_until_signal(
                 broker.clone(),
                 listener,
                 name,
-                connections.clone(),
+                (connections.clone(), auth.clone()),
                 serve_cancel.clone(),
             ))
         })

@@ -106,3 +106,74 @@ fn producers_and_consumers_are_throttled_to_their_quota() {
         .unwrap_or(0.0);
     assert!(throttled > 0.0, "throttling is counted");
 }
+
+/// A quota is one per broker: a principal publishing through two client listeners at once shares its
+/// rate between them (each listener with its own clocks would give it twice its quota).
+#[test]
+fn a_quota_holds_across_listeners() {
+    let _serial = ferry_tests::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = format!("User:slow={}", token_hash(SLOW));
+    let b = Ferryd::start(
+        dir.path(),
+        &[
+            "--auth-tokens",
+            &tokens,
+            "--quotas",
+            "User:slow=publish:1MiB",
+            "--listeners",
+            "second=127.0.0.1:0",
+        ],
+    );
+    let out = run_ferry(
+        &b.addr,
+        &["topic", "create", "q", "--partitions", "2"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = b.listeners["second"].clone();
+    let started = std::time::Instant::now();
+    let one = {
+        let addr = b.addr.clone();
+        std::thread::spawn(move || bench_at(&addr))
+    };
+    let two = std::thread::spawn(move || bench_at(&second));
+    let bytes = one.join().unwrap() + two.join().unwrap();
+    let achieved = bytes / started.elapsed().as_secs_f64();
+    assert!(
+        (achieved - PUBLISH_RATE).abs() / PUBLISH_RATE < 0.15,
+        "through two listeners together {achieved:.0} B/s for a 1 MiB/s quota"
+    );
+}
+
+/// Bytes `ferry bench produce` published as the slow principal through `addr` (3 MB).
+fn bench_at(addr: &str) -> f64 {
+    let args = [
+        "--token",
+        SLOW,
+        "-o",
+        "json",
+        "bench",
+        "produce",
+        "--topic",
+        "q",
+        "--messages",
+        "3000",
+        "--size",
+        "1000",
+    ];
+    let out = run_ferry(addr, &args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    r["bytes"].as_f64().unwrap()
+}

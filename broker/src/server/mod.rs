@@ -72,17 +72,17 @@ fn grpc_health(
 /// Serves the gRPC services (and `grpc.health.v1`) on `listener` until `cancel` fires: the main client
 /// listener (`name` `None`) or the named one `name`, whose clients are told the brokers' addresses on it.
 /// Each open connection holds one of `connections`, the pool every client listener shares
-/// (`connections_max`).
+/// (`connections_max`); `auth` is shared by every client listener too, so a principal's quota is one per
+/// broker whichever listener it comes in on.
 pub async fn serve_grpc(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
     name: Option<String>,
-    connections: Arc<tokio::sync::Semaphore>,
+    (connections, auth): (Arc<tokio::sync::Semaphore>, auth::Auth),
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let tls = broker.config.tls.clone();
     let via = via::Via::new(name);
-    let auth = auth::Auth::new(broker.config.auth.clone(), tls.clone());
     let client = v1::ferry_server::FerryServer::new(client::ClientService::new(
         broker.clone(),
         via.clone(),
