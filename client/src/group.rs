@@ -247,6 +247,12 @@ impl GroupConsumer {
         v
     }
 
+    /// Records read ahead and not yet handed out: waiting in the readers' channel or held for a paused
+    /// partition (at most [`PREFETCH_RECORDS_MAX`], and at most `prefetch_bytes_max` bytes of them).
+    pub fn read_ahead_records(&self) -> usize {
+        self.records.len() + self.held.len()
+    }
+
     /// Stops handing out records of `tp` until [`GroupConsumer::resume`].
     pub fn pause(&self, tp: Tp) {
         self.shared.lock().paused.insert(tp);

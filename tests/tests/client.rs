@@ -498,25 +498,80 @@ async fn group_consumer_seeks_pauses_and_commits_what_it_handed_out() {
 }
 
 /// A small prefetch budget bounds what is read ahead, yet every record still comes through (a record larger
-/// than the whole budget takes all of it).
+/// than the whole budget takes all of it). What is read ahead is counted from the records waiting, not from
+/// the budget's own bookkeeping, so readers that ignored the budget would show here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_prefetch_is_bounded_by_bytes() {
     use ferry_client::{GroupConfig, GroupConsumer};
     let (_dir, _broker, client) = setup(2).await;
     let producer = Producer::new(client.clone(), ProducerConfig::default()).unwrap();
-    let big = "x".repeat(6_000);
-    let records =
-        (0..300u32).map(|i| ProducerRecord::new("t", format!("{i}:{big}")).with_partition(i % 2));
-    send_all(&producer, records).await;
+    // 300 records of 1,000 bytes (15 fit a budget of 16 KiB), then 300 of 6,000 bytes, each larger than
+    // the second consumer's whole budget of 4 KiB.
+    let value = |i: u32, len: usize| format!("{i:03}:{}", "x".repeat(len - 4));
+    send_all(
+        &producer,
+        (0..300u32).map(|i| ProducerRecord::new("t", value(i, 1_000)).with_partition(i % 2)),
+    )
+    .await;
     let mut config = GroupConfig::new("budget", vec!["t".into()]);
-    config.prefetch_bytes_max = 4096;
-    let mut consumer = within(GroupConsumer::join(client.clone(), config))
+    config.prefetch_bytes_max = 16 * 1024;
+    let consumer = within(GroupConsumer::join(client.clone(), config))
         .await
         .unwrap();
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < 300 {
+    assert_read_ahead_stays_within(consumer, 16 * 1024, 300).await;
+
+    let t2 = "big";
+    client.create_topic(t2, 2, 0).await.unwrap();
+    send_all(
+        &producer,
+        (0..300u32).map(|i| ProducerRecord::new(t2, value(i, 6_000)).with_partition(i % 2)),
+    )
+    .await;
+    let mut config = GroupConfig::new("budget-big", vec![t2.into()]);
+    config.prefetch_bytes_max = 4096;
+    let consumer = within(GroupConsumer::join(client.clone(), config))
+        .await
+        .unwrap();
+    assert_read_ahead_stays_within(consumer, 4096, 300).await;
+}
+
+/// Takes one record, waits until the readers have filled a budget of `budget` bytes again (two partitions
+/// with hundreds of records of that record's size are waiting to be read), checks they go no further, then
+/// reads all `total` records, each once.
+async fn assert_read_ahead_stays_within(
+    mut consumer: ferry_client::GroupConsumer,
+    budget: usize,
+    total: usize,
+) {
+    let first = within(consumer.next_record()).await.unwrap().unwrap();
+    // What a record counts against the budget (docs/consumers.md); one larger than the budget takes all.
+    let headers: usize = first.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let cost = first.value.len() + first.key.as_ref().map_or(0, |k| k.len()) + headers + 64;
+    let fits = (budget / cost).max(1);
+    let mut seen = std::collections::HashSet::from([(first.partition, first.offset)]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while consumer.read_ahead_records() < fits {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the readers never read ahead {fits} records (at {})",
+            consumer.read_ahead_records()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Readers that ignored the budget would go on within milliseconds: the records are there to read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        consumer.read_ahead_records(),
+        fits,
+        "records read ahead with a budget for {fits}"
+    );
+    while seen.len() < total {
         let r = within(consumer.next_record()).await.unwrap().unwrap();
-        seen.insert((r.partition, r.offset));
+        assert!(
+            consumer.read_ahead_records() <= fits,
+            "read ahead past the budget"
+        );
+        assert!(seen.insert((r.partition, r.offset)), "handed out twice");
     }
     consumer.close().await;
 }
