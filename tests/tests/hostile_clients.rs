@@ -11,8 +11,11 @@ use bytes::Bytes;
 use ferry_protocol::batch::{BatchBuilder, Compression};
 use ferry_protocol::v1::{self, publish_request::Payload};
 use ferry_tests::cluster::free_port;
-use ferry_tests::{batch_of, Ferryd};
+use ferry_tests::{batch_of, wait_until, Ferryd};
 use tonic::Code;
+
+/// How long a condition may take to come true.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// The broker process's peak resident set (MiB), from /proc.
 fn peak_rss_mib(broker: &Ferryd) -> u64 {
@@ -261,14 +264,22 @@ async fn a_connection_flood_stops_at_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Ferryd::start(dir.path(), &["--connections-max", "40"]);
     create(&broker, "alive", 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // the admin connection above goes away
+    let open = |n: f64| {
+        let b = &broker;
+        move || {
+            b.metric("ferry_connections_open{listener=\"client\"}")
+                .unwrap_or(0.0)
+                == n
+        }
+    };
+    // The admin connection above goes away.
+    tokio::task::block_in_place(|| wait_until(WAIT, "no client connection open", open(0.0)));
     let mut held = Vec::new();
     for _ in 0..40 {
         let s = tokio::net::TcpStream::connect(&broker.addr).await.unwrap();
         held.push(s);
     }
-    // Give the broker the time to accept all of them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| wait_until(WAIT, "40 connections accepted", open(40.0)));
     let mut extra = tokio::net::TcpStream::connect(&broker.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(
@@ -281,8 +292,13 @@ async fn a_connection_flood_stops_at_the_limit() {
         matches!(read, Ok(0) | Err(_)),
         "closed (EOF or reset): {read:?}"
     );
+    assert_eq!(
+        broker.metric("ferry_connections_refused_total{listener=\"client\"}"),
+        Some(1.0),
+        "the 41st connection was refused by the limit"
+    );
     held.truncate(30);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| wait_until(WAIT, "10 connections closed", open(30.0)));
     still_serves(&broker).await;
 }
 

@@ -116,7 +116,13 @@ async fn offsets_by_time_and_key_placement() {
             .unwrap()
             .into_inner()
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Published only once the poll waits (the broker counts waiting fetches), so the answer shows the
+    // commit woke it: a poll that came after the publish would find the record without waiting.
+    tokio::task::block_in_place(|| {
+        ferry_tests::wait_until(Duration::from_secs(10), "the long poll waiting", || {
+            broker.metric("ferry_fetch_waiting").unwrap_or(0.0) >= 1.0
+        })
+    });
     let req = v1::PublishRequest {
         topic: "t".into(),
         partition: Some(p),

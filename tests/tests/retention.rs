@@ -69,8 +69,26 @@ async fn committed_offsets_outlive_segment_rolls_retention_and_a_restart() {
         client.commit_offsets(commit(i % 10)).await.unwrap();
     }
     client.commit_offsets(commit(7)).await.unwrap();
-    // Retention passes run every 50 ticks (10 s): wait past two of them.
-    tokio::time::sleep(Duration::from_secs(21)).await;
+    // Retention passes run every 50 ticks (10 s): wait until two have run over the group's partition since
+    // the last commit (the broker counts them on /metrics).
+    let p = ferry_protocol::topic::group_partition("g");
+    let passes = || {
+        let sample = format!(
+            "ferry_partition_retention_passes_total{{topic=\"__consumer_offsets\",partition=\"{p}\"}}"
+        );
+        let (status, body) = ferry_tests::http_get(&broker.http, "/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("the group partition's retention passes on /metrics")
+    };
+    let before = passes();
+    tokio::task::block_in_place(|| {
+        ferry_tests::wait_until(Duration::from_secs(30), "two retention passes", || {
+            passes() >= before + 2
+        })
+    });
     let p = group_offsets_partition(&broker).await;
     assert_eq!(
         p.log_start_offset, 0,

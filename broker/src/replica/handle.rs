@@ -438,4 +438,14 @@ impl Replica {
     pub fn size_bytes(&self) -> u64 {
         self.shared.storage.read().log.size_bytes()
     }
+
+    /// Retention passes run over this replica's log since it was opened.
+    pub fn retention_passes(&self) -> u64 {
+        self.shared.storage.read().retention_passes()
+    }
+
+    /// Segments CRC-scanned when this replica's log was opened.
+    pub fn scanned_at_open(&self) -> u64 {
+        self.shared.storage.read().scanned_at_open()
+    }
 }

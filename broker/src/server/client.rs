@@ -278,9 +278,30 @@ async fn fetch_once(
     if !f.batches.is_empty() || wait.is_zero() {
         return Ok(f);
     }
-    r.wait_for(offset, wait).await;
+    {
+        // Counted while it waits (a gauge on /metrics), so an operator sees how many long polls and
+        // subscriptions are parked, and a test can tell a poll is waiting before it publishes.
+        let _waiting = WaitingFetch::start();
+        r.wait_for(offset, wait).await;
+    }
     r.ready_to_read(READ_LEASE_WAIT).await.map_err(status)?;
     r.fetch(offset, max_bytes).map_err(status)
+}
+
+/// A fetch waiting for records past its offset: `ferry_fetch_waiting` counts it until dropped.
+struct WaitingFetch;
+
+impl WaitingFetch {
+    fn start() -> Self {
+        metrics::gauge!("ferry_fetch_waiting").increment(1.0);
+        WaitingFetch
+    }
+}
+
+impl Drop for WaitingFetch {
+    fn drop(&mut self) {
+        metrics::gauge!("ferry_fetch_waiting").decrement(1.0);
+    }
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;

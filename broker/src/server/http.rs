@@ -161,6 +161,20 @@ async fn metrics(State(s): State<HttpState>) -> (StatusCode, String) {
             r.size_bytes()
         ));
     }
+    out.push_str("# TYPE ferry_partition_retention_passes_total counter\n");
+    for ((t, p), r) in &parts {
+        out.push_str(&format!(
+            "ferry_partition_retention_passes_total{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
+            r.retention_passes()
+        ));
+    }
+    out.push_str("# TYPE ferry_partition_segments_scanned_at_open gauge\n");
+    for ((t, p), r) in &parts {
+        out.push_str(&format!(
+            "ferry_partition_segments_scanned_at_open{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
+            r.scanned_at_open()
+        ));
+    }
     out.push_str("# TYPE ferry_partition_fenced gauge\n");
     for ((t, p), r) in &parts {
         out.push_str(&format!(

@@ -12,10 +12,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A connection that holds one of its listener's permits while open.
+/// A connection that holds one of its listener's permits while open, and is counted on
+/// `ferry_connections_open{listener}` until dropped.
 pub struct Limited {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
+    listener: &'static str,
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        metrics::gauge!("ferry_connections_open", "listener" => self.listener).decrement(1.0);
+    }
 }
 
 impl Limited {
@@ -82,9 +90,11 @@ pub fn incoming(
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let _ = stream.set_nodelay(true);
+                    metrics::gauge!("ferry_connections_open", "listener" => name).increment(1.0);
                     let limited = Limited {
                         inner: stream,
                         _permit: permit,
+                        listener: name,
                     };
                     return Some((Ok(limited), (listener, permits)));
                 }

@@ -70,6 +70,11 @@ pub struct RaftLog {
     repair_until: Option<u64>,
     /// Terms and end offsets of the latest entries (Raft's term lookups, the high watermark).
     recent: super::recent::Recent,
+    /// Retention passes run over this log since it was opened (a counter on `/metrics`, so a test or an
+    /// operator can tell a pass ran rather than wait and hope).
+    retention_passes: u64,
+    /// Segments CRC-scanned when this log was opened: 0 after a clean shutdown (docs/design.md, Recovery).
+    scanned_at_open: u64,
 }
 
 /// Shared handle: Raft reads through it, the replica driver writes through it.
@@ -192,6 +197,8 @@ impl ReplicaStorage {
             durable_last,
             applied,
             recent: Default::default(),
+            retention_passes: 0,
+            scanned_at_open: recovery.scanned_segments as u64,
         };
         Ok((
             ReplicaStorage {
@@ -415,6 +422,7 @@ impl RaftLog {
 
     /// Applies retention: deletes old segments whose entries are all applied, moving the marker first.
     pub fn apply_retention(&mut self, applied: u64) -> Result<usize, StorageError> {
+        self.retention_passes += 1;
         let Some((count, idx, term)) = self
             .log
             .retention_plan(self.log.clock().now_ms(), applied + 1)?
@@ -433,6 +441,16 @@ impl RaftLog {
             self.tail_bytes -= e.data.len();
         }
         Ok(count)
+    }
+
+    /// Retention passes started over this log since it was opened.
+    pub fn retention_passes(&self) -> u64 {
+        self.retention_passes
+    }
+
+    /// Segments CRC-scanned when this log was opened (none after a clean shutdown).
+    pub fn scanned_at_open(&self) -> u64 {
+        self.scanned_at_open
     }
 
     /// Installs a data-less snapshot from the leader: the log restarts empty after the snapshot's index, at
