@@ -357,6 +357,34 @@ impl Ferryd {
         run_ferry(&self.addr, args, stdin)
     }
 
+    /// Whether the broker became ready, with every partition led, within `timeout` (see
+    /// [`Ferryd::wait_ready`], which fails the test instead).
+    pub fn ready_within(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if http_get(&self.http, "/readyz").0 == 200 && self.leaders_known() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the broker process has exited (a zombie not yet reaped counts), without reaping it; `None`
+    /// when `/proc` cannot tell.
+    pub fn child_exited(&self) -> Option<bool> {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            // The state follows the command name in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(true),
+            Err(_) => None,
+        }
+    }
+
     /// Waits until `/readyz` answers 200 and, as this broker sees the cluster (`/health/cluster`), the
     /// controller and every partition have a leader (under-replication is allowed: a test may have stopped
     /// a broker).

@@ -9,7 +9,8 @@
 //!   duplicate 1%` applied where this sandbox allows it: its kernel has no netem qdisc. Losing a whole batch
 //!   is harsher than netem under TCP, which only retransmits; Raft must tolerate both.
 //!
-//! An absent or empty file means no fault. Unset (production), the checks cost one relaxed atomic load.
+//! What the broker applied is written back to `FILE.applied` (the file's text as read), so a harness can
+//! wait until a fault is in force. An absent or empty file means no fault. Unset (production), the checks cost one relaxed atomic load.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -146,7 +147,12 @@ pub fn watch(path: std::path::PathBuf) {
     RNG.store(seed, Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
     tracing::warn!(file = %path.display(), "fault injection enabled: peer traffic follows this file");
+    // What was applied is echoed to `PATH.applied`, so a harness waits for the fault to be in force
+    // rather than sleeping and hoping.
+    let mut applied_path = path.clone().into_os_string();
+    applied_path.push(".applied");
     tokio::spawn(async move {
+        let mut echoed: Option<String> = None;
         loop {
             let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
             let parsed = parse(&text);
@@ -158,6 +164,12 @@ pub fn watch(path: std::path::PathBuf) {
                     "injected network faults changed"
                 );
                 *ACTIVE.write() = parsed;
+            }
+            if echoed.as_deref() != Some(text.as_str()) {
+                match tokio::fs::write(&applied_path, &text).await {
+                    Ok(()) => echoed = Some(text),
+                    Err(e) => tracing::warn!(%e, "could not echo the applied fault file"),
+                }
             }
             tokio::time::sleep(POLL).await;
         }

@@ -1,13 +1,13 @@
 //! The faults `ferry-chaos` injects, and how: each [`Fault`] is injected on the running brokers by
 //! [`inject`], held, and healed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::leaders;
 use ferry_tests::{segment_files, Ferryd};
 
-use crate::setup::TOPIC;
+use crate::setup::{PARTITIONS, TOPIC};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -75,19 +75,43 @@ impl Fault {
     }
 }
 
-/// The node leading partition 0, and one following it.
-async fn roles(nodes: &[Ferryd]) -> (Option<usize>, usize) {
+/// How long a fault waits for its partition to have a leader before it is skipped (and so counted as not
+/// run, unless allowed).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long the brokers have to apply a fault file (they reread it every 100 ms).
+const FAULT_FILE_APPLY_WAIT: Duration = Duration::from_secs(5);
+/// How long a broker restarted in a rolling restart has to become ready before the next one goes down.
+const ROLLING_READY_WAIT: Duration = Duration::from_secs(30);
+
+/// The partition the next fault aims at: faults take the partitions in turn, so damage, tears and leader
+/// faults are not all on partition 0.
+fn next_partition() -> u32 {
+    static TURN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    TURN.fetch_add(1, Ordering::Relaxed) % PARTITIONS
+}
+
+/// The node leading `partition` (waited for up to [`LEADER_WAIT`]; `None` if none came), and one
+/// following it.
+async fn roles(nodes: &[Ferryd], partition: u32) -> (Option<usize>, usize) {
     let brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let routes = leaders(&brokers, TOPIC).await;
-    let leader = routes
-        .get(&0)
-        .and_then(|a| nodes.iter().position(|n| &n.addr == a));
+    let deadline = Instant::now() + LEADER_WAIT;
+    let leader = loop {
+        let routes = leaders(&brokers, TOPIC).await;
+        let leader = routes
+            .get(&partition)
+            .and_then(|a| nodes.iter().position(|n| &n.addr == a));
+        if leader.is_some() || Instant::now() >= deadline {
+            break leader;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let follower = (0..nodes.len()).find(|i| Some(*i) != leader).unwrap_or(0);
     (leader, follower)
 }
 
-/// Writes each broker's network faults (`drop-to` / `drop-from` lines; empty heals). A fault file that
-/// cannot be written would silently leave a fault out (or in): the run stops.
+/// Writes each broker's network faults (`drop-to` / `drop-from` lines; empty heals) and waits until every
+/// broker has applied its file (it echoes what it applied to `FILE.applied`). A fault file that cannot be
+/// written, or is not applied in time, would silently leave a fault out (or in): the run stops.
 pub fn set_faults(nodes: &[Ferryd], rules: &[String]) {
     for (n, r) in nodes.iter().zip(rules) {
         let path = ferry_tests::fault_file(&n.data_dir);
@@ -95,6 +119,38 @@ pub fn set_faults(nodes: &[Ferryd], rules: &[String]) {
             panic!("chaos: writing the fault file {}: {e}", path.display());
         }
     }
+    let deadline = Instant::now() + FAULT_FILE_APPLY_WAIT;
+    for (n, r) in nodes.iter().zip(rules) {
+        let mut applied = ferry_tests::fault_file(&n.data_dir).into_os_string();
+        applied.push(".applied");
+        while std::fs::read_to_string(&applied).ok().as_deref() != Some(r.as_str()) {
+            if matches!(n.child_exited(), Some(true)) {
+                break; // a dead broker applies nothing; the checker counts it as died
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos: the broker on {} did not apply its fault file within {FAULT_FILE_APPLY_WAIT:?}",
+                n.data_dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Bytes a torn-tail fault cuts off the end of the last segment: 1 to 4,096, varying from run to run and
+/// fault to fault (so it tears a batch's header, its records, or several batches).
+fn torn_bytes() -> u64 {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    // splitmix64 over a counter mixed with the clock.
+    let mut z = STATE
+        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        .wrapping_add(seed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 4096 + 1
 }
 
 /// SIGTERMs that did not stop a broker within 20 s (it was then killed -9): each is a violation, not a
@@ -267,9 +323,26 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
 /// membership change failed to settle within its deadline (a liveness violation).
 pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (String, Instant, bool) {
     let mut stuck = false;
-    let (leader, follower) = roles(nodes).await;
-    let leader = leader.unwrap_or(0);
+    let partition = next_partition();
+    let (leader, follower) = roles(nodes, partition).await;
+    let needs_leader = matches!(
+        fault,
+        Fault::KillLeader
+            | Fault::PauseLeader
+            | Fault::PartitionLeader
+            | Fault::OneWay
+            | Fault::Bridge
+            | Fault::ClockSkew
+    );
     let mut at = Instant::now();
+    let leader = match leader {
+        Some(l) => l,
+        None if needs_leader => {
+            let why = format!("skipped: partition {partition} had no leader for {LEADER_WAIT:?}");
+            return (why, at, false);
+        }
+        None => 0, // not used by this fault
+    };
     let what = match fault {
         Fault::KillLeader | Fault::KillFollower => {
             let i = if fault == Fault::KillLeader {
@@ -301,8 +374,8 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             let i = follower;
             block(|| nodes[i].kill9());
             at = Instant::now();
-            let cut = (Instant::now().elapsed().subsec_nanos() % 200 + 1) as u64;
-            let torn = match segment_files(&nodes[i].data_dir, TOPIC, 0).last() {
+            let cut = torn_bytes();
+            let torn = match segment_files(&nodes[i].data_dir, TOPIC, partition).last() {
                 None => Err("no segment to tear".to_owned()),
                 Some(last) => std::fs::OpenOptions::new()
                     .write(true)
@@ -316,14 +389,14 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             tokio::time::sleep(hold).await;
             block(|| nodes[i].restart_in_place());
             match torn {
-                Ok(()) => format!("broker {}, {cut} bytes", i + 1),
+                Ok(()) => format!("broker {}, partition {partition}, {cut} bytes", i + 1),
                 Err(why) => format!("skipped: broker {}: {why}", i + 1),
             }
         }
         Fault::BitFlip => {
             let i = follower;
             block(|| stop(&mut nodes[i]));
-            let segs = segment_files(&nodes[i].data_dir, TOPIC, 0);
+            let segs = segment_files(&nodes[i].data_dir, TOPIC, partition);
             let flipped = if segs.len() < 2 {
                 Err("no sealed segment yet".to_owned())
             } else {
@@ -340,7 +413,11 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             tokio::time::sleep(hold).await;
             block(|| nodes[i].restart_in_place());
             match flipped {
-                Ok(at) => format!("broker {}, {} byte {at}", i + 1, segs[0].display()),
+                Ok(at) => format!(
+                    "broker {}, partition {partition}, {} byte {at}",
+                    i + 1,
+                    segs[0].display()
+                ),
                 Err(why) => format!("skipped: broker {}: {why}", i + 1),
             }
         }
@@ -348,7 +425,7 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             let i = follower;
             block(|| stop(&mut nodes[i]));
             let mut removed = 0;
-            if let Some(dir) = segment_files(&nodes[i].data_dir, TOPIC, 0)
+            if let Some(dir) = segment_files(&nodes[i].data_dir, TOPIC, partition)
                 .first()
                 .and_then(|p| p.parent())
             {
@@ -392,22 +469,19 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
                     )
                 }
             };
-            set_faults(nodes, &rules);
-            // The brokers reread their fault files every 100 ms.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            block(|| set_faults(nodes, &rules));
             at = Instant::now();
             tokio::time::sleep(hold).await;
-            set_faults(nodes, &vec![String::new(); nodes.len()]);
-            what
+            block(|| set_faults(nodes, &vec![String::new(); nodes.len()]));
+            format!("{what} (partition {partition}'s leader)")
         }
         Fault::SlowNetwork => {
             // netem's `delay 100ms 50ms loss 5% duplicate 1%` on every broker's incoming peer traffic
             // (injected at the peer transport: this kernel has no netem qdisc).
-            set_faults(nodes, &vec!["impair 100 50 5 1\n".to_string(); nodes.len()]);
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            block(|| set_faults(nodes, &vec!["impair 100 50 5 1\n".to_string(); nodes.len()]));
             at = Instant::now();
             tokio::time::sleep(hold).await;
-            set_faults(nodes, &vec![String::new(); nodes.len()]);
+            block(|| set_faults(nodes, &vec![String::new(); nodes.len()]));
             "peer traffic delayed 100 ± 50 ms, 5% lost, 1% duplicated".into()
         }
         Fault::ClockSkew => {
@@ -535,14 +609,24 @@ pub async fn inject(fault: Fault, nodes: &mut [Ferryd], hold: Duration) -> (Stri
             outcome
         }
         Fault::RollingRestart => {
-            for node in nodes.iter_mut() {
-                block(|| {
+            // As Kubernetes rolls a StatefulSet: the next broker goes down once the last is ready again.
+            let mut slow = Vec::new();
+            for (i, node) in nodes.iter_mut().enumerate() {
+                let ready = block(|| {
                     stop(node);
                     node.restart_in_place();
+                    node.ready_within(ROLLING_READY_WAIT)
                 });
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !ready {
+                    slow.push(i + 1);
+                }
             }
-            "brokers 1-3 in turn".into()
+            if slow.is_empty() {
+                "brokers 1-3 in turn, each ready before the next".into()
+            } else {
+                stuck = true;
+                format!("brokers 1-3 in turn; not ready within {ROLLING_READY_WAIT:?}: {slow:?}")
+            }
         }
     };
     (what, at, stuck)
