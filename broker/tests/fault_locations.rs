@@ -468,11 +468,33 @@ async fn run_case(case: Case) -> String {
         ("intact", true) => "found-later (scrub or read, repaired)".to_owned(),
         _ => outcome,
     };
-    if fenced_for_good {
+    let raft_state = matches!(
+        case.place,
+        Place::File {
+            name: "raft-state",
+            ..
+        }
+    );
+    if fenced_for_good && !raft_state {
         let b = c.nodes[victim].broker();
         let visible =
             !b.troubles().is_empty() || b.partition(TOPIC, 0).is_ok_and(|r| r.trouble().is_some());
         assert!(visible, "{case:?}: the fenced replica is not reported");
+    }
+    if raft_state {
+        // A replica that cannot open its hard state is named by what `/readyz` serves (fault 15 of
+        // docs/reliability.md): the broker is ready, it serves its other partitions, with a `down:` line
+        // naming this one.
+        let b = c.nodes[victim].broker();
+        let ready = b
+            .readiness()
+            .unwrap_or_else(|why| panic!("{case:?}: the broker is not ready: {why}"));
+        let named = format!("partition {TOPIC}-0 ");
+        assert!(
+            ready.down.iter().any(|d| d.starts_with(&named)),
+            "{case:?}: readiness does not name the fenced replica: {:?}",
+            ready.down
+        );
     }
     // Nothing acknowledged lost, nothing served twice or out of place.
     let all = c.read_all().await;

@@ -331,18 +331,25 @@ async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
     const TOTAL: usize = 20_000;
     let mut deliveries = Vec::with_capacity(TOTAL);
     let mut killed = Vec::new();
+    // Each kill: (partition, when, index of the first record sent after it).
+    let mut kills: Vec<(u32, Instant, usize)> = Vec::new();
+    let mut routes = HashMap::new();
     for i in 0..TOTAL {
+        if i % 5_000 == 2_450 {
+            // Looked up ahead, so the kill below follows the last records sent at once.
+            routes = leaders(&brokers, "idem").await;
+        }
         if i % 5_000 == 2_500 {
             // kill -9 the leader of partition (i / 5000) % 3 (never the last live broker), restart it later.
+            // The 50 records before were sent microseconds ago into a batch that lingers 2 ms: in flight.
             let p = ((i / 5_000) % 3) as u32;
-            let routes = leaders(&brokers, "idem").await;
-            if let Some(idx) = routes
+            let idx = routes
                 .get(&p)
                 .and_then(|a| nodes.iter().position(|n| &n.addr == a))
-            {
-                nodes[idx].kill9();
-                killed.push(idx);
-            }
+                .unwrap_or_else(|| panic!("partition {p} has no leader among the brokers"));
+            nodes[idx].kill9();
+            killed.push(idx);
+            kills.push((p, Instant::now(), i));
         }
         if i % 5_000 == 4_000 {
             for idx in killed.drain(..) {
@@ -350,14 +357,33 @@ async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
             }
         }
         let r = ProducerRecord::new("idem", format!("m{i}")).with_key(format!("k{}", i % 97));
-        deliveries.push(producer.send(r).await);
+        let delivery = producer.send(r).await;
+        // Each delivery's result with when it came.
+        deliveries.push(tokio::spawn(
+            async move { (delivery.await, Instant::now()) },
+        ));
         if i % 500 == 0 {
-            // Spread the publishing over a few seconds, so kills land while batches are in flight.
+            // Pacing: the publishing spreads over a few seconds, so the kills fall amid steady traffic.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     producer.flush().await;
-    let results = futures::future::join_all(deliveries).await;
+    let results: Vec<_> = futures::future::join_all(deliveries)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kills.len(), 4, "a leader killed at 2,500 of every 5,000");
+    for (p, at, first_after) in &kills {
+        let in_flight = results[..*first_after]
+            .iter()
+            .any(|(r, acked)| matches!(r, Ok((q, _)) if q == p) && acked > at);
+        assert!(
+            in_flight,
+            "the kill of partition {p}'s leader caught none of its records in flight"
+        );
+    }
+    let results: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
     let failed: Vec<usize> = results
         .iter()
         .enumerate()

@@ -134,11 +134,19 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
     still_serves(&broker, "t").await;
 
     let publish = "/ferry.v1.Ferry/Publish";
-    // A frame claiming 1 GiB: refused without allocating it.
+    // A frame claiming 1 GiB: refused without allocating it. An allocation of that size would show in the
+    // broker's peak virtual size (VmPeak) even if never touched; threads and arenas move it far less.
+    let peak = || vm_peak_kib(broker.child.id());
+    let before = peak();
     let code = raw_call(&broker.addr, publish, frame(1 << 30, &[0u8; 64])).await;
     assert!(
         [Code::OutOfRange as i32, Code::ResourceExhausted as i32].contains(&code),
         "1 GiB claim: {code}"
+    );
+    let grew_mib = peak().saturating_sub(before) / 1024;
+    assert!(
+        grew_mib < 256,
+        "the broker's peak virtual size grew {grew_mib} MiB answering a 1 GiB claim"
     );
     // Invalid protobuf, and a topic name that is not UTF-8.
     let code = raw_call(&broker.addr, publish, framed(&[0xff; 7])).await;
@@ -283,4 +291,14 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(r.offset, 3, "only the three good publishes were stored");
     let (code, _) = ferry_tests::http_get(&broker.http, "/healthz");
     assert_eq!(code, 200);
+}
+
+/// The peak virtual size of process `pid` (KiB), from `/proc/PID/status`.
+fn vm_peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmPeak in /proc status")
 }
