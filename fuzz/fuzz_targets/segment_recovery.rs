@@ -4,7 +4,8 @@
 //! - recovery cuts only what lies past the durable watermark: a torn tail starts at or past it, and with no
 //!   watermark nothing is ever cut as torn (any bad tail is damage);
 //! - damage is never cut before the caller asks (`finish_cut`), and then only from the damaged batch on;
-//! - the file after recovery is a byte prefix of the input: recovery never rewrites data;
+//! - the file after recovery is a byte prefix of the input: recovery never rewrites data, and it is the
+//!   whole input unless recovery reports a torn tail or damage;
 //! - what the log serves is exactly what the file holds: every batch whole and valid, Raft indexes and
 //!   offsets contiguous, their bytes the input's. On the trusted path (a clean checkpoint) payloads are not
 //!   checked at open, so a read may stop at a bad batch with `Corrupt`, having served nothing damaged.
@@ -86,6 +87,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let on_disk = std::fs::read(&path).unwrap();
     assert_eq!(on_disk[..], log[..on_disk.len()], "recovery rewrote data");
+    if recovery.torn_tail.is_none() && recovery.damage.is_none() {
+        assert_eq!(on_disk.len(), log.len(), "recovery cut bytes it reported as neither torn nor damaged");
+    }
     if let Some(t) = &recovery.torn_tail {
         let w = watermark.expect("nothing is cut as a torn tail without a watermark");
         assert!(t.position >= u64::from(w), "a torn tail cut at {} below the watermark {w}", t.position);
