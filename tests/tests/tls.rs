@@ -290,7 +290,11 @@ async fn client_certificates_are_required_with_a_client_ca() {
     let clients = Pki::new(pki_dir.path(), "clients-ca");
     let data = tempfile::tempdir().unwrap();
     let mut flags = pki.broker(1).broker_flags(&pki.ca());
-    flags.extend(["--tls-client-ca".into(), clients.ca().display().to_string()]);
+    flags.extend([
+        "--tls-client-ca".into(),
+        clients.ca().display().to_string(),
+        "--authorization".into(),
+    ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let broker = Ferryd::start(data.path(), &flags);
     let addr = vec![broker.addr.clone()];
@@ -300,6 +304,26 @@ async fn client_certificates_are_required_with_a_client_ca() {
         .await
         .expect("a client with a certificate of the client CA connects");
     client.list_topics().await.expect("and is served");
+
+    // Only the cluster's CA makes brokers (superusers): a client CA's certificate naming broker-1 is a user
+    // (named by its common name), refused where no ACL allows it; the cluster CA's certificate for the same name is
+    // broker 1.
+    let forged = clients.issue("forged-broker-1", &["broker-1"]);
+    let f = Client::connect_with(addr.clone(), tls_config(&pki.ca_pem(), Some(&forged)))
+        .await
+        .expect("a valid certificate of the client CA connects");
+    let e = f.create_topic("forged", 1, 1).await.unwrap_err();
+    assert!(
+        e.to_string().contains("User:") && e.to_string().contains("may not create"),
+        "a client CA's certificate naming a broker is a user: {e}"
+    );
+    let real = pki.issue("real-broker-1", &["broker-1"]);
+    let b = Client::connect_with(addr.clone(), tls_config(&pki.ca_pem(), Some(&real)))
+        .await
+        .unwrap();
+    b.create_topic("by-broker", 1, 1)
+        .await
+        .expect("the cluster CA's certificate naming broker 1 speaks for broker 1");
 
     let none = Client::connect_with(addr.clone(), tls_config(&pki.ca_pem(), None)).await;
     assert!(none.is_err(), "no client certificate: refused");

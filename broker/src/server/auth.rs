@@ -1,8 +1,9 @@
 //! Who sent a request, and whether it may do what it asks (docs/security.md).
 //!
 //! The principal comes from a bearer token (`authorization: Bearer TOKEN`: a signed JWT verified by
-//! `jwt.rs` when keys are configured, else looked up by its SHA-256 among `auth_tokens`), else from the client certificate (`User:` and its common name; a certificate naming a
-//! broker is `Broker:N`), else it is `User:ANONYMOUS`. A token that matches none is refused
+//! `jwt.rs` when keys are configured, else looked up by its SHA-256 among `auth_tokens`), else from the
+//! client certificate (`User:` and its common name; a certificate of the cluster's CA naming a broker is
+//! `Broker:N`, one of a client CA never is), else it is `User:ANONYMOUS`. A token that matches none is refused
 //! (UNAUTHENTICATED) whether or not ACLs are enforced: a client sending one expects it to count. With
 //! `authorization`, a request passes only if the ACLs allow it (acl.rs), or its principal is a superuser or
 //! a broker; a refusal is PERMISSION_DENIED and names the principal, the operation and the resource, never
@@ -55,8 +56,8 @@ impl Auth {
     }
 
     /// How long to hold the answer to `p`'s request of `bytes` of `kind` (zero without a quota, or within
-    /// it), counted in `ferry_quota_throttle_seconds_total` under the quota's principal (`*` for the
-    /// default one, so labels stay bounded).
+    /// it), counted in `ferry_quota_throttled_total` and `ferry_quota_throttle_ms_total` under the quota's
+    /// principal (`*` for the default one, so labels stay bounded).
     pub fn throttle(&self, p: &Principal, kind: QuotaKind, bytes: u64) -> Duration {
         if p.name.starts_with("Broker:") {
             return Duration::ZERO;
@@ -128,8 +129,10 @@ impl Auth {
 
     fn cert_principal<T>(&self, req: &Request<T>) -> Option<String> {
         let tls = self.tls.as_ref()?;
-        let cert = req.extensions().get::<ConnInfo>()?.peer_cert.as_ref()?;
-        if let [id] = tls.peer_names.ids_in(cert)[..] {
+        let info = req.extensions().get::<ConnInfo>()?;
+        let cert = info.peer_cert.as_ref()?;
+        // Only the cluster's CA makes brokers: a client CA's certificate naming `broker-1` is a user.
+        if let (true, [id]) = (info.cluster_cert, &tls.peer_names.ids_in(cert)[..]) {
             return Some(format!("Broker:{id}"));
         }
         cert.holder().map(|n| format!("User:{n}"))

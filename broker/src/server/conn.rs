@@ -52,12 +52,16 @@ pub struct ConnInfo {
     /// The names in the leaf certificate the other side presented (verified by the listener's TLS
     /// configuration), read when the connection was accepted.
     pub peer_cert: Option<Arc<CertNames>>,
+    /// That certificate chains to the cluster's CA (`tls_ca`), not only to a client CA: a certificate
+    /// naming a broker makes its holder that broker only then.
+    pub cluster_cert: bool,
 }
 
-/// One served connection.
+/// One served connection. A TLS one says whether the other side's certificate chains to the cluster's CA
+/// (only such a certificate may speak for a broker: see [`ConnInfo::cluster_cert`]).
 pub enum Conn {
     Plain(Limited),
-    Tls(Box<tokio_rustls::server::TlsStream<Limited>>),
+    Tls(Box<tokio_rustls::server::TlsStream<Limited>>, bool),
 }
 
 impl Connected for Conn {
@@ -68,11 +72,13 @@ impl Connected for Conn {
             Conn::Plain(c) => ConnInfo {
                 remote: c.remote(),
                 peer_cert: None,
+                cluster_cert: false,
             },
-            Conn::Tls(t) => {
+            Conn::Tls(t, cluster_cert) => {
                 let (io, session) = t.get_ref();
                 ConnInfo {
                     remote: io.remote(),
+                    cluster_cert: *cluster_cert,
                     peer_cert: session
                         .peer_certificates()
                         .and_then(|c| c.first())
@@ -113,12 +119,23 @@ pub fn incoming(
                 }
                 Some(Ok(conn)) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(side.config(&tls.current()));
-                    let tx = tx.clone();
+                    let (tx, tls) = (tx.clone(), tls.clone());
                     tokio::spawn(async move {
                         let remote = conn.remote();
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
                             Ok(Ok(s)) => {
-                                let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
+                                let cluster_cert = match side {
+                                    // Its verifier trusts the cluster's CA alone.
+                                    Side::Peer => true,
+                                    Side::Http => false,
+                                    // Client CAs are trusted too: check the chain against the cluster's.
+                                    Side::Client => s
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .is_some_and(|chain| tls.is_cluster_certificate(chain)),
+                                };
+                                let _ = tx.send(Ok(Conn::Tls(Box::new(s), cluster_cert))).await;
                             }
                             Ok(Err(e)) => refused(name, remote, &e.to_string()),
                             Err(_) => refused(name, remote, "no handshake within the deadline"),
@@ -144,7 +161,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_read(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -157,21 +174,21 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_write(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_flush(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_shutdown(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -182,14 +199,14 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Tls(t, _) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(c) => c.is_write_vectored(),
-            Conn::Tls(t) => t.is_write_vectored(),
+            Conn::Tls(t, _) => t.is_write_vectored(),
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! One certificate per broker serves every listener and is presented when it dials another broker. Peers
 //! are verified against the cluster's CA (`ca`) and must present a certificate (mTLS) on the peer port;
-//! clients must present one signed by `client_ca` (or the cluster CA: brokers ask each other on the client
-//! port too) when `client_ca` is set. rustls with the *ring* provider does the cryptography; nothing here
+//! clients must present one signed by `client_ca` (or the cluster CA) when `client_ca` is set. Only a
+//! certificate of the cluster's CA speaks for a broker ([`Tls::is_cluster_certificate`]). rustls with the *ring* provider does the cryptography; nothing here
 //! is hand-written crypto.
 
 pub mod connect;
@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::RwLock;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -71,6 +73,8 @@ pub struct Material {
     pub http_listener: Arc<ServerConfig>,
     /// Dialing another broker: the cluster's CA as roots, this broker's certificate as client identity.
     pub dial: Arc<ClientConfig>,
+    /// Verifies a certificate chain against the cluster's CA alone (the peer port's verifier).
+    pub cluster_verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// Identifies the files' contents: a change of any modification time or length means a reload.
@@ -100,6 +104,18 @@ impl Tls {
     /// The configurations to use for the next handshake.
     pub fn current(&self) -> Arc<Material> {
         self.current.read().1.clone()
+    }
+
+    /// Whether `chain` (leaf first, as a handshake presented it) chains to the cluster's CA, rather than
+    /// only to a client CA.
+    pub fn is_cluster_certificate(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.current()
+            .cluster_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
     }
 
     /// Rebuilds the configurations if a file changed since the last build. A change that does not build
@@ -181,7 +197,7 @@ fn build(files: &TlsFiles) -> Result<Material, TlsError> {
             .map_err(config)
     };
     let mut peer_listener = server()?
-        .with_client_cert_verifier(peer_verifier)
+        .with_client_cert_verifier(peer_verifier.clone())
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| key_mismatch(files, e))?;
     peer_listener.alpn_protocols = vec![b"h2".to_vec()];
@@ -226,6 +242,7 @@ fn build(files: &TlsFiles) -> Result<Material, TlsError> {
         peer_listener: Arc::new(peer_listener),
         http_listener: Arc::new(http_listener),
         dial: Arc::new(dial),
+        cluster_verifier: peer_verifier,
     })
 }
 
