@@ -41,9 +41,10 @@ pub enum ForwardError {
     Refused(String),
 }
 
-/// Asks other brokers, by peer or client address, what the core cannot answer alone.
+/// Asks other brokers, by peer address, what the core cannot answer alone.
 pub trait Dialer: Send + Sync + std::fmt::Debug {
-    /// Broker `addr`'s own view of topic `name`; `None` when it does not answer in time.
+    /// The own view of topic `name` of the broker whose peer port is `addr`; `None` when it does not answer
+    /// in time.
     fn local_view(&self, addr: String, name: String) -> BoxFuture<'_, Option<TopicView>>;
 
     /// Sends a controller command batch to the controller leader's peer port at `addr`, from a broker of

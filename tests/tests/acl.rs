@@ -10,7 +10,7 @@ use ferry_client::{
     Client, ClientConfig, ClientTls, Producer, ProducerConfig, ProducerRecord, Token,
 };
 use ferry_tests::pki::{start_secure_cluster, token_hash, Pki};
-use ferry_tests::{run_ferry, Ferryd};
+use ferry_tests::{run_ferry, run_ferry_env, Ferryd};
 
 const ADMIN: &str = "admin-secret-token";
 const ORDERS: &str = "orders-service-token";
@@ -363,6 +363,28 @@ async fn a_secure_cluster_serves_the_sdk_by_token_over_tls() {
             .await
             .expect("the superuser creates topics");
     }
+    // Six partitions of one replica each: every broker hosts some and not others, so its describe asks the
+    // brokers that do. They answer on their peer ports; asked on the client port, as before, a broker came
+    // as User:ANONYMOUS, was refused, and the leaders it did not host stayed unknown.
+    admin.create_topic("solo", 6, 1).await.unwrap();
+    for addr in &bootstrap {
+        let one = Client::connect_with(vec![addr.clone()], sdk(&ca_pem, ADMIN))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let info = one.describe_topic("solo").await.unwrap();
+            let leaders: Vec<u64> = info.partition_info.iter().map(|p| p.leader).collect();
+            if leaders.len() == 6 && leaders.iter().all(|l| *l != 0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} describes partitions it does not host with no leader: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     admin
         .create_acl(AclBinding {
             principal: "User:orders".into(),
@@ -484,5 +506,64 @@ async fn a_secure_cluster_serves_the_sdk_by_token_over_tls() {
         String::from_utf8_lossy(&out.stdout).lines().count(),
         50,
         "30 from the SDK and 20 from the CLI"
+    );
+
+    // A CLI context keeps the bootstrap brokers, the CA and a token file; commands then need no flags,
+    // and a token rewritten in the file is the next command's.
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("ferry").join("cli.toml");
+    let token_file = cfg_dir.path().join("token");
+    std::fs::write(&token_file, format!("{ORDERS}\n")).unwrap();
+    let env = [("FERRY_CLI_CONFIG", cfg.to_str().unwrap())];
+    let token_path = token_file.to_str().unwrap();
+    let cli = |args: &[&str], input: Option<&[u8]>| run_ferry_env("", args, input, &env);
+    let flags = ["--tls-ca", &ca, "--token-file", token_path];
+    let out = run_ferry_env(
+        &all,
+        &[&flags[..], &["context", "set", "orders"]].concat(),
+        None,
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["produce", "orders.created"], Some(b"ctx\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["produce", "payments.settled"], Some(b"x\n"));
+    assert!(
+        !out.status.success(),
+        "the orders token, from the file, is refused there"
+    );
+    std::fs::write(&token_file, format!("{ADMIN}\n")).unwrap();
+    let out = cli(&["produce", "payments.settled"], Some(b"x\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed =
+        String::from_utf8_lossy(&cli(&["context", "list", "-o", "json"], None).stdout).into_owned();
+    assert!(
+        listed.contains(r#""name":"orders""#) && listed.contains(r#""current":true"#),
+        "{listed}"
+    );
+    let out = cli(&["--context", "nope", "topic", "list"], None);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("no context `nope`"),
+        "{err}"
+    );
+    let out = cli(&["--token", ADMIN, "context", "set", "leaky"], None);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("never the token itself"),
+        "{err}"
     );
 }

@@ -102,9 +102,9 @@ impl Broker {
         ask: Vec<u64>,
         take: impl Fn(&PartitionView, u64, &PartitionView) -> bool,
     ) {
-        let addresses = self.metadata().brokers;
+        // Asked on their peer ports (Peer/LocalView): brokers need no client credentials there.
         let asks = ask.into_iter().filter_map(|id| {
-            let addr = addresses.get(&id)?.clone();
+            let addr = self.peer_address(id)?;
             let name = view.name.clone();
             Some(async move { (id, self.dialer.local_view(addr, name).await) })
         });

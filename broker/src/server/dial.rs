@@ -1,5 +1,5 @@
 //! The gRPC [`Dialer`]: how the broker asks other brokers (their views of a topic, forwarded controller
-//! commands) over their client and peer ports.
+//! commands), all over their peer ports.
 
 use std::collections::HashMap;
 
@@ -55,12 +55,12 @@ impl Dialer for GrpcDialer {
         Box::pin(async move {
             let channel = self.channel(&addr).ok()?;
             let ask = async {
-                let mut c = v1::admin_client::AdminClient::new(channel);
+                let mut c = v1::peer_client::PeerClient::new(channel);
                 let req = v1::DescribeTopicRequest {
                     name,
                     local_only: true,
                 };
-                c.describe_topic(req)
+                c.local_view(req)
                     .await
                     .ok()
                     .map(tonic::Response::into_inner)

@@ -153,6 +153,30 @@ impl Peer for PeerService {
         Ok(Response::new(v1::ForwardResponse { base_offset }))
     }
 
+    async fn local_view(
+        &self,
+        req: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::TopicInfo>, Status> {
+        if self.certified_ids(&req).is_some_and(|ids| ids.len() != 1) {
+            return Err(Status::permission_denied(format!(
+                "a topic view is only for brokers: the asker's certificate names no single broker ({})",
+                self.expected_names()
+            )));
+        }
+        let req = req.into_inner();
+        ferry_protocol::topic::validate_topic_name(&req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let broker = self
+            .broker
+            .get()
+            .ok_or_else(|| Status::unavailable("this broker is still starting"))?;
+        let t = broker.topic(&req.name).map_err(to_status)?;
+        Ok(Response::new(super::views::topic_info(
+            &t,
+            broker.topic_view(&t),
+        )))
+    }
+
     async fn hello(
         &self,
         req: Request<v1::HelloRequest>,
