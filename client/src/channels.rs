@@ -45,8 +45,9 @@ impl tower_service::Service<HttpRequest> for BrokerChannel {
                         req.headers_mut().insert(http::header::AUTHORIZATION, v);
                     }
                 }
-                // Sent without: the broker answers UNAUTHENTICATED or PERMISSION_DENIED, which the caller
-                // sees; this says why.
+                // `Client` checks for a token before every attempt (`Channels::token_problem`), so this
+                // only happens if the source failed in between, for the first time: the broker then
+                // answers UNAUTHENTICATED or PERMISSION_DENIED, and this says why.
                 Err(why) => tracing::warn!("no bearer token for this request: {why}"),
             }
         }
@@ -68,6 +69,11 @@ pub struct Channels {
 }
 
 impl Channels {
+    /// Why no bearer token can be sent, when one is configured and none can be had.
+    pub fn token_problem(&self) -> Option<String> {
+        self.tokens.as_ref().and_then(|t| t.header().err())
+    }
+
     /// An empty pool whose connections use `config`'s timeouts.
     pub fn new(config: ClientConfig) -> Self {
         Channels {

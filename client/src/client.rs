@@ -221,6 +221,9 @@ impl Client {
         let config = &self.inner.config;
         let mut retries = 0;
         loop {
+            if let Some(why) = self.inner.channels.token_problem() {
+                return Err(ClientError::Token(why));
+            }
             let channel = self.channel_for(route).await?;
             let mut redirected = false;
             let err = match tokio::time::timeout(timeout, call(channel)).await {

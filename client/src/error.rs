@@ -84,6 +84,10 @@ pub enum ClientError {
     /// A broker's answer broke the protocol (for example a publish acknowledgement for the wrong partition).
     #[error("unexpected answer from broker: {0}")]
     Protocol(String),
+    /// The configured bearer token could not be had (its file unreadable or empty, its callback failing)
+    /// and none was had before: the request is not sent anonymously.
+    #[error("no bearer token: {0}")]
+    Token(String),
 }
 
 impl ClientError {

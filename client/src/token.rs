@@ -63,6 +63,26 @@ impl Tokens {
                 return Ok(v.clone());
             }
         }
+        match self.fresh() {
+            Ok(v) => {
+                *cached = Some((Instant::now(), v.clone()));
+                Ok(v)
+            }
+            // A file caught mid-rotation, a callback failing once: the last good token is still better
+            // than none (the broker judges whether it is still valid). Asked again at the next refresh.
+            Err(why) => match cached.as_mut() {
+                Some((at, v)) => {
+                    tracing::warn!("keeping the previous bearer token: {why}");
+                    *at = Instant::now();
+                    Ok(v.clone())
+                }
+                None => Err(why),
+            },
+        }
+    }
+
+    /// The header value from the source now.
+    fn fresh(&self) -> Result<AsciiMetadataValue, String> {
         let token = match &self.source {
             Token::Static(t) => t.clone(),
             Token::File(path) => read_token(path)?,
@@ -72,10 +92,8 @@ impl Tokens {
         if token.is_empty() {
             return Err("the token is empty".into());
         }
-        let v = AsciiMetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| "the token holds characters a header cannot carry".to_owned())?;
-        *cached = Some((Instant::now(), v.clone()));
-        Ok(v)
+        AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the token holds characters a header cannot carry".to_owned())
     }
 }
 
@@ -118,5 +136,26 @@ mod tests {
         assert_eq!(cb.header().unwrap(), "Bearer t0", "cached for a while");
         let bad = Tokens::new(Token::Static("a\nb".into()));
         assert!(bad.header().is_err());
+        let missing = Tokens::new(Token::File(dir.clone()));
+        assert!(
+            missing.header().unwrap_err().contains("token file"),
+            "no file and no token before: an error, not an anonymous request"
+        );
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_read_again_keeps_the_last_good_one() {
+        let path = std::env::temp_dir().join(format!("ferry-token-keep-{}", std::process::id()));
+        std::fs::write(&path, "first\n").unwrap();
+        let t = Tokens::new(Token::File(path.clone()));
+        assert_eq!(t.header().unwrap(), "Bearer first");
+        std::fs::remove_file(&path).unwrap();
+        // Past the refresh interval, the file is gone (a rotation between unlink and rename).
+        t.cached.lock().as_mut().unwrap().0 -= Duration::from_millis(TOKEN_REFRESH_MS + 1);
+        assert_eq!(t.header().unwrap(), "Bearer first");
+        std::fs::write(&path, "second\n").unwrap();
+        t.cached.lock().as_mut().unwrap().0 -= Duration::from_millis(TOKEN_REFRESH_MS + 1);
+        assert_eq!(t.header().unwrap(), "Bearer second");
+        std::fs::remove_file(&path).unwrap();
     }
 }

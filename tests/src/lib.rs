@@ -416,10 +416,28 @@ impl Drop for Ferryd {
 
 /// Runs `ferry` with `--bootstrap addr`, feeding `stdin`.
 pub fn run_ferry(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    run_ferry_env(addr, args, stdin, &[("FERRY_CLI_CONFIG", "/dev/null")])
+}
+
+/// [`run_ferry`] with `env` set for the CLI (`FERRY_CLI_CONFIG` among them: [`run_ferry`] sets it to
+/// `/dev/null`, so no context of this machine's CLI config file applies). An empty `addr` gives no
+/// `--bootstrap` flag.
+pub fn run_ferry_env(
+    addr: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     use std::io::Write;
+    let bootstrap: &[&str] = if addr.is_empty() {
+        &[]
+    } else {
+        &["--bootstrap", addr]
+    };
     let mut child = Command::new(bin("ferry"))
-        .args(["--bootstrap", addr])
+        .args(bootstrap)
         .args(args)
+        .envs(env.iter().copied())
         // The SDK logs to stderr only when RUST_LOG asks, and tests assert on stderr.
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())

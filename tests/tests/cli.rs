@@ -246,6 +246,8 @@ fn a_closed_pipe_ends_consume_quietly() {
             "beginning",
         ])
         .env_remove("RUST_LOG")
+        // No contexts from this machine's CLI config file.
+        .env("FERRY_CLI_CONFIG", "/dev/null")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -42,6 +42,8 @@ impl Member {
         let child = Command::new(bin("ferry"))
             .args(&args)
             .env_remove("RUST_LOG")
+            // No contexts from this machine's CLI config file.
+            .env("FERRY_CLI_CONFIG", "/dev/null")
             .stdout(Stdio::from(file))
             .stderr(Stdio::inherit())
             .spawn()

@@ -10,16 +10,19 @@ pub const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:7400";
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Brokers to bootstrap from, tried in order.
+    /// Brokers to bootstrap from, tried in order [default: the context's, else 127.0.0.1:7400].
     #[arg(
         long,
         global = true,
         env = "FERRY_BOOTSTRAP",
         value_delimiter = ',',
-        default_value = BOOTSTRAP_DEFAULT,
         value_name = "HOST:PORT[,HOST:PORT...]"
     )]
-    pub bootstrap: Vec<String>,
+    pub bootstrap: Option<Vec<String>>,
+    /// Connection settings from this context of the CLI's config file (`ferry context`) [default: the
+    /// file's current context, if any].
+    #[arg(long, global = true, env = "FERRY_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -30,7 +33,7 @@ pub struct Cli {
 }
 
 /// TLS to the brokers (docs/security.md). Without `--tls-ca`, plaintext.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct TlsArgs {
     /// CA bundle (PEM) the brokers' certificates chain to; turns TLS on.
     #[arg(long, global = true, env = "FERRY_TLS_CA", value_name = "FILE")]
@@ -125,6 +128,38 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Named connection settings in the CLI's config file (needs no broker).
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the contexts (`*` marks the current one).
+    List,
+    /// Show a context's settings (default: the current one).
+    Show {
+        /// Context name.
+        name: Option<String>,
+    },
+    /// Save the connection flags given (--bootstrap, --tls-*, --token-file, or their FERRY_* variables)
+    /// as context NAME, replacing it; the first context saved becomes the current one.
+    Set {
+        /// Context name: 1-64 of a-z A-Z 0-9 . _ -
+        name: String,
+    },
+    /// Make NAME the current context.
+    Use {
+        /// Context name.
+        name: String,
+    },
+    /// Delete a context.
+    Delete {
+        /// Context name.
+        name: String,
     },
 }
 
@@ -499,7 +534,10 @@ mod tests {
     fn bootstrap_splits_on_commas() {
         let cli =
             Cli::try_parse_from(["ferry", "--bootstrap", "a:1,b:2", "topic", "list"]).unwrap();
-        assert_eq!(cli.bootstrap, vec!["a:1".to_owned(), "b:2".to_owned()]);
+        assert_eq!(
+            cli.bootstrap,
+            Some(vec!["a:1".to_owned(), "b:2".to_owned()])
+        );
         assert_eq!(cli.output, OutputFormat::Text);
     }
 }

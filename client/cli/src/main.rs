@@ -5,7 +5,9 @@
 //! - [`args`]: the command line (clap).
 //! - [`output`]: stdout buffering, text tables, JSON lines, broken-pipe handling.
 //! - [`json`]: the JSON shapes of `-o json`, a contract for scripts.
-//! - [`topic`], [`cluster`], [`group`], [`produce`], [`consume`], [`bench`]: one module per command group.
+//! - [`topic`], [`cluster`], [`group`], [`produce`], [`consume`], [`bench`], [`acl`]: one module per
+//!   command group.
+//! - [`context`]: named connection settings in the CLI's config file.
 //!
 //! Exit codes: 0 success (also when stdout's reader goes away), 1 any failure, with one line
 //! `error: <message>` on stderr, 2 a usage error (from clap).
@@ -15,6 +17,7 @@ mod args;
 mod bench;
 mod cluster;
 mod consume;
+mod context;
 mod group;
 mod hand_off;
 mod health;
@@ -55,13 +58,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(mut cli: Cli) -> Result<()> {
     if let Command::Token {
         command: args::TokenCommand::Hash,
     } = cli.command
     {
         return acl::hash_token();
     }
+    if let Command::Context { command } = cli.command {
+        return context::run(command, cli.bootstrap, &cli.tls, cli.output);
+    }
+    if let Some(c) = context::selected(cli.context.as_deref())? {
+        context::apply(&c, &mut cli.bootstrap, &mut cli.tls);
+    }
+    let bootstrap = cli
+        .bootstrap
+        .take()
+        .unwrap_or_else(|| vec![args::BOOTSTRAP_DEFAULT.to_owned()]);
     let mut config = ferry_client::ClientConfig::default();
     if let Some(ca) = &cli.tls.tls_ca {
         let a = &cli.tls;
@@ -77,7 +90,7 @@ async fn run(cli: Cli) -> Result<()> {
         (None, Some(f)) => Some(ferry_client::Token::File(f.clone())),
         (None, None) => None,
     };
-    let client = Client::connect_with(cli.bootstrap, config).await?;
+    let client = Client::connect_with(bootstrap, config).await?;
     let format = cli.output;
     match cli.command {
         Command::Topic { command } => topic::run(&client, command, format).await,
@@ -90,7 +103,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Group { command } => group::run(&client, command, format).await,
         Command::Bench { command } => bench::run(client, command, format).await,
         Command::Acl { command } => acl::run(&client, command, format).await,
-        Command::Token { .. } => unreachable!("handled before connecting"),
+        Command::Token { .. } | Command::Context { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
