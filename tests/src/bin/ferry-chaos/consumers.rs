@@ -38,11 +38,19 @@ pub struct Consumers {
     /// Which slot is replaced next.
     turn: usize,
     crash_next: bool,
+    /// Time spent on each record (`--consumer-delay-ms`).
+    delay: Duration,
 }
 
 impl Consumers {
-    /// Starts `n` members.
-    pub fn start(n: usize, brokers: Vec<String>, config: ClientConfig, h: Shared) -> Consumers {
+    /// Starts `n` members, each spending `delay` on every record.
+    pub fn start(
+        n: usize,
+        brokers: Vec<String>,
+        config: ClientConfig,
+        h: Shared,
+        delay: Duration,
+    ) -> Consumers {
         let mut c = Consumers {
             brokers,
             config,
@@ -51,6 +59,7 @@ impl Consumers {
             next_member: 0,
             turn: 0,
             crash_next: true,
+            delay,
         };
         for _ in 0..n {
             let slot = c.spawn();
@@ -63,18 +72,19 @@ impl Consumers {
         let member = self.next_member;
         self.next_member += 1;
         let end = Arc::new(AtomicU8::new(RUN));
-        let (brokers, config, h, flag) = (
+        let (brokers, config, h, flag, delay) = (
             self.brokers.clone(),
             self.config.clone(),
             self.h.clone(),
             end.clone(),
+            self.delay,
         );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("consumer runtime");
-            let left = rt.block_on(consume(member, brokers, config, flag, h));
+            let left = rt.block_on(consume(member, brokers, config, flag, h, delay));
             // A crash: every task of the member (heartbeats, readers, commits) is dropped where it stands.
             rt.shutdown_background();
             drop(left);
@@ -123,6 +133,7 @@ async fn consume(
     config: ClientConfig,
     end: Arc<AtomicU8>,
     h: Shared,
+    delay: Duration,
 ) -> Option<GroupConsumer> {
     let client = match Client::connect_with(brokers, config).await {
         Ok(c) => c,
@@ -163,6 +174,9 @@ async fn consume(
                 let value = String::from_utf8_lossy(&r.value).into_owned();
                 let offset = r.offset;
                 deliver(r.partition, Seen::Record { offset, value });
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
             }
             Ok(Some(Ok(GroupEvent::Assigned((_, p))))) => deliver(p, Seen::Assigned),
             Ok(Some(Ok(GroupEvent::Revoked((_, p))))) => deliver(p, Seen::Revoked),

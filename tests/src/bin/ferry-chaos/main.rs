@@ -34,6 +34,8 @@
 //!   members crash (dropped mid-flight) and close in turn every `--consumer-churn-secs` (default 10), at
 //!   least one crash per run (`order.rs`, `consumers.rs`);
 //! - `send_order`: a producer's values stored out of the order it sent them, per partition;
+//! - `--consumer-delay-ms N` makes every member spend N ms on each record, so the group lags behind the
+//!   producers (commits then land mid-log, where a wrong one takes effect);
 //! - per fault, the time from its start until every partition acknowledged a publish sent after it began.
 //!
 //! Prints one summary line, writes a JSON report (`--report`), and exits 1 on any violation.
@@ -84,6 +86,8 @@ struct Args {
     unavailable_max_ms: Option<u128>,
     /// How often a consumer of the group is replaced (crashes and closes in turn).
     consumer_churn: Duration,
+    /// How long a consumer spends on each record it is handed (a slow consumer, so the group lags).
+    consumer_delay: Duration,
     report: Option<String>,
 }
 
@@ -104,6 +108,7 @@ fn args() -> Result<Args, String> {
         allow_skip: Vec::new(),
         unavailable_max_ms: None,
         consumer_churn: Duration::from_secs(10),
+        consumer_delay: Duration::ZERO,
         report: None,
     };
     let mut it = std::env::args().skip(1);
@@ -126,6 +131,13 @@ fn args() -> Result<Args, String> {
             "--heal-secs" => a.heal = secs(value()?)?,
             "--consumer-churn-secs" => {
                 a.consumer_churn = secs(value()?)?.max(Duration::from_secs(1))
+            }
+            "--consumer-delay-ms" => {
+                a.consumer_delay = Duration::from_millis(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--consumer-delay-ms is a number of ms")?,
+                )
             }
             "--rate" => {
                 a.rate = value()?
@@ -250,8 +262,15 @@ async fn main() {
             h.clone(),
         )));
     }
-    let group =
-        block(|| consumers::Consumers::start(2, brokers.clone(), config.clone(), h.clone()));
+    let group = block(|| {
+        consumers::Consumers::start(
+            2,
+            brokers.clone(),
+            config.clone(),
+            h.clone(),
+            args.consumer_delay,
+        )
+    });
     let group = Arc::new(parking_lot::Mutex::new(Some(group)));
     let stop_churn = Arc::new(AtomicBool::new(false));
     let churn = tokio::spawn(consumers::churn(
