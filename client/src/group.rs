@@ -113,8 +113,13 @@ struct Shared {
     positions: HashMap<Tp, u64>,
     /// Partitions the application paused: their records wait.
     paused: HashSet<Tp>,
-    /// Reader generation per partition: records read before a seek (older generation) are dropped.
+    /// Reader generation per partition: records of an older reader (before a seek, or of an ownership
+    /// that ended, even if the partition came back to this member) are dropped.
     epochs: HashMap<Tp, u64>,
+    /// The last reader generation given out. Generations are never reused: a partition revoked and then
+    /// assigned to this member again must not take its old reader's records, still queued, for its own
+    /// (they would be handed out past the committed offset the new reader starts from).
+    last_epoch: u64,
     /// Until when the coordinator is sure to count this member in (the send time of the last answered
     /// heartbeat plus the session timeout). No record is handed out after it: by then the coordinator may
     /// have given the partitions to another member.
@@ -183,7 +188,10 @@ pub struct GroupConsumer {
     budget_max: usize,
     shared: Arc<Mutex<Shared>>,
     control: mpsc::Sender<Control>,
-    held: Vec<ConsumedRecord>,
+    /// Records read but not handed out yet (their partition paused, or an event went first), each with
+    /// the reader generation it came from: a record of an ownership that has since ended is never handed
+    /// out, even if the partition came back to this member (its new reader starts at the committed offset).
+    held: Vec<(u64, ConsumedRecord)>,
 }
 
 impl GroupConsumer {
@@ -267,7 +275,7 @@ impl GroupConsumer {
     /// position counts as handed out, so the next commit stores it.
     pub async fn seek(&mut self, tp: Tp, to: SeekTo) -> Result<(), ClientError> {
         self.held
-            .retain(|r| (r.topic.as_str(), r.partition) != (tp.0.as_str(), tp.1));
+            .retain(|(_, r)| (r.topic.as_str(), r.partition) != (tp.0.as_str(), tp.1));
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Seek(tp, to, tx))
@@ -329,12 +337,13 @@ impl GroupConsumer {
             if let Some(i) = self
                 .held
                 .iter()
-                .position(|r| !s.paused.contains(&(r.topic.clone(), r.partition)))
+                .position(|(_, r)| !s.paused.contains(&(r.topic.clone(), r.partition)))
             {
-                let r = self.held.remove(i);
+                let (epoch, r) = self.held.remove(i);
                 self.budget.add_permits(prefetch_cost(&r, self.budget_max));
                 let tp = (r.topic.clone(), r.partition);
-                if s.owned.contains(&tp) && s.leased(now) {
+                let current = s.owned.contains(&tp) && s.epochs.get(&tp) == Some(&epoch);
+                if current && s.leased(now) {
                     s.positions.insert(tp, r.offset + 1);
                     return Poll::Ready(Some(Ok(GroupEvent::Record(r))));
                 }
@@ -351,9 +360,9 @@ impl GroupConsumer {
                         // Keeps its share of the budget while held. An event queued since the check above
                         // goes first: a new ownership's `Assigned` precedes its records.
                         if s.paused.contains(&tp) {
-                            self.held.push(r);
+                            self.held.push((epoch, r));
                         } else {
-                            self.held.insert(0, r);
+                            self.held.insert(0, (epoch, r));
                         }
                         match s.events.pop_front() {
                             Some(e) => return Poll::Ready(Some(Ok(e))),
@@ -589,9 +598,10 @@ impl Member {
             let mut s = self.shared.lock();
             s.owned.insert(tp.clone());
             s.positions.insert(tp.clone(), offset);
-            let e = s.epochs.entry(tp.clone()).or_insert(0);
-            *e += 1;
-            *e
+            s.last_epoch += 1;
+            let e = s.last_epoch;
+            s.epochs.insert(tp.clone(), e);
+            e
         };
         let client = self.client.clone();
         let tx = self.records.clone();

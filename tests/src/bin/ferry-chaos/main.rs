@@ -43,7 +43,8 @@
 //!   cargo build --workspace --bins && target/debug/ferry-chaos --duration-secs 120 --report chaos.json
 //!
 //! `CHAOS_DUMP_ACKS=FILE` also writes one line per acknowledged publish (partition, sent and acknowledged
-//! ms since the schedule began), for looking at throughput over time.
+//! ms since the schedule began), for looking at throughput over time; `CHAOS_DUMP_DELIVERIES=FILE` one line per
+//! group event (ms, member, partition, assigned / revoked / record OFFSET).
 //!
 //! `--list-faults` prints every fault's name, one per line.
 //!
@@ -321,7 +322,10 @@ async fn main() {
     }
     stop_churn.store(true, Ordering::Relaxed);
     let _ = churn.await;
-    let drained_by = Instant::now() + Duration::from_secs(60);
+    // A minute to catch up, and with slow consumers (`--consumer-delay-ms`) time for one member to handle
+    // every acknowledged record once more.
+    let acked_so_far = h.lock().acked.len() as u32;
+    let drained_by = Instant::now() + Duration::from_secs(60) + args.consumer_delay * acked_so_far;
     loop {
         let lagging = match client.describe_group(GROUP).await {
             Ok(d) => d.partitions.iter().map(|p| p.lag).sum::<i64>(),
@@ -361,6 +365,24 @@ async fn main() {
         let text: String = lines
             .iter()
             .map(|(s, p, a)| format!("{p} {s} {a}\n"))
+            .collect();
+        let _ = std::fs::write(path, text);
+    }
+    if let Ok(path) = std::env::var("CHAOS_DUMP_DELIVERIES") {
+        // Debugging aid: every member's events in order (ms since the start, member, partition, event).
+        let text: String = h
+            .lock()
+            .deliveries
+            .iter()
+            .map(|d| {
+                let what = match &d.what {
+                    load::Seen::Assigned => "assigned".to_owned(),
+                    load::Seen::Revoked => "revoked".to_owned(),
+                    load::Seen::Record { offset, .. } => format!("record {offset}"),
+                };
+                let ms = d.at.saturating_duration_since(started).as_millis();
+                format!("{ms} {} {} {what}\n", d.member, d.partition)
+            })
             .collect();
         let _ = std::fs::write(path, text);
     }
