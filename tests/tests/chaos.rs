@@ -43,6 +43,7 @@ fn a_short_chaos_run_keeps_every_acknowledged_message() {
     );
     for clean in [
         "lost=0 ",
+        "phantom=0 ",
         "duplicated=0 ",
         "inconsistent=0 ",
         "unseen=0 ",
@@ -54,6 +55,11 @@ fn a_short_chaos_run_keeps_every_acknowledged_message() {
         "panics=0 ",
         "replica_disagreements=0 ",
         "unavailable_over_bound=0 ",
+        "overlapping_owners=0 ",
+        "outside_ownership=0 ",
+        "poll_order=0 ",
+        "poll_skips=0 ",
+        "send_order=0 ",
     ] {
         assert!(summary.contains(clean), "{summary}");
     }

@@ -62,6 +62,13 @@ pub fn check(
         .filter(|v| !at.contains_key(v.as_str()))
         .collect();
     let duplicated = at.values().filter(|places| places.len() > 1).count();
+    // Values in the log that no producer sent (every send ended acknowledged or failed before the drain):
+    // made up, or damaged into another value.
+    let phantom: Vec<&str> = at
+        .keys()
+        .filter(|v| !h.acked.contains_key(**v) && !h.failed.contains(**v))
+        .copied()
+        .collect();
     let mut inconsistent = 0;
     for (v, (p, o, _, _)) in &h.acked {
         if log[p].get(*o as usize) != Some(v) {
@@ -174,6 +181,7 @@ pub fn check(
         .filter(|v| at.contains_key(v.as_str()))
         .count();
     let violations = lost.len()
+        + phantom.len()
         + duplicated
         + inconsistent
         + unseen
@@ -192,8 +200,9 @@ pub fn check(
         + order.skips.len()
         + send_order.len();
     let line = format!(
-        "lost={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} not_run={} hung_stops={} died={} panics={} replica_disagreements={} unavailable_over_bound={} overlapping_owners={} outside_ownership={} poll_order={} poll_skips={} send_order={} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} consumer_crashes={} consumer_closes={} max_unavailable_ms={max_unavailable}",
+        "lost={} phantom={} duplicated={duplicated} inconsistent={inconsistent} unseen={unseen} commit_regressions={regressions} commit_beyond_end={beyond} stuck_membership={stuck_changes} not_run={} hung_stops={} died={} panics={} replica_disagreements={} unavailable_over_bound={} overlapping_owners={} outside_ownership={} poll_order={} poll_skips={} send_order={} stale_end_views={stale_views} acked={} failed={} failed_visible={failed_visible} polled={} faults={} skipped={} consumer_crashes={} consumer_closes={} max_unavailable_ms={max_unavailable}",
         lost.len(),
+        phantom.len(),
         not_run.len(),
         run.hung_stops,
         run.died.len(),
@@ -215,6 +224,7 @@ pub fn check(
     );
     let report = serde_json::json!({
         "lost": lost.len(), "lost_examples": lost.iter().take(10).collect::<Vec<_>>(),
+        "phantom": phantom.len(), "phantom_examples": phantom.iter().take(10).collect::<Vec<_>>(),
         "duplicated": duplicated, "inconsistent": inconsistent, "unseen": unseen,
         "commit_regressions": regressions, "commit_beyond_end": beyond, "stuck_membership": stuck_changes, "stale_end_views": stale_views,
         "acked": h.acked.len(), "failed": h.failed.len(), "failed_visible": failed_visible,

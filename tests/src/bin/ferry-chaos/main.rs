@@ -9,7 +9,7 @@
 //! fourth broker joining and leaving, also with the controller's leader killed while each change is in
 //! flight), heals, drains every partition from the beginning and checks the whole history:
 //!
-//! - `lost`: acknowledged values missing from the log;
+//! - `lost`: acknowledged values missing from the log; `phantom`: values in the log no producer sent;
 //! - `duplicated`: values stored at two offsets (zero with idempotent producers);
 //! - `inconsistent`: an acknowledged or consumed offset holding another value than the log has there;
 //! - `unseen`: acknowledged values the group never delivered (at-least-once);
