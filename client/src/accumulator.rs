@@ -2,12 +2,13 @@
 //! sent. The producer task ([`producer_task`](crate::producer_task)) owns one and does the I/O.
 //!
 //! Per partition there is at most one open batch (being filled), a queue of sealed batches, and at most
-//! one batch in flight, so a partition's batches are stored in the order they were sent. Different
-//! partitions are independent and run in parallel.
+//! `in_flight_max` batches in flight (1 unless the producer is idempotent: its sequence numbers keep the
+//! stored order the send order however the requests race). Different partitions are independent and run
+//! in parallel.
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max`, when its linger time has
-//! passed since its first record (or, if the partition still has a batch queued or in flight then, when
-//! that one is done: a slow round trip grows batches instead of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
+//! passed since its first record (or, if the partition has a batch queued or all its in-flight slots taken
+//! then, when one is done: a slow round trip grows batches instead of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
 //! the order they were opened, and one queue sorted by opening time serves as the timer wheel.
 //!
 //! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
@@ -98,7 +99,8 @@ impl<A> OpenBatch<A> {
 struct PartitionState<A> {
     open: Option<OpenBatch<A>>,
     ready: VecDeque<SealedBatch<A>>,
-    in_flight: bool,
+    /// Batches sent and not completed.
+    in_flight: usize,
 }
 
 impl<A> Default for PartitionState<A> {
@@ -106,7 +108,7 @@ impl<A> Default for PartitionState<A> {
         PartitionState {
             open: None,
             ready: VecDeque::new(),
-            in_flight: false,
+            in_flight: 0,
         }
     }
 }
@@ -142,6 +144,7 @@ impl<A> Accumulator<A> {
             sealer: Sealer {
                 dispatchable: VecDeque::new(),
                 compression: Compression::None,
+                in_flight_max: 1,
             },
             unfinished: BTreeSet::new(),
             next_batch_id: 0,
@@ -151,6 +154,13 @@ impl<A> Accumulator<A> {
     /// Compresses sealed batches with `compression` (when that makes them smaller).
     pub fn with_compression(mut self, compression: Compression) -> Self {
         self.sealer.compression = compression;
+        self
+    }
+
+    /// Lets up to `n` batches of a partition be in flight at once (default 1).
+    pub fn with_in_flight_max(mut self, n: usize) -> Self {
+        assert!(n >= 1, "at least one batch in flight");
+        self.sealer.in_flight_max = n;
         self
     }
 
@@ -202,7 +212,7 @@ impl<A> Accumulator<A> {
             }
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
-            let busy = state.in_flight || !state.ready.is_empty();
+            let busy = state.in_flight >= self.sealer.in_flight_max || !state.ready.is_empty();
             let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
                 continue;
             };
@@ -241,17 +251,18 @@ impl<A> Accumulator<A> {
         !self.sealer.dispatchable.is_empty()
     }
 
-    /// Sealed batches that may be sent now, at most one per partition; each is marked in flight until
-    /// [`Accumulator::complete`] is called for it.
+    /// Sealed batches that may be sent now, in each partition's order and up to its free in-flight slots;
+    /// each is in flight until [`Accumulator::complete`] is called for it.
     pub fn take_dispatchable(&mut self) -> Vec<SealedBatch<A>> {
         let mut out = Vec::new();
+        let max = self.sealer.in_flight_max;
         while let Some((topic, partition)) = self.sealer.dispatchable.pop_front() {
             let state = partition_state(&mut self.topics, &topic, partition);
-            if state.in_flight {
-                continue;
-            }
-            if let Some(batch) = state.ready.pop_front() {
-                state.in_flight = true;
+            while state.in_flight < max {
+                let Some(batch) = state.ready.pop_front() else {
+                    break;
+                };
+                state.in_flight += 1;
                 out.push(batch);
             }
         }
@@ -262,8 +273,11 @@ impl<A> Accumulator<A> {
     pub fn complete(&mut self, topic: &str, partition: u32, id: u64) {
         let topic = self.topic_key(topic);
         let state = partition_state(&mut self.topics, &topic, partition);
-        assert!(state.in_flight, "completing a batch that is not in flight");
-        state.in_flight = false;
+        assert!(
+            state.in_flight > 0,
+            "completing a batch that is not in flight"
+        );
+        state.in_flight -= 1;
         if !state.ready.is_empty() {
             self.sealer
                 .dispatchable
@@ -330,15 +344,17 @@ fn push_record<A>(open: &mut OpenBatch<A>, record: PendingRecord<A>, size: usize
 }
 
 /// Where sealed batches go: the queue of partitions that may have a batch to send (checked, and duplicates
-/// ignored, by [`Accumulator::take_dispatchable`]), and the codec batches are sealed with.
+/// ignored, by [`Accumulator::take_dispatchable`]), the codec batches are sealed with, and how many
+/// batches of a partition may be in flight.
 struct Sealer {
     dispatchable: VecDeque<(Arc<str>, u32)>,
     compression: Compression,
+    in_flight_max: usize,
 }
 
 impl Sealer {
     /// Seals the open batch of `partition` of `topic` into its ready queue, and announces the partition
-    /// when nothing of it is in flight.
+    /// when it has a free in-flight slot.
     fn seal<A>(&mut self, state: &mut PartitionState<A>, topic: &Arc<str>, partition: u32) {
         let open = state.open.take().expect("sealing an open batch");
         debug_assert!(!open.acks.is_empty(), "open batches hold a record");
@@ -350,7 +366,7 @@ impl Sealer {
             acks: open.acks,
             records_bytes: open.records_bytes,
         });
-        if !state.in_flight {
+        if state.in_flight < self.in_flight_max {
             self.dispatchable.push_back((topic.clone(), partition));
         }
     }
@@ -422,6 +438,39 @@ mod tests {
         acc.complete("t", 0, second[0].id);
         assert!(acc.take_dispatchable().is_empty(), "the open batch lingers");
         assert!(!acc.is_idle());
+    }
+
+    #[test]
+    fn an_idempotent_producer_keeps_several_batches_of_a_partition_in_flight_in_order() {
+        let one = record_size(None, &[0; 100], &[]);
+        let mut acc =
+            Accumulator::new(HEADER_LEN + one, Duration::from_secs(60)).with_in_flight_max(3);
+        let now = Instant::now();
+        for i in 0..5 {
+            acc.append("t", 0, record(i, &[i as u8; 100]), now);
+        }
+        let first = acc.take_dispatchable();
+        let acks: Vec<Vec<u32>> = first.iter().map(|b| b.acks.clone()).collect();
+        assert_eq!(
+            acks,
+            [vec![0], vec![1], vec![2]],
+            "three in flight, in order"
+        );
+        assert!(acc.take_dispatchable().is_empty(), "no more than three");
+        // Completions may come in any order; each frees a slot for the next batch in order.
+        acc.complete("t", 0, first[1].id);
+        let next = acc.take_dispatchable();
+        assert_eq!(
+            next.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
+            [vec![3]]
+        );
+        acc.complete("t", 0, first[0].id);
+        acc.complete("t", 0, first[2].id);
+        let last = acc.take_dispatchable();
+        assert_eq!(
+            last.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
+            [vec![4]]
+        );
     }
 
     #[test]

@@ -3,9 +3,13 @@
 //! ([`producer_task`](crate::producer_task)), which batches and publishes. Each send returns a
 //! [`Delivery`] that resolves when the record is acknowledged.
 //!
-//! Ordering: records sent to one partition from one handle are stored in send order while no publish
-//! fails, since a partition has one batch in flight at a time. A failed batch fails its records (after the
-//! client's retries) and later batches still go, as in Kafka without idempotence.
+//! Ordering: records sent to one partition from one handle are stored in send order. An idempotent
+//! producer keeps up to `in_flight_per_partition_max` batches of a partition in flight; their sequence
+//! numbers make the broker store them in send order whatever order they arrive in (one ahead of its
+//! sequence waits for the ones before it), and after a batch fails for good no new batch goes until every
+//! batch in flight is done (they then go under a new producer id). Without idempotence a partition has one
+//! batch in flight at a time; a failed batch fails its records (after the client's retries) and later
+//! batches still go, as in Kafka without idempotence.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +34,13 @@ pub const LINGER_MS_MAX: u64 = 60_000;
 pub const BATCH_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Smallest `batch_bytes_max` accepted (bytes): below this, batching stops paying off.
 pub const BATCH_BYTES_MAX_MIN: usize = 1024;
+/// Default bound on an idempotent producer's batches in flight per partition (Kafka's default too).
+pub const IN_FLIGHT_PER_PARTITION_MAX_DEFAULT: usize = 5;
+/// Largest `in_flight_per_partition_max` accepted: a broker remembers a producer's last 5 batches per
+/// partition, so a retry of any batch in flight is recognized (and never written twice or refused for an
+/// unknown outcome). Kafka bounds `max.in.flight.requests.per.connection` to 5 with idempotence for the
+/// same reason.
+pub const IN_FLIGHT_PER_PARTITION_LIMIT: usize = 5;
 /// Default bound on bytes of records sent but not yet acknowledged.
 pub const IN_FLIGHT_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// Commands queued between handles and the task. Backpressure is by bytes (the semaphore); this only
@@ -55,6 +66,9 @@ pub struct ProducerConfig {
     /// Idempotent publishing (default on): the broker gives this producer an id, each batch carries a
     /// per-partition sequence number, and a batch retried after a lost answer is written once.
     pub idempotence: bool,
+    /// Batches of one partition in flight at once (1 to 5, default 5), with idempotence; without it,
+    /// always 1, so nothing reorders. More in flight keep a partition's pipe full across round trips.
+    pub in_flight_per_partition_max: usize,
     /// Batch compression (default none): LZ4, marked in the batch attributes, used when it makes a batch
     /// smaller. Brokers store and serve compressed batches as they are; consumers decompress.
     pub compression: ferry_protocol::batch::Compression,
@@ -68,6 +82,7 @@ impl Default for ProducerConfig {
             acks: Acks::All,
             in_flight_bytes_max: IN_FLIGHT_BYTES_MAX_DEFAULT,
             idempotence: true,
+            in_flight_per_partition_max: IN_FLIGHT_PER_PARTITION_MAX_DEFAULT,
             compression: ferry_protocol::batch::Compression::None,
         }
     }
@@ -87,6 +102,12 @@ impl ProducerConfig {
             return refuse(format!(
                 "batch_bytes_max must be {BATCH_BYTES_MAX_MIN} to {hard_max}, not {}",
                 self.batch_bytes_max
+            ));
+        }
+        if !(1..=IN_FLIGHT_PER_PARTITION_LIMIT).contains(&self.in_flight_per_partition_max) {
+            return refuse(format!(
+                "in_flight_per_partition_max must be 1 to {IN_FLIGHT_PER_PARTITION_LIMIT}, not {}",
+                self.in_flight_per_partition_max
             ));
         }
         if self.in_flight_bytes_max < self.batch_bytes_max
@@ -124,11 +145,17 @@ impl Producer {
         let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE_LEN);
         let (finished_tx, finished) = watch::channel(());
         let in_flight_bytes = Arc::new(Semaphore::new(config.in_flight_bytes_max));
+        let in_flight_max = if config.idempotence {
+            config.in_flight_per_partition_max
+        } else {
+            1
+        };
         let accumulator = Accumulator::new(
             config.batch_bytes_max,
             Duration::from_millis(config.linger_ms),
         )
-        .with_compression(config.compression);
+        .with_compression(config.compression)
+        .with_in_flight_max(in_flight_max);
         let task = ProducerTask::new(
             client.clone(),
             config.acks,

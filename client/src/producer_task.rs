@@ -1,6 +1,7 @@
 //! The producer's background task: the I/O shell around the [`Accumulator`]. It takes commands from
-//! [`Producer`](crate::Producer) handles, seals batches on size, linger or flush, publishes them (one in
-//! flight per partition, partitions in parallel), and resolves each record's [`Delivery`](crate::Delivery).
+//! [`Producer`](crate::Producer) handles, seals batches on size, linger or flush, publishes them (up to the
+//! accumulator's bound in flight per partition, partitions in parallel), and resolves each record's
+//! [`Delivery`](crate::Delivery).
 //!
 //! Work is paced on the task's own loop rather than per record: each turn takes up to
 //! [`COMMANDS_PER_TURN_MAX`] queued commands before dispatching, so bursts become full batches.
@@ -61,8 +62,11 @@ enum Event {
 }
 
 /// Idempotence state: the producer id the broker gave and the next sequence number per partition. A batch
-/// is stamped when it is sent (one in flight per partition, so sequences go out in order). After a batch
-/// fails for good its outcome is unknown, so the producer takes a new id and starts sequences afresh.
+/// is stamped when it is sent, in each partition's order, so sequences follow the send order (the broker
+/// stores a partition's batches in sequence order however their requests race). After a batch fails for
+/// good its outcome is unknown, so the producer takes a new id and starts sequences afresh, but only once
+/// every batch still in flight under the old id is done: a new id's batches could otherwise be stored
+/// before the old id's retries.
 #[derive(Default)]
 struct Idempotence {
     identity: Option<(i64, i16)>,
@@ -225,7 +229,8 @@ impl ProducerTask {
     fn dispatch(&mut self) {
         if let Some(idem) = self.idempotence.as_mut() {
             if idem.identity.is_none() {
-                if idem.asking.is_none() && self.accumulator.has_dispatchable() {
+                let drained = self.in_flight.is_empty();
+                if drained && idem.asking.is_none() && self.accumulator.has_dispatchable() {
                     let client = self.client.clone();
                     idem.asking = Some(Box::pin(async move { client.init_producer().await }));
                 }

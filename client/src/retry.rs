@@ -29,14 +29,15 @@ pub fn is_retriable(err: &ClientError) -> bool {
 
 /// Whether `err` may succeed if tried again, for a request that is safe to repeat even when its first
 /// attempt may have taken effect (an idempotent producer's publish: the leader recognizes the retry).
-/// Besides [`is_retriable`]: a connection broken mid-request, a timed-out attempt, and a replica that fenced
-/// itself (full disk, storage failure: another replica takes over the partition).
+/// Besides [`is_retriable`]: a connection broken mid-request, a timed-out attempt, a replica that fenced
+/// itself (full disk, storage failure: another replica takes over the partition), and ABORTED: a batch
+/// ahead of its sequence whose predecessors had not arrived yet (they may be in flight or retrying).
 pub fn is_retriable_when_idempotent(err: &ClientError) -> bool {
     is_retriable(err)
         || matches!(err, ClientError::Timeout { .. })
         || matches!(err, ClientError::Status { code, .. }
             if matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-                | tonic::Code::ResourceExhausted | tonic::Code::DataLoss))
+                | tonic::Code::ResourceExhausted | tonic::Code::DataLoss | tonic::Code::Aborted))
 }
 
 /// The pause before retry number `retry` (1 for the first retry): exponential from the configured minimum,

@@ -296,7 +296,8 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
 
 /// An idempotent producer publishes 20,000 messages while partition leaders are killed with kill -9 and
 /// restarted; its retries after lost answers are recognized by the new leaders, so every message is in the
-/// log exactly once.
+/// log exactly once, and in the order it was sent though the producer keeps five batches of a partition in
+/// flight (they may reach a new leader in any order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
     // Multi-broker timing: never beside another test of this binary (see ferry_tests::serial).
@@ -399,7 +400,17 @@ async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
     let routes = leaders(&brokers, "idem").await;
     let mut count: HashMap<String, usize> = HashMap::new();
     for p in 0..3 {
+        // The producer keeps several batches of a partition in flight; through the kills and retries the
+        // partition still holds its records in the order they were sent.
+        let mut last: Option<usize> = None;
         for v in read_all(&routes[&p], "idem", p).await {
+            let i: usize = v[1..].parse().unwrap();
+            assert!(
+                last.is_none_or(|l| i > l),
+                "partition {p}: m{i} stored after m{}",
+                last.unwrap()
+            );
+            last = Some(i);
             *count.entry(v).or_default() += 1;
         }
     }

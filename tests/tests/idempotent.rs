@@ -1,7 +1,7 @@
 //! The idempotent producer's rules as the broker enforces them, end to end through the Publish RPC with
 //! hand-stamped batches (docs/design.md, idempotent producer): a retried batch is answered with where it
 //! landed and stored once (also a batch a few back in the window, also after a restart, which rebuilds the
-//! table from the log); a sequence gap is refused; an older epoch is fenced by a newer one; sequences wrap
+//! table from the log); a sequence gap is refused (ABORTED, after waiting for the batches before it); an older epoch is fenced by a newer one; sequences wrap
 //! from 2^31-1 to 0.
 
 use ferry_protocol::batch::{BatchBuilder, ProducerStamp};
@@ -57,9 +57,9 @@ fn dups(broker: &Ferryd) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn refused(r: Result<u64, tonic::Status>, says: &str) {
+fn refused(r: Result<u64, tonic::Status>, code: Code, says: &str) {
     let e = r.expect_err("refused");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code(), code, "{e:?}");
     assert!(e.message().contains(says), "{says}: {e:?}");
 }
 
@@ -98,9 +98,11 @@ async fn retries_are_deduplicated_gaps_refused_epochs_fenced_and_sequences_wrap(
         "a batch further back in the window too"
     );
     assert_eq!(dups(&broker) - before, 2.0, "both answered as duplicates");
-    // A gap: an earlier batch is missing, so this one is refused and nothing is written.
+    // A gap: an earlier batch is missing. It waits for it (500 ms), then is refused, retriably (ABORTED),
+    // and nothing is written.
     refused(
         publish(&broker, batch(id, epoch, 9, 1, "gap")).await,
+        Code::Aborted,
         "out-of-order",
     );
     // The next in sequence goes on.
@@ -130,6 +132,7 @@ async fn retries_are_deduplicated_gaps_refused_epochs_fenced_and_sequences_wrap(
     );
     refused(
         publish(&broker, batch(id, epoch, 6, 1, "zombie")).await,
+        Code::FailedPrecondition,
         "fenced",
     );
 
@@ -141,6 +144,7 @@ async fn retries_are_deduplicated_gaps_refused_epochs_fenced_and_sequences_wrap(
     assert_eq!(publish(&broker, wrapping.clone()).await.unwrap(), 7);
     refused(
         publish(&broker, batch(qid, qepoch, 0, 1, "dup-seq")).await,
+        Code::FailedPrecondition,
         "out-of-order",
     );
     assert_eq!(

@@ -21,9 +21,14 @@ pub enum ReplicaError {
     NoLease,
     #[error("{0}")]
     OutOfRange(String),
-    /// An idempotent producer's batch out of sequence, or from a fenced epoch.
+    /// An idempotent producer's batch out of sequence (a retry from before its window), or from a fenced
+    /// epoch: retrying it cannot help.
     #[error("{0}")]
     Sequence(String),
+    /// An idempotent producer's batch ahead of its sequence whose predecessors did not arrive within the
+    /// wait (`SEQUENCE_WAIT_MS`): it may be written once they have, so the producer may retry it.
+    #[error("{0}")]
+    Gap(String),
 }
 
 /// A durable acknowledgement: where the batch's records are.

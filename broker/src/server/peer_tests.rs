@@ -332,9 +332,9 @@ async fn a_new_leader_recognizes_a_retry_the_old_leader_wrote() {
     // A retry of either is answered with its offset and not written again.
     assert_eq!(publish_bytes(&r, stamped("b", 9, 1)).await.unwrap(), 1);
     assert_eq!(publish_bytes(&r, stamped("a", 9, 0)).await.unwrap(), 0);
-    // A gap is refused.
+    // A gap is refused, once the batch has waited for the ones before it.
     match publish_bytes(&r, stamped("d", 9, 3)).await {
-        Err(ReplicaError::Sequence(why)) => assert!(why.contains("expected 2"), "{why}"),
+        Err(ReplicaError::Gap(why)) => assert!(why.contains("expected 2"), "{why}"),
         other => panic!("a sequence gap was accepted: {other:?}"),
     }
     // The leader dies; the new one knows what producer 9 wrote (its table comes from the log).

@@ -42,6 +42,8 @@ pub fn to_status(e: BrokerError) -> Status {
             ReplicaError::DiskFull(_) => Status::resource_exhausted(r.to_string()),
             ReplicaError::OutOfRange(_) => Status::out_of_range(r.to_string()),
             ReplicaError::Sequence(_) => Status::failed_precondition(r.to_string()),
+            // gRPC's own meaning of ABORTED: a sequencer check failed, retry at a higher level.
+            ReplicaError::Gap(_) => Status::aborted(r.to_string()),
             ReplicaError::Failed(_) => Status::data_loss(r.to_string()),
         },
     }

@@ -505,6 +505,9 @@ pub struct BenchProduceArgs {
     /// Producer batch limit (bytes).
     #[arg(long, default_value_t = ferry_client::producer::BATCH_BYTES_MAX_DEFAULT)]
     pub batch_bytes: usize,
+    /// Batches of a partition in flight at once (1-5).
+    #[arg(long, default_value_t = ferry_client::producer::IN_FLIGHT_PER_PARTITION_MAX_DEFAULT)]
+    pub in_flight: usize,
     /// Wait for each message's acknowledgement before sending the next (one in flight: measures the
     /// latency of a single durable publish rather than throughput).
     #[arg(long)]

@@ -41,6 +41,7 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
         linger_ms: args.linger_ms,
         batch_bytes_max: args.batch_bytes,
         compression: args.compression.into(),
+        in_flight_per_partition_max: args.in_flight,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;

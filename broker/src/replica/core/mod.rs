@@ -242,6 +242,9 @@ pub struct ReplicaCore<R> {
     name: String,
     apply: Option<Box<dyn Apply>>,
     pending: VecDeque<Pending<R>>,
+    /// Idempotent publishes that arrived ahead of their producer's sequence, waiting for the batches
+    /// before them (see `propose.rs`).
+    parked: VecDeque<propose::Parked<R>>,
     ticks: u64,
     /// Followers in raft-rs's Snapshot state, and the tick at which this leader first saw them there.
     snapshot_since: HashMap<u64, u64>,
@@ -317,6 +320,7 @@ impl<R> ReplicaCore<R> {
             name,
             apply,
             pending: VecDeque::new(),
+            parked: VecDeque::new(),
             ticks: 0,
             snapshot_since: HashMap::new(),
             fsync: config.fsync,
@@ -362,6 +366,7 @@ impl<R> ReplicaCore<R> {
             return;
         }
         self.now = now;
+        self.expire_parked();
         match event {
             Event::Ticks(passed) => {
                 // A shell that fell behind catches up on the ticks it missed (bounded).
@@ -488,6 +493,11 @@ impl<R> ReplicaCore<R> {
             if let Some(r) = p.reply.take() {
                 self.actions.push_back(Action::Answer(r, Err(err.clone())));
             }
+        }
+        // Never proposed, so never in the log: whatever the reason, the publisher may simply retry.
+        for p in std::mem::take(&mut self.parked) {
+            self.actions
+                .push_back(Action::Answer(p.proposal.reply, Err(err.clone())));
         }
     }
 

@@ -1,6 +1,7 @@
 //! Proposals: publishes into Raft, with idempotent producers' duplicates answered, not appended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::StateRole;
@@ -11,9 +12,15 @@ use crate::replica::types::{Ack, ReplicaError};
 
 impl<R> ReplicaCore<R> {
     pub(super) fn propose(&mut self, proposals: Vec<Proposal<R>>) {
+        self.propose_waited(proposals.into_iter().map(|p| (p, None)).collect());
+    }
+
+    /// [`ReplicaCore::propose`] of publishes each with the deadline of its wait for earlier sequences,
+    /// if it was parked.
+    fn propose_waited(&mut self, proposals: VecDeque<(Proposal<R>, Option<Instant>)>) {
         if self.node.raft.state != StateRole::Leader {
             let leader = self.node.raft.leader_id;
-            for p in proposals {
+            for (p, _) in proposals {
                 self.actions.push_back(Action::Answer(
                     p.reply,
                     Err(ReplicaError::NotLeader { leader }),
@@ -63,10 +70,15 @@ impl<R> ReplicaCore<R> {
     }
 
     /// Answers idempotent producers' retries of batches already written (with their offsets, once
-    /// committed) and refuses sequence gaps and fenced epochs; returns the proposals to write.
-    fn deduplicate(&mut self, proposals: Vec<Proposal<R>>) -> Vec<Proposal<R>> {
-        if proposals.iter().all(|p| p.header.producer_id < 0) {
-            return proposals;
+    /// committed), holds batches that arrived ahead of their sequence until the ones before them come,
+    /// and refuses sequence gaps that stay open and fenced epochs; returns the proposals to write, in
+    /// sequence order per producer.
+    fn deduplicate(
+        &mut self,
+        proposals: VecDeque<(Proposal<R>, Option<Instant>)>,
+    ) -> Vec<Proposal<R>> {
+        if self.parked.is_empty() && proposals.iter().all(|(p, _)| p.header.producer_id < 0) {
+            return proposals.into_iter().map(|(p, _)| p).collect();
         }
         let committed = self.node.raft.raft_log.committed;
         let storage = self.storage.clone();
@@ -74,62 +86,189 @@ impl<R> ReplicaCore<R> {
         // Sequences accepted earlier in this same step (not in the log yet).
         let mut accepted: HashMap<i64, (i16, i32)> = Default::default();
         let mut out = Vec::with_capacity(proposals.len());
-        for p in proposals {
+        // Each with the deadline it got when first parked, if it was.
+        let mut queue = proposals;
+        while let Some((p, parked_until)) = queue.pop_front() {
             let h = &p.header;
             if h.producer_id < 0 || h.base_sequence < 0 {
                 out.push(p);
                 continue;
             }
+            let waited_out = parked_until.is_some_and(|until| until <= self.now);
             let verdict = match accepted.get(&h.producer_id) {
                 Some(&(epoch, next)) if epoch == h.producer_epoch => {
                     if h.base_sequence == next {
-                        Ok(())
+                        Verdict::Write
                     } else if sequence_before(h.base_sequence, next) {
-                        Err(ReplicaError::Dropped(
+                        Verdict::Refuse(ReplicaError::Dropped(
                             "duplicate of a batch being written; retry".into(),
                         ))
+                    } else if waited_out {
+                        Verdict::Refuse(gap(h.producer_id, next, h.base_sequence))
                     } else {
-                        Err(ReplicaError::Sequence(format!(
-                            "out-of-order sequence from producer {}: expected {next}, got {}",
-                            h.producer_id, h.base_sequence
-                        )))
+                        Verdict::Park
                     }
                 }
                 _ => match core.producers.check(h) {
-                    Check::Write => Ok(()),
+                    Check::Write => Verdict::Write,
+                    // A new producer's first batch is sequence 0; a later one that came first waits
+                    // for it. Once the wait is over it is written anyway: the producer may have been
+                    // forgotten (evicted, or older than the table rebuilt at open) and go on from where
+                    // it was.
+                    Check::New if h.base_sequence == 0 || waited_out => Verdict::Write,
+                    Check::New => Verdict::Park,
                     Check::Duplicate(w) if w.raft_index <= committed => {
                         metrics::counter!("ferry_publish_duplicates_total").increment(1);
-                        self.actions.push_back(Action::Answer(
-                            p.reply,
-                            Ok(Ack {
-                                base_offset: w.base_offset,
-                                record_count: w.record_count,
-                            }),
-                        ));
-                        continue;
+                        Verdict::Answered(Ack {
+                            base_offset: w.base_offset,
+                            record_count: w.record_count,
+                        })
                     }
-                    Check::Duplicate(_) => Err(ReplicaError::Dropped(
+                    Check::Duplicate(_) => Verdict::Refuse(ReplicaError::Dropped(
                         "duplicate of a batch being replicated; retry".into(),
                     )),
-                    Check::OutOfOrder { expected, got } => Err(ReplicaError::Sequence(format!(
-                        "out-of-order sequence from producer {}: expected {expected}, got {got}",
-                        h.producer_id
-                    ))),
-                    Check::Fenced { current, got } => Err(ReplicaError::Sequence(format!(
-                        "producer {} epoch {got} is fenced by epoch {current}",
-                        h.producer_id
-                    ))),
+                    Check::OutOfOrder { expected, got } if sequence_before(expected, got) => {
+                        if waited_out {
+                            Verdict::Refuse(gap(h.producer_id, expected, got))
+                        } else {
+                            Verdict::Park
+                        }
+                    }
+                    // Behind the window of batches remembered: an old retry whose fate is unknown.
+                    Check::OutOfOrder { expected, got } => {
+                        Verdict::Refuse(ReplicaError::Sequence(format!(
+                            "out-of-order sequence from producer {}: expected {expected}, got {got} \
+                             (older than the batches remembered)",
+                            h.producer_id
+                        )))
+                    }
+                    Check::Fenced { current, got } => {
+                        Verdict::Refuse(ReplicaError::Sequence(format!(
+                            "producer {} epoch {got} is fenced by epoch {current}",
+                            h.producer_id
+                        )))
+                    }
                 },
             };
             match verdict {
-                Ok(()) => {
+                Verdict::Write => {
+                    let (id, epoch) = (h.producer_id, h.producer_epoch);
                     let next = next_sequence(h.base_sequence, h.record_count);
-                    accepted.insert(h.producer_id, (h.producer_epoch, next));
+                    accepted.insert(id, (epoch, next));
                     out.push(p);
+                    self.unpark(id, epoch, next, &mut queue);
                 }
-                Err(e) => self.actions.push_back(Action::Answer(p.reply, Err(e))),
+                Verdict::Answered(ack) => self.actions.push_back(Action::Answer(p.reply, Ok(ack))),
+                Verdict::Refuse(e) => self.actions.push_back(Action::Answer(p.reply, Err(e))),
+                Verdict::Park if self.parked.len() >= PARKED_MAX => {
+                    self.actions.push_back(Action::Answer(
+                        p.reply,
+                        Err(ReplicaError::Dropped(format!(
+                            "{PARKED_MAX} publishes already wait for earlier sequences; retry"
+                        ))),
+                    ));
+                }
+                Verdict::Park => {
+                    if parked_until.is_none() {
+                        metrics::counter!("ferry_publish_sequence_waits_total").increment(1);
+                    }
+                    self.parked.push_back(Parked {
+                        until: parked_until
+                            .unwrap_or(self.now + Duration::from_millis(SEQUENCE_WAIT_MS)),
+                        proposal: p,
+                    });
+                }
             }
         }
         out
     }
+
+    /// Puts the parked publishes of producer `id` at `epoch` back at the front of `queue`, nearest to its
+    /// `next` sequence first: the one just accepted may be what they waited for (or they are retries of
+    /// it, refused as being written).
+    fn unpark(
+        &mut self,
+        id: i64,
+        epoch: i16,
+        next: i32,
+        queue: &mut VecDeque<(Proposal<R>, Option<Instant>)>,
+    ) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let (mut mine, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.parked).into_iter().partition(|p| {
+                p.proposal.header.producer_id == id && p.proposal.header.producer_epoch == epoch
+            });
+        self.parked = rest.into();
+        let distance = |seq: i32| (i64::from(seq) - i64::from(next)).rem_euclid(1i64 << 31);
+        // Farthest first, each pushed to the front: the nearest ends up first.
+        mine.sort_by_key(|p| std::cmp::Reverse(distance(p.proposal.header.base_sequence)));
+        for p in mine {
+            queue.push_front((p.proposal, Some(p.until)));
+        }
+    }
+
+    /// Looks again at parked publishes whose wait ran out: a gap still open is refused (the batches
+    /// before never came: lost for good, or sent under an id this leader does not know); the first batch
+    /// of a producer this leader does not know is written. A producer's batches are looked at in sequence
+    /// order, so of several that waited for a forgotten producer's next sequence the lowest goes first.
+    pub(super) fn expire_parked(&mut self) {
+        if !self.parked.iter().any(|p| p.until <= self.now) {
+            return;
+        }
+        let now = self.now;
+        let (mut expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.until <= now);
+        self.parked = waiting.into();
+        expired.sort_by(|a, b| {
+            let (a, b) = (&a.proposal.header, &b.proposal.header);
+            (a.producer_id, a.producer_epoch)
+                .cmp(&(b.producer_id, b.producer_epoch))
+                .then_with(|| match (a.base_sequence, b.base_sequence) {
+                    (x, y) if x == y => std::cmp::Ordering::Equal,
+                    (x, y) if sequence_before(x, y) => std::cmp::Ordering::Less,
+                    _ => std::cmp::Ordering::Greater,
+                })
+        });
+        self.propose_waited(
+            expired
+                .into_iter()
+                .map(|p| (p.proposal, Some(p.until)))
+                .collect(),
+        );
+    }
+}
+
+/// The refusal of a batch that waited [`SEQUENCE_WAIT_MS`] for the batches before it in vain.
+fn gap(producer_id: i64, expected: i32, got: i32) -> ReplicaError {
+    ReplicaError::Gap(format!(
+        "out-of-order sequence from producer {producer_id}: expected {expected}, got {got}; the \
+         batches before it did not arrive within {SEQUENCE_WAIT_MS} ms (retry once they are written)"
+    ))
+}
+
+/// How long an idempotent publish that arrived ahead of its producer's next sequence waits for the
+/// batches before it (ms). A producer keeps several batches of a partition in flight, and concurrent
+/// requests (or retries after a failover) may reach the leader out of order; each is written once those
+/// before it are.
+pub const SEQUENCE_WAIT_MS: u64 = 500;
+/// Publishes a replica holds waiting for earlier sequences; more are refused as retriable.
+pub const PARKED_MAX: usize = 64;
+
+/// A publish waiting for the batches before it.
+pub(super) struct Parked<R> {
+    /// When it is refused as a gap if still waiting.
+    until: Instant,
+    pub(super) proposal: Proposal<R>,
+}
+
+enum Verdict {
+    Write,
+    /// A duplicate of a committed batch: answered with where it landed.
+    Answered(Ack),
+    Refuse(ReplicaError),
+    /// Ahead of the producer's next sequence: wait for the batches before it.
+    Park,
 }

@@ -375,7 +375,20 @@ fn idempotent_producers_are_deduplicated_sequenced_and_fenced() {
                 assert_eq!(got, [(id, ack(0))], "{what}");
                 assert!(!wrote, "{what}");
             }
-            "gap" | "fenced" => {
+            "gap" => {
+                // It waits for the batches before it; none come, so it is refused, retriably.
+                assert!(got.is_empty() && !wrote, "{what}: {got:?}");
+                for _ in 0..=super::propose::SEQUENCE_WAIT_MS / TICK_MS {
+                    c.tick();
+                }
+                let got = c.answers(1);
+                assert!(
+                    matches!(got.as_slice(), [(i, Err(ReplicaError::Gap(_)))] if *i == id),
+                    "{what}: {got:?}"
+                );
+                assert!(!c.node(1).trace.contains(&"sync"), "{what}");
+            }
+            "fenced" => {
                 assert!(
                     matches!(got.as_slice(), [(i, Err(ReplicaError::Sequence(_)))] if *i == id),
                     "{what}: {got:?}"
@@ -404,6 +417,60 @@ fn idempotent_producers_are_deduplicated_sequenced_and_fenced() {
         "{got:?}"
     );
     assert_eq!(got[1..], [(30, ack(3)), (31, ack(4))]);
+}
+
+/// Several batches of one producer in flight may arrive out of order: one ahead of its sequence waits for
+/// the ones before it and is written right after them, so the log holds them in sequence order.
+#[test]
+fn a_batch_ahead_of_its_sequence_waits_for_the_ones_before_it() {
+    let mut c = Cluster::new(&[1], FsyncPolicy::PerBatch);
+    c.tick_until("a cluster of one leads", |c| c.leader() == Some(1));
+    c.handle(1, Event::Proposals(vec![stamped(7, 0, 0, 1)]));
+    assert_eq!(c.answers(1), [(1, ack(0))]);
+    // Sequences 3 and 2 come before 1.
+    c.handle(1, Event::Proposals(vec![stamped(7, 0, 3, 4)]));
+    c.handle(1, Event::Proposals(vec![stamped(7, 0, 2, 3)]));
+    c.tick();
+    assert!(c.answers(1).is_empty(), "both wait for sequence 1");
+    c.handle(1, Event::Proposals(vec![stamped(7, 0, 1, 2)]));
+    assert_eq!(c.answers(1), [(2, ack(1)), (3, ack(2)), (4, ack(3))]);
+    // A retry of one that waited is answered with where it landed.
+    c.handle(1, Event::Proposals(vec![stamped(7, 0, 2, 5)]));
+    assert_eq!(c.answers(1), [(5, ack(2))]);
+
+    // A producer this leader does not know (forgotten, or its first batches lost): whatever its first
+    // sequence, its batches wait a while for earlier ones, then go in sequence order.
+    c.handle(1, Event::Proposals(vec![stamped(8, 0, 41, 11)]));
+    c.handle(1, Event::Proposals(vec![stamped(8, 0, 40, 10)]));
+    assert!(c.answers(1).is_empty());
+    for _ in 0..=super::propose::SEQUENCE_WAIT_MS / TICK_MS {
+        c.tick();
+    }
+    assert_eq!(c.answers(1), [(10, ack(4)), (11, ack(5))]);
+
+    // Waiting is bounded: past PARKED_MAX waiting publishes, more are refused, retriably.
+    let n = super::propose::PARKED_MAX as u32;
+    let ahead: Vec<_> = (0..=n)
+        .map(|i| stamped(9, 0, 10 + i as i32, 100 + i))
+        .collect();
+    c.handle(1, Event::Proposals(vec![stamped(9, 0, 0, 99)]));
+    assert_eq!(c.answers(1), [(99, ack(6))]);
+    c.handle(1, Event::Proposals(ahead));
+    let got = c.answers(1);
+    assert!(
+        matches!(got.as_slice(), [(i, Err(ReplicaError::Dropped(_)))] if *i == 100 + n),
+        "{got:?}"
+    );
+    for _ in 0..=super::propose::SEQUENCE_WAIT_MS / TICK_MS {
+        c.tick();
+    }
+    let got = c.answers(1);
+    assert_eq!(got.len(), n as usize);
+    assert!(
+        got.iter()
+            .all(|(_, r)| matches!(r, Err(ReplicaError::Gap(_)))),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -57,6 +57,9 @@ impl Producer {
 pub enum Check {
     /// Not an idempotent batch, or the next one expected: write it.
     Write,
+    /// The first batch of a producer id (or of a newer epoch) this table knows nothing of: any sequence
+    /// may be written (the producer may have been forgotten), though a new producer starts at 0.
+    New,
     /// Already written: answer with where it landed.
     Duplicate(Written),
     /// A sequence gap: an earlier batch of this producer is missing.
@@ -79,7 +82,7 @@ impl ProducerTable {
         }
         let Some(p) = self.producers.get(&h.producer_id) else {
             // Unknown producer (new, or forgotten): any first sequence is accepted.
-            return Check::Write;
+            return Check::New;
         };
         if h.producer_epoch < p.epoch {
             return Check::Fenced {
@@ -88,7 +91,7 @@ impl ProducerTable {
             };
         }
         if h.producer_epoch > p.epoch {
-            return Check::Write; // a new epoch starts its sequences afresh
+            return Check::New; // a new epoch starts its sequences afresh
         }
         if let Some(w) = p
             .recent
@@ -191,7 +194,7 @@ mod tests {
     fn sequences_are_checked_and_retries_recognized() {
         let mut t = ProducerTable::default();
         let first = header(7, 0, 0, 3);
-        assert_eq!(t.check(&first), Check::Write);
+        assert_eq!(t.check(&first), Check::New);
         t.record(&first, 100, 10);
         let retry = header(7, 0, 0, 3);
         assert_eq!(
@@ -218,7 +221,7 @@ mod tests {
         );
         assert_eq!(
             t.check(&header(8, 0, 42, 1)),
-            Check::Write,
+            Check::New,
             "unknown producer"
         );
         t.record(&header(7, 1, 0, 1), 200, 11);
