@@ -6,9 +6,10 @@
 //! stored order the send order however the requests race). Different partitions are independent and run
 //! in parallel.
 //!
-//! A batch is sealed when the next record would not fit in `batch_bytes_max`, when its linger time has
-//! passed since its first record (or, if the partition has a batch queued or all its in-flight slots taken
-//! then, when one is done: a slow round trip grows batches instead of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
+//! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
+//! in-flight slot), when its linger time has passed since its first record (or, if the partition has a
+//! batch queued or in flight then, when the last of those is done: a slow round trip grows batches instead
+//! of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
 //! the order they were opened, and one queue sorted by opening time serves as the timer wheel.
 //!
 //! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
@@ -212,7 +213,11 @@ impl<A> Accumulator<A> {
             }
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
-            let busy = state.in_flight >= self.sealer.in_flight_max || !state.ready.is_empty();
+            // Anything of the partition in flight or queued: keep growing this batch. Only full batches
+            // use the further in-flight slots; a lingering one waits for the pipe to drain, so light
+            // traffic still makes few, large batches (with a slot per linger period, a slow round trip
+            // would send one small batch each period: more requests and fsyncs for the same records).
+            let busy = state.in_flight > 0 || !state.ready.is_empty();
             let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
                 continue;
             };
@@ -282,7 +287,7 @@ impl<A> Accumulator<A> {
             self.sealer
                 .dispatchable
                 .push_back((topic.clone(), partition));
-        } else if state.open.as_ref().is_some_and(|open| open.lingered) {
+        } else if state.in_flight == 0 && state.open.as_ref().is_some_and(|open| open.lingered) {
             self.sealer.seal(state, &topic, partition);
         }
         let removed = self.unfinished.remove(&id);

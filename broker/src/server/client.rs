@@ -288,6 +288,14 @@ async fn fetch_once(
     r.fetch(offset, max_bytes).map_err(status)
 }
 
+/// Holds an answer for a quota's `wait`; no timer at all when there is none to wait (the common case: no
+/// quota, or within it), so the acknowledgement goes out on the same turn.
+async fn hold(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// A fetch waiting for records past its offset: `ferry_fetch_waiting` counts it until dropped.
 struct WaitingFetch;
 
@@ -399,7 +407,7 @@ impl Ferry for ClientService {
         metrics::histogram!("ferry_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         // Past its quota, the answer waits (the publish itself is durable already).
-        tokio::time::sleep(
+        hold(
             self.auth
                 .throttle(&principal, QuotaKind::Publish, bytes as u64),
         )
@@ -428,7 +436,7 @@ impl Ferry for ClientService {
         let resp = fetch_response(&req.topic, req.partition, req.offset, format, max_bytes, f)?;
         metrics::counter!("ferry_fetch_responses_total").increment(1);
         let bytes = prost::Message::encoded_len(&resp) as u64;
-        tokio::time::sleep(self.auth.throttle(&principal, QuotaKind::Fetch, bytes)).await;
+        hold(self.auth.throttle(&principal, QuotaKind::Fetch, bytes)).await;
         Ok(Response::new(resp))
     }
 
@@ -488,8 +496,7 @@ impl Ferry for ClientService {
                         if tx.send(Ok(resp)).await.is_err() {
                             return;
                         }
-                        tokio::time::sleep(auth.throttle(&principal, QuotaKind::Fetch, bytes))
-                            .await;
+                        hold(auth.throttle(&principal, QuotaKind::Fetch, bytes)).await;
                     }
                     Err(s) => {
                         let _ = tx.send(Err(s)).await;
