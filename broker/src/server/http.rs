@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::startup::Startup;
 use crate::broker::Broker;
+use crate::replica::Replica;
 use crate::tls::Tls;
 
 /// Most open HTTP connections (probes and scrapes need a few).
@@ -137,6 +138,9 @@ async fn cluster_health(State(s): State<HttpState>) -> Response {
     (code, axum::Json(health)).into_response()
 }
 
+/// A per-partition series on `/metrics`: its name, its Prometheus type, and how to read it off a replica.
+type PartitionSeries = (&'static str, &'static str, fn(&Replica) -> u64);
+
 async fn metrics(State(s): State<HttpState>) -> (StatusCode, String) {
     let mut out = String::new();
     if let Some(p) = &s.prometheus {
@@ -146,41 +150,36 @@ async fn metrics(State(s): State<HttpState>) -> (StatusCode, String) {
         return (StatusCode::OK, out);
     };
     // Partition gauges are read at scrape time rather than pushed on every commit.
-    out.push_str("# TYPE ferry_partition_high_watermark gauge\n");
     let parts = broker.local_partitions();
-    for ((t, p), r) in &parts {
-        out.push_str(&format!(
-            "ferry_partition_high_watermark{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
-            r.high_watermark()
-        ));
-    }
-    out.push_str("# TYPE ferry_partition_size_bytes gauge\n");
-    for ((t, p), r) in &parts {
-        out.push_str(&format!(
-            "ferry_partition_size_bytes{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
-            r.size_bytes()
-        ));
-    }
-    out.push_str("# TYPE ferry_partition_retention_passes_total counter\n");
-    for ((t, p), r) in &parts {
-        out.push_str(&format!(
-            "ferry_partition_retention_passes_total{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
-            r.retention_passes()
-        ));
-    }
-    out.push_str("# TYPE ferry_partition_segments_scanned_at_open gauge\n");
-    for ((t, p), r) in &parts {
-        out.push_str(&format!(
-            "ferry_partition_segments_scanned_at_open{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
-            r.scanned_at_open()
-        ));
-    }
-    out.push_str("# TYPE ferry_partition_fenced gauge\n");
-    for ((t, p), r) in &parts {
-        out.push_str(&format!(
-            "ferry_partition_fenced{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
-            u8::from(r.failure().is_some())
-        ));
+    let per_partition: [PartitionSeries; 5] = [
+        (
+            "ferry_partition_high_watermark",
+            "gauge",
+            Replica::high_watermark,
+        ),
+        ("ferry_partition_size_bytes", "gauge", Replica::size_bytes),
+        (
+            "ferry_partition_retention_passes_total",
+            "counter",
+            Replica::retention_passes,
+        ),
+        (
+            "ferry_partition_segments_scanned_at_open",
+            "gauge",
+            Replica::scanned_at_open,
+        ),
+        ("ferry_partition_fenced", "gauge", |r| {
+            u64::from(r.failure().is_some())
+        }),
+    ];
+    for (name, kind, value) in per_partition {
+        out.push_str(&format!("# TYPE {name} {kind}\n"));
+        for ((t, p), r) in &parts {
+            out.push_str(&format!(
+                "{name}{{topic=\"{t}\",partition=\"{p}\"}} {}\n",
+                value(r)
+            ));
+        }
     }
     // Idle groups whose Raft timers are stopped here (see docs/design.md, quiescence).
     let quiesced = parts.iter().filter(|(_, r)| r.is_quiesced()).count();

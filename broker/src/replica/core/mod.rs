@@ -45,6 +45,21 @@ pub const MESSAGES_PER_STEP_MAX: usize = 1024;
 const TICKS_CATCH_UP_MAX: u64 = 10;
 /// Election timeouts a follower may sit in Snapshot state before the snapshot is sent again.
 const SNAPSHOT_RETRY_ELECTIONS: u64 = 3;
+/// How long an idempotent publish that arrived ahead of its producer's next sequence waits for the
+/// batches before it (ms). A producer keeps several batches of a partition in flight, and concurrent
+/// requests (or retries after a failover) may reach the leader out of order; each is written once those
+/// before it are.
+pub const SEQUENCE_WAIT_MS: u64 = 500;
+/// Publishes a replica holds waiting for earlier sequences; more are refused as retriable.
+pub const PARKED_MAX: usize = 64;
+
+/// A publish waiting for the batches before it.
+pub(super) struct Parked<R> {
+    /// When it is refused as a gap if still waiting.
+    pub(super) until: Instant,
+    pub(super) proposal: Proposal<R>,
+}
+
 /// Ticks between two retention passes.
 const RETENTION_EVERY_TICKS: u64 = 50;
 /// Idle ticks before a leader quiesces its group (a few heartbeats, so followers learned the commit).
@@ -244,7 +259,7 @@ pub struct ReplicaCore<R> {
     pending: VecDeque<Pending<R>>,
     /// Idempotent publishes that arrived ahead of their producer's sequence, waiting for the batches
     /// before them (see `propose.rs`).
-    parked: VecDeque<propose::Parked<R>>,
+    parked: VecDeque<Parked<R>>,
     ticks: u64,
     /// Followers in raft-rs's Snapshot state, and the tick at which this leader first saw them there.
     snapshot_since: HashMap<u64, u64>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::StateRole;
 
-use super::{Action, Pending, Proposal, ReplicaCore};
+use super::{Action, Parked, Pending, Proposal, ReplicaCore, PARKED_MAX, SEQUENCE_WAIT_MS};
 use crate::replica::raft_log::producers::{next_sequence, sequence_before, Check};
 use crate::replica::types::{Ack, ReplicaError};
 
@@ -247,21 +247,6 @@ fn gap(producer_id: i64, expected: i32, got: i32) -> ReplicaError {
         "out-of-order sequence from producer {producer_id}: expected {expected}, got {got}; the \
          batches before it did not arrive within {SEQUENCE_WAIT_MS} ms (retry once they are written)"
     ))
-}
-
-/// How long an idempotent publish that arrived ahead of its producer's next sequence waits for the
-/// batches before it (ms). A producer keeps several batches of a partition in flight, and concurrent
-/// requests (or retries after a failover) may reach the leader out of order; each is written once those
-/// before it are.
-pub const SEQUENCE_WAIT_MS: u64 = 500;
-/// Publishes a replica holds waiting for earlier sequences; more are refused as retriable.
-pub const PARKED_MAX: usize = 64;
-
-/// A publish waiting for the batches before it.
-pub(super) struct Parked<R> {
-    /// When it is refused as a gap if still waiting.
-    until: Instant,
-    pub(super) proposal: Proposal<R>,
 }
 
 enum Verdict {

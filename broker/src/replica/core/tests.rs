@@ -378,7 +378,7 @@ fn idempotent_producers_are_deduplicated_sequenced_and_fenced() {
             "gap" => {
                 // It waits for the batches before it; none come, so it is refused, retriably.
                 assert!(got.is_empty() && !wrote, "{what}: {got:?}");
-                for _ in 0..=super::propose::SEQUENCE_WAIT_MS / TICK_MS {
+                for _ in 0..=super::SEQUENCE_WAIT_MS / TICK_MS {
                     c.tick();
                 }
                 let got = c.answers(1);
@@ -443,13 +443,13 @@ fn a_batch_ahead_of_its_sequence_waits_for_the_ones_before_it() {
     c.handle(1, Event::Proposals(vec![stamped(8, 0, 41, 11)]));
     c.handle(1, Event::Proposals(vec![stamped(8, 0, 40, 10)]));
     assert!(c.answers(1).is_empty());
-    for _ in 0..=super::propose::SEQUENCE_WAIT_MS / TICK_MS {
+    for _ in 0..=super::SEQUENCE_WAIT_MS / TICK_MS {
         c.tick();
     }
     assert_eq!(c.answers(1), [(10, ack(4)), (11, ack(5))]);
 
     // Waiting is bounded: past PARKED_MAX waiting publishes, more are refused, retriably.
-    let n = super::propose::PARKED_MAX as u32;
+    let n = super::PARKED_MAX as u32;
     let ahead: Vec<_> = (0..=n)
         .map(|i| stamped(9, 0, 10 + i as i32, 100 + i))
         .collect();
@@ -461,7 +461,7 @@ fn a_batch_ahead_of_its_sequence_waits_for_the_ones_before_it() {
         matches!(got.as_slice(), [(i, Err(ReplicaError::Dropped(_)))] if *i == 100 + n),
         "{got:?}"
     );
-    for _ in 0..=super::propose::SEQUENCE_WAIT_MS / TICK_MS {
+    for _ in 0..=super::SEQUENCE_WAIT_MS / TICK_MS {
         c.tick();
     }
     let got = c.answers(1);
