@@ -242,6 +242,20 @@ pub async fn try_read_all(leader: &str, topic: &str, p: u32) -> Result<Vec<Strin
     }
 }
 
+/// [`describe`], or `None` when the CLI fails (no broker answered yet, an election in progress): for
+/// conditions polled until a deadline, where a failed look is "not yet", not a failed test.
+pub fn try_describe(brokers: &[String], topic: &str) -> Option<serde_json::Value> {
+    let out = crate::run_ferry(
+        &brokers.join(","),
+        &["topic", "describe", topic, "-o", "json"],
+        None,
+    );
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 /// `ferry topic describe -o json` through any of `brokers`.
 pub fn describe(brokers: &[String], topic: &str) -> serde_json::Value {
     let out = crate::run_ferry(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::v1;
 use ferry_tests::cluster::{
-    all_in_sync, describe, leader_of, leaders, publish_once, read_all, start_cluster,
+    all_in_sync, describe, leader_of, leaders, publish_once, read_all, start_cluster, try_describe,
 };
 
 const PARTITIONS: u32 = 6;
@@ -158,10 +158,11 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         Duration::from_secs(30),
         "every partition led by a live broker",
         || {
-            let d = describe(&live, "r");
-            (0..3).all(|p| {
-                let l = leader_of(&d, p);
-                l != 0 && l != follower
+            try_describe(&live, "r").is_some_and(|d| {
+                (0..3).all(|p| {
+                    let l = leader_of(&d, p);
+                    l != 0 && l != follower
+                })
             })
         },
     );
@@ -184,7 +185,7 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
     ferry_tests::wait_until(
         Duration::from_secs(20),
         "every replica back in sync",
-        || all_in_sync(&describe(&brokers, "r")),
+        || try_describe(&brokers, "r").is_some_and(|d| all_in_sync(&d)),
     );
 
     // Leadership moves on request.
@@ -240,7 +241,7 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
     ferry_tests::wait_until(
         Duration::from_secs(20),
         "in sync after the rolling restart",
-        || all_in_sync(&describe(&brokers, "r")),
+        || try_describe(&brokers, "r").is_some_and(|d| all_in_sync(&d)),
     );
     let out = ferry_tests::run_ferry(
         &brokers.join(","),
@@ -288,8 +289,8 @@ async fn follower_catch_up_transfer_and_rolling_restart() {
         Duration::from_secs(30),
         "leaders back on their preferred replicas",
         || {
-            let d = describe(&brokers, "r");
-            (0..3).all(|p| leader_of(&d, p) == preferred[p])
+            try_describe(&brokers, "r")
+                .is_some_and(|d| (0..3).all(|p| leader_of(&d, p) == preferred[p]))
         },
     );
 }
@@ -487,7 +488,7 @@ async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
     let follower = (1..=3u64).find(|id| *id != leader).unwrap();
     let f = follower as usize - 1;
     ferry_tests::wait_until(Duration::from_secs(20), "all in sync", || {
-        all_in_sync(&describe(&brokers, "bits"))
+        try_describe(&brokers, "bits").is_some_and(|d| all_in_sync(&d))
     });
     // Flip one byte in the middle of the follower's first (sealed) segment, with the broker stopped.
     assert!(nodes[f].stop());
@@ -511,7 +512,7 @@ async fn a_bit_flip_in_a_committed_segment_is_repaired_from_peers() {
                 .unwrap_or(true);
             repaired_segment
                 && !partition_dir.join("repair").exists()
-                && all_in_sync(&describe(&brokers, "bits"))
+                && try_describe(&brokers, "bits").is_some_and(|d| all_in_sync(&d))
         },
     );
     // Meanwhile and after, the leader serves exactly what was acknowledged.
@@ -552,7 +553,7 @@ async fn damage_a_leader_finds_while_replicating_is_repaired_from_peers() {
     create_small_segment_topic(&nodes[0], "rot").await;
     let mut brokers: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     ferry_tests::wait_until(Duration::from_secs(20), "a leader", || {
-        leader_of(&describe(&brokers, "rot"), 0) != 0
+        try_describe(&brokers, "rot").is_some_and(|d| leader_of(&d, 0) != 0)
     });
     let leader = leader_of(&describe(&brokers, "rot"), 0);
     let (l, f) = (
@@ -615,7 +616,7 @@ async fn damage_a_leader_finds_while_replicating_is_repaired_from_peers() {
                 std::fs::read(victim).map_or(true, |b| b.len() < at || b[at] == before[at]);
             repaired
                 && !partition_dir.join("repair").exists()
-                && all_in_sync(&describe(&brokers, "rot"))
+                && try_describe(&brokers, "rot").is_some_and(|d| all_in_sync(&d))
         },
     );
     let total = expected.len() + 8 * 600;
