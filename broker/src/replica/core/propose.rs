@@ -211,33 +211,46 @@ impl<R> ReplicaCore<R> {
 
     /// Looks again at parked publishes whose wait ran out: a gap still open is refused (the batches
     /// before never came: lost for good, or sent under an id this leader does not know); the first batch
-    /// of a producer this leader does not know is written. A producer's batches are looked at in sequence
-    /// order, so of several that waited for a forgotten producer's next sequence the lowest goes first.
+    /// of a producer this leader does not know is written. When one of a producer's batches has waited
+    /// out, all its waiting batches are looked at together, lowest sequence first and all counted as
+    /// waited out: of several that waited for a forgotten producer's next sequence the lowest goes first,
+    /// and the rest follow it or are refused with it, never written ahead of it.
     pub(super) fn expire_parked(&mut self) {
         if !self.parked.iter().any(|p| p.until <= self.now) {
             return;
         }
         let now = self.now;
-        let (mut expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+        let key = |p: &Parked<R>| {
+            (
+                p.proposal.header.producer_id,
+                p.proposal.header.producer_epoch,
+            )
+        };
+        let expired_producers: std::collections::HashSet<(i64, i16)> = self
+            .parked
+            .iter()
+            .filter(|p| p.until <= now)
+            .map(key)
+            .collect();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
-            .partition(|p| p.until <= now);
+            .partition(|p| expired_producers.contains(&key(p)));
         self.parked = waiting.into();
-        expired.sort_by(|a, b| {
-            let (a, b) = (&a.proposal.header, &b.proposal.header);
-            (a.producer_id, a.producer_epoch)
-                .cmp(&(b.producer_id, b.producer_epoch))
-                .then_with(|| match (a.base_sequence, b.base_sequence) {
-                    (x, y) if x == y => std::cmp::Ordering::Equal,
-                    (x, y) if sequence_before(x, y) => std::cmp::Ordering::Less,
-                    _ => std::cmp::Ordering::Greater,
-                })
-        });
-        self.propose_waited(
-            expired
-                .into_iter()
-                .map(|p| (p.proposal, Some(p.until)))
-                .collect(),
-        );
+        // Per producer, in sequence order: distances from a reference 2^30 before one of its sequences (a
+        // total order over any window under 2^30, as sequence comparisons assume).
+        let mut groups: std::collections::BTreeMap<(i64, i16), Vec<Parked<R>>> = Default::default();
+        for p in due {
+            groups.entry(key(&p)).or_default().push(p);
+        }
+        let mut ordered = VecDeque::new();
+        for (_, mut group) in groups {
+            let reference = i64::from(group[0].proposal.header.base_sequence) - (1i64 << 30);
+            group.sort_by_key(|p| {
+                (i64::from(p.proposal.header.base_sequence) - reference).rem_euclid(1i64 << 31)
+            });
+            ordered.extend(group.into_iter().map(|p| (p.proposal, Some(now))));
+        }
+        self.propose_waited(ordered);
     }
 }
 

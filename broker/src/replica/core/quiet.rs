@@ -51,6 +51,8 @@ impl<R> ReplicaCore<R> {
             || raft.lead_transferee.is_some()
             || raft.pending_conf_index > raft.raft_log.applied
             || !raft.prs().conf().learners().is_empty()
+            // Publishes waiting for earlier sequences are proposed on a later tick: stay awake for them.
+            || !self.parked.is_empty()
         {
             return;
         }

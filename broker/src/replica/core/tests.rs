@@ -447,6 +447,17 @@ fn a_batch_ahead_of_its_sequence_waits_for_the_ones_before_it() {
         c.tick();
     }
     assert_eq!(c.answers(1), [(10, ack(4)), (11, ack(5))]);
+    // ... also when the later one came first, so its wait runs out first: the ones before it that came
+    // since go ahead of it, not after (nor refused).
+    c.handle(1, Event::Proposals(vec![stamped(6, 0, 72, 22)]));
+    c.tick();
+    c.tick();
+    c.handle(1, Event::Proposals(vec![stamped(6, 0, 70, 20)]));
+    c.handle(1, Event::Proposals(vec![stamped(6, 0, 71, 21)]));
+    for _ in 0..=super::SEQUENCE_WAIT_MS / TICK_MS {
+        c.tick();
+    }
+    assert_eq!(c.answers(1), [(20, ack(6)), (21, ack(7)), (22, ack(8))]);
 
     // Waiting is bounded: past PARKED_MAX waiting publishes, more are refused, retriably.
     let n = super::PARKED_MAX as u32;
@@ -454,7 +465,7 @@ fn a_batch_ahead_of_its_sequence_waits_for_the_ones_before_it() {
         .map(|i| stamped(9, 0, 10 + i as i32, 100 + i))
         .collect();
     c.handle(1, Event::Proposals(vec![stamped(9, 0, 0, 99)]));
-    assert_eq!(c.answers(1), [(99, ack(6))]);
+    assert_eq!(c.answers(1), [(99, ack(9))]);
     c.handle(1, Event::Proposals(ahead));
     let got = c.answers(1);
     assert!(
