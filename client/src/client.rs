@@ -220,6 +220,7 @@ impl Client {
     {
         let config = &self.inner.config;
         let mut retries = 0;
+        let started = std::time::Instant::now();
         loop {
             if let Some(why) = self.inner.channels.token_problem() {
                 return Err(ClientError::Token(why));
@@ -234,7 +235,15 @@ impl Client {
                 }
                 Err(_) => timeout_error(timeout),
             };
-            if !retry_when(&err) || retries >= config.retries_max {
+            // A batch refused because the ones before it have not arrived (ABORTED) waits on them, not on
+            // a broker: it may retry for as long as they may take (a request timeout), whatever the count.
+            let waits_on_earlier = err.code() == Some(tonic::Code::Aborted);
+            let more = if waits_on_earlier {
+                started.elapsed() < config.request_timeout()
+            } else {
+                retries < config.retries_max
+            };
+            if !retry_when(&err) || !more {
                 return Err(err);
             }
             retries += 1;

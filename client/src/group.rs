@@ -334,7 +334,10 @@ impl GroupConsumer {
                 s.waker = Some(cx.waker().clone());
             }
             let now = Instant::now();
-            if let Some(i) = self
+            // Held records go before anything from the channel (they were read first). Stale ones (an
+            // ended ownership, or past the lease) are dropped and the next looked at, so none is left
+            // waiting behind them, nor overtaken by a later record of its partition.
+            while let Some(i) = self
                 .held
                 .iter()
                 .position(|(_, r)| !s.paused.contains(&(r.topic.clone(), r.partition)))
