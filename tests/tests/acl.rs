@@ -553,6 +553,19 @@ async fn a_secure_cluster_serves_the_sdk_by_token_over_tls() {
         listed.contains(r#""name":"orders""#) && listed.contains(r#""current":true"#),
         "{listed}"
     );
+    // Brokers named on the command line get none of the current context's settings (its token is for
+    // its own brokers): plaintext to these TLS brokers fails; naming the context applies it again.
+    let out = run_ferry_env(&all, &["topic", "list"], None, &env);
+    assert!(
+        !out.status.success(),
+        "the context's TLS and token were applied to --bootstrap"
+    );
+    let out = run_ferry_env(&all, &["--context", "orders", "topic", "list"], None, &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&["--context", "nope", "topic", "list"], None);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -135,7 +135,8 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
 
     let publish = "/ferry.v1.Ferry/Publish";
     // A frame claiming 1 GiB: refused without allocating it. An allocation of that size would show in the
-    // broker's peak virtual size (VmPeak) even if never touched; threads and arenas move it far less.
+    // broker's peak virtual size (VmPeak) even if never touched; a new thread or malloc arena reserves
+    // 64-128 MiB, so the bound leaves room for a few of those and none for the claim.
     let peak = || vm_peak_kib(broker.child.id());
     let before = peak();
     let code = raw_call(&broker.addr, publish, frame(1 << 30, &[0u8; 64])).await;
@@ -145,7 +146,7 @@ async fn hostile_input_gets_clear_errors_and_changes_nothing() {
     );
     let grew_mib = peak().saturating_sub(before) / 1024;
     assert!(
-        grew_mib < 256,
+        grew_mib < 768,
         "the broker's peak virtual size grew {grew_mib} MiB answering a 1 GiB claim"
     );
     // Invalid protobuf, and a topic name that is not UTF-8.

@@ -74,10 +74,11 @@ async fn kill9_mid_publish_loses_nothing_acknowledged() {
     let mut broker = Ferryd::start(dir.path(), &[]);
     create(&broker, "crash", 2, 0).await;
     let acked_count = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut publishers = Vec::new();
     for task in 0..4u32 {
         let mut client = broker.client().await;
-        let acked_count = acked_count.clone();
+        let (acked_count, killed) = (acked_count.clone(), killed.clone());
         publishers.push(tokio::spawn(async move {
             // (partition, base offset, values) of each acknowledged batch, and whether a publish failed.
             let mut acked: Vec<(u32, u64, Vec<String>)> = Vec::new();
@@ -96,7 +97,8 @@ async fn kill9_mid_publish_loses_nothing_acknowledged() {
                         acked.push((p, r.into_inner().acks[0].base_offset, values));
                         acked_count.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => return acked,
+                    Err(_) if killed.load(Ordering::SeqCst) => return acked,
+                    Err(e) => panic!("publish failed before the kill: {e}"),
                 }
             }
             unreachable!("publishes until the broker is gone")
@@ -109,6 +111,7 @@ async fn kill9_mid_publish_loses_nothing_acknowledged() {
             || acked_count.load(Ordering::Relaxed) >= 250,
         )
     });
+    killed.store(true, Ordering::SeqCst);
     broker.kill9();
     let mut acked = Vec::new();
     for p in publishers {

@@ -4,7 +4,9 @@
 //! The file is TOML: `$FERRY_CLI_CONFIG`, else `$XDG_CONFIG_HOME/ferry/cli.toml`, else
 //! `$HOME/.config/ferry/cli.toml`. A context never holds a token itself, only the file it is read from:
 //! the config file is not a secret store. Settings given as flags or `FERRY_*` variables win over the
-//! context's; the context's win over the defaults. docs/cli.md ("Contexts") shows the format.
+//! context's; the context's win over the defaults. The current context does not apply at all when the
+//! brokers are named by `--bootstrap` or `FERRY_BOOTSTRAP` (its token and certificate are for its own
+//! brokers), unless `--context` names it for the command. docs/cli.md ("Contexts") shows the format.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +113,8 @@ fn save(path: &Path, config: &CliConfig) -> Result<()> {
     }
     let text = toml::to_string_pretty(config).context("encoding the config file")?;
     let tmp = path.with_extension("toml.tmp");
+    // A leftover from an interrupted save would keep its old mode: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -234,7 +238,10 @@ pub fn run(
         ContextCommand::Set { name } => {
             check_name(&name)?;
             if tls.token.is_some() {
-                bail!("a context keeps a token file (--token-file), never the token itself");
+                bail!(
+                    "a context keeps a token file (--token-file), never the token itself (given by \
+                     --token or FERRY_TOKEN)"
+                );
             }
             let absolute = |p: &Option<PathBuf>| -> Result<Option<PathBuf>> {
                 p.as_deref()

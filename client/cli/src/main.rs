@@ -68,8 +68,13 @@ async fn run(mut cli: Cli) -> Result<()> {
     if let Command::Context { command } = cli.command {
         return context::run(command, cli.bootstrap, &cli.tls, cli.output);
     }
-    if let Some(c) = context::selected(cli.context.as_deref())? {
-        context::apply(&c, &mut cli.bootstrap, &mut cli.tls);
+    // The current context applies only to its own brokers: brokers named by --bootstrap (or
+    // FERRY_BOOTSTRAP) get none of its credentials unless the context is named for this command too.
+    let named = cli.context.is_some();
+    if named || cli.bootstrap.is_none() {
+        if let Some(c) = context::selected(cli.context.as_deref())? {
+            context::apply(&c, &mut cli.bootstrap, &mut cli.tls);
+        }
     }
     let bootstrap = cli
         .bootstrap
