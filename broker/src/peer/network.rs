@@ -1,20 +1,26 @@
 //! Outgoing Raft traffic: one link per peer broker, each a task that keeps one client stream open and sends
 //! every queued message of every group in batches (`RaftBatch`), reconnecting with bounded backoff.
+//!
+//! Entry data travel beside their Raft message (`RaftEnvelope.entry_data`, the `RaftSplit` stream): the
+//! message is encoded without them, and the batches the leader holds (the `Bytes` a client sent, or read from
+//! the log) go into the request as they are, once per follower, never re-encoded into a Raft message first.
+//! A peer that predates `RaftSplit` gets whole messages on `Raft`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
 use ferry_protocol::v1;
 use parking_lot::RwLock;
-use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(test)]
+use super::envelope::joined;
+use super::envelope::{envelope, envelope_len, whole};
 use crate::identity::Identity;
 use crate::replica::Transport;
 use crate::tls::Tls;
@@ -159,8 +165,8 @@ impl Transport for PeerNetwork {
             }
             match links.get(&m.to) {
                 Some(link) => {
-                    let env = envelope(group, &m);
-                    let len = env.message.len() as u64;
+                    let env = envelope(group, m);
+                    let len = envelope_len(&env);
                     let queued = link.queued_bytes.fetch_add(len, Ordering::Relaxed);
                     if queued + len > LINK_QUEUE_BYTES_MAX || link.queue.try_send(env).is_err() {
                         link.queued_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -181,7 +187,7 @@ fn split_by_size(envelopes: Vec<v1::RaftEnvelope>, max: usize) -> Vec<Vec<v1::Ra
     let mut out: Vec<Vec<v1::RaftEnvelope>> = Vec::new();
     let mut size = 0usize;
     for e in envelopes {
-        let len = e.message.len() + 16;
+        let len = envelope_len(&e) as usize + 16;
         match out.last_mut() {
             Some(batch) if size + len <= max => batch.push(e),
             _ => {
@@ -192,14 +198,6 @@ fn split_by_size(envelopes: Vec<v1::RaftEnvelope>, max: usize) -> Vec<Vec<v1::Ra
         size += len;
     }
     out
-}
-
-fn envelope(group: u64, m: &Message) -> v1::RaftEnvelope {
-    let bytes = m.write_to_bytes().expect("raft messages encode");
-    v1::RaftEnvelope {
-        group_id: group,
-        message: Bytes::from(bytes),
-    }
 }
 
 async fn run_link(
@@ -222,6 +220,9 @@ async fn run_link(
         }
     };
     let mut backoff_ms = BACKOFF_MS_MIN;
+    // Whether the next stream is a `RaftSplit` one: until the peer answers UNIMPLEMENTED (it predates it), and
+    // again after a whole-message stream ends (the peer may have been upgraded meanwhile).
+    let mut split = true;
     let mut queue = Queue {
         rx: &mut rx,
         queued_bytes: &queued_bytes,
@@ -251,19 +252,30 @@ async fn run_link(
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
         let (stream_tx, stream_rx) = mpsc::channel::<v1::RaftBatch>(STREAM_BUFFER);
+        let requests = tokio_stream::wrappers::ReceiverStream::new(stream_rx);
         let call = tokio::spawn(async move {
-            client
-                .raft(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
-                .await
+            match split {
+                true => client.raft_split(requests).await,
+                false => client.raft(requests).await,
+            }
         });
         backoff_ms = BACKOFF_MS_MIN;
         up.store(true, Ordering::Relaxed);
-        let sender = (identity.as_ref(), from_address.clone(), to);
+        let sender = (identity.as_ref(), from_address.clone(), to, split);
         if let Pumped::Stop = queue.pump(sender, &stream_tx, &cancel).await {
             return;
         }
         up.store(false, Ordering::Relaxed);
+        let was_split = std::mem::replace(&mut split, true);
         match call.await {
+            Ok(Err(status)) if was_split && status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    to,
+                    "peer predates RaftSplit: sending it whole Raft messages on Raft"
+                );
+                split = false;
+                backoff_ms = BACKOFF_MS_MIN;
+            }
             // Refused for who this broker is (another cluster, an unknown incarnation, the wrong broker):
             // retrying soon changes nothing.
             Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
@@ -301,7 +313,7 @@ impl Queue<'_> {
     fn drop_queued(&mut self) {
         while let Ok(env) = self.rx.try_recv() {
             self.queued_bytes
-                .fetch_sub(env.message.len() as u64, Ordering::Relaxed);
+                .fetch_sub(envelope_len(&env), Ordering::Relaxed);
         }
     }
 
@@ -310,7 +322,7 @@ impl Queue<'_> {
     /// of a stream names this broker's peer address (`sender`: this broker's id and address, the peer's id).
     async fn pump(
         &mut self,
-        (identity, from_address, to): (&Identity, String, u64),
+        (identity, from_address, to, split): (&Identity, String, u64, bool),
         stream_tx: &mpsc::Sender<v1::RaftBatch>,
         cancel: &CancellationToken,
     ) -> Pumped {
@@ -327,14 +339,17 @@ impl Queue<'_> {
             if n == 0 {
                 return Pumped::Stop;
             }
-            let taken: u64 = self.pending.iter().map(|e| e.message.len() as u64).sum();
+            let taken: u64 = self.pending.iter().map(envelope_len).sum();
             self.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
             keepalive.reset();
             // Batches stay under the gRPC message limit: split by encoded size (one message always fits).
             let batches = if n == usize::MAX {
                 vec![Vec::new()] // keepalive
-            } else {
+            } else if split {
                 split_by_size(std::mem::take(&mut self.pending), BATCH_BYTES_MAX)
+            } else {
+                let pending = std::mem::take(&mut self.pending);
+                split_by_size(pending.into_iter().map(whole).collect(), BATCH_BYTES_MAX)
             };
             for messages in batches {
                 let batch = v1::RaftBatch {
@@ -358,14 +373,20 @@ impl Queue<'_> {
 }
 
 #[cfg(test)]
+#[path = "network_tests.rs"]
+mod link_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn batches_stay_under_the_limit() {
         let env = |n: usize| v1::RaftEnvelope {
             group_id: 1,
             message: Bytes::from(vec![0u8; n]),
+            entry_data: Vec::new(),
         };
         // Each envelope counts its message plus 16 bytes of framing.
         let batches = split_by_size(vec![env(40), env(40), env(40), env(200), env(10)], 130);

@@ -5,7 +5,6 @@ use std::sync::{Arc, OnceLock};
 
 use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
 use ferry_protocol::v1::{self, peer_server::Peer};
-use raft::eraftpb::Message;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -14,6 +13,7 @@ use super::conn::{ConnInfo, Side};
 use super::status::to_status;
 use crate::broker::Broker;
 use crate::identity::{check_cluster_id, HelloAnswer, Identity};
+use crate::peer::envelope::joined;
 use crate::peer::Router;
 use crate::tls::Tls;
 
@@ -45,9 +45,9 @@ pub struct PeerService {
     tls: Option<Arc<Tls>>,
 }
 
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn raft(
+impl PeerService {
+    /// A stream of Raft batches (`Raft` or `RaftSplit`: either may carry entry data beside the message).
+    async fn receive_raft(
         &self,
         req: Request<Streaming<v1::RaftBatch>>,
     ) -> Result<Response<v1::RaftAck>, Status> {
@@ -93,10 +93,7 @@ impl Peer for PeerService {
             };
             for env in batch.messages {
                 // Zero-copy: entry data are slices of the received buffer.
-                let msg = <Message as protobuf::Message>::parse_from_carllerche_bytes(&env.message)
-                    .map_err(|e| {
-                        Status::invalid_argument(format!("undecodable Raft message: {e}"))
-                    })?;
+                let msg = joined(env.message, env.entry_data).map_err(Status::invalid_argument)?;
                 if msg.to != node_id || msg.from != batch.from {
                     return Err(Status::invalid_argument(
                         "Raft message addressed inconsistently with its batch",
@@ -125,6 +122,23 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(v1::RaftAck {}))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(
+        &self,
+        req: Request<Streaming<v1::RaftBatch>>,
+    ) -> Result<Response<v1::RaftAck>, Status> {
+        self.receive_raft(req).await
+    }
+
+    async fn raft_split(
+        &self,
+        req: Request<Streaming<v1::RaftBatch>>,
+    ) -> Result<Response<v1::RaftAck>, Status> {
+        self.receive_raft(req).await
     }
 
     async fn forward(

@@ -2,8 +2,9 @@
 //! index and term are stamped in the batch header. Entries that are not client data (election no-ops,
 //! configuration changes) are stored as control batches, which consumers never see.
 //!
-//! Recent entries are also kept in a small tail cache of the `Bytes` the leader proposed, so the commit path
-//! of a busy partition does not read back what it has just written.
+//! Recent entries are also kept in a small tail cache, so the commit path of a busy partition does not read
+//! back what it has just written: on a leader the `Bytes` it proposed (also what it sends to followers), on a
+//! follower a copy of each entry until it is applied.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,8 @@ pub struct RaftLog {
     dir: PathBuf,
     tail: VecDeque<Entry>,
     tail_bytes: usize,
+    /// Whether the tail cache keeps only entries not yet applied (a follower: nothing asks it for older ones).
+    tail_until_applied: bool,
     /// Last Raft index known fsynced: a commit index written to the state file never passes it.
     durable_last: u64,
     /// Last Raft index whose entry (and every one before it) has been applied: a commit index written to the
@@ -194,6 +197,7 @@ impl ReplicaStorage {
             dir: dir.to_owned(),
             tail: VecDeque::new(),
             tail_bytes: 0,
+            tail_until_applied: false,
             durable_last,
             applied,
             recent: Default::default(),
@@ -318,23 +322,35 @@ impl RaftLog {
             self.recent.push(e.index, e.term, next_offset);
         }
         let file = self.log.append(&appends)?;
-        // Only a leader caches: a follower's entries are slices of whole network receive buffers (shared by
-        // many groups), which the cache would pin. The cache must stay a contiguous suffix of the log, so a
-        // replica that stops caching empties it.
-        if !cache {
-            self.tail.clear();
-            self.tail_bytes = 0;
-            return Ok((Some(file), placed));
-        }
+        // The cache stays a contiguous suffix of the log. A leader keeps the entries it proposed (they are also
+        // what it sends to lagging followers). A follower keeps a copy of each until it is applied, which is
+        // the only time it asks for them: applying reads them back from the log otherwise (a read, a buffer
+        // and a CRC pass per entry, on every follower). A copy, because a follower's entries are slices of
+        // whole network receive buffers shared by many groups, which a cached slice would pin for as long as
+        // the entry waits to commit (indefinitely without a quorum).
+        self.tail_until_applied = !cache;
         for e in entries {
+            let mut e = e.clone();
+            if !cache {
+                e.data = Bytes::copy_from_slice(&e.data);
+            }
             self.tail_bytes += e.data.len();
-            self.tail.push_back(e.clone());
+            self.tail.push_back(e);
         }
-        while self.tail.len() > TAIL_CACHE_ENTRIES_MAX || self.tail_bytes > TAIL_CACHE_BYTES_MAX {
-            let e = self.tail.pop_front().expect("non-empty");
+        self.trim_tail();
+        Ok((Some(file), placed))
+    }
+
+    /// Drops the cache's oldest entries beyond its bounds, and on a follower those already applied.
+    fn trim_tail(&mut self) {
+        while self.tail.front().is_some_and(|e| {
+            self.tail.len() > TAIL_CACHE_ENTRIES_MAX
+                || self.tail_bytes > TAIL_CACHE_BYTES_MAX
+                || (self.tail_until_applied && e.index <= self.applied)
+        }) {
+            let e = self.tail.pop_front().expect("checked");
             self.tail_bytes -= e.data.len();
         }
-        Ok((Some(file), placed))
     }
 
     /// Records Raft's hard state; writes the state file when term or vote changed (they must be durable
@@ -375,6 +391,7 @@ impl RaftLog {
     /// Records that every entry up to `index` has been applied.
     pub fn set_applied(&mut self, index: u64) {
         self.applied = self.applied.max(index);
+        self.trim_tail();
     }
 
     /// The hard state to write: Raft's, with the commit index clamped to the durable log (Raft re-learns a

@@ -144,3 +144,64 @@ fn a_cut_under_a_live_reader_is_an_error_not_a_crash() {
     let late = a.read().log.read(30, 1 << 20, u64::MAX);
     assert!(late.is_err_and(|e| e.is_damage()));
 }
+
+#[test]
+fn a_follower_applies_from_its_copy_and_forgets_it_once_applied() {
+    // Issue 13: a follower read every committed entry back from its log to apply it (a positioned read, a
+    // fresh buffer and a CRC pass per entry). It keeps a copy of each entry until applied now: with the log's
+    // file unreadable, applying still gets every entry, and none of them aliases the received buffer (a
+    // cached slice would pin the network receive buffer it came in).
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
+        faults: faults.clone(),
+    });
+    let (s, _) = ReplicaStorage::open(
+        disk,
+        Arc::new(crate::storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
+    let received: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+    {
+        let mut core = s.write();
+        let (file, _) = core.append_entries(&received, false).unwrap();
+        file.unwrap().sync_data().unwrap();
+        core.mark_durable(10).unwrap();
+    }
+    for f in walk(dir.path()) {
+        faults.make_unreadable(&f, 0..u64::MAX);
+    }
+    let ctx = raft::GetEntriesContext::empty(false);
+    let got = raft::Storage::entries(&s, 1, 11, None, ctx).expect("served from the copies");
+    assert_eq!(got.len(), 10);
+    for (g, r) in got.iter().zip(&received) {
+        assert_eq!((g.index, g.term, &g.data), (r.index, r.term, &r.data));
+        assert_ne!(g.data.as_ptr(), r.data.as_ptr(), "a copy, not a slice");
+    }
+    // Applied entries are dropped: later reads of them go to the log (here: unreadable).
+    s.write().set_applied(6);
+    let ctx = raft::GetEntriesContext::empty(false);
+    assert_eq!(
+        raft::Storage::entries(&s, 7, 11, None, ctx).unwrap().len(),
+        4
+    );
+    let ctx = raft::GetEntriesContext::empty(false);
+    assert!(raft::Storage::entries(&s, 6, 11, None, ctx).is_err());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
