@@ -75,5 +75,18 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(r) = v1::RaftBatch::decode(b) {
         round_trip(&r);
+        // What the peer server makes of each envelope: a message with its entries' data put back, or a
+        // refusal; never a message whose entries lost or swapped the data that came beside it.
+        for env in r.messages {
+            let beside = env.entry_data.clone();
+            if let Ok(m) = ferry_broker::peer::envelope::joined(env.message, env.entry_data) {
+                if !beside.is_empty() {
+                    assert_eq!(m.entries.len(), beside.len());
+                    for (e, d) in m.entries.iter().zip(&beside) {
+                        assert_eq!(&e.data, d);
+                    }
+                }
+            }
+        }
     }
 });

@@ -1,7 +1,8 @@
 //! The envelope of one Raft message on a peer stream. Entry data travel beside the message
 //! (`RaftEnvelope.entry_data`): the sender encodes the message without them and hands the batches it holds
-//! to the request as they are, so a leader never re-encodes record payloads into a Raft message; the
-//! receiver puts the received slices back in (no copy either).
+//! to the request as they are, so a leader never re-encodes record payloads into a Raft message (the gRPC
+//! encoder copies them once into each follower's request body, as it would any field); the receiver puts
+//! the received slices back in (no copy).
 
 use bytes::Bytes;
 use ferry_protocol::v1;

@@ -3,7 +3,8 @@
 //!
 //! Entry data travel beside their Raft message (`RaftEnvelope.entry_data`, the `RaftSplit` stream): the
 //! message is encoded without them, and the batches the leader holds (the `Bytes` a client sent, or read from
-//! the log) go into the request as they are, once per follower, never re-encoded into a Raft message first.
+//! the log) go to the request encoder as they are, never re-encoded into a Raft message first (the encoder
+//! still copies them once into each follower's request body).
 //! A peer that predates `RaftSplit` gets whole messages on `Raft`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -223,6 +224,8 @@ async fn run_link(
     // Whether the next stream is a `RaftSplit` one: until the peer answers UNIMPLEMENTED (it predates it), and
     // again after a whole-message stream ends (the peer may have been upgraded meanwhile).
     let mut split = true;
+    // Said once per link at info level; later fallbacks (after each retry) only at debug.
+    let mut told_old = false;
     let mut queue = Queue {
         rx: &mut rx,
         queued_bytes: &queued_bytes,
@@ -269,10 +272,13 @@ async fn run_link(
         let was_split = std::mem::replace(&mut split, true);
         match call.await {
             Ok(Err(status)) if was_split && status.code() == tonic::Code::Unimplemented => {
-                tracing::info!(
-                    to,
-                    "peer predates RaftSplit: sending it whole Raft messages on Raft"
-                );
+                match std::mem::replace(&mut told_old, true) {
+                    false => tracing::info!(
+                        to,
+                        "peer predates RaftSplit: sending it whole Raft messages on Raft"
+                    ),
+                    true => tracing::debug!(to, "peer still predates RaftSplit"),
+                }
                 split = false;
                 backoff_ms = BACKOFF_MS_MIN;
             }

@@ -143,6 +143,20 @@ async fn first_arrival(takes_split: bool) -> (&'static str, v1::RaftEnvelope) {
             _ => continue,
         }
     };
+    // Every byte counted into the link's queue is counted out once sent, whichever form it went in.
+    let queued = || {
+        net.links.read()[&2]
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while queued() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} bytes still counted queued",
+            queued()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     cancel.cancel();
     let _ = server.await;
     got

@@ -205,3 +205,54 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn the_cache_stays_the_logs_suffix_across_a_replaced_tail_and_a_leadership_flip() {
+    // The follower's copies and the leader's entries share one cache, which must always be a contiguous
+    // suffix of the log: a follower whose unapplied tail is replaced, then elected, then following again.
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = ReplicaStorage::open(
+        Arc::new(OsDisk),
+        Arc::new(crate::storage::SystemClock),
+        dir.path(),
+        LogConfig::default(),
+        &[1],
+    )
+    .unwrap();
+    let write = |entries: Vec<Entry>, leading: bool| {
+        let last = entries.last().unwrap().index;
+        let mut core = s.write();
+        let (file, _) = core.append_entries(&entries, leading).unwrap();
+        file.unwrap().sync_data().unwrap();
+        core.mark_durable(last).unwrap();
+    };
+    let check = |low: u64, terms: &[u64]| {
+        let ctx = raft::GetEntriesContext::empty(false);
+        let high = low + terms.len() as u64;
+        let got = raft::Storage::entries(&s, low, high, None, ctx).unwrap();
+        let got: Vec<(u64, u64)> = got.iter().map(|e| (e.index, e.term)).collect();
+        let want: Vec<(u64, u64)> = (low..high).zip(terms.iter().copied()).collect();
+        assert_eq!(got, want);
+        for (i, t) in want {
+            assert_eq!(raft::Storage::term(&s, i).unwrap(), t);
+        }
+    };
+    // Following: 1..=6 of term 1, 1..=3 applied.
+    write((1..=6).map(|i| entry(i, 1)).collect(), false);
+    s.write().set_applied(3);
+    check(4, &[1, 1, 1]);
+    // A new leader of term 2 replaces 5..=6.
+    write((5..=7).map(|i| entry(i, 2)).collect(), false);
+    check(4, &[1, 2, 2, 2]);
+    // Elected in term 3: leader entries follow the copies.
+    write((8..=9).map(|i| entry(i, 3)).collect(), true);
+    check(4, &[1, 2, 2, 2, 3, 3]);
+    s.write().set_applied(9);
+    check(1, &[1, 1, 1, 1, 2, 2, 2, 3, 3]);
+    // Following again in term 4 (what is applied is never replaced): the leader's entries stay until
+    // applied, then only the follower's unapplied copies are cached.
+    write((10..=11).map(|i| entry(i, 4)).collect(), false);
+    s.write().set_applied(10);
+    check(9, &[3, 4, 4]);
+    check(1, &[1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 4]);
+}
