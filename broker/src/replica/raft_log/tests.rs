@@ -22,6 +22,14 @@ fn entry(index: u64, term: u64) -> Entry {
     }
 }
 
+/// Opens the storage of a one-replica group in `dir`.
+fn open(disk: Arc<dyn Disk>, dir: &std::path::Path) -> ReplicaStorage {
+    let clock = Arc::new(crate::storage::SystemClock);
+    ReplicaStorage::open(disk, clock, dir, LogConfig::default(), &[1])
+        .unwrap()
+        .0
+}
+
 /// Appends entries `from..=to` of `term` and makes them durable, as the driver does.
 fn append(s: &ReplicaStorage, from: u64, to: u64, term: u64) {
     let entries: Vec<Entry> = (from..=to).map(|i| entry(i, term)).collect();
@@ -36,14 +44,7 @@ fn the_persisted_commit_never_passes_what_was_applied() {
     // M1 in the durability audit: a commit written with a term change covered a conf change not applied
     // yet; a restart (applied = persisted commit) then skipped applying it for good.
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = ReplicaStorage::open(
-        Arc::new(OsDisk),
-        Arc::new(crate::storage::SystemClock),
-        dir.path(),
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let s = open(Arc::new(OsDisk), dir.path());
     append(&s, 1, 12, 1);
     s.write().set_applied(8);
     let hs = HardState {
@@ -72,14 +73,7 @@ fn a_new_partition_directory_and_its_term_and_vote_survive_a_power_cut() {
     let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
         faults: faults.clone(),
     });
-    let (s, _) = ReplicaStorage::open(
-        disk.clone(),
-        Arc::new(crate::storage::SystemClock),
-        &dir,
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let s = open(disk.clone(), &dir);
     append(&s, 1, 3, 1);
     let hs = HardState {
         term: 5,
@@ -92,14 +86,7 @@ fn a_new_partition_directory_and_its_term_and_vote_survive_a_power_cut() {
     drop(s);
     faults.power_cut(|durable, _| durable).unwrap();
     assert!(dir.exists(), "the partition directory survived");
-    let (s, _) = ReplicaStorage::open(
-        disk,
-        Arc::new(crate::storage::SystemClock),
-        &dir,
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let s = open(disk, &dir);
     let core = s.read();
     assert_eq!(
         (core.state().hard_state.term, core.state().hard_state.vote),
@@ -117,24 +104,10 @@ fn a_cut_under_a_live_reader_is_an_error_not_a_crash() {
     // H6: repairing a stopped leader cut its files while readers still held the old log; through a map
     // that was a SIGBUS. Reads are positioned reads into buffers now: the old reader gets an error.
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) = ReplicaStorage::open(
-        Arc::new(OsDisk),
-        Arc::new(crate::storage::SystemClock),
-        dir.path(),
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let a = open(Arc::new(OsDisk), dir.path());
     append(&a, 1, 40, 1);
     let held: Vec<Bytes> = a.read().log.read(0, 1 << 20, u64::MAX).unwrap();
-    let (b, _) = ReplicaStorage::open(
-        Arc::new(OsDisk),
-        Arc::new(crate::storage::SystemClock),
-        dir.path(),
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let b = open(Arc::new(OsDisk), dir.path());
     b.write().cut_for_repair(5).unwrap();
     // Slices handed out before are buffers of their own: still whole.
     for bytes in &held {
@@ -156,14 +129,7 @@ fn a_follower_applies_from_its_copy_and_forgets_it_once_applied() {
     let disk: Arc<dyn Disk> = Arc::new(FaultyDisk {
         faults: faults.clone(),
     });
-    let (s, _) = ReplicaStorage::open(
-        disk,
-        Arc::new(crate::storage::SystemClock),
-        dir.path(),
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let s = open(disk, dir.path());
     let received: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
     {
         let mut core = s.write();
@@ -211,14 +177,7 @@ fn the_cache_stays_the_logs_suffix_across_a_replaced_tail_and_a_leadership_flip(
     // The follower's copies and the leader's entries share one cache, which must always be a contiguous
     // suffix of the log: a follower whose unapplied tail is replaced, then elected, then following again.
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = ReplicaStorage::open(
-        Arc::new(OsDisk),
-        Arc::new(crate::storage::SystemClock),
-        dir.path(),
-        LogConfig::default(),
-        &[1],
-    )
-    .unwrap();
+    let s = open(Arc::new(OsDisk), dir.path());
     let write = |entries: Vec<Entry>, leading: bool| {
         let last = entries.last().unwrap().index;
         let mut core = s.write();
