@@ -74,6 +74,20 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
 
 /// Default [`BrokerConfig::partitions_max`].
 pub const PARTITIONS_MAX_DEFAULT: usize = 4_096;
+/// Open files each segment of a replica keeps (its log, offset index and time index), and each replica once
+/// more besides: 4 for a replica of one segment (`benches/scripts/scale.sh` counts them).
+pub const FILES_PER_SEGMENT: u64 = 3;
+pub const FILES_PER_REPLICA: u64 = 1;
+/// Open files a broker uses besides replicas and client connections (listeners, peer links, the runtime).
+pub const FILES_RESERVE: u64 = 256;
+
+/// The fewest open files a broker needs to host `partitions_max` replicas (one segment each: more segments
+/// need more) and `connections_max` client connections at once.
+pub fn open_files_needed(partitions_max: usize, connections_max: usize) -> u64 {
+    let replicas = partitions_max as u64 * (FILES_PER_SEGMENT + FILES_PER_REPLICA);
+    replicas + connections_max as u64 + FILES_RESERVE
+}
+
 /// Default [`BrokerConfig::inflight_bytes_max`] (bytes).
 pub const INFLIGHT_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 
@@ -160,6 +174,15 @@ pub fn node_id_from_hostname(hostname: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files_needed_counts_replicas_connections_and_a_reserve() {
+        assert_eq!(open_files_needed(0, 0), FILES_RESERVE);
+        assert_eq!(open_files_needed(1000, 0), 4000 + 256);
+        // The defaults need more than the 20,000 files some hosts allow.
+        let defaults = open_files_needed(PARTITIONS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT);
+        assert_eq!(defaults, 4096 * 4 + 4096 + 256);
+    }
 
     #[test]
     fn peers_and_hostnames() {

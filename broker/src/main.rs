@@ -187,20 +187,45 @@ fn settings(args: &Args) -> anyhow::Result<(Settings, Vec<String>)> {
 }
 
 /// Raises the open-file limit to its hard maximum: each replica holds files, each connection a socket, and
-/// the distribution's default soft limit (often 1,024) is below what `--partitions-max` allows.
-fn raise_file_limit() {
+/// the distribution's default soft limit (often 1,024) is below what `--partitions-max` allows. Answers the
+/// limit now in force, if it could be read.
+fn raise_file_limit() -> Option<u64> {
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
         let mut l = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return None;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let soft = l.rlim_cur;
             l.rlim_cur = l.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
                 tracing::warn!("could not raise the open-file limit");
+                return Some(soft);
             }
         }
+        Some(l.rlim_cur)
+    }
+}
+
+/// Says, at start, when the open-file limit is below what the configured limits can use: past it, replicas
+/// fail to open (EMFILE) and stay down, segment rolls fail and connections are refused, long after start.
+fn check_file_limit(limit: Option<u64>, config: &ferry_broker::config::BrokerConfig) {
+    let needed =
+        ferry_broker::config::open_files_needed(config.partitions_max, config.connections_max);
+    if let Some(limit) = limit.filter(|l| *l < needed) {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below what partitions_max ({}) and connections_max ({}) can use: \
+             past it, replicas fail to open and stay down; raise it (ulimit -n, systemd LimitNOFILE) or \
+             lower partitions_max (docs/operations.md, \"Open files\")",
+            config.partitions_max,
+            config.connections_max
+        );
     }
 }
 
@@ -257,7 +282,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         config.tls = Some(ferry_broker::tls::Tls::load(files, names)?);
     }
     config.auth.jwt = settings.jwt()?.map(Arc::new);
-    raise_file_limit();
+    check_file_limit(raise_file_limit(), &config);
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
