@@ -19,8 +19,6 @@ use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-#[cfg(test)]
-use super::envelope::joined;
 use super::envelope::{envelope, envelope_len, whole};
 use crate::identity::Identity;
 use crate::replica::Transport;
@@ -221,9 +219,9 @@ async fn run_link(
         }
     };
     let mut backoff_ms = BACKOFF_MS_MIN;
-    // Whether the next stream is a `RaftSplit` one: until the peer answers UNIMPLEMENTED (it predates it), and
-    // again after a whole-message stream ends (the peer may have been upgraded meanwhile).
-    let mut split = true;
+    // Whether the next stream is a `RaftSplit` one (entry data beside each message): until the peer answers
+    // UNIMPLEMENTED (it predates it), and again after a whole-message stream ends (it may have been upgraded).
+    let mut data_beside = true;
     // Said once per link at info level; later fallbacks (after each retry) only at debug.
     let mut told_old = false;
     let mut queue = Queue {
@@ -257,21 +255,26 @@ async fn run_link(
         let (stream_tx, stream_rx) = mpsc::channel::<v1::RaftBatch>(STREAM_BUFFER);
         let requests = tokio_stream::wrappers::ReceiverStream::new(stream_rx);
         let call = tokio::spawn(async move {
-            match split {
+            match data_beside {
                 true => client.raft_split(requests).await,
                 false => client.raft(requests).await,
             }
         });
         backoff_ms = BACKOFF_MS_MIN;
         up.store(true, Ordering::Relaxed);
-        let sender = (identity.as_ref(), from_address.clone(), to, split);
-        if let Pumped::Stop = queue.pump(sender, &stream_tx, &cancel).await {
+        let stream = StreamOf {
+            identity: identity.as_ref(),
+            from_address: from_address.clone(),
+            to,
+            data_beside,
+        };
+        if let Pumped::Stop = queue.pump(stream, &stream_tx, &cancel).await {
             return;
         }
         up.store(false, Ordering::Relaxed);
-        let was_split = std::mem::replace(&mut split, true);
+        let was_beside = std::mem::replace(&mut data_beside, true);
         match call.await {
-            Ok(Err(status)) if was_split && status.code() == tonic::Code::Unimplemented => {
+            Ok(Err(status)) if was_beside && status.code() == tonic::Code::Unimplemented => {
                 match std::mem::replace(&mut told_old, true) {
                     false => tracing::info!(
                         to,
@@ -279,7 +282,7 @@ async fn run_link(
                     ),
                     true => tracing::debug!(to, "peer still predates RaftSplit"),
                 }
-                split = false;
+                data_beside = false;
                 backoff_ms = BACKOFF_MS_MIN;
             }
             // Refused for who this broker is (another cluster, an unknown incarnation, the wrong broker):
@@ -308,6 +311,17 @@ enum Pumped {
     Broken,
 }
 
+/// Who one stream is from and to, and in which form it carries entry data.
+struct StreamOf<'a> {
+    identity: &'a Identity,
+    /// This broker's peer address, named in the stream's first batch.
+    from_address: String,
+    /// The peer's id.
+    to: u64,
+    /// A `RaftSplit` stream (entry data beside each message); else `Raft`, whole messages.
+    data_beside: bool,
+}
+
 /// What is queued for one peer, and how many bytes of it.
 struct Queue<'a> {
     rx: &'a mut mpsc::Receiver<v1::RaftEnvelope>,
@@ -325,10 +339,10 @@ impl Queue<'_> {
 
     /// Every wake-up sends everything queued for this peer as one batch; an idle link sends an empty batch
     /// every keepalive so the peer knows this broker is alive (quiesced groups rely on it). The first batch
-    /// of a stream names this broker's peer address (`sender`: this broker's id and address, the peer's id).
+    /// of a stream names this broker's peer address.
     async fn pump(
         &mut self,
-        (identity, from_address, to, split): (&Identity, String, u64, bool),
+        stream: StreamOf<'_>,
         stream_tx: &mpsc::Sender<v1::RaftBatch>,
         cancel: &CancellationToken,
     ) -> Pumped {
@@ -351,7 +365,7 @@ impl Queue<'_> {
             // Batches stay under the gRPC message limit: split by encoded size (one message always fits).
             let batches = if n == usize::MAX {
                 vec![Vec::new()] // keepalive
-            } else if split {
+            } else if stream.data_beside {
                 split_by_size(std::mem::take(&mut self.pending), BATCH_BYTES_MAX)
             } else {
                 let pending = std::mem::take(&mut self.pending);
@@ -359,13 +373,13 @@ impl Queue<'_> {
             };
             for messages in batches {
                 let batch = v1::RaftBatch {
-                    from: identity.node_id,
-                    to,
-                    cluster_id: identity.cluster_id().unwrap_or_default().to_owned(),
-                    incarnation: identity.incarnation,
+                    from: stream.identity.node_id,
+                    to: stream.to,
+                    cluster_id: stream.identity.cluster_id().unwrap_or_default().to_owned(),
+                    incarnation: stream.identity.incarnation,
                     messages,
                     from_address: if std::mem::take(&mut first) {
-                        from_address.clone()
+                        stream.from_address.clone()
                     } else {
                         String::new()
                     },

@@ -168,7 +168,7 @@ async fn a_current_peer_gets_entry_data_beside_the_message() {
     assert_eq!(kind, "RaftSplit");
     assert_eq!(env.entry_data.len(), 1);
     assert_eq!(env.entry_data[0].len(), 4096);
-    let m = super::joined(env.message, env.entry_data).unwrap();
+    let m = crate::peer::envelope::joined(env.message, env.entry_data).unwrap();
     assert_eq!(m.entries[0].data.len(), 4096);
 }
 
@@ -177,6 +177,6 @@ async fn a_peer_that_predates_raft_split_gets_whole_messages() {
     let (kind, env) = first_arrival(false).await;
     assert_eq!(kind, "Raft");
     assert!(env.entry_data.is_empty(), "an old peer would ignore them");
-    let m = super::joined(env.message, Vec::new()).unwrap();
+    let m = crate::peer::envelope::joined(env.message, Vec::new()).unwrap();
     assert_eq!(m.entries[0].data.len(), 4096, "the data inside the message");
 }
