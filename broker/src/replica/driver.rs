@@ -39,7 +39,14 @@ pub struct Wiring {
 
 /// fsyncs `file` on the blocking pool.
 async fn sync(file: Arc<dyn DiskFile>) -> Result<(), String> {
-    match tokio::task::spawn_blocking(move || file.sync_data()).await {
+    let synced = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let r = file.sync_data();
+        metrics::histogram!("ferry_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
+        r
+    })
+    .await;
+    match synced {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("fsync failed, replica fenced: {e}")),
         Err(e) => Err(format!("fsync task failed: {e}")),
