@@ -2,13 +2,13 @@
 //! acknowledgement latency of each message (from the moment `send` accepted it to its acknowledgement).
 //! `ferry bench consume`: reads what a topic stores, whole batches from every partition at once.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
-use ferry_client::{Client, Producer, ProducerConfig, ProducerRecord};
-use futures::stream::FuturesUnordered;
+use ferry_client::{Client, Delivery, Producer, ProducerConfig, ProducerRecord};
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 
@@ -35,7 +35,10 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }
-    client.partition_count(&args.topic).await?;
+    let partitions = client.partition_count(&args.topic).await?;
+    if partitions == 0 {
+        bail!("topic {} has no partitions", args.topic);
+    }
     let config = ProducerConfig {
         acks: args.acks.into(),
         linger_ms: args.linger_ms,
@@ -48,33 +51,45 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
     let value = Bytes::from(vec![b'x'; args.size]);
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
     let mut tally = Tally::default();
-    let mut pending = FuturesUnordered::new();
+    // The bench spreads messages over the partitions itself (round robin, as the producer would), so it
+    // knows each message's partition: a partition's acknowledgements come in send order, so its messages
+    // wait in a queue of their own and only the oldest is polled. That costs no task or allocation per
+    // message, which a set of futures polled in any order would (the bench must not be the limit).
+    let queues = match args.partition {
+        Some(_) => 1,
+        None => partitions,
+    };
+    let mut waiting: Vec<VecDeque<(Delivery, Instant)>> =
+        (0..queues).map(|_| VecDeque::new()).collect();
     let started = Instant::now();
-    for _ in 0..args.messages {
+    for i in 0..args.messages {
+        let queue = (i % u64::from(queues)) as usize;
+        let partition = args.partition.unwrap_or(queue as u32);
         let record = ProducerRecord {
-            partition: args.partition,
+            partition: Some(partition),
             ..ProducerRecord::new(args.topic.clone(), value.clone())
         };
-        let before_send = Instant::now();
-        let delivery = producer.send(record).await;
-        // Latency counts from acceptance (throughput mode) or from the call (sync mode, one in flight).
-        let accepted = if args.sync {
-            before_send
-        } else {
-            Instant::now()
-        };
         if args.sync {
-            producer.flush().await;
+            // One in flight: latency counts from the call to the acknowledgement.
+            let before_send = Instant::now();
+            // No flush: the producer as configured decides when the batch goes (at once with no linger).
+            let result = producer.send(record).await.await;
+            note(&mut tally, &mut latency_us, result, before_send.elapsed());
+            tally.sent += 1;
+            continue;
         }
-        pending.push(delivery.map(move |result| (result, accepted.elapsed())));
+        let delivery = producer.send(record).await;
+        // Latency counts from acceptance.
+        waiting[queue].push_back((delivery, Instant::now()));
         tally.sent += 1;
-        while let Some(Some((result, waited))) = pending.next().now_or_never() {
-            note(&mut tally, &mut latency_us, result, waited);
-        }
+        drain_ready(&mut waiting[queue], &mut tally, &mut latency_us);
     }
     producer.flush().await;
-    while let Some((result, waited)) = pending.next().await {
-        note(&mut tally, &mut latency_us, result, waited);
+    for queue in &mut waiting {
+        while let Some((delivery, accepted)) = queue.pop_front() {
+            let result = delivery.await;
+            note(&mut tally, &mut latency_us, result, accepted.elapsed());
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     producer.close().await;
@@ -112,6 +127,28 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
     }
     out.flush()?;
     tally.check()
+}
+
+/// Takes the acknowledged messages at the front of a partition's queue, reading the clock once for all.
+fn drain_ready(
+    queue: &mut VecDeque<(Delivery, Instant)>,
+    tally: &mut Tally,
+    latency_us: &mut Histogram<u64>,
+) {
+    let mut now = None;
+    while let Some((delivery, accepted)) = queue.front_mut() {
+        let Some(result) = delivery.now_or_never() else {
+            return;
+        };
+        let now = *now.get_or_insert_with(Instant::now);
+        note(
+            tally,
+            latency_us,
+            result,
+            now.saturating_duration_since(*accepted),
+        );
+        queue.pop_front();
+    }
 }
 
 fn note(
