@@ -10,7 +10,9 @@
 //! in-flight slot), when its linger time has passed since its first record (or, if the partition has a
 //! batch queued or in flight then, when the last of those is done: a slow round trip grows batches instead
 //! of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
-//! the order they were opened, and one queue sorted by opening time serves as the timer wheel.
+//! the order they were opened, and one queue sorted by opening time serves as the timer wheel. With no
+//! linger (the default) a batch is due as soon as it opens: the task seals it at the end of that turn,
+//! so what one turn took from the queue travels together and a lone record waits for no timer.
 //!
 //! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
 //! batch with an id below the next one is unfinished.

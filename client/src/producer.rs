@@ -26,8 +26,11 @@ use crate::partitioner::Partitioner;
 use crate::producer_task::{Command, ProducerTask};
 use crate::record::ProducerRecord;
 
-/// Default linger: how long a batch waits for more records after its first (milliseconds).
-pub const LINGER_MS_DEFAULT: u64 = 5;
+/// Default linger: how long a batch waits for more records after its first (milliseconds). None: a batch
+/// goes at the end of the producer task's turn once its partition has nothing in flight, and while a batch
+/// is in flight the next one grows (natural batching), so a lone publish never waits for a timer and a
+/// stream of them still makes batches as large as the round trip allows.
+pub const LINGER_MS_DEFAULT: u64 = 0;
 /// Longest linger accepted (milliseconds).
 pub const LINGER_MS_MAX: u64 = 60_000;
 /// Default largest batch (bytes).
@@ -54,7 +57,9 @@ const HEADERS_PER_RECORD_MAX: usize = u16::MAX as usize;
 /// How a [`Producer`] batches and how durable its writes must be.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// How long a batch waits for more records after its first (milliseconds); 0 sends at once.
+    /// How long a batch waits for more records after its first (milliseconds) when its partition has
+    /// nothing in flight; 0 (the default) sends at the end of the producer's turn. While a batch of the
+    /// partition is in flight the next one grows until it is full or the partition is free, whatever this is.
     pub linger_ms: u64,
     /// Largest batch, header included (bytes); also bounds a single record. At most the broker's batch
     /// limit (4 MiB by default).
@@ -236,13 +241,15 @@ impl Producer {
             key,
             value,
             headers,
-            timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
+            // Set by the task (from `timestamp_ms` or its clock) before the record joins a batch.
+            timestamp_ms: 0,
             ack: delivery,
         };
         let command = Command::Append {
             topic,
             partition,
             record,
+            timestamp_ms,
         };
         if self.commands.send(command).await.is_err() {
             self.in_flight_bytes.add_permits(size_bytes);
@@ -294,7 +301,7 @@ fn check_headers(headers: &[(String, bytes::Bytes)]) -> Result<(), ClientError> 
 }
 
 /// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);

@@ -33,6 +33,9 @@ pub(crate) enum Command {
         topic: String,
         partition: u32,
         record: PendingRecord<DeliverySender>,
+        /// The caller's timestamp; without one the record is stamped with the wall clock when the task
+        /// takes it (read once per turn, not once per record on the caller's thread).
+        timestamp_ms: Option<i64>,
     },
     /// Seal everything and answer once all records sent so far are done.
     Flush(oneshot::Sender<()>),
@@ -121,6 +124,15 @@ impl ProducerTask {
     /// Runs until every handle is dropped or closed and every record is done.
     pub(crate) async fn run(mut self) {
         loop {
+            // Deadlines already reached are handled here, not by a timer: tokio's timer rounds up to the
+            // next millisecond, which a batch with no linger (or one whose linger passed while the turn
+            // ran) must not wait for.
+            if let Some(deadline) = self.accumulator.next_deadline() {
+                let now = Instant::now();
+                if deadline <= now {
+                    self.accumulator.expire(now);
+                }
+            }
             self.dispatch();
             self.answer_flushes();
             if self.draining && self.accumulator.is_idle() {
@@ -128,8 +140,9 @@ impl ProducerTask {
             }
             match self.next_event().await {
                 Event::Command(command) => {
-                    self.on_command(command, Instant::now());
-                    self.take_queued_commands();
+                    let mut wall_ms = None;
+                    self.on_command(command, Instant::now(), &mut wall_ms);
+                    self.take_queued_commands(&mut wall_ms);
                 }
                 Event::Published(published) => self.on_published(published),
                 Event::LingerExpired => self.accumulator.expire(Instant::now()),
@@ -166,27 +179,33 @@ impl ProducerTask {
     }
 
     /// Takes commands already queued, up to a bound so publishes and timers are not starved.
-    fn take_queued_commands(&mut self) {
+    fn take_queued_commands(&mut self, wall_ms: &mut Option<i64>) {
         let now = Instant::now();
         for _ in 0..COMMANDS_PER_TURN_MAX {
             match self.commands.try_recv() {
-                Ok(command) => self.on_command(Some(command), now),
+                Ok(command) => self.on_command(Some(command), now, wall_ms),
                 Err(mpsc::error::TryRecvError::Empty) => return,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.on_command(None, now);
+                    self.on_command(None, now, wall_ms);
                     return;
                 }
             }
         }
     }
 
-    fn on_command(&mut self, command: Option<Command>, now: Instant) {
+    /// `wall_ms` is this turn's wall clock, read at the first record that needs it.
+    fn on_command(&mut self, command: Option<Command>, now: Instant, wall_ms: &mut Option<i64>) {
         match command {
             Some(Command::Append {
                 topic,
                 partition,
-                record,
-            }) => self.accumulator.append(&topic, partition, record, now),
+                mut record,
+                timestamp_ms,
+            }) => {
+                record.timestamp_ms = timestamp_ms
+                    .unwrap_or_else(|| *wall_ms.get_or_insert_with(crate::producer::now_ms));
+                self.accumulator.append(&topic, partition, record, now)
+            }
             Some(Command::Flush(waiter)) => {
                 let target = self.accumulator.seal_all();
                 self.flush_waiters.push_back((target, waiter));

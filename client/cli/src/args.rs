@@ -509,7 +509,7 @@ pub struct BenchProduceArgs {
     #[arg(long, default_value_t = ferry_client::producer::IN_FLIGHT_PER_PARTITION_MAX_DEFAULT)]
     pub in_flight: usize,
     /// Wait for each message's acknowledgement before sending the next (one in flight: measures the
-    /// latency of a single durable publish rather than throughput).
+    /// latency of a single durable publish rather than throughput; with a linger, each message waits it).
     #[arg(long)]
     pub sync: bool,
 }
