@@ -17,7 +17,10 @@
 //! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
 //! batch with an id below the next one is unfinished.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+// foldhash: looked up for every record, by keys the application chose (its own topic names).
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,7 +145,7 @@ impl<A> Accumulator<A> {
         Accumulator {
             batch_bytes_max,
             linger,
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             lingering: VecDeque::new(),
             sealer: Sealer {
                 dispatchable: VecDeque::new(),
@@ -315,7 +318,7 @@ impl<A> Accumulator<A> {
             Some((key, _)) => key.clone(),
             None => {
                 let key: Arc<str> = Arc::from(topic);
-                self.topics.insert(key.clone(), HashMap::new());
+                self.topics.insert(key.clone(), HashMap::default());
                 key
             }
         }

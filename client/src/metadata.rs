@@ -43,7 +43,8 @@ pub struct MetadataCache {
     /// or port forwarding may advertise an address this client cannot use.
     reached: HashMap<u64, String>,
     controller: u64,
-    topics: HashMap<String, TopicRoute>,
+    /// Looked up for every record a producer sends: foldhash, keyed by the application's own topic names.
+    topics: foldhash::HashMap<String, TopicRoute>,
 }
 
 impl MetadataCache {
