@@ -8,8 +8,8 @@
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
 //! in-flight slot), when its linger time has passed since its first record (or, if the partition has a
-//! batch queued or in flight then, when the last of those is done: a slow round trip grows batches instead
-//! of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
+//! batch queued or [`PARTIAL_IN_FLIGHT_MAX`] in flight then, when one of those is done: a slow round trip
+//! grows batches instead of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
 //! the order they were opened, and one queue sorted by opening time serves as the timer wheel. With no
 //! linger (the default) a batch is due as soon as it opens: the task seals it at the end of that turn,
 //! so what one turn took from the queue travels together and a lone record waits for no timer.
@@ -21,6 +21,13 @@ use std::collections::{BTreeSet, VecDeque};
 
 // foldhash: looked up for every record, by keys the application chose (its own topic names).
 use foldhash::HashMap;
+
+/// Batches of a partition in flight at once that were sent before they were full (when the in-flight
+/// bound allows two). With one, the partition's pipe empties at every acknowledgement: the client fills
+/// the next batch while the broker idles, then the broker works while the client waits. With two, one
+/// batch travels while the other is stored, so the two overlap; more would only cut the same records into
+/// smaller batches (more requests and fsyncs for the same bytes). Full batches use every slot.
+pub const PARTIAL_IN_FLIGHT_MAX: usize = 2;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,11 +225,12 @@ impl<A> Accumulator<A> {
             }
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
-            // Anything of the partition in flight or queued: keep growing this batch. Only full batches
-            // use the further in-flight slots; a lingering one waits for the pipe to drain, so light
-            // traffic still makes few, large batches (with a slot per linger period, a slow round trip
-            // would send one small batch each period: more requests and fsyncs for the same records).
-            let busy = state.in_flight > 0 || !state.ready.is_empty();
+            // The partition's slots for batches that are not full taken, or anything queued: keep growing
+            // this batch. Only full batches use the further in-flight slots; a lingering one waits for a
+            // partial slot, so light traffic still makes few, large batches (with a slot per linger period,
+            // a slow round trip would send one small batch each period: more requests and fsyncs for the
+            // same records).
+            let busy = state.in_flight >= self.sealer.partial_max() || !state.ready.is_empty();
             let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
                 continue;
             };
@@ -292,7 +300,9 @@ impl<A> Accumulator<A> {
             self.sealer
                 .dispatchable
                 .push_back((topic.clone(), partition));
-        } else if state.in_flight == 0 && state.open.as_ref().is_some_and(|open| open.lingered) {
+        } else if state.in_flight < self.sealer.partial_max()
+            && state.open.as_ref().is_some_and(|open| open.lingered)
+        {
             self.sealer.seal(state, &topic, partition);
         }
         let removed = self.unfinished.remove(&id);
@@ -379,6 +389,11 @@ impl Sealer {
         if state.in_flight < self.in_flight_max {
             self.dispatchable.push_back((topic.clone(), partition));
         }
+    }
+
+    /// In-flight batches below which a batch that is not full may go.
+    fn partial_max(&self) -> usize {
+        self.in_flight_max.min(PARTIAL_IN_FLIGHT_MAX)
     }
 }
 
@@ -534,6 +549,39 @@ mod tests {
         );
         acc.complete("t", 0, second.id);
         assert!(acc.is_idle());
+    }
+
+    #[test]
+    fn batches_that_are_not_full_travel_two_at_a_time_and_the_next_grows() {
+        let linger = Duration::ZERO;
+        let mut acc = Accumulator::new(1 << 20, linger).with_in_flight_max(5);
+        let t0 = Instant::now();
+        let mut sent = Vec::new();
+        // Records trickle in while nothing comes back: the first two go as they come (one travelling while
+        // the other is stored), then the third batch grows.
+        for i in 0..10u32 {
+            let now = t0 + Duration::from_micros(u64::from(i));
+            acc.append("t", 0, record(i, b"v"), now);
+            acc.expire(now);
+            sent.extend(acc.take_dispatchable());
+        }
+        assert_eq!(
+            sent.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
+            [vec![0], vec![1]],
+            "two partial batches in flight, not one and not five"
+        );
+        acc.complete("t", 0, sent[0].id);
+        let third = acc.take_dispatchable();
+        assert_eq!(third.len(), 1, "a free partial slot sends the grown batch");
+        assert_eq!(third[0].acks, (2..10).collect::<Vec<_>>());
+        // Without idempotence one batch is in flight: the second waits and grows.
+        let mut one = Accumulator::new(1 << 20, linger);
+        one.append("t", 0, record(0, b"v"), t0);
+        one.expire(t0);
+        assert_eq!(one.take_dispatchable().len(), 1);
+        one.append("t", 0, record(1, b"v"), t0);
+        one.expire(t0);
+        assert!(one.take_dispatchable().is_empty(), "no queueing behind it");
     }
 
     #[test]
