@@ -15,7 +15,9 @@ for R1 (one broker) and R3 (three brokers, one partition at replication factor 3
 Then it runs ../shared/bench/nats-peer.sh (override with NATS_PEER=PATH) with the same sizes and REPS, and
 prints every figure for both sides with the ratio, and writes the JSON report. Ferry runs at its durable
 defaults (fsync before every acknowledgement, ACKS_ALL); NATS at its defaults (no fsync before the
-acknowledgement). Medians of REPS runs. docs/benchmarks.md records the results and how to read them.
+acknowledgement). Medians of REPS runs. Each (cluster, size) case of either side starts from a fresh page
+cache when the race runs as root (`page_cache` in the report says whether it could). docs/benchmarks.md
+records the results and how to read them.
 """
 
 import argparse
@@ -42,6 +44,20 @@ SYNC_COUNT = 3_000
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+def fresh_page_cache():
+    """Writes back and drops the page cache (root only), so every case starts from the same memory state: on
+    this machine a publish run slows as the page cache grows across runs (1 KiB R1: about 450-500 MB/s on a
+    fresh cache, 220-370 MB/s after a few GB were written, the same build; docs/benchmarks.md). Returns
+    whether it could."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+        return True
+    except OSError:
+        return False
 
 
 def cpu_ticks(pids):
@@ -119,6 +135,7 @@ def ferry_suite(bin_dir, cluster, reps, scale, work):
     out = {}
     try:
         for size in SIZES:
+            fresh_page_cache()
             count = max(1000, int(COUNTS[(cluster, size)] * scale))
             runs = {"msgs_per_s": [], "cpu_us_per_msg": [], "p50_us": [], "p99_us": [], "consume_msgs_per_s": [],
                     "batch_consume_msgs_per_s": []}
@@ -238,9 +255,13 @@ def main():
     nats, nats_text = {}, ""
     if not a.skip_nats:
         script = os.environ.get("NATS_PEER", str(ROOT.parent / "shared" / "bench" / "nats-peer.sh"))
-        env = dict(os.environ, REPS=str(a.reps), SIZES=" ".join(map(str, SIZES)), CLUSTERS="r1 r3")
-        r = subprocess.run(["bash", script], env=env, stdout=subprocess.PIPE, text=True, check=True)
-        nats_text = r.stdout
+        # One case per run of the script, each from a fresh page cache as Ferry's are.
+        for cluster in ("r1", "r3"):
+            for size in SIZES:
+                fresh_page_cache()
+                env = dict(os.environ, REPS=str(a.reps), SIZES=str(size), CLUSTERS=cluster)
+                r = subprocess.run(["bash", script], env=env, stdout=subprocess.PIPE, text=True, check=True)
+                nats_text += r.stdout
         nats = parse_nats(nats_text)
     table = rows(ferry, nats)
     print(f"# race: {os.cpu_count()} cores, disk {disk:.0f} MB/s; Ferry fsync before ack (ACKS_ALL), "
@@ -263,6 +284,8 @@ def main():
         "durability": {"ferry": "fsync before every acknowledgement, ACKS_ALL (defaults)",
                        "nats": "JetStream file storage defaults: no fsync before the acknowledgement"},
         "reps": a.reps, "scale": a.scale,
+        "page_cache": ("dropped before each (cluster, size) case on both sides" if fresh_page_cache()
+                       else "not dropped (not root): cases ran on whatever the page cache held"),
         "ferry": ferry, "nats": nats, "nats_output": nats_text, "rows": report_rows,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
