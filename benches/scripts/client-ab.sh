@@ -1,0 +1,41 @@
+#!/bin/bash
+# A/B of two `ferry` CLI builds (the client: producer, batching, the bench's generator) against the same
+# release broker(s), alternating A and B ROUNDS times so the machine's noise falls on both. Each run publishes
+# to a fresh topic (one partition) with `ferry bench produce`; prints msg/s, MB/s and the brokers' CPU per
+# message (utime + stime of every ferryd, /proc/<pid>/stat).
+# usage: benches/scripts/client-ab.sh FERRY_A FERRY_B [ROUNDS (3)] [MESSAGES (2000000)] [SIZE (100)] [r1|r3 (r1)]
+#        (run from the repository root; the brokers are target/release/ferryd)
+set -u
+A=$1; B=$2; ROUNDS=${3:-3}; N=${4:-2000000}; SIZE=${5:-100}; MODE=${6:-r1}
+BIN=target/release
+W=$(mktemp -d /tmp/clientabXXXX)
+n=1; [ "$MODE" = r3 ] && n=3
+peers=""; for i in $(seq 1 $n); do peers="$peers,$i=127.0.0.1:$((17400+i))"; done; peers=${peers#,}
+pids=()
+for i in $(seq 1 $n); do
+  args=(--data-dir $W/d$i --node-id $i --listen 127.0.0.1:$((17410+i)) --http-listen 127.0.0.1:$((17420+i))
+        --peer-listen 127.0.0.1:$((17400+i)) --log warn)
+  [ $n -gt 1 ] && args+=(--peers $peers)
+  $BIN/ferryd "${args[@]}" > $W/log$i 2>&1 &
+  pids+=($!)
+done
+trap 'kill ${pids[@]} 2>/dev/null; wait 2>/dev/null; rm -rf $W' EXIT
+for i in $(seq 1 $n); do for t in $(seq 1 200); do curl -sf 127.0.0.1:$((17420+i))/readyz >/dev/null && break; sleep 0.1; done; done
+cpu() { local t=0 p f; for p in ${pids[@]}; do f=($(cut -d')' -f2 /proc/$p/stat)); t=$((t+f[11]+f[12])); done; echo $t; }
+for r in $(seq 1 $ROUNDS); do
+  for c in $A $B; do
+    t=ab$r$RANDOM
+    $c --bootstrap 127.0.0.1:17411 topic create $t --partitions 1 --replicas $n >/dev/null
+    c0=$(cpu)
+    out=$($c --bootstrap 127.0.0.1:17411 bench produce --topic $t --messages $N --size $SIZE -o json)
+    c1=$(cpu)
+    python3 - "$c" "$c0" "$c1" "$N" "$out" <<'PY'
+import json, sys
+label, c0, c1, n, out = sys.argv[1:]
+o = json.loads(out)
+us = (int(c1) - int(c0)) * 10**6 / 100 / int(n)  # clock ticks are 1/100 s
+print(f"{label}: {o['messages_per_sec']:,.0f} msg/s, {o['mb_per_sec']:.0f} MB/s, {us:.2f} us broker CPU/msg")
+PY
+    $c --bootstrap 127.0.0.1:17411 topic delete $t >/dev/null
+  done
+done
