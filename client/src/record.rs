@@ -15,7 +15,8 @@ pub struct ProducerRecord {
     pub headers: Vec<(String, Bytes)>,
     /// Explicit partition; wins over the key.
     pub partition: Option<u32>,
-    /// Timestamp (milliseconds since the Unix epoch); `None` stamps the time of [`Producer::send`].
+    /// Timestamp (milliseconds since the Unix epoch); `None` stamps the time the producer's task takes the
+    /// record into a batch (its clock read once per turn), within a turn of [`Producer::send`].
     ///
     /// [`Producer::send`]: crate::Producer::send
     pub timestamp_ms: Option<i64>,
