@@ -7,10 +7,11 @@
 //! in parallel.
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
-//! in-flight slot), when its linger time has passed since its first record (or, if the partition has a
-//! batch queued or [`PARTIAL_IN_FLIGHT_MAX`] in flight then, when one of those is done: a slow round trip
-//! grows batches instead of queueing small ones), or on flush. Linger is fixed, so open batches reach their deadlines in
-//! the order they were opened, and one queue sorted by opening time serves as the timer wheel. With no
+//! in-flight slot), when its linger time has passed since its first record (or, if the partition then has
+//! [`PARTIAL_IN_FLIGHT_MAX`] batches queued or in flight, or its whole in-flight bound when that is smaller,
+//! when one of those is done: a slow round trip grows batches instead of queueing small ones), or on flush.
+//! Linger is fixed, so open batches reach their deadlines in the order they were opened, and one queue
+//! sorted by opening time serves as the timer wheel. With no
 //! linger (the default) a batch is due as soon as it opens: the task seals it at the end of that turn,
 //! so what one turn took from the queue travels together and a lone record waits for no timer.
 //!
@@ -18,22 +19,22 @@
 //! batch with an id below the next one is unfinished.
 
 use std::collections::{BTreeSet, VecDeque};
-
-// foldhash: looked up for every record, by keys the application chose (its own topic names).
-use foldhash::HashMap;
-
-/// Batches of a partition in flight at once that were sent before they were full (when the in-flight
-/// bound allows two). With one, the partition's pipe empties at every acknowledgement: the client fills
-/// the next batch while the broker idles, then the broker works while the client waits. With two, one
-/// batch travels while the other is stored, so the two overlap; more would only cut the same records into
-/// smaller batches (more requests and fsyncs for the same bytes). Full batches use every slot.
-pub const PARTIAL_IN_FLIGHT_MAX: usize = 2;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_protocol::batch::{BatchBuilder, Compression, HEADER_LEN};
 use ferry_protocol::limits::BATCH_RECORDS_MAX;
+// foldhash: looked up for every record, by keys the application chose (its own topic names).
+use foldhash::HashMap;
+
+/// Batches of a partition queued or in flight at once when a batch that is not full may still be sealed
+/// (capped by the in-flight bound: 1 without idempotence). With one, the partition's pipe empties at every
+/// acknowledgement: the client fills the next batch while the broker idles, then the broker works while the
+/// client waits. With two, one batch travels while the other is stored, so the two overlap; more would only
+/// cut the same records into smaller batches (more requests and fsyncs for the same bytes). Full batches
+/// use every in-flight slot.
+pub const PARTIAL_IN_FLIGHT_MAX: usize = 2;
 
 /// A record bound for a known partition, with whatever the caller wants back when it is acknowledged.
 #[derive(Debug)]
@@ -92,8 +93,8 @@ struct OpenBatch<A> {
     base_timestamp_ms: i64,
     acks: Vec<A>,
     records_bytes: usize,
-    /// Its linger time passed while an earlier batch of the partition was still queued or in flight: it
-    /// stays open, gaining records, and is sealed as soon as it can be sent.
+    /// Its linger time passed while the partition's pipe was full (see [`PARTIAL_IN_FLIGHT_MAX`]): it stays
+    /// open, gaining records, and is sealed as soon as a batch of the partition is done.
     lingered: bool,
 }
 
@@ -225,17 +226,16 @@ impl<A> Accumulator<A> {
             }
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
-            // The partition's slots for batches that are not full taken, or anything queued: keep growing
-            // this batch. Only full batches use the further in-flight slots; a lingering one waits for a
-            // partial slot, so light traffic still makes few, large batches (with a slot per linger period,
-            // a slow round trip would send one small batch each period: more requests and fsyncs for the
-            // same records).
-            let busy = state.in_flight >= self.sealer.partial_max() || !state.ready.is_empty();
+            // The partition's pipe full for batches that are not full: keep growing this batch. Only full
+            // batches use the further in-flight slots; a lingering one waits for room, so light traffic still
+            // makes few, large batches (with a slot per linger period, a slow round trip would send one small
+            // batch each period: more requests and fsyncs for the same records).
+            let busy = !self.sealer.partial_room(state);
             let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
                 continue;
             };
             if busy {
-                // Sealing now would only queue it behind the batch in flight: one small batch per round
+                // Sealing now would only queue it behind the batches in flight: one small batch per round
                 // trip is all a partition would send while the round trip is slow (a lossy network, a
                 // failover). Left open, it grows until it can go (as Kafka's accumulator does).
                 open.lingered = true;
@@ -300,8 +300,8 @@ impl<A> Accumulator<A> {
             self.sealer
                 .dispatchable
                 .push_back((topic.clone(), partition));
-        } else if state.in_flight < self.sealer.partial_max()
-            && state.open.as_ref().is_some_and(|open| open.lingered)
+        }
+        if self.sealer.partial_room(state) && state.open.as_ref().is_some_and(|open| open.lingered)
         {
             self.sealer.seal(state, &topic, partition);
         }
@@ -391,9 +391,10 @@ impl Sealer {
         }
     }
 
-    /// In-flight batches below which a batch that is not full may go.
-    fn partial_max(&self) -> usize {
-        self.in_flight_max.min(PARTIAL_IN_FLIGHT_MAX)
+    /// Whether a batch of this partition that is not full may be sealed now: fewer than
+    /// [`PARTIAL_IN_FLIGHT_MAX`] (at most the in-flight bound) of its batches queued or in flight.
+    fn partial_room<A>(&self, state: &PartitionState<A>) -> bool {
+        state.in_flight + state.ready.len() < self.in_flight_max.min(PARTIAL_IN_FLIGHT_MAX)
     }
 }
 
@@ -582,6 +583,23 @@ mod tests {
         one.append("t", 0, record(1, b"v"), t0);
         one.expire(t0);
         assert!(one.take_dispatchable().is_empty(), "no queueing behind it");
+    }
+
+    #[test]
+    fn a_turn_that_fills_a_batch_sends_its_remainder_beside_it() {
+        let one = record_size(None, &[0; 100], &[]);
+        let mut acc = Accumulator::new(HEADER_LEN + 3 * one, Duration::ZERO).with_in_flight_max(5);
+        let now = Instant::now();
+        for i in 0..4 {
+            acc.append("t", 0, record(i, &[0; 100]), now);
+        }
+        acc.expire(now);
+        let sent = acc.take_dispatchable();
+        assert_eq!(
+            sent.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
+            [vec![0, 1, 2], vec![3]],
+            "the full batch and the remainder go together: one partial slot was free"
+        );
     }
 
     #[test]

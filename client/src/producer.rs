@@ -27,9 +27,10 @@ use crate::producer_task::{Command, ProducerTask};
 use crate::record::ProducerRecord;
 
 /// Default linger: how long a batch waits for more records after its first (milliseconds). None: a batch
-/// goes at the end of the producer task's turn once its partition has nothing in flight, and while a batch
-/// is in flight the next one grows (natural batching), so a lone publish never waits for a timer and a
-/// stream of them still makes batches as large as the round trip allows.
+/// goes at the end of the producer task's turn when its partition has room (fewer than
+/// [`PARTIAL_IN_FLIGHT_MAX`](crate::accumulator::PARTIAL_IN_FLIGHT_MAX) batches queued or in flight, 1
+/// without idempotence), and grows while there is none (natural batching), so a lone publish never waits
+/// for a timer and a stream of them still makes batches as large as the round trip allows.
 pub const LINGER_MS_DEFAULT: u64 = 0;
 /// Longest linger accepted (milliseconds).
 pub const LINGER_MS_MAX: u64 = 60_000;
@@ -57,9 +58,9 @@ const HEADERS_PER_RECORD_MAX: usize = u16::MAX as usize;
 /// How a [`Producer`] batches and how durable its writes must be.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// How long a batch waits for more records after its first (milliseconds) when its partition has
-    /// nothing in flight; 0 (the default) sends at the end of the producer's turn. While a batch of the
-    /// partition is in flight the next one grows until it is full or the partition is free, whatever this is.
+    /// How long a batch waits for more records after its first (milliseconds); 0 (the default) sends it at
+    /// the end of the producer task's turn. Either way a batch that is not full goes only when its partition
+    /// has room (see [`LINGER_MS_DEFAULT`]); until then it grows.
     pub linger_ms: u64,
     /// Largest batch, header included (bytes); also bounds a single record. At most the broker's batch
     /// limit (4 MiB by default).

@@ -16,7 +16,8 @@ pub struct ProducerRecord {
     /// Explicit partition; wins over the key.
     pub partition: Option<u32>,
     /// Timestamp (milliseconds since the Unix epoch); `None` stamps the time the producer's task takes the
-    /// record into a batch (its clock read once per turn), within a turn of [`Producer::send`].
+    /// record from its queue into a batch (its clock read once per turn): shortly after [`Producer::send`]
+    /// returns, later when the queue is backed up.
     ///
     /// [`Producer::send`]: crate::Producer::send
     pub timestamp_ms: Option<i64>,

@@ -52,9 +52,11 @@ async fn produce(client: Client, args: BenchProduceArgs, format: OutputFormat) -
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
     let mut tally = Tally::default();
     // The bench spreads messages over the partitions itself (round robin, as the producer would), so it
-    // knows each message's partition: a partition's acknowledgements come in send order, so its messages
-    // wait in a queue of their own and only the oldest is polled. That costs no task or allocation per
-    // message, which a set of futures polled in any order would (the bench must not be the limit).
+    // knows each message's partition: a partition's acknowledgements come in send order (but for requests
+    // that race, when a later one is seen with the one before it), so its messages wait in a queue of their
+    // own and only the oldest is polled, when the round robin comes back to it. That costs no task or
+    // allocation per message, which a set of futures polled in any order would (the bench must not be the
+    // limit), and delays seeing an acknowledgement by at most one round of sends.
     let queues = match args.partition {
         Some(_) => 1,
         None => partitions,
