@@ -8,8 +8,8 @@
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
 //! in-flight slot), when its linger time has passed since its first record (or, if the partition then has
-//! [`PARTIAL_IN_FLIGHT_MAX`] batches queued or in flight, or its whole in-flight bound when that is smaller,
-//! when one of those is done: a slow round trip grows batches instead of queueing small ones), or on flush.
+//! a batch queued or in flight ([`PARTIAL_IN_FLIGHT_MAX`]), when those are done: a slow round trip grows
+//! batches instead of queueing small ones), or on flush.
 //! Linger is fixed, so open batches reach their deadlines in the order they were opened, and one queue
 //! sorted by opening time serves as the timer wheel. With no
 //! linger (the default) a batch is due as soon as it opens: the task seals it at the end of that turn,
@@ -28,13 +28,13 @@ use ferry_protocol::limits::BATCH_RECORDS_MAX;
 // foldhash: looked up for every record, by keys the application chose (its own topic names).
 use foldhash::HashMap;
 
-/// Batches of a partition queued or in flight at once when a batch that is not full may still be sealed
-/// (capped by the in-flight bound: 1 without idempotence). With one, the partition's pipe empties at every
-/// acknowledgement: the client fills the next batch while the broker idles, then the broker works while the
-/// client waits. With two, one batch travels while the other is stored, so the two overlap; more would only
-/// cut the same records into smaller batches (more requests and fsyncs for the same bytes). Full batches
-/// use every in-flight slot.
-pub const PARTIAL_IN_FLIGHT_MAX: usize = 2;
+/// Batches of a partition queued or in flight below which a batch that is not full may be sealed: one, so
+/// such a batch goes only into an empty pipe and otherwise grows. Full batches use every in-flight slot.
+/// Two would let one batch travel while the other is stored (R3 100 B about 8% faster in a client A/B), but
+/// with two, `tests/tests/cluster.rs`'s leader-kill test saw the broker refuse a retried batch as "older
+/// than the batches remembered" in 1 run of 6 under load (10 of 10 clean with one): the broker's window of
+/// remembered batches and retries across a failover need a closer look before the pipe gets deeper.
+pub const PARTIAL_IN_FLIGHT_MAX: usize = 1;
 
 /// A record bound for a known partition, with whatever the caller wants back when it is acknowledged.
 #[derive(Debug)]
@@ -553,13 +553,12 @@ mod tests {
     }
 
     #[test]
-    fn batches_that_are_not_full_travel_two_at_a_time_and_the_next_grows() {
+    fn an_idempotent_producer_sends_a_batch_that_is_not_full_only_into_an_empty_pipe() {
         let linger = Duration::ZERO;
         let mut acc = Accumulator::new(1 << 20, linger).with_in_flight_max(5);
         let t0 = Instant::now();
         let mut sent = Vec::new();
-        // Records trickle in while nothing comes back: the first two go as they come (one travelling while
-        // the other is stored), then the third batch grows.
+        // Records trickle in while nothing comes back: the first goes at once, then the next batch grows.
         for i in 0..10u32 {
             let now = t0 + Duration::from_micros(u64::from(i));
             acc.append("t", 0, record(i, b"v"), now);
@@ -568,25 +567,21 @@ mod tests {
         }
         assert_eq!(
             sent.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
-            [vec![0], vec![1]],
-            "two partial batches in flight, not one and not five"
+            [vec![0]],
+            "one batch that is not full in flight, whatever the in-flight bound"
         );
         acc.complete("t", 0, sent[0].id);
-        let third = acc.take_dispatchable();
-        assert_eq!(third.len(), 1, "a free partial slot sends the grown batch");
-        assert_eq!(third[0].acks, (2..10).collect::<Vec<_>>());
-        // Without idempotence one batch is in flight: the second waits and grows.
-        let mut one = Accumulator::new(1 << 20, linger);
-        one.append("t", 0, record(0, b"v"), t0);
-        one.expire(t0);
-        assert_eq!(one.take_dispatchable().len(), 1);
-        one.append("t", 0, record(1, b"v"), t0);
-        one.expire(t0);
-        assert!(one.take_dispatchable().is_empty(), "no queueing behind it");
+        let second = acc.take_dispatchable();
+        assert_eq!(
+            second.len(),
+            1,
+            "the grown batch goes once the pipe is empty"
+        );
+        assert_eq!(second[0].acks, (1..10).collect::<Vec<_>>());
     }
 
     #[test]
-    fn a_turn_that_fills_a_batch_sends_its_remainder_beside_it() {
+    fn a_batch_that_is_not_full_waits_behind_a_full_one_sealed_in_the_same_turn() {
         let one = record_size(None, &[0; 100], &[]);
         let mut acc = Accumulator::new(HEADER_LEN + 3 * one, Duration::ZERO).with_in_flight_max(5);
         let now = Instant::now();
@@ -597,9 +592,13 @@ mod tests {
         let sent = acc.take_dispatchable();
         assert_eq!(
             sent.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
-            [vec![0, 1, 2], vec![3]],
-            "the full batch and the remainder go together: one partial slot was free"
+            [vec![0, 1, 2]],
+            "the full batch goes; the remainder grows"
         );
+        acc.complete("t", 0, sent[0].id);
+        let rest = acc.take_dispatchable();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].acks, vec![3]);
     }
 
     #[test]
