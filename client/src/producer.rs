@@ -12,7 +12,7 @@
 //! batches still go, as in Kafka without idempotence.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferry_protocol::limits::BATCH_BYTES_HARD_MAX;
 use ferry_protocol::v1::Acks;
@@ -299,14 +299,6 @@ fn check_headers(headers: &[(String, bytes::Bytes)]) -> Result<(), ClientError> 
         )));
     }
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

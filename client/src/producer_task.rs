@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::v1::{Acks, PartitionAck};
 use futures::future::BoxFuture;
@@ -202,8 +202,8 @@ impl ProducerTask {
                 mut record,
                 timestamp_ms,
             }) => {
-                record.timestamp_ms = timestamp_ms
-                    .unwrap_or_else(|| *wall_ms.get_or_insert_with(crate::producer::now_ms));
+                record.timestamp_ms =
+                    timestamp_ms.unwrap_or_else(|| *wall_ms.get_or_insert_with(now_ms));
                 self.accumulator.append(&topic, partition, record, now)
             }
             Some(Command::Flush(waiter)) => {
@@ -376,4 +376,12 @@ impl ProducerTask {
             let _ = waiter.send(());
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
