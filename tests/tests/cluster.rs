@@ -338,8 +338,18 @@ async fn idempotent_producer_writes_each_message_once_through_leader_kills() {
     let mut routes = HashMap::new();
     for i in 0..TOTAL {
         if i % 5_000 == 2_450 {
-            // Looked up ahead, so the kill below follows the last records sent at once.
-            routes = leaders(&brokers, "idem").await;
+            // Looked up ahead, so the kill below follows the last records sent at once. The partition about
+            // to lose its leader may be between leaders (an election after the last restart): wait, with a
+            // deadline, until it has one.
+            let p = ((i / 5_000) % 3) as u32;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                routes = leaders(&brokers, "idem").await;
+                if routes.contains_key(&p) || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         if i % 5_000 == 2_500 {
             // kill -9 the leader of partition (i / 5000) % 3 (never the last live broker), restart it later.
