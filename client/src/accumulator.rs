@@ -8,7 +8,7 @@
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
 //! in-flight slot), when its linger time has passed since its first record (or, if the partition then has
-//! a batch queued or in flight ([`PARTIAL_IN_FLIGHT_MAX`]), when those are done: a slow round trip grows
+//! a batch queued or in flight, when those are done: a slow round trip grows
 //! batches instead of queueing small ones), or on flush.
 //! Linger is fixed, so open batches reach their deadlines in the order they were opened, and one queue
 //! sorted by opening time serves as the timer wheel. With no
@@ -27,14 +27,6 @@ use ferry_protocol::batch::{BatchBuilder, Compression, HEADER_LEN};
 use ferry_protocol::limits::BATCH_RECORDS_MAX;
 // foldhash: looked up for every record, by keys the application chose (its own topic names).
 use foldhash::HashMap;
-
-/// Batches of a partition queued or in flight below which a batch that is not full may be sealed: one, so
-/// such a batch goes only into an empty pipe and otherwise grows. Full batches use every in-flight slot.
-/// Two would let one batch travel while the other is stored (R3 100 B about 8% faster in a client A/B), but
-/// with two, `tests/tests/cluster.rs`'s leader-kill test saw the broker refuse a retried batch as "older
-/// than the batches remembered" in 1 run of 6 under load (10 of 10 clean with one): the broker's window of
-/// remembered batches and retries across a failover need a closer look before the pipe gets deeper.
-pub const PARTIAL_IN_FLIGHT_MAX: usize = 1;
 
 /// A record bound for a known partition, with whatever the caller wants back when it is acknowledged.
 #[derive(Debug)]
@@ -93,8 +85,8 @@ struct OpenBatch<A> {
     base_timestamp_ms: i64,
     acks: Vec<A>,
     records_bytes: usize,
-    /// Its linger time passed while the partition's pipe was full (see [`PARTIAL_IN_FLIGHT_MAX`]): it stays
-    /// open, gaining records, and is sealed as soon as a batch of the partition is done.
+    /// Its linger time passed while the partition had a batch queued or in flight: it stays open, gaining
+    /// records, and is sealed as soon as the partition's pipe is empty.
     lingered: bool,
 }
 
@@ -115,6 +107,13 @@ struct PartitionState<A> {
     ready: VecDeque<SealedBatch<A>>,
     /// Batches sent and not completed.
     in_flight: usize,
+}
+
+impl<A> PartitionState<A> {
+    /// Nothing of the partition queued or in flight: the only time a batch that is not full may go.
+    fn pipe_empty(&self) -> bool {
+        self.in_flight == 0 && self.ready.is_empty()
+    }
 }
 
 impl<A> Default for PartitionState<A> {
@@ -226,11 +225,12 @@ impl<A> Accumulator<A> {
             }
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
-            // The partition's pipe full for batches that are not full: keep growing this batch. Only full
-            // batches use the further in-flight slots; a lingering one waits for room, so light traffic still
+            // Anything of the partition queued or in flight: keep growing this batch. Only full batches use
+            // the further in-flight slots; a lingering one waits for the pipe to empty, so light traffic still
             // makes few, large batches (with a slot per linger period, a slow round trip would send one small
-            // batch each period: more requests and fsyncs for the same records).
-            let busy = !self.sealer.partial_room(state);
+            // batch each period: more requests and fsyncs for the same records). docs/benchmarks.md (session
+            // 14) has why a second slot for such batches was taken back.
+            let busy = !state.pipe_empty();
             let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
                 continue;
             };
@@ -301,8 +301,7 @@ impl<A> Accumulator<A> {
                 .dispatchable
                 .push_back((topic.clone(), partition));
         }
-        if self.sealer.partial_room(state) && state.open.as_ref().is_some_and(|open| open.lingered)
-        {
+        if state.pipe_empty() && state.open.as_ref().is_some_and(|open| open.lingered) {
             self.sealer.seal(state, &topic, partition);
         }
         let removed = self.unfinished.remove(&id);
@@ -389,12 +388,6 @@ impl Sealer {
         if state.in_flight < self.in_flight_max {
             self.dispatchable.push_back((topic.clone(), partition));
         }
-    }
-
-    /// Whether a batch of this partition that is not full may be sealed now: fewer than
-    /// [`PARTIAL_IN_FLIGHT_MAX`] (at most the in-flight bound) of its batches queued or in flight.
-    fn partial_room<A>(&self, state: &PartitionState<A>) -> bool {
-        state.in_flight + state.ready.len() < self.in_flight_max.min(PARTIAL_IN_FLIGHT_MAX)
     }
 }
 

@@ -27,10 +27,9 @@ use crate::producer_task::{Command, ProducerTask};
 use crate::record::ProducerRecord;
 
 /// Default linger: how long a batch waits for more records after its first (milliseconds). None: a batch
-/// goes at the end of the producer task's turn when its partition has nothing queued or in flight
-/// ([`PARTIAL_IN_FLIGHT_MAX`](crate::accumulator::PARTIAL_IN_FLIGHT_MAX)), and grows while it has (natural
-/// batching), so a lone publish never waits for a timer and a stream of them still makes batches as large
-/// as the round trip allows.
+/// goes at the end of the producer task's turn when its partition has nothing queued or in flight, and
+/// grows while it has (natural batching), so a lone publish never waits for a timer and a stream of them
+/// still makes batches as large as the round trip allows.
 pub const LINGER_MS_DEFAULT: u64 = 0;
 /// Longest linger accepted (milliseconds).
 pub const LINGER_MS_MAX: u64 = 60_000;
