@@ -245,6 +245,7 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "ferry-broker", "-p", "ferry-cli"], cwd=ROOT,
                        check=True)
     bin_dir = ROOT / "target" / "release"
+    can_drop = fresh_page_cache()  # also the first case's drop
     work = tempfile.mkdtemp(prefix="ferry-race-", dir=os.environ.get("RACE_DIR"))
     try:
         disk = disk_write_mb_per_s(work)
@@ -284,7 +285,7 @@ def main():
         "durability": {"ferry": "fsync before every acknowledgement, ACKS_ALL (defaults)",
                        "nats": "JetStream file storage defaults: no fsync before the acknowledgement"},
         "reps": a.reps, "scale": a.scale,
-        "page_cache": ("dropped before each (cluster, size) case on both sides" if fresh_page_cache()
+        "page_cache": ("dropped before each (cluster, size) case on both sides" if can_drop
                        else "not dropped (not root): cases ran on whatever the page cache held"),
         "ferry": ferry, "nats": nats, "nats_output": nats_text, "rows": report_rows,
     }
