@@ -1,9 +1,9 @@
 //! The producer's batching core, pure: records go in, sealed batches come out, in the order they may be
 //! sent. The producer task ([`producer_task`](crate::producer_task)) owns one and does the I/O.
 //!
-//! Per partition there is at most one open batch (being filled), a queue of sealed batches, and at most
-//! `in_flight_max` batches in flight (1 unless the producer is idempotent: its sequence numbers keep the
-//! stored order the send order however the requests race). Different partitions are independent and run
+//! Per partition there is at most one open batch (being filled), a queue of sealed batches, and a send
+//! window of at most `in_flight_max` batches from the oldest one not yet completed (1 unless the producer
+//! is idempotent: its sequence numbers keep the stored order the send order however the requests race). Different partitions are independent and run
 //! in parallel.
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
@@ -105,14 +105,19 @@ impl<A> OpenBatch<A> {
 struct PartitionState<A> {
     open: Option<OpenBatch<A>>,
     ready: VecDeque<SealedBatch<A>>,
-    /// Batches sent and not completed.
-    in_flight: usize,
+    /// The send window: batches sent, in send (and so sequence) order, from the oldest not completed on,
+    /// each with whether it completed. Its length, not the number still out, is what `in_flight_max`
+    /// bounds: a batch that completes ahead of an older one frees no slot. Otherwise, while an old batch
+    /// waits to be retried (its leader died after storing it), newer ones could keep completing and being
+    /// replaced, until the retry reaches a leader that remembers too few of the producer's batches to
+    /// recognize it (it remembers as many as the window holds) and refuses a batch it stored.
+    in_flight: VecDeque<(u64, bool)>,
 }
 
 impl<A> PartitionState<A> {
     /// Nothing of the partition queued or in flight: the only time a batch that is not full may go.
     fn pipe_empty(&self) -> bool {
-        self.in_flight == 0 && self.ready.is_empty()
+        self.in_flight.is_empty() && self.ready.is_empty()
     }
 }
 
@@ -121,7 +126,7 @@ impl<A> Default for PartitionState<A> {
         PartitionState {
             open: None,
             ready: VecDeque::new(),
-            in_flight: 0,
+            in_flight: VecDeque::new(),
         }
     }
 }
@@ -276,11 +281,11 @@ impl<A> Accumulator<A> {
         let max = self.sealer.in_flight_max;
         while let Some((topic, partition)) = self.sealer.dispatchable.pop_front() {
             let state = partition_state(&mut self.topics, &topic, partition);
-            while state.in_flight < max {
+            while state.in_flight.len() < max {
                 let Some(batch) = state.ready.pop_front() else {
                     break;
                 };
-                state.in_flight += 1;
+                state.in_flight.push_back((batch.id, false));
                 out.push(batch);
             }
         }
@@ -291,12 +296,17 @@ impl<A> Accumulator<A> {
     pub fn complete(&mut self, topic: &str, partition: u32, id: u64) {
         let topic = self.topic_key(topic);
         let state = partition_state(&mut self.topics, &topic, partition);
-        assert!(
-            state.in_flight > 0,
-            "completing a batch that is not in flight"
-        );
-        state.in_flight -= 1;
-        if !state.ready.is_empty() {
+        let sent = state
+            .in_flight
+            .iter_mut()
+            .find(|(sent, done)| *sent == id && !*done)
+            .expect("completing a batch that is not in flight");
+        sent.1 = true;
+        let slots_before = state.in_flight.len();
+        while state.in_flight.front().is_some_and(|(_, done)| *done) {
+            state.in_flight.pop_front();
+        }
+        if state.in_flight.len() < slots_before && !state.ready.is_empty() {
             self.sealer
                 .dispatchable
                 .push_back((topic.clone(), partition));
@@ -385,7 +395,7 @@ impl Sealer {
             acks: open.acks,
             records_bytes: open.records_bytes,
         });
-        if state.in_flight < self.in_flight_max {
+        if state.in_flight.len() < self.in_flight_max {
             self.dispatchable.push_back((topic.clone(), partition));
         }
     }
@@ -460,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idempotent_producer_keeps_several_batches_of_a_partition_in_flight_in_order() {
+    fn an_idempotent_producer_keeps_a_window_of_batches_from_the_oldest_not_completed() {
         let one = record_size(None, &[0; 100], &[]);
         let mut acc =
             Accumulator::new(HEADER_LEN + one, Duration::from_secs(60)).with_in_flight_max(3);
@@ -476,20 +486,25 @@ mod tests {
             "three in flight, in order"
         );
         assert!(acc.take_dispatchable().is_empty(), "no more than three");
-        // Completions may come in any order; each frees a slot for the next batch in order.
+        // A batch that completes ahead of an older one frees no slot: the window spans from the oldest
+        // batch not completed (a broker remembers as many of a producer's batches as the window holds, so
+        // a retry of the oldest is always recognized, however many newer ones completed meanwhile).
         acc.complete("t", 0, first[1].id);
+        assert!(
+            acc.take_dispatchable().is_empty(),
+            "the oldest batch still holds the window"
+        );
+        acc.complete("t", 0, first[0].id);
         let next = acc.take_dispatchable();
         assert_eq!(
             next.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
-            [vec![3]]
+            [vec![3], vec![4]],
+            "the oldest completed: the window moves past both"
         );
-        acc.complete("t", 0, first[0].id);
+        acc.complete("t", 0, next[1].id);
         acc.complete("t", 0, first[2].id);
-        let last = acc.take_dispatchable();
-        assert_eq!(
-            last.iter().map(|b| b.acks.clone()).collect::<Vec<_>>(),
-            [vec![4]]
-        );
+        acc.complete("t", 0, next[0].id);
+        assert!(acc.is_idle());
     }
 
     #[test]
