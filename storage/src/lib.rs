@@ -18,7 +18,7 @@ pub mod segment;
 pub use clock::{ManualClock, SystemClock, WallClock};
 pub use disk::{Disk, DiskFile, Faults, FaultyDisk, OsDisk};
 pub use error::StorageError;
-pub use log::{Append, LogConfig, PartitionLog, SyncPoint};
+pub use log::{Append, LogConfig, PartitionLog};
 pub use open::{LogDamage, Recovery};
 
 #[cfg(test)]

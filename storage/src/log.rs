@@ -107,20 +107,6 @@ pub struct PartitionLog {
     pub(super) watermark: Watermark,
     /// Damage found at open, cut in memory; the files follow in [`PartitionLog::finish_cut`].
     pub(super) pending_cut: Option<PendingCut>,
-    /// Times the log was cut or emptied since it was opened: a [`SyncPoint`] taken before a cut no longer
-    /// describes what the file holds.
-    pub(super) cuts: u64,
-}
-
-/// What an fsync started at some moment covers: the active segment up to `len` bytes and Raft index
-/// `raft_index`, as they were when it started ([`PartitionLog::sync_point`]). Writes may go on while the
-/// fsync runs; when it returns, [`PartitionLog::mark_durable_to`] moves the watermark to this point only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncPoint {
-    base_offset: u64,
-    len: u32,
-    raft_index: u64,
-    cuts: u64,
 }
 
 impl PartitionLog {
@@ -263,27 +249,6 @@ impl PartitionLog {
     pub fn mark_durable(&mut self) -> Result<(), StorageError> {
         let (len, last) = (self.active().len, self.last_raft_index());
         self.set_watermark(len, last, false)
-    }
-
-    /// Where an fsync of the active file started now would reach (see [`SyncPoint`]).
-    pub fn sync_point(&self) -> SyncPoint {
-        SyncPoint {
-            base_offset: self.active().base_offset,
-            len: self.active().len,
-            raft_index: self.last_raft_index(),
-            cuts: self.cuts,
-        }
-    }
-
-    /// Records that an fsync started at `at` returned: the durable watermark moves to `at`, never back.
-    /// Nothing moves when the active segment changed since: a roll fsynced the segment `at` was about
-    /// whole (and the new one starts with its own watermark), and a cut removed what `at` may name.
-    pub fn mark_durable_to(&mut self, at: SyncPoint) -> Result<(), StorageError> {
-        let same_file = at.base_offset == self.active().base_offset && at.cuts == self.cuts;
-        if !same_file || at.len <= self.watermark.len || at.len > self.active().len {
-            return Ok(());
-        }
-        self.set_watermark(at.len, at.raft_index, false)
     }
 
     /// Records, best effort, that an fsync failed: recovery then trusts nothing past the watermark (the page
@@ -518,7 +483,6 @@ impl PartitionLog {
     /// Removes every batch with Raft index `raft_index` or later (Raft replaced an uncommitted tail, or
     /// repair cut damage).
     pub fn truncate_from_raft_index(&mut self, raft_index: u64) -> Result<(), StorageError> {
-        self.cuts += 1;
         let keep_last = raft_index.saturating_sub(1);
         let mut popped = false;
         while self.segments.len() > 1 && self.active().base_raft_index >= raft_index {
@@ -577,7 +541,6 @@ impl PartitionLog {
 
     /// Empties the log so it starts at `raft_index` and `offset` (a follower installing a snapshot).
     pub fn reset(&mut self, raft_index: u64, offset: u64) -> Result<(), StorageError> {
-        self.cuts += 1;
         for seg in self.segments.drain(..) {
             seg.delete(self.disk.as_ref())?;
         }

@@ -146,7 +146,6 @@ impl PartitionLog {
             durable,
             watermark: Watermark::default(),
             pending_cut,
-            cuts: 0,
         };
         if log.pending_cut.is_none() {
             log.make_recovered_durable()?;

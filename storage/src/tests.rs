@@ -12,8 +12,6 @@ use super::log::{Append, LogConfig, PartitionLog};
 use super::segment::SegmentLimits;
 use super::StorageError;
 
-mod sync_tests;
-
 fn small_config() -> LogConfig {
     LogConfig {
         limits: SegmentLimits {

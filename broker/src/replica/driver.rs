@@ -1,8 +1,6 @@
 //! The replica task: the async shell around [`ReplicaCore`]. It only moves events in (proposals, peer
-//! messages, ticks, operator requests, fsync outcomes) and carries actions out (sends through the
-//! transport, fsyncs on the blocking pool, answers to publishers, what readers see in [`Shared`]); every
-//! decision is the core's. An fsync runs while the task goes on taking events, so the next batches are
-//! written while the last ones are made durable.
+//! messages, ticks, operator requests) and carries actions out (sends through the transport, fsyncs on the
+//! blocking pool, answers to publishers, what readers see in [`Shared`]); every decision is the core's.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,37 +37,19 @@ pub struct Wiring {
     pub liveness: Arc<super::Liveness>,
 }
 
-/// An fsync running on the blocking pool.
-type SyncTask = tokio::task::JoinHandle<std::io::Result<()>>;
-
-/// Starts fsyncing `file` on the blocking pool.
-fn start_sync(file: Arc<dyn DiskFile>) -> SyncTask {
-    tokio::task::spawn_blocking(move || {
+/// fsyncs `file` on the blocking pool.
+async fn sync(file: Arc<dyn DiskFile>) -> Result<(), String> {
+    let synced = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let r = file.sync_data();
         metrics::histogram!("ferry_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
         r
     })
-}
-
-/// The outcome of a finished fsync, as the core takes it.
-fn sync_outcome(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), String> {
-    match joined {
+    .await;
+    match synced {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("fsync failed, replica fenced: {e}")),
         Err(e) => Err(format!("fsync task failed: {e}")),
-    }
-}
-
-/// Waits for the fsync out, if any (never ready when there is none).
-async fn sync_done(sync: &mut Option<SyncTask>) -> Result<(), String> {
-    match sync {
-        Some(task) => {
-            let joined = task.await;
-            *sync = None;
-            sync_outcome(joined)
-        }
-        None => std::future::pending().await,
     }
 }
 
@@ -137,7 +117,6 @@ pub fn spawn(
     }
     let driver = Driver {
         core,
-        sync: None,
         shared: shared.clone(),
         transport,
         group,
@@ -164,8 +143,6 @@ pub fn spawn(
 
 struct Driver {
     core: ReplicaCore<AckSender>,
-    /// The fsync the core asked for, running (at most one).
-    sync: Option<SyncTask>,
     shared: Arc<Shared>,
     transport: Arc<dyn Transport>,
     group: u64,
@@ -187,9 +164,6 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                outcome = sync_done(&mut self.sync) => {
-                    self.core.synced(outcome, Instant::now());
-                }
                 // Cheapest and most frequent first: with thousands of idle groups, a tick wake-up must
                 // not poll every channel.
                 passed = clock.next(&mut last_tick) => {
@@ -229,29 +203,22 @@ impl Driver {
                 return;
             }
         }
-        // A clean close waits for the fsync out (and the one it may start for what was written meanwhile):
-        // what they cover ends (answered) before the log closes.
-        while let Some(task) = self.sync.take() {
-            self.core.synced(sync_outcome(task.await), Instant::now());
-            self.carry_out().await;
-        }
         if let Err(e) = self.core.shut_down() {
             tracing::error!(partition = %self.shared.name, "clean close failed: {e}");
         }
         self.carry_out().await;
     }
 
-    /// Carries out the core's actions in order (an fsync is started, not awaited); returns false once the
-    /// replica is fenced (every action up to the fence carried out).
+    /// Carries out the core's actions in order, performing each fsync it asks for before the next; returns
+    /// false once the replica is fenced (every action up to the fence carried out).
     async fn carry_out(&mut self) -> bool {
         while let Some(action) = self.core.next_action() {
             match action {
                 Action::Send(msgs) => self.transport.send(self.group, msgs),
                 Action::Sync(file) => {
-                    // One fsync for everything written so far, off the async threads; its outcome comes
-                    // back as an event.
-                    debug_assert!(self.sync.is_none(), "one fsync out at a time");
-                    self.sync = Some(start_sync(file));
+                    // One fsync for every batch of the Ready, off the async threads.
+                    let outcome = sync(file).await;
+                    self.core.synced(outcome, Instant::now());
                 }
                 Action::Answer(reply, outcome) => {
                     let _ = reply.send(outcome);

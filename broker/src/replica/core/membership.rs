@@ -13,7 +13,7 @@ impl<R> ReplicaCore<R> {
     /// it led to.
     pub fn reconfigure(&mut self, target: &[u64], now: Instant) -> Reconfigure {
         assert!(
-            self.persist_next.is_none() && self.actions.is_empty(),
+            self.waiting.is_none() && self.persist_next.is_none() && self.actions.is_empty(),
             "a reconfiguration handed to a replica core with actions not yet carried out"
         );
         if self.fenced {

@@ -5,14 +5,12 @@
 //!
 //! No runtime here: time is handed in with every call, and the one blocking step, fsync, is an action the
 //! shell (`replica::driver`) performs off the async threads. Writes go to the page cache through the
-//! storage's disk seam, synchronously, as raft-rs's own `Storage` reads do. The fsync that makes them
-//! durable runs at the shell while the core goes on (raft-rs's asynchronous persistence): what needs
-//! durability (acknowledgements, a follower's answers, votes, the leader counting itself) waits for the
-//! outcome, handed back with [`ReplicaCore::synced`].
+//! storage's disk seam, synchronously, as raft-rs's own `Storage` reads do; the fsync that makes them
+//! durable is the barrier: no action after an [`Action::Sync`] is handed out until its outcome came back.
 //! Table tests (`core/tests.rs`) drive cores directly, a cluster of them by passing messages by hand.
 //!
 //! Files: `mod.rs` (types, construction, the event loop's entry points), `propose.rs` (publishes and
-//! idempotent duplicates), `ready.rs` (a Raft Ready: send, apply, write, then end it once durable),
+//! idempotent duplicates), `ready.rs` (a Raft Ready: persist, fsync barrier, send, apply, acknowledge),
 //! `membership.rs` (reconfiguration), `quiet.rs` (ticks, quiescence, heartbeats, leases, the in-sync set),
 //! `repair.rs` (the guards of a damaged log).
 
@@ -37,7 +35,7 @@ use super::lease::Lease;
 use super::liveness::Liveness;
 use super::types::{Ack, Durability, Leadership, Membership, ReplicaError};
 use crate::replica::raft_log::{logger::raft_logger, Placed, ReplicaStorage};
-use crate::storage::{DiskFile, StorageError, SyncPoint};
+use crate::storage::{DiskFile, StorageError};
 
 /// Proposals taken into one Raft step (and so, at most, one group commit).
 pub const PROPOSALS_PER_STEP_MAX: usize = 1024;
@@ -151,8 +149,7 @@ pub enum Event<R> {
 pub enum Action<R> {
     /// Send these Raft messages (best effort: Raft retransmits).
     Send(Vec<Message>),
-    /// fsync this file and hand the outcome to [`ReplicaCore::synced`]. Other events may be handled while
-    /// it runs; at most one is out at a time.
+    /// fsync this file, then hand the outcome to [`ReplicaCore::synced`] before anything else.
     Sync(Arc<dyn DiskFile>),
     /// Answer a publish.
     Answer(R, Result<Ack, ReplicaError>),
@@ -241,27 +238,16 @@ struct Quiet {
     active_tick: u64,
 }
 
-/// A Ready written to the page cache whose end waits until it is durable (and every Ready before it).
-struct Written {
-    /// raft-rs's number of the Ready.
-    number: u64,
-    /// Messages that may leave only once it is durable (a follower's answers, votes).
-    persisted: Vec<Message>,
-    placed: Vec<Placed>,
-    last_written: Option<u64>,
-    /// The file it wrote, when an fsync must cover it (fsync per batch); none: it ends once the Readies
-    /// before it did.
-    file: Option<Arc<dyn DiskFile>>,
-}
-
-/// The fsync out at the shell (at most one).
-struct Syncing {
-    /// It covers the written Readies up to this number (none: the interval policy's periodic fsync).
-    upto: Option<u64>,
-    /// The last Raft index written when it started.
-    last: u64,
-    /// Where the log's active file ended when it started.
-    at: SyncPoint,
+/// What an outstanding fsync completes.
+enum Waiting {
+    /// The entries of this Ready, written and placed; the rest of the Ready follows the fsync.
+    Ready {
+        rd: Box<raft::Ready>,
+        placed: Vec<Placed>,
+        last_written: Option<u64>,
+    },
+    /// The interval policy's periodic fsync of everything written up to this Raft index.
+    Interval { last: u64 },
 }
 
 /// One replica of one Raft group: every decision, no I/O but the storage seam's writes.
@@ -290,11 +276,7 @@ pub struct ReplicaCore<R> {
     /// The time handed in with the event being handled.
     now: Instant,
     actions: VecDeque<Action<R>>,
-    /// Readies written, oldest first, whose end waits for an fsync.
-    written: VecDeque<Written>,
-    syncing: Option<Syncing>,
-    /// The role as of the last Ready taken (raft-rs's view of it; see `ready.rs`).
-    ready_role: StateRole,
+    waiting: Option<Waiting>,
     /// A Ready whose first messages are queued: it is persisted once the shell has carried them out.
     persist_next: Option<Box<raft::Ready>>,
     /// Set once the replica must stop; nothing is handled after it.
@@ -370,9 +352,7 @@ impl<R> ReplicaCore<R> {
             lease: Lease::new(config.tick_ms, config.election_ticks, now),
             now,
             actions: VecDeque::new(),
-            written: VecDeque::new(),
-            syncing: None,
-            ready_role: StateRole::Follower,
+            waiting: None,
             persist_next: None,
             fenced: false,
             opened_high_watermark: hw,
@@ -394,7 +374,7 @@ impl<R> ReplicaCore<R> {
     /// Handles `event` at `now`, then the Raft Ready it led to (up to an fsync barrier).
     pub fn handle(&mut self, event: Event<R>, now: Instant) {
         assert!(
-            self.persist_next.is_none() && self.actions.is_empty(),
+            self.waiting.is_none() && self.persist_next.is_none() && self.actions.is_empty(),
             "an event was handed to a replica core with actions not yet carried out"
         );
         if self.fenced {
@@ -411,7 +391,9 @@ impl<R> ReplicaCore<R> {
                         return;
                     }
                 }
-                self.sync_on_interval();
+                if self.sync_on_interval() {
+                    return;
+                }
             }
             Event::Messages(msgs) => self.step_messages(msgs),
             Event::Proposals(proposals) => {
@@ -432,16 +414,12 @@ impl<R> ReplicaCore<R> {
         self.drive();
     }
 
-    /// The outcome of the fsync asked for by the last [`Action::Sync`], at `now`: what it covered ends, the
-    /// next fsync starts if more was written meanwhile. A failure is fatal: after a failed fsync the kernel
-    /// may have dropped the dirty pages, so what the file holds is unknown.
+    /// The outcome of the fsync asked for by the last [`Action::Sync`], at `now`. A failure is fatal: after a
+    /// failed fsync the kernel may have dropped the dirty pages, so what the file holds is unknown.
     pub fn synced(&mut self, outcome: Result<(), String>, now: Instant) {
-        if self.fenced {
-            return;
-        }
         self.now = now;
-        let syncing = self
-            .syncing
+        let waiting = self
+            .waiting
             .take()
             .expect("an fsync outcome without an fsync asked for");
         if let Err(why) = outcome {
@@ -449,35 +427,22 @@ impl<R> ReplicaCore<R> {
             self.fence(Fatal::Other(why));
             return;
         }
-        if let Err(fatal) = self.mark_durable(&syncing) {
+        let done = match waiting {
+            Waiting::Ready {
+                rd,
+                placed,
+                last_written,
+            } => self
+                .mark_durable(last_written)
+                .and_then(|()| self.finish_ready(*rd, &placed)),
+            Waiting::Interval { last } => self.mark_durable(Some(last)).map(|()| self.drive()),
+        };
+        if let Err(fatal) = done {
             self.fence(fatal);
-            return;
         }
-        if let Some(upto) = syncing.upto {
-            let mut ended = None;
-            while self.written.front().is_some_and(|w| w.number <= upto) {
-                let w = self.written.pop_front().expect("checked");
-                ended = Some(w.number);
-                self.end_persisted(w);
-            }
-            if let Some(number) = ended {
-                self.node.on_persist_ready(number);
-            }
-        }
-        self.end_written();
-        if let Err(fatal) = self.publish_state() {
-            self.fence(fatal);
-            return;
-        }
-        self.drive();
     }
 
-    /// Whether an fsync is out at the shell (its outcome goes to [`ReplicaCore::synced`]).
-    pub fn is_syncing(&self) -> bool {
-        self.syncing.is_some()
-    }
-
-    /// The next thing the shell must do.
+    /// The next thing the shell must do. After an [`Action::Sync`], none until [`ReplicaCore::synced`].
     /// Work that must follow the actions before it (a Ready's persisting follows its first sends) runs
     /// here, once they were handed out.
     pub fn next_action(&mut self) -> Option<Action<R>> {
@@ -489,10 +454,8 @@ impl<R> ReplicaCore<R> {
             if self.fenced {
                 return None;
             }
-            match self.persist_ready(*rd) {
-                // What it ended may make the next Ready (a commit now that this replica counts itself).
-                Ok(()) => self.drive(),
-                Err(fatal) => self.fence(fatal),
+            if let Err(fatal) = self.persist_ready(*rd) {
+                self.fence(fatal);
             }
         }
     }

@@ -1,48 +1,29 @@
-//! A Raft Ready, in the order raft-rs documents for asynchronous persistence: send the leader's messages,
-//! apply what committed, write entries and hard state to the page cache, advance; the fsync that makes the
-//! writes durable runs at the shell while the next Readies are written (one fsync for everything written
-//! before it started: group commit). When it returns, what it covered ends: Raft learns it persisted
-//! (`on_persist_ready`), the messages that needed persistence go out, leader-durable publishes are answered.
+//! A Raft Ready, in the order raft-rs documents: send the leader's messages, persist entries and hard
+//! state (one fsync for the whole Ready: group commit, the barrier the shell performs), send the messages
+//! that needed persistence, apply committed entries, advance.
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft::StateRole;
 
-use super::{Action, Fatal, FsyncPolicy, ReplicaCore, Syncing, Written};
+use super::{Action, Fatal, FsyncPolicy, ReplicaCore, Waiting};
 use crate::replica::raft_log::Placed;
 use crate::replica::types::{Ack, Durability, Leadership, ReplicaError};
 
 impl<R> ReplicaCore<R> {
-    /// Handles the Ready the last event led to, if any. While an fsync is out, a Ready that would cut the
-    /// log (a new leader replacing an uncommitted tail, a snapshot) or that follows a change of role waits
-    /// for it ([`ReplicaCore::synced`] drives again): a cut under a running fsync would leave unclear what
-    /// it covered, and raft-rs requires a new leader's earlier Readies to be persisted.
+    /// Handles the Ready the last event led to, if any; stops at the fsync barrier when its entries need
+    /// one ([`ReplicaCore::synced`] finishes it).
     pub(super) fn drive(&mut self) {
-        if self.fenced || self.persist_next.is_some() {
+        if self.fenced || self.waiting.is_some() || self.persist_next.is_some() {
             return;
         }
         if !self.node.has_ready() {
             self.check_damage();
             return;
         }
-        if self.syncing.is_some() && self.must_wait_for_sync() {
-            return;
-        }
         if let Err(fatal) = self.begin_ready() {
             self.fence(fatal);
         }
-    }
-
-    /// Whether the next Ready must wait for the fsync that is out (see [`ReplicaCore::drive`]).
-    fn must_wait_for_sync(&self) -> bool {
-        let raft = &self.node.raft;
-        let log = &raft.raft_log;
-        raft.state != self.ready_role
-            || log.unstable_snapshot().is_some()
-            || log
-                .unstable_entries()
-                .first()
-                .is_some_and(|e| e.index <= self.storage.read().log.last_raft_index())
     }
 
     /// The start of a Ready: leadership changes, and the messages a leader sends before it persists (its
@@ -51,7 +32,6 @@ impl<R> ReplicaCore<R> {
     fn begin_ready(&mut self) -> Result<(), Fatal> {
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
-            self.ready_role = ss.raft_state;
             if ss.raft_state != StateRole::Leader {
                 // Proposals not yet known committed: their entries may still commit under the new leader,
                 // so their outcome is unknown, not "not leader" (L3 in the durability audit).
@@ -72,8 +52,8 @@ impl<R> ReplicaCore<R> {
         Ok(())
     }
 
-    /// The rest of a Ready: snapshot, committed entries, hard state, the write of new entries, advancing
-    /// Raft; then what needs no fsync ends at once, and an fsync starts if none is out.
+    /// The rest of a Ready up to the fsync: snapshot, committed entries, hard state, the write of new
+    /// entries; then the fsync barrier, or (nothing to fsync) the end of the Ready.
     pub(super) fn persist_ready(&mut self, rd: raft::Ready) -> Result<(), Fatal> {
         let mut rd = rd;
         if !rd.snapshot().is_empty() {
@@ -97,83 +77,53 @@ impl<R> ReplicaCore<R> {
         }
         let (file, placed) = self.storage.write().append_entries(rd.entries(), leading)?;
         let last_written = rd.entries().last().map(|e| e.index);
-        let number = rd.number();
-        let persisted = rd.take_persisted_messages();
-        // The entries are readable through `Storage` already (raft-rs's condition for advancing early).
-        self.node.advance_append_async(rd);
-        let file = match (file, self.fsync) {
-            (Some(file), FsyncPolicy::PerBatch) => Some(file),
+        match (file, self.fsync) {
+            (None, _) => self.finish_ready(rd, &placed),
+            // One fsync for every batch of this Ready, performed by the shell; the rest of the Ready waits.
+            (Some(file), FsyncPolicy::PerBatch) => {
+                self.actions.push_back(Action::Sync(file));
+                self.waiting = Some(Waiting::Ready {
+                    rd: Box::new(rd),
+                    placed,
+                    last_written,
+                });
+                Ok(())
+            }
             (Some(file), FsyncPolicy::IntervalMs(_)) => {
                 self.unsynced = Some((file, last_written.unwrap_or(0)));
-                None
+                self.finish_ready(rd, &placed)
             }
-            (None, _) => None,
-        };
-        self.written.push_back(Written {
-            number,
-            persisted,
-            placed,
-            last_written,
-            file,
-        });
-        self.end_written();
-        // After `end_written`: a snapshot counts as applied only once Raft knows it persisted.
+        }
+    }
+
+    /// Moves the durable watermark to `last` (an fsync covered it).
+    pub(super) fn mark_durable(&mut self, last: Option<u64>) -> Result<(), Fatal> {
+        match last {
+            Some(i) => self
+                .storage
+                .write()
+                .mark_durable(i)
+                .map_err(|e| Fatal::Other(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything after the fsync: acknowledgements of leader-durable publishes, the messages that needed
+    /// persistence, advancing Raft, applying what that committed, and what readers now see.
+    pub(super) fn finish_ready(&mut self, rd: raft::Ready, placed: &[Placed]) -> Result<(), Fatal> {
+        let mut rd = rd;
+        self.note_persisted(placed);
+        let persisted = rd.take_persisted_messages();
+        self.send(persisted);
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.storage.write().set_commit(commit);
+        }
+        let mut light_msgs = light.take_messages();
+        self.stamp_heartbeats(&mut light_msgs);
+        self.send(light_msgs);
+        self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
-        self.publish_state()
-    }
-
-    /// Ends the written Readies at the front that wait for no fsync, then starts an fsync for the rest if
-    /// none is out: one for everything written so far, whose end is the latest write's file (a roll
-    /// fsynced the segments before it).
-    pub(super) fn end_written(&mut self) {
-        let mut ended = None;
-        while self.written.front().is_some_and(|w| w.file.is_none()) {
-            let w = self.written.pop_front().expect("checked");
-            ended = Some(w.number);
-            self.end_persisted(w);
-        }
-        if let Some(number) = ended {
-            self.node.on_persist_ready(number);
-        }
-        if self.syncing.is_some() {
-            return;
-        }
-        let Some(file) = self.written.iter().rev().find_map(|w| w.file.clone()) else {
-            return;
-        };
-        let upto = self.written.back().map(|w| w.number);
-        let last = self
-            .written
-            .iter()
-            .filter_map(|w| w.last_written)
-            .max()
-            .unwrap_or(0);
-        self.syncing = Some(Syncing {
-            upto,
-            last,
-            at: self.storage.read().sync_point(),
-        });
-        self.actions.push_back(Action::Sync(file));
-    }
-
-    /// The end of a written Ready now durable: where its proposals landed (leader-durable publishes are
-    /// answered), and the messages that needed persistence.
-    pub(super) fn end_persisted(&mut self, w: Written) {
-        self.note_persisted(&w.placed);
-        self.send(w.persisted);
-    }
-
-    /// Moves the durable watermark to what the fsync that returned covered.
-    pub(super) fn mark_durable(&mut self, s: &Syncing) -> Result<(), Fatal> {
-        self.storage
-            .write()
-            .mark_durable(s.last, s.at)
-            .map_err(|e| Fatal::Other(e.to_string()))
-    }
-
-    /// What readers and the shell see after a Ready or an fsync: who leads and serves, the in-sync set,
-    /// the lease; and the repair and damage checks.
-    pub(super) fn publish_state(&mut self) -> Result<(), Fatal> {
         let raft = &self.node.raft;
         let now = Leadership {
             term: raft.term,
@@ -271,25 +221,24 @@ impl<R> ReplicaCore<R> {
         Ok(())
     }
 
-    /// With the interval policy, starts the periodic fsync once its interval passed (and none is out).
-    pub(super) fn sync_on_interval(&mut self) {
+    /// With the interval policy, asks for the periodic fsync once its interval passed; returns whether it
+    /// did (the Ready waits for it).
+    pub(super) fn sync_on_interval(&mut self) -> bool {
         let FsyncPolicy::IntervalMs(ms) = self.fsync else {
-            return;
+            return false;
         };
-        if self.syncing.is_some()
-            || self.now.saturating_duration_since(self.last_sync)
-                < std::time::Duration::from_millis(ms)
+        if self.now.saturating_duration_since(self.last_sync) < std::time::Duration::from_millis(ms)
         {
-            return;
+            return false;
         }
         self.last_sync = self.now;
-        if let Some((file, last)) = self.unsynced.take() {
-            self.syncing = Some(Syncing {
-                upto: None,
-                last,
-                at: self.storage.read().sync_point(),
-            });
-            self.actions.push_back(Action::Sync(file));
+        match self.unsynced.take() {
+            Some((file, last)) => {
+                self.actions.push_back(Action::Sync(file));
+                self.waiting = Some(Waiting::Interval { last });
+                true
+            }
+            None => false,
         }
     }
 

@@ -17,8 +17,6 @@ use crate::replica::raft_log::{repair, ReplicaStorage};
 use crate::replica::types::{Ack, Durability, Leadership, Membership, Reconfigure, ReplicaError};
 use crate::storage::{DiskFile, LogConfig, ManualClock, OsDisk};
 
-mod persistence_tests;
-
 const TICK_MS: u64 = 100;
 /// Ticks a test waits for something Raft does within a few election timeouts.
 const TICKS_MAX: usize = 200;
@@ -30,7 +28,7 @@ struct Node {
     core: ReplicaCore<u32>,
     liveness: Arc<Liveness>,
     _dir: tempfile::TempDir,
-    /// Hold fsyncs instead of performing them (what needs durability then waits; the core goes on).
+    /// Hold fsyncs instead of performing them (the core then waits at its barrier).
     hold_syncs: bool,
     held: Option<Arc<dyn DiskFile>>,
     /// Cut off: its messages, both ways, are dropped, and nobody hears it.
@@ -165,11 +163,12 @@ impl Cluster {
         self.nodes.get_mut(&id).unwrap()
     }
 
-    /// Carries out node `id`'s actions as the shell does (a held fsync stays out).
+    /// Carries out node `id`'s actions as the shell does, up to a held fsync.
     fn settle(&mut self, id: u64) {
         let now = self.now;
         let n = self.nodes.get_mut(&id).unwrap();
-        while let Some(a) = n.core.next_action() {
+        while n.held.is_none() {
+            let Some(a) = n.core.next_action() else { break };
             match a {
                 Action::Send(msgs) => {
                     n.trace.push("send");
@@ -180,7 +179,6 @@ impl Cluster {
                 Action::Sync(file) => {
                     n.trace.push("sync");
                     if n.hold_syncs {
-                        assert!(n.held.is_none(), "one fsync out at a time");
                         n.held = Some(file);
                     } else {
                         file.sync_data().unwrap();
@@ -230,8 +228,9 @@ impl Cluster {
         self.deliver();
     }
 
-    /// Delivers messages until the network is quiet.
+    /// Delivers messages until the network is quiet (those to a core waiting at its fsync barrier wait).
     fn deliver(&mut self) {
+        let mut waiting = Vec::new();
         while let Some(m) = self.net.pop_front() {
             let (from, to) = (m.from, m.to);
             let Some(n) = self.nodes.get_mut(&to) else {
@@ -241,10 +240,15 @@ impl Cluster {
                 continue;
             }
             let n = self.nodes.get_mut(&to).unwrap();
+            if n.held.is_some() {
+                waiting.push(m);
+                continue;
+            }
             n.liveness.heard_at(from, self.now);
             n.core.handle(Event::Messages(vec![m]), self.now);
             self.settle(to);
         }
+        self.net.extend(waiting);
     }
 
     /// One beat of the Raft clock on every node: keepalives between nodes that are not cut, then a tick.
@@ -259,9 +263,11 @@ impl Cluster {
             }
         }
         for id in ids {
-            let now = self.now;
-            self.node(id).core.handle(Event::Ticks(1), now);
-            self.settle(id);
+            if self.nodes[&id].held.is_none() {
+                let now = self.now;
+                self.node(id).core.handle(Event::Ticks(1), now);
+                self.settle(id);
+            }
         }
         self.deliver();
     }
@@ -311,6 +317,33 @@ fn a_publish_is_answered_only_after_the_fsync_of_its_batch() {
     let hw = trace.iter().position(|t| *t == "high-watermark").unwrap();
     let answer = trace.iter().position(|t| *t == "answer").unwrap();
     assert!(hw < answer, "readers see the watermark first: {trace:?}");
+}
+
+#[test]
+fn a_failed_fsync_fences_the_replica_and_answers_every_waiting_publish() {
+    let mut c = Cluster::new(&[1], FsyncPolicy::PerBatch);
+    c.tick_until("a cluster of one leads", |c| c.leader() == Some(1));
+    c.node(1).hold_syncs = true;
+    c.handle(1, Event::Proposals(vec![plain("a", 1), plain("b", 2)]));
+    c.release(1, Err("fsync failed: EIO".into()));
+    assert_eq!(
+        c.node(1).fenced,
+        Some(Fatal::Other("fsync failed: EIO".into()))
+    );
+    let answers = c.answers(1);
+    assert_eq!(answers.len(), 2);
+    for (_, a) in answers {
+        assert!(
+            matches!(a, Err(ReplicaError::Failed(ref w)) if w.contains("EIO")),
+            "{a:?}"
+        );
+    }
+    // Fenced: nothing more is decided.
+    c.node(1).trace.clear();
+    c.handle(1, Event::Proposals(vec![plain("c", 3)]));
+    c.handle(1, Event::Ticks(1));
+    assert!(c.node(1).trace.is_empty(), "{:?}", c.node(1).trace);
+    assert!(c.node(1).core.is_fenced());
 }
 
 #[test]
@@ -472,7 +505,7 @@ fn three_replicas_acknowledge_once_a_quorum_fsynced_and_the_leader_sends_before_
         c.answers(l).is_empty(),
         "only the leader fsynced: {trace:?}"
     );
-    // A follower with its fsync out has taken the entry; its answer waits for the fsync.
+    // A follower with one fsync outstanding has taken the entry and waits at its barrier.
     assert!(followers.iter().all(|f| c.nodes[f].held.is_some()));
     c.release(followers[0], Ok(()));
     assert_eq!(c.answers(l), [(1, ack(0))], "a quorum fsynced");

@@ -19,7 +19,7 @@ use raft::{GetEntriesContext, RaftState as RaftInitial, StorageError as RaftStor
 use super::producers::{ProducerTable, REBUILD_SEGMENTS};
 use super::state::RaftState;
 use crate::storage::{
-    Append, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError, SyncPoint, WallClock,
+    Append, Disk, DiskFile, LogConfig, PartitionLog, Recovery, StorageError, WallClock,
 };
 
 /// Bytes of recent entries kept in the tail cache.
@@ -367,16 +367,10 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Where an fsync of the log's active file started now would reach: everything written so far.
-    pub fn sync_point(&self) -> SyncPoint {
-        self.log.sync_point()
-    }
-
-    /// Records that an fsync started at `at` returned, so the log is durable up to Raft index `upto` (what
-    /// was written when it started): the durable watermark moves first, so recovery never cuts what may be
-    /// acknowledged from here on. Writes made while it ran are not covered.
-    pub fn mark_durable(&mut self, upto: u64, at: SyncPoint) -> Result<(), StorageError> {
-        self.log.mark_durable_to(at)?;
+    /// Records that the log is fsynced up to Raft index `upto` (everything written so far): the durable
+    /// watermark moves first, so recovery never cuts what may be acknowledged from here on.
+    pub fn mark_durable(&mut self, upto: u64) -> Result<(), StorageError> {
+        self.log.mark_durable()?;
         self.durable_last = self.durable_last.max(upto).min(self.log.last_raft_index());
         Ok(())
     }

@@ -36,8 +36,7 @@ fn append(s: &ReplicaStorage, from: u64, to: u64, term: u64) {
     let mut core = s.write();
     let (file, _) = core.append_entries(&entries, true).unwrap();
     file.unwrap().sync_data().unwrap();
-    let at = core.sync_point();
-    core.mark_durable(to, at).unwrap();
+    core.mark_durable(to).unwrap();
 }
 
 #[test]
@@ -136,8 +135,7 @@ fn a_follower_applies_from_its_copy_and_forgets_it_once_applied() {
         let mut core = s.write();
         let (file, _) = core.append_entries(&received, false).unwrap();
         file.unwrap().sync_data().unwrap();
-        let at = core.sync_point();
-        core.mark_durable(10, at).unwrap();
+        core.mark_durable(10).unwrap();
     }
     for f in walk(dir.path()) {
         faults.make_unreadable(&f, 0..u64::MAX);
@@ -185,8 +183,7 @@ fn the_cache_stays_the_logs_suffix_across_a_replaced_tail_and_a_leadership_flip(
         let mut core = s.write();
         let (file, _) = core.append_entries(&entries, leading).unwrap();
         file.unwrap().sync_data().unwrap();
-        let at = core.sync_point();
-        core.mark_durable(last, at).unwrap();
+        core.mark_durable(last).unwrap();
     };
     let check = |low: u64, terms: &[u64]| {
         let ctx = raft::GetEntriesContext::empty(false);
