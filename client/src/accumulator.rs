@@ -3,8 +3,8 @@
 //!
 //! Per partition there is at most one open batch (being filled), a queue of sealed batches, and a send
 //! window of at most `in_flight_max` batches from the oldest one not yet completed (1 unless the producer
-//! is idempotent: its sequence numbers keep the stored order the send order however the requests race). Different partitions are independent and run
-//! in parallel.
+//! is idempotent: its sequence numbers keep the stored order the send order however the requests race).
+//! Different partitions are independent and run in parallel.
 //!
 //! A batch is sealed when the next record would not fit in `batch_bytes_max` (full batches use every
 //! in-flight slot), when its linger time has passed since its first record (or, if the partition then has
@@ -111,13 +111,13 @@ struct PartitionState<A> {
     /// waits to be retried (its leader died after storing it), newer ones could keep completing and being
     /// replaced, until the retry reaches a leader that remembers too few of the producer's batches to
     /// recognize it (it remembers as many as the window holds) and refuses a batch it stored.
-    in_flight: VecDeque<(u64, bool)>,
+    window: VecDeque<(u64, bool)>,
 }
 
 impl<A> PartitionState<A> {
     /// Nothing of the partition queued or in flight: the only time a batch that is not full may go.
     fn pipe_empty(&self) -> bool {
-        self.in_flight.is_empty() && self.ready.is_empty()
+        self.window.is_empty() && self.ready.is_empty()
     }
 }
 
@@ -126,7 +126,7 @@ impl<A> Default for PartitionState<A> {
         PartitionState {
             open: None,
             ready: VecDeque::new(),
-            in_flight: VecDeque::new(),
+            window: VecDeque::new(),
         }
     }
 }
@@ -231,10 +231,10 @@ impl<A> Accumulator<A> {
             let (_, topic, partition, id) = self.lingering.pop_front().expect("front exists");
             let state = partition_state(&mut self.topics, &topic, partition);
             // Anything of the partition queued or in flight: keep growing this batch. Only full batches use
-            // the further in-flight slots; a lingering one waits for the pipe to empty, so light traffic still
-            // makes few, large batches (with a slot per linger period, a slow round trip would send one small
-            // batch each period: more requests and fsyncs for the same records). docs/benchmarks.md (session
-            // 14) has why a second slot for such batches was taken back.
+            // the further in-flight slots; a lingering one waits for the pipe to empty, so light traffic
+            // still makes few, large batches (with a slot per linger period, a slow round trip would send one
+            // small batch each period: more requests and fsyncs for the same records). docs/benchmarks.md
+            // (sessions 14 and 15) has why a second slot for such batches was taken back.
             let busy = !state.pipe_empty();
             let Some(open) = state.open.as_mut().filter(|open| open.id == id) else {
                 continue;
@@ -281,11 +281,11 @@ impl<A> Accumulator<A> {
         let max = self.sealer.in_flight_max;
         while let Some((topic, partition)) = self.sealer.dispatchable.pop_front() {
             let state = partition_state(&mut self.topics, &topic, partition);
-            while state.in_flight.len() < max {
+            while state.window.len() < max {
                 let Some(batch) = state.ready.pop_front() else {
                     break;
                 };
-                state.in_flight.push_back((batch.id, false));
+                state.window.push_back((batch.id, false));
                 out.push(batch);
             }
         }
@@ -297,16 +297,16 @@ impl<A> Accumulator<A> {
         let topic = self.topic_key(topic);
         let state = partition_state(&mut self.topics, &topic, partition);
         let sent = state
-            .in_flight
+            .window
             .iter_mut()
             .find(|(sent, done)| *sent == id && !*done)
             .expect("completing a batch that is not in flight");
         sent.1 = true;
-        let slots_before = state.in_flight.len();
-        while state.in_flight.front().is_some_and(|(_, done)| *done) {
-            state.in_flight.pop_front();
+        let window_before = state.window.len();
+        while state.window.front().is_some_and(|(_, done)| *done) {
+            state.window.pop_front();
         }
-        if state.in_flight.len() < slots_before && !state.ready.is_empty() {
+        if state.window.len() < window_before && !state.ready.is_empty() {
             self.sealer
                 .dispatchable
                 .push_back((topic.clone(), partition));
@@ -395,7 +395,7 @@ impl Sealer {
             acks: open.acks,
             records_bytes: open.records_bytes,
         });
-        if state.in_flight.len() < self.in_flight_max {
+        if state.window.len() < self.in_flight_max {
             self.dispatchable.push_back((topic.clone(), partition));
         }
     }

@@ -42,8 +42,8 @@ pub const IN_FLIGHT_PER_PARTITION_MAX_DEFAULT: usize = 5;
 /// Largest `in_flight_per_partition_max` accepted: a broker remembers a producer's last 5 batches per
 /// partition, so a retry of any batch in flight is recognized (and never written twice or refused for an
 /// unknown outcome). The bound is on the window from the oldest batch not yet completed, not on the
-/// batches still out (see `accumulator`). Kafka bounds `max.in.flight.requests.per.connection` to 5 with idempotence for the
-/// same reason.
+/// batches still out (see `accumulator`). Kafka bounds `max.in.flight.requests.per.connection` to 5 with
+/// idempotence for the same reason.
 pub const IN_FLIGHT_PER_PARTITION_LIMIT: usize = 5;
 /// Default bound on bytes of records sent but not yet acknowledged.
 pub const IN_FLIGHT_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
