@@ -185,8 +185,10 @@ async fn check_acked(brokers: &[String], acked: &Acked) {
         let mut lost = Vec::new();
         for ((part, offset), value) in &acked {
             if *part == p && got.get(*offset as usize) != Some(value) {
+                // Where the value is instead, if anywhere: a moved record and a lost one are different bugs.
+                let moved_to = got.iter().position(|v| v == value);
                 lost.push(format!(
-                    "{value}@{offset} (found {:?})",
+                    "{value}@{offset} (found {:?}, value at {moved_to:?})",
                     got.get(*offset as usize)
                 ));
             }
@@ -194,9 +196,11 @@ async fn check_acked(brokers: &[String], acked: &Acked) {
         lost.sort();
         assert!(
             lost.is_empty(),
-            "partition {p}: {} of {} acknowledged records lost or moved after the power cut, e.g. {:?}",
+            "partition {p}: {} of {} acknowledged records lost or moved after the power cut (its leader \
+             served {} records), e.g. {:?}",
             lost.len(),
             acked.keys().filter(|(q, _)| *q == p).count(),
+            got.len(),
             &lost[..lost.len().min(5)]
         );
     }

@@ -57,15 +57,12 @@ impl Broker {
         if phase != Phase::Serving {
             return Err(format!("phase {}", phase.name()));
         }
-        if !self.startup.caught_up() {
-            let target = self.catch_up_target;
-            if self.controller().high_watermark() < target {
-                return Err(format!(
-                    "metadata not caught up: the controller has committed {} of {target} entries",
-                    self.controller().high_watermark()
-                ));
-            }
-            self.startup.set_caught_up();
+        if !self.metadata_caught_up() {
+            return Err(format!(
+                "metadata not caught up: the controller has committed {} of {} entries",
+                self.controller().high_watermark(),
+                self.catch_up_target
+            ));
         }
         let me = self.config.node_id;
         if !self.metadata.state.read().brokers.contains_key(&me) {

@@ -96,8 +96,9 @@ impl Broker {
         let hw = broker.catch_up_controller().await;
         startup.set(Phase::Opening);
         broker.reconcile().await?;
-        broker.remove_orphan_dirs();
-        broker.spawn_tasks(hw);
+        // Not caught up yet: the metadata follower removes them once it is.
+        let swept = broker.remove_orphan_dirs().await;
+        broker.spawn_tasks(hw, swept);
         startup.set(Phase::Serving);
         Ok(broker)
     }
@@ -121,9 +122,9 @@ impl Broker {
 
     /// The background tasks: following the metadata, registering, and in a cluster balancing leaders,
     /// carrying out membership changes and scrubbing; supervision of replica tasks always.
-    fn spawn_tasks(self: &Arc<Self>, hw: tokio::sync::watch::Receiver<u64>) {
+    fn spawn_tasks(self: &Arc<Self>, hw: tokio::sync::watch::Receiver<u64>, swept: bool) {
         let broker = self;
-        tokio::spawn(tasks::follow_metadata(Arc::downgrade(broker), hw));
+        tokio::spawn(tasks::follow_metadata(Arc::downgrade(broker), hw, swept));
         tokio::spawn(tasks::register(
             Arc::downgrade(broker),
             broker.cancel.clone(),
