@@ -448,12 +448,20 @@ fn peer_advertise_unspecified(a: &str) -> bool {
 /// a [`FaultyDisk`](ferry_broker::storage::FaultyDisk) that tracks what each fsync made durable, and on
 /// SIGUSR1 cuts the power: it stops every disk change, writes what a power cut loses to JOURNAL, and exits
 /// at once with status 86 (the test applies the journal, `ferry_storage::disk::apply_power_cut`, before
-/// starting the broker again).
+/// starting the broker again). `FERRY_FAULT_FSYNC_DELAY_MS=N` makes each of its fsyncs first wait up to N ms.
 fn disk() -> Arc<dyn ferry_broker::storage::Disk> {
     #[cfg(feature = "fault-injection")]
     if let Some(journal) = std::env::var_os("FERRY_FAULT_DISK") {
         use tokio::signal::unix::{signal, SignalKind};
         let faults = ferry_broker::storage::Faults::new();
+        if let Some(ms) = std::env::var("FERRY_FAULT_FSYNC_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            faults
+                .fsync_delay_max_ms
+                .store(ms, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
         let cut = faults.clone();
         tokio::spawn(async move {

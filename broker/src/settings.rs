@@ -25,7 +25,7 @@ use units::{Bytes, Fsync, Millis, Peers, Retain};
 pub const ENV_PREFIX: &str = "FERRY_";
 
 /// `FERRY_*` variables that are not settings (test seams, the config file's own path).
-const ENV_NOT_SETTINGS: &[&str] = &["config", "fault_file", "fault_disk"];
+const ENV_NOT_SETTINGS: &[&str] = &["config", "fault_file", "fault_disk", "fault_fsync_delay_ms"];
 
 /// Largest segment a topic may roll at (bytes): past it, one segment file holds too much to re-read on
 /// repair (the topic-settings bound, docs/reliability.md H7).

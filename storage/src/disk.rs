@@ -188,6 +188,9 @@ type PendingRename = (PathBuf, PathBuf, Option<Vec<u8>>);
 pub struct Faults {
     /// Every fsync fails with EIO.
     pub fail_fsync: AtomicBool,
+    /// Each fsync first waits a spread of times below this many milliseconds (0: none): a slow, uneven disk,
+    /// so that replicas fall out of step and a power cut finds some of them one fsync behind the others.
+    pub fsync_delay_max_ms: AtomicU64,
     /// Bytes that may still be written before writes fail with ENOSPC (`u64::MAX`: unlimited).
     pub space_left_bytes: AtomicU64,
     /// When set, the next write writes only this many bytes of its data, then fails with EIO (a torn write).
@@ -215,6 +218,7 @@ impl Faults {
     pub fn new() -> Arc<Self> {
         Arc::new(Faults {
             fail_fsync: AtomicBool::new(false),
+            fsync_delay_max_ms: AtomicU64::new(0),
             space_left_bytes: AtomicU64::new(u64::MAX),
             torn_write_bytes: AtomicU64::new(u64::MAX),
             fsyncs: AtomicU64::new(0),
@@ -256,6 +260,21 @@ impl Faults {
         let mut f = File::create(journal)?;
         std::io::Write::write_all(&mut f, out.as_bytes())?;
         f.sync_all()
+    }
+
+    /// Waits before an fsync as `fsync_delay_max_ms` says, outside the power lock: a power cut during the
+    /// wait finds the fsync not done.
+    fn delay_fsync(&self) {
+        let max = self.fsync_delay_max_ms.load(Ordering::Relaxed);
+        if max == 0 {
+            return;
+        }
+        // A spread of waits without a random source: the fsync count through a multiplicative hash.
+        let n = self
+            .fsyncs
+            .load(Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        std::thread::sleep(std::time::Duration::from_millis((n >> 32) % max));
     }
 
     fn note_created(&self, path: &Path) {
@@ -479,6 +498,7 @@ impl DiskFile for FaultyFile {
         self.inner.read_exact_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
+        self.faults.delay_fsync();
         let _on = self.faults.on()?;
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
         if self.faults.fail_fsync.load(Ordering::SeqCst) {

@@ -27,7 +27,7 @@ pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
 }
 
 /// [`start_cluster`] with every broker on a fault-injecting disk whose power SIGUSR1 cuts (`FERRY_FAULT_DISK`,
-/// the journal at [`power_cut_journal`]).
+/// the journal at [`power_cut_journal`]) and whose fsyncs wait up to 20 ms first (`FERRY_FAULT_FSYNC_DELAY_MS`).
 pub fn start_cluster_on_faulty_disks(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
     for _ in 0..5 {
         if let Some(nodes) = try_start_cluster_with(dirs, true) {
@@ -110,8 +110,12 @@ fn try_start_cluster_each(
                 let id = (i + 1).to_string();
                 let listen = format!("127.0.0.1:{port}");
                 let journal = power_cut_journal(&dir).display().to_string();
+                // Slow, uneven fsyncs put the replicas out of step, so a power cut finds some behind.
                 let env: &[(&str, &str)] = if faulty_disks {
-                    &[("FERRY_FAULT_DISK", &journal)]
+                    &[
+                        ("FERRY_FAULT_DISK", &journal),
+                        ("FERRY_FAULT_FSYNC_DELAY_MS", "20"),
+                    ]
                 } else {
                     &[]
                 };

@@ -27,7 +27,12 @@ fn topic_dirs(data_dir: &Path) -> Vec<String> {
     names
 }
 
-fn create_topic(broker: &Ferryd, topic: &str) {
+/// Three brokers (their data dirs, which must outlive them, and client addresses) with `topic` created:
+/// one partition on all three.
+fn cluster_with_topic(topic: &str) -> (Vec<tempfile::TempDir>, Vec<Ferryd>, Vec<String>) {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let brokers = start_cluster(&dirs);
+    let addrs = brokers.iter().map(|b| b.addr.clone()).collect();
     let args = [
         "topic",
         "create",
@@ -37,12 +42,13 @@ fn create_topic(broker: &Ferryd, topic: &str) {
         "--replicas",
         "3",
     ];
-    let out = broker.ferry(&args, None);
+    let out = brokers[0].ferry(&args, None);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (dirs, brokers, addrs)
 }
 
 /// The leader of partition 0 of `topic`, waited for (bounded).
@@ -63,10 +69,7 @@ async fn leader(brokers: &[String], topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restarted_alone_keeps_the_data_of_topics_it_does_not_know_yet() {
     let _serial = serial_async().await;
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut brokers = start_cluster(&dirs);
-    let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
-    create_topic(&brokers[0], "kept");
+    let (_dirs, mut brokers, addrs) = cluster_with_topic("kept");
     let mut pool = HashMap::new();
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -121,10 +124,7 @@ async fn a_broker_restarted_alone_keeps_the_data_of_topics_it_does_not_know_yet(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_of_a_topic_deleted_while_a_broker_was_down_is_removed_once_it_is_back() {
     let _serial = serial_async().await;
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut brokers = start_cluster(&dirs);
-    let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
-    create_topic(&brokers[0], "gone");
+    let (_dirs, mut brokers, addrs) = cluster_with_topic("gone");
     leader(&addrs, "gone").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while topic_dirs(&brokers[2].data_dir).is_empty() {
