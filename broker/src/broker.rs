@@ -370,47 +370,6 @@ impl Broker {
         })
     }
 
-    /// Removes the directories of topics deleted while this broker was down, once its metadata has caught
-    /// up with what the controller had committed when the broker started; returns whether it could run.
-    ///
-    /// Before that, a topic missing from the metadata may only be unknown yet, not deleted: commands past
-    /// the persisted commit are applied again only once the controller has a quorum. A broker restarted
-    /// alone once removed the data of every topic it did not know yet, came back with empty replicas (term
-    /// 0, no log) and voted with them, which let a replica missing acknowledged records be elected.
-    pub(crate) async fn remove_orphan_dirs(&self) -> bool {
-        if !self.metadata_caught_up() {
-            return false;
-        }
-        let guard = self.reconcile.lock().await;
-        if *guard {
-            return true;
-        }
-        // Listed before the metadata is read: a topic created in between is in the metadata read after.
-        let Ok(names) = self.disk.list(&self.topics_dir()) else {
-            return true;
-        };
-        let meta = self.metadata();
-        let known: Vec<String> = meta.topics.values().map(TopicMeta::dir_name).collect();
-        for n in names.into_iter().filter(|n| !known.contains(n)) {
-            tracing::info!(dir = %n, "removing the data of a deleted topic");
-            let _ = self.disk.remove_dir_all(&self.topics_dir().join(n));
-        }
-        true
-    }
-
-    /// Whether the metadata has caught up with what the controller had committed when this broker started
-    /// (then it stays so: the metadata only moves forward).
-    pub(crate) fn metadata_caught_up(&self) -> bool {
-        if self.startup.caught_up() {
-            return true;
-        }
-        if self.controller().high_watermark() < self.catch_up_target {
-            return false;
-        }
-        self.startup.set_caught_up();
-        true
-    }
-
     /// The replica of a partition, checking that topic and partition exist.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Replica, BrokerError> {
         if let Some(r) = self.partitions.read().get(&(topic.to_owned(), partition)) {

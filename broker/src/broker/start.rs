@@ -2,7 +2,7 @@
 //! replicas and the broker's background tasks.
 
 use crate::config::BrokerConfig;
-use crate::metadata::{MetadataMachine, CONTROLLER_GROUP};
+use crate::metadata::{MetadataMachine, TopicMeta, CONTROLLER_GROUP};
 use crate::peer::{PeerNetwork, Router};
 use crate::replica::raft_log::ReplicaStorage;
 use crate::replica::{Clock, NoPeers, Transport, Wiring};
@@ -97,8 +97,8 @@ impl Broker {
         startup.set(Phase::Opening);
         broker.reconcile().await?;
         // Not caught up yet: the metadata follower removes them once it is.
-        let swept = broker.remove_orphan_dirs().await;
-        broker.spawn_tasks(hw, swept);
+        broker.remove_orphan_dirs().await;
+        broker.spawn_tasks(hw);
         startup.set(Phase::Serving);
         Ok(broker)
     }
@@ -120,11 +120,53 @@ impl Broker {
         hw
     }
 
+    /// Removes the directories of topics deleted while this broker was down, once (at start, or from the
+    /// metadata follower later) and only once its metadata has caught up with what the controller had
+    /// committed when the broker started.
+    ///
+    /// Before that, a topic missing from the metadata may only be unknown yet, not deleted: commands past
+    /// the persisted commit are applied again only once the controller has a quorum. A broker restarted
+    /// alone once removed the data of every topic it did not know yet, came back with empty replicas (term
+    /// 0, no log) and voted with them, which let a replica missing acknowledged records be elected.
+    pub(super) async fn remove_orphan_dirs(&self) {
+        if self.startup.orphans_removed() || !self.metadata_caught_up() {
+            return;
+        }
+        let guard = self.reconcile.lock().await;
+        self.startup.set_orphans_removed();
+        if *guard {
+            return;
+        }
+        // Listed before the metadata is read: a topic created in between is in the metadata read after.
+        let Ok(names) = self.disk.list(&self.topics_dir()) else {
+            return;
+        };
+        let meta = self.metadata();
+        let known: Vec<String> = meta.topics.values().map(TopicMeta::dir_name).collect();
+        for n in names.into_iter().filter(|n| !known.contains(n)) {
+            tracing::info!(dir = %n, "removing the data of a deleted topic");
+            let _ = self.disk.remove_dir_all(&self.topics_dir().join(n));
+        }
+    }
+
+    /// Whether the metadata has caught up with what the controller had committed when this broker started
+    /// (then it stays so: the metadata only moves forward).
+    pub(super) fn metadata_caught_up(&self) -> bool {
+        if self.startup.caught_up() {
+            return true;
+        }
+        if self.controller().high_watermark() < self.catch_up_target {
+            return false;
+        }
+        self.startup.set_caught_up();
+        true
+    }
+
     /// The background tasks: following the metadata, registering, and in a cluster balancing leaders,
     /// carrying out membership changes and scrubbing; supervision of replica tasks always.
-    fn spawn_tasks(self: &Arc<Self>, hw: tokio::sync::watch::Receiver<u64>, swept: bool) {
+    fn spawn_tasks(self: &Arc<Self>, hw: tokio::sync::watch::Receiver<u64>) {
         let broker = self;
-        tokio::spawn(tasks::follow_metadata(Arc::downgrade(broker), hw, swept));
+        tokio::spawn(tasks::follow_metadata(Arc::downgrade(broker), hw));
         tokio::spawn(tasks::register(
             Arc::downgrade(broker),
             broker.cancel.clone(),

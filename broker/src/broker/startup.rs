@@ -55,6 +55,8 @@ struct StartupState {
     since: Instant,
     /// Set once the controller's log has been committed as far as it reached at start.
     caught_up: AtomicBool,
+    /// Set once the directories of topics deleted while the broker was down have been removed.
+    orphans_removed: AtomicBool,
 }
 
 impl Default for Startup {
@@ -63,6 +65,7 @@ impl Default for Startup {
             phase: AtomicU8::new(0),
             since: Instant::now(),
             caught_up: AtomicBool::new(false),
+            orphans_removed: AtomicBool::new(false),
         }))
     }
 }
@@ -88,5 +91,13 @@ impl Startup {
 
     pub(crate) fn caught_up(&self) -> bool {
         self.0.caught_up.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_orphans_removed(&self) {
+        self.0.orphans_removed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn orphans_removed(&self) -> bool {
+        self.0.orphans_removed.load(Ordering::Acquire)
     }
 }

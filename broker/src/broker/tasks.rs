@@ -11,14 +11,12 @@ use crate::metadata::Command;
 /// controller replica has a new watermark to follow).
 const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Starts and stops local partitions whenever the controller applies new metadata; unless `swept` (done at
-/// start), removes the data of topics deleted while the broker was down once the metadata has caught up.
+/// Starts and stops local partitions whenever the controller applies new metadata; removes the data of
+/// topics deleted while the broker was down once the metadata has caught up, if start-up could not.
 pub(super) async fn follow_metadata(
     broker: std::sync::Weak<Broker>,
     mut hw: tokio::sync::watch::Receiver<u64>,
-    swept: bool,
 ) {
-    let mut swept = swept;
     loop {
         let changed = tokio::time::timeout(RECONCILE_INTERVAL, hw.changed()).await;
         let Some(b) = broker.upgrade() else { return };
@@ -32,9 +30,7 @@ pub(super) async fn follow_metadata(
         if let Err(e) = b.reconcile().await {
             tracing::error!("applying metadata failed: {e}");
         }
-        if !swept {
-            swept = b.remove_orphan_dirs().await;
-        }
+        b.remove_orphan_dirs().await;
         b.learn_cluster_id();
     }
 }
