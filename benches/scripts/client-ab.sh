@@ -2,7 +2,8 @@
 # A/B of two `ferry` CLI builds (the client: producer, batching, the bench's generator) against the same
 # release broker(s), alternating A and B ROUNDS times so the machine's noise falls on both. Each run publishes
 # to a fresh topic (one partition) with `ferry bench produce`; prints msg/s, MB/s and the brokers' CPU per
-# message (utime + stime of every ferryd, /proc/<pid>/stat).
+# message (utime + stime of every ferryd, /proc/<pid>/stat) and the client's (of the `ferry` process, from
+# /usr/bin/time).
 # usage: benches/scripts/client-ab.sh FERRY_A FERRY_B [ROUNDS (3)] [MESSAGES (2000000)] [SIZE (100)] [r1|r3 (r1)]
 #        (run from the repository root; the brokers are target/release/ferryd)
 set -u
@@ -27,15 +28,25 @@ for r in $(seq 1 $ROUNDS); do
     t=ab$r$RANDOM
     $c --bootstrap 127.0.0.1:17411 topic create $t --partitions 1 --replicas $n >/dev/null
     c0=$(cpu)
-    out=$($c --bootstrap 127.0.0.1:17411 bench produce --topic $t --messages $N --size $SIZE -o json)
+    out=$(/usr/bin/time -o $W/time -f '%U %S' $c --bootstrap 127.0.0.1:17411 bench produce --topic $t \
+      --messages $N --size $SIZE -o json)
     c1=$(cpu)
-    python3 - "$c" "$c0" "$c1" "$N" "$out" <<'PY'
+    python3 - "$c" "$c0" "$c1" "$N" "$out" "$(cat $W/time)" <<'PY'
 import json, sys
-label, c0, c1, n, out = sys.argv[1:]
+label, c0, c1, n, out, client = sys.argv[1:]
 o = json.loads(out)
 us = (int(c1) - int(c0)) * 10**6 / 100 / int(n)  # clock ticks are 1/100 s
-print(f"{label}: {o['messages_per_sec']:,.0f} msg/s, {o['mb_per_sec']:.0f} MB/s, {us:.2f} us broker CPU/msg")
+client_us = sum(float(x) for x in client.split()) * 10**6 / int(n)
+print(f"{label}: {o['messages_per_sec']:,.0f} msg/s, {o['mb_per_sec']:.0f} MB/s, {us:.2f} us broker CPU/msg, "
+      f"{client_us:.2f} us client CPU/msg")
 PY
     $c --bootstrap 127.0.0.1:17411 topic delete $t >/dev/null
+    # The brokers remove a deleted topic's data in the background: wait for it (unlinking hundreds of MB
+    # costs them CPU that would otherwise fall on the next run, always the same side's), then start the next
+    # run from the same page cache (when root).
+    for k in $(seq 1 300); do
+      [ -z "$(ls -A $W/d*/topics 2>/dev/null)" ] && break; sleep 0.1
+    done
+    sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
   done
 done
