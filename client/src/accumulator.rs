@@ -57,6 +57,9 @@ pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[(String, Bytes)]
     BatchBuilder::record_size(key, value, &headers)
 }
 
+/// Bytes reserved for a partition's first batch, and the least reserved for any (a batch grows past it).
+const BATCH_CAPACITY_MIN: usize = 16 * 1024;
+
 /// Largest record (bytes, as [`record_size`] counts) that fits in a batch of `batch_bytes_max` bytes.
 pub fn record_bytes_max(batch_bytes_max: usize) -> usize {
     batch_bytes_max.saturating_sub(HEADER_LEN)
@@ -112,6 +115,12 @@ struct PartitionState<A> {
     /// replaced, until the retry reaches a leader that remembers too few of the producer's batches to
     /// recognize it (it remembers as many as the window holds) and refuses a batch it stored.
     window: VecDeque<(u64, bool)>,
+    /// Bytes to reserve for the partition's next batch: the length its last batch reached, rounded up to
+    /// a power of two as the buffer's doubling would have. A busy partition's batch is then built in one
+    /// allocation, not grown from 16 KiB through six reallocations (each a copy of everything so far and,
+    /// with the allocator handing out fresh pages, the kernel zeroing them: about a third of the client's
+    /// CPU at 1 KiB records; docs/benchmarks.md, session 17).
+    next_capacity: usize,
 }
 
 impl<A> PartitionState<A> {
@@ -127,6 +136,7 @@ impl<A> Default for PartitionState<A> {
             open: None,
             ready: VecDeque::new(),
             window: VecDeque::new(),
+            next_capacity: BATCH_CAPACITY_MIN,
         }
     }
 }
@@ -196,6 +206,10 @@ impl<A> Accumulator<A> {
                 self.sealer.seal(state, &topic, partition);
             }
         }
+        let capacity = state
+            .next_capacity
+            .max(BATCH_CAPACITY_MIN)
+            .min(self.batch_bytes_max);
         let open = state.open.get_or_insert_with(|| {
             let id = self.next_batch_id;
             self.next_batch_id += 1;
@@ -204,7 +218,7 @@ impl<A> Accumulator<A> {
                 .push_back((now + self.linger, topic.clone(), partition, id));
             OpenBatch {
                 id,
-                builder: BatchBuilder::new(record.timestamp_ms),
+                builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
                 base_timestamp_ms: record.timestamp_ms,
                 acks: Vec::new(),
                 records_bytes: 0,
@@ -387,6 +401,7 @@ impl Sealer {
     fn seal<A>(&mut self, state: &mut PartitionState<A>, topic: &Arc<str>, partition: u32) {
         let open = state.open.take().expect("sealing an open batch");
         debug_assert!(!open.acks.is_empty(), "open batches hold a record");
+        state.next_capacity = open.builder.len().next_power_of_two();
         state.ready.push_back(SealedBatch {
             id: open.id,
             topic: topic.clone(),
@@ -467,6 +482,41 @@ mod tests {
         acc.complete("t", 0, second[0].id);
         assert!(acc.take_dispatchable().is_empty(), "the open batch lingers");
         assert!(!acc.is_idle());
+    }
+
+    #[test]
+    fn a_partition_reserves_for_its_next_batch_what_its_last_one_reached() {
+        let open_capacity = |acc: &Accumulator<u32>| {
+            let state = &acc.topics["t"][&0];
+            state.open.as_ref().unwrap().builder.capacity()
+        };
+        let max = 256 * 1024;
+        let mut acc = Accumulator::new(max, Duration::from_secs(60));
+        let now = Instant::now();
+        acc.append("t", 0, record(0, &[0; 1000]), now);
+        assert_eq!(
+            open_capacity(&acc),
+            BATCH_CAPACITY_MIN,
+            "a first batch starts small"
+        );
+        let mut i = 1;
+        while acc.take_dispatchable().is_empty() {
+            acc.append("t", 0, record(i, &[0; 1000]), now);
+            i += 1;
+        }
+        // The full batch was sealed and the record that did not fit opened the next one: built in one
+        // buffer of the full size, never regrown.
+        assert_eq!(open_capacity(&acc), max);
+        acc.seal_all();
+        let mut small = Accumulator::new(max, Duration::from_secs(60));
+        small.append("t", 0, record(0, &[0; 1000]), now);
+        small.seal_all();
+        small.append("t", 0, record(1, &[0; 1000]), now);
+        assert_eq!(
+            open_capacity(&small),
+            BATCH_CAPACITY_MIN,
+            "a quiet partition reserves little"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`Delivery`](crate::Delivery).
 //!
 //! Work is paced on the task's own loop rather than per record: each turn takes up to
-//! [`COMMANDS_PER_TURN_MAX`] queued commands before dispatching, so bursts become full batches.
+//! [`COMMANDS_PER_TURN_MAX`] queued commands at once (`recv_many`: the channel's permits go back in one
+//! step, where a receive per command takes the channel's waiter lock per record) before dispatching, so
+//! bursts become full batches.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -58,7 +60,8 @@ struct InFlight {
 }
 
 enum Event {
-    Command(Option<Command>),
+    /// This many commands were moved into the task's command buffer; none: every handle is gone.
+    Commands(usize),
     Published(Published),
     LingerExpired,
     Identity(Result<(i64, i16), ClientError>),
@@ -85,6 +88,8 @@ pub(crate) struct ProducerTask {
     idempotence: Option<Idempotence>,
     accumulator: Accumulator<DeliverySender>,
     commands: mpsc::Receiver<Command>,
+    /// Where `recv_many` puts a turn's commands (empty between turns).
+    command_buf: Vec<Command>,
     /// Released as batches finish; [`Producer::send`](crate::Producer::send) acquires.
     in_flight_bytes: Arc<Semaphore>,
     publishing: FuturesUnordered<BoxFuture<'static, Published>>,
@@ -112,6 +117,7 @@ impl ProducerTask {
             idempotence: idempotent.then(Idempotence::default),
             accumulator,
             commands,
+            command_buf: Vec::with_capacity(COMMANDS_PER_TURN_MAX),
             in_flight_bytes,
             publishing: FuturesUnordered::new(),
             in_flight: HashMap::new(),
@@ -139,11 +145,7 @@ impl ProducerTask {
                 break;
             }
             match self.next_event().await {
-                Event::Command(command) => {
-                    let mut wall_ms = None;
-                    self.on_command(command, Instant::now(), &mut wall_ms);
-                    self.take_queued_commands(&mut wall_ms);
-                }
+                Event::Commands(received) => self.on_commands(received),
                 Event::Published(published) => self.on_published(published),
                 Event::LingerExpired => self.accumulator.expire(Instant::now()),
                 Event::Identity(result) => self.on_identity(result),
@@ -167,7 +169,8 @@ impl ProducerTask {
             }
         };
         tokio::select! {
-            command = self.commands.recv(), if !self.draining => Event::Command(command),
+            received = self.commands.recv_many(&mut self.command_buf, COMMANDS_PER_TURN_MAX),
+                if !self.draining => Event::Commands(received),
             result = identity, if has_asking => Event::Identity(result),
             Some(published) = self.publishing.next(), if !self.publishing.is_empty() => {
                 Event::Published(published)
@@ -178,19 +181,21 @@ impl ProducerTask {
         }
     }
 
-    /// Takes commands already queued, up to a bound so publishes and timers are not starved.
-    fn take_queued_commands(&mut self, wall_ms: &mut Option<i64>) {
+    /// Handles the commands `recv_many` moved into the buffer (up to a bound, so publishes and timers are
+    /// not starved); none means every handle is gone.
+    fn on_commands(&mut self, received: usize) {
         let now = Instant::now();
-        for _ in 0..COMMANDS_PER_TURN_MAX {
-            match self.commands.try_recv() {
-                Ok(command) => self.on_command(Some(command), now, wall_ms),
-                Err(mpsc::error::TryRecvError::Empty) => return,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.on_command(None, now, wall_ms);
-                    return;
-                }
-            }
+        let mut wall_ms = None;
+        if received == 0 {
+            self.on_command(None, now, &mut wall_ms);
+            return;
         }
+        let mut commands = std::mem::take(&mut self.command_buf);
+        for command in commands.drain(..) {
+            self.on_command(Some(command), now, &mut wall_ms);
+        }
+        // The buffer keeps its capacity for the next turn.
+        self.command_buf = commands;
     }
 
     /// `wall_ms` is this turn's wall clock, read at the first record that needs it.

@@ -61,6 +61,11 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// Bytes the batch can hold before its buffer grows.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Number of records added.
     pub fn record_count(&self) -> u32 {
         self.count
@@ -121,7 +126,6 @@ impl BatchBuilder {
         self.count += 1;
     }
 
-    /// Writes the header and CRC and returns the finished batch.
     /// Like [`BatchBuilder::finish`], compressing the records with `compression` when that makes the batch
     /// smaller (otherwise it stays uncompressed).
     pub fn finish_with(self, compression: Compression) -> Bytes {
