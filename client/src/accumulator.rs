@@ -118,9 +118,12 @@ struct PartitionState<A> {
     /// Bytes to reserve for the partition's next batch: the length its last batch reached, rounded up to
     /// a power of two as the buffer's doubling would have. A busy partition's batch is then built in one
     /// allocation, not grown from 16 KiB through six reallocations (each a copy of everything so far and,
-    /// with the allocator handing out fresh pages, the kernel zeroing them: about a third of the client's
-    /// CPU at 1 KiB records; docs/benchmarks.md, session 17).
+    /// on pages fresh from the host, the kernel zeroing them: about a third of the client's CPU at 1 KiB
+    /// records on such memory; docs/benchmarks.md, session 17).
     next_capacity: usize,
+    /// Acks to reserve for the partition's next batch: as many records as its last batch had (at most
+    /// `BATCH_RECORDS_MAX`), for the same reason.
+    next_records: usize,
 }
 
 impl<A> PartitionState<A> {
@@ -137,6 +140,7 @@ impl<A> Default for PartitionState<A> {
             ready: VecDeque::new(),
             window: VecDeque::new(),
             next_capacity: BATCH_CAPACITY_MIN,
+            next_records: 0,
         }
     }
 }
@@ -210,6 +214,7 @@ impl<A> Accumulator<A> {
             .next_capacity
             .max(BATCH_CAPACITY_MIN)
             .min(self.batch_bytes_max);
+        let records = state.next_records;
         let open = state.open.get_or_insert_with(|| {
             let id = self.next_batch_id;
             self.next_batch_id += 1;
@@ -220,7 +225,7 @@ impl<A> Accumulator<A> {
                 id,
                 builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
                 base_timestamp_ms: record.timestamp_ms,
-                acks: Vec::new(),
+                acks: Vec::with_capacity(records),
                 records_bytes: 0,
                 lingered: false,
             }
@@ -402,6 +407,7 @@ impl Sealer {
         let open = state.open.take().expect("sealing an open batch");
         debug_assert!(!open.acks.is_empty(), "open batches hold a record");
         state.next_capacity = open.builder.len().next_power_of_two();
+        state.next_records = open.acks.len();
         state.ready.push_back(SealedBatch {
             id: open.id,
             topic: topic.clone(),
@@ -500,13 +506,20 @@ mod tests {
             "a first batch starts small"
         );
         let mut i = 1;
-        while acc.take_dispatchable().is_empty() {
+        let sent = loop {
+            if let Some(batch) = acc.take_dispatchable().pop() {
+                break batch;
+            }
             acc.append("t", 0, record(i, &[0; 1000]), now);
             i += 1;
-        }
+        };
         // The full batch was sealed and the record that did not fit opened the next one: built in one
-        // buffer of the full size, never regrown.
+        // buffer of the full size, never regrown, with room for as many acks as the full one had.
         assert_eq!(open_capacity(&acc), max);
+        let full = sent.acks.len();
+        assert!(full > 200, "{full} records in a full batch");
+        let open = acc.topics["t"][&0].open.as_ref().unwrap();
+        assert!(open.acks.capacity() >= full, "{}", open.acks.capacity());
         acc.seal_all();
         let mut small = Accumulator::new(max, Duration::from_secs(60));
         small.append("t", 0, record(0, &[0; 1000]), now);
