@@ -23,11 +23,19 @@ done
 trap 'kill ${pids[@]} 2>/dev/null; wait 2>/dev/null; rm -rf $W' EXIT
 for i in $(seq 1 $n); do for t in $(seq 1 200); do curl -sf 127.0.0.1:$((17420+i))/readyz >/dev/null && break; sleep 0.1; done; done
 cpu() { local t=0 p f; for p in ${pids[@]}; do f=($(cut -d')' -f2 /proc/$p/stat)); t=$((t+f[11]+f[12])); done; echo $t; }
+# The brokers remove a deleted topic's data in the background: wait for it (unlinking hundreds of MB costs
+# them CPU that would otherwise fall on the next run, always the same side's; docs/benchmarks.md, session 17),
+# then start the next run from the same page cache (when root). As in inflight-ab.sh.
+settle() {
+  for k in $(seq 1 300); do [ -z "$(ls -A $W/d*/topics 2>/dev/null)" ] && break; sleep 0.1; done
+  sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
+}
 # A warm-up run on a topic of its own, not counted: the first run on fresh brokers was slower, and it was
 # always A's.
 $A --bootstrap 127.0.0.1:17411 topic create warmup --partitions 1 --replicas $n >/dev/null
 $A --bootstrap 127.0.0.1:17411 bench produce --topic warmup --messages $((N / 5)) --size $SIZE -o json >/dev/null
 $A --bootstrap 127.0.0.1:17411 topic delete warmup >/dev/null
+settle
 for r in $(seq 1 $ROUNDS); do
   for c in $A $B; do
     t=ab$r$RANDOM
@@ -46,12 +54,6 @@ print(f"{label}: {o['messages_per_sec']:,.0f} msg/s, {o['mb_per_sec']:.0f} MB/s,
       f"{client_us:.2f} us client CPU/msg")
 PY
     $c --bootstrap 127.0.0.1:17411 topic delete $t >/dev/null
-    # The brokers remove a deleted topic's data in the background: wait for it (unlinking hundreds of MB
-    # costs them CPU that would otherwise fall on the next run, always the same side's; docs/benchmarks.md,
-    # session 17), then start the next run from the same page cache (when root).
-    for k in $(seq 1 300); do
-      [ -z "$(ls -A $W/d*/topics 2>/dev/null)" ] && break; sleep 0.1
-    done
-    sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
+    settle
   done
 done

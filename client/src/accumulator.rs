@@ -210,26 +210,27 @@ impl<A> Accumulator<A> {
                 self.sealer.seal(state, &topic, partition);
             }
         }
-        let capacity = state
-            .next_capacity
-            .max(BATCH_CAPACITY_MIN)
-            .min(self.batch_bytes_max);
-        let records = state.next_records;
-        let open = state.open.get_or_insert_with(|| {
+        // Sized only when a batch opens: a record joining an open batch pays nothing for it.
+        if state.open.is_none() {
             let id = self.next_batch_id;
             self.next_batch_id += 1;
             self.unfinished.insert(id);
             self.lingering
                 .push_back((now + self.linger, topic.clone(), partition, id));
-            OpenBatch {
+            let capacity = state
+                .next_capacity
+                .max(BATCH_CAPACITY_MIN)
+                .min(self.batch_bytes_max);
+            state.open = Some(OpenBatch {
                 id,
                 builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
                 base_timestamp_ms: record.timestamp_ms,
-                acks: Vec::with_capacity(records),
+                acks: Vec::with_capacity(state.next_records),
                 records_bytes: 0,
                 lingered: false,
-            }
-        });
+            });
+        }
+        let open = state.open.as_mut().expect("opened above");
         push_record(open, record, size);
         // Seal at once when not even an empty record would fit any more.
         if !open.fits(
