@@ -17,13 +17,22 @@
 //!
 //! Every batch gets an id when opened, counting up. A flush seals every open batch and then waits until no
 //! batch with an id below the next one is unfinished.
+//!
+//! A batch also gets a value of the caller's type `B` when it opens (the producer's shared outcome, which
+//! every record's [`Delivery`](crate::Delivery) holds): [`Accumulator::append`] hands it back with the
+//! record's index, so a record is tied to its batch without anything allocated per record.
+//!
+//! Sealing stops at the records: the header, CRC and compression are written by [`SealedBatch::encode`]
+//! when the batch is sent, outside the lock the producer keeps the accumulator under, and with the
+//! idempotent producer's sequence number already known (one CRC pass per batch, not one at sealing and
+//! another at stamping).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_protocol::batch::{BatchBuilder, Compression, HEADER_LEN};
+use ferry_protocol::batch::{BatchBuilder, Compression, ProducerStamp, HEADER_LEN};
 use ferry_protocol::limits::BATCH_RECORDS_MAX;
 // foldhash: looked up for every record, by keys the application chose (its own topic names).
 use foldhash::HashMap;
@@ -65,35 +74,72 @@ pub fn record_bytes_max(batch_bytes_max: usize) -> usize {
     batch_bytes_max.saturating_sub(HEADER_LEN)
 }
 
-/// A finished batch, ready to publish.
-#[derive(Debug)]
-pub struct SealedBatch<A> {
+/// A finished batch, ready to publish once [encoded](SealedBatch::encode).
+pub struct SealedBatch<A, B = ()> {
     /// Opening order; see the module docs on flush.
     pub id: u64,
     /// Topic.
     pub topic: Arc<str>,
     /// Partition.
     pub partition: u32,
-    /// The encoded batch.
-    pub bytes: Bytes,
+    /// The records, without the batch header yet.
+    pub builder: BatchBuilder,
+    /// How the batch is to be compressed.
+    pub compression: Compression,
     /// The records' acks in record order: the `i`-th gets offset `base_offset + i`.
     pub acks: Vec<A>,
+    /// The value the batch got when it opened.
+    pub shared: B,
     /// Sum of the records' sizes, as counted against the producer's in-flight limit.
     pub records_bytes: usize,
 }
 
-struct OpenBatch<A> {
+impl<A, B> SealedBatch<A, B> {
+    /// Records in the batch.
+    pub fn record_count(&self) -> u32 {
+        self.builder.record_count()
+    }
+
+    /// The batch's bytes: header (with `stamp`, an idempotent producer's id and first sequence number),
+    /// CRC and compression written over the records, which are not copied unless compressed.
+    pub fn encode(
+        builder: BatchBuilder,
+        compression: Compression,
+        stamp: Option<ProducerStamp>,
+    ) -> Bytes {
+        let mut builder = builder;
+        if let Some(stamp) = stamp {
+            builder.producer(stamp);
+        }
+        builder.finish_with(compression)
+    }
+}
+
+/// Where [`Accumulator::append`] placed a record.
+#[derive(Debug)]
+pub struct Placement<B> {
+    /// The value its batch got when it opened.
+    pub shared: B,
+    /// Its index in the batch: it gets offset `base_offset + index`.
+    pub index: u32,
+    /// Whether the append opened or sealed a batch: the task that sends batches has something new to look
+    /// at (a deadline, or a batch that may go). A record joining an open batch changes neither.
+    pub changed: bool,
+}
+
+struct OpenBatch<A, B> {
     id: u64,
     builder: BatchBuilder,
     base_timestamp_ms: i64,
     acks: Vec<A>,
+    shared: B,
     records_bytes: usize,
     /// Its linger time passed while the partition had a batch queued or in flight: it stays open, gaining
     /// records, and is sealed as soon as the partition's pipe is empty.
     lingered: bool,
 }
 
-impl<A> OpenBatch<A> {
+impl<A, B> OpenBatch<A, B> {
     /// Whether a record of `size` bytes stamped `timestamp_ms` may join this batch.
     fn fits(&self, size: usize, timestamp_ms: i64, batch_bytes_max: usize) -> bool {
         let delta = timestamp_ms.saturating_sub(self.base_timestamp_ms);
@@ -105,9 +151,9 @@ impl<A> OpenBatch<A> {
     }
 }
 
-struct PartitionState<A> {
-    open: Option<OpenBatch<A>>,
-    ready: VecDeque<SealedBatch<A>>,
+struct PartitionState<A, B> {
+    open: Option<OpenBatch<A, B>>,
+    ready: VecDeque<SealedBatch<A, B>>,
     /// The send window: batches sent, in send (and so sequence) order, from the oldest not completed on,
     /// each with whether it completed. Its length, not the number still out, is what `in_flight_max`
     /// bounds: a batch that completes ahead of an older one frees no slot. Otherwise, while an old batch
@@ -126,14 +172,14 @@ struct PartitionState<A> {
     next_records: usize,
 }
 
-impl<A> PartitionState<A> {
+impl<A, B> PartitionState<A, B> {
     /// Nothing of the partition queued or in flight: the only time a batch that is not full may go.
     fn pipe_empty(&self) -> bool {
         self.window.is_empty() && self.ready.is_empty()
     }
 }
 
-impl<A> Default for PartitionState<A> {
+impl<A, B> Default for PartitionState<A, B> {
     fn default() -> Self {
         PartitionState {
             open: None,
@@ -145,11 +191,12 @@ impl<A> Default for PartitionState<A> {
     }
 }
 
-/// Open, sealed and in-flight batches of every partition a producer writes to.
-pub struct Accumulator<A> {
+/// Open, sealed and in-flight batches of every partition a producer writes to. `A` is handed back per
+/// record, `B` per batch (see the module docs).
+pub struct Accumulator<A, B = ()> {
     batch_bytes_max: usize,
     linger: Duration,
-    topics: HashMap<Arc<str>, HashMap<u32, PartitionState<A>>>,
+    topics: HashMap<Arc<str>, HashMap<u32, PartitionState<A, B>>>,
     /// Open batches in opening order, each with its linger deadline. Entries of batches sealed early
     /// are left in place and ignored when they come up.
     lingering: VecDeque<(Instant, Arc<str>, u32, u64)>,
@@ -160,7 +207,7 @@ pub struct Accumulator<A> {
     next_batch_id: u64,
 }
 
-impl<A> Accumulator<A> {
+impl<A, B: Clone + Default> Accumulator<A, B> {
     /// An accumulator building batches of at most `batch_bytes_max` bytes, sealed `linger` after their
     /// first record at the latest.
     pub fn new(batch_bytes_max: usize, linger: Duration) -> Self {
@@ -197,7 +244,24 @@ impl<A> Accumulator<A> {
     }
 
     /// Adds `record` to the open batch of `partition` of `topic`, sealing batches as they fill.
-    pub fn append(&mut self, topic: &str, partition: u32, record: PendingRecord<A>, now: Instant) {
+    pub fn append(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: PendingRecord<A>,
+        now: Instant,
+    ) -> Placement<B> {
+        self.append_at(topic, partition, record, || now)
+    }
+
+    /// [`Accumulator::append`], reading the clock (for a new batch's linger deadline) only if a batch opens.
+    pub fn append_at(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: PendingRecord<A>,
+        now: impl FnOnce() -> Instant,
+    ) -> Placement<B> {
         let size = record.size_bytes();
         assert!(
             size <= record_bytes_max(self.batch_bytes_max),
@@ -205,18 +269,21 @@ impl<A> Accumulator<A> {
         );
         let topic = self.topic_key(topic);
         let state = partition_state(&mut self.topics, &topic, partition);
+        let mut changed = false;
         if let Some(open) = &state.open {
             if !open.fits(size, record.timestamp_ms, self.batch_bytes_max) {
                 self.sealer.seal(state, &topic, partition);
+                changed = true;
             }
         }
         // Sized only when a batch opens: a record joining an open batch pays nothing for it.
         if state.open.is_none() {
+            changed = true;
             let id = self.next_batch_id;
             self.next_batch_id += 1;
             self.unfinished.insert(id);
             self.lingering
-                .push_back((now + self.linger, topic.clone(), partition, id));
+                .push_back((now() + self.linger, topic.clone(), partition, id));
             let capacity = state
                 .next_capacity
                 .max(BATCH_CAPACITY_MIN)
@@ -226,11 +293,17 @@ impl<A> Accumulator<A> {
                 builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
                 base_timestamp_ms: record.timestamp_ms,
                 acks: Vec::with_capacity(state.next_records),
+                shared: B::default(),
                 records_bytes: 0,
                 lingered: false,
             });
         }
         let open = state.open.as_mut().expect("opened above");
+        let placement = Placement {
+            shared: open.shared.clone(),
+            index: open.builder.record_count(),
+            changed,
+        };
         push_record(open, record, size);
         // Seal at once when not even an empty record would fit any more.
         if !open.fits(
@@ -239,7 +312,12 @@ impl<A> Accumulator<A> {
             self.batch_bytes_max,
         ) {
             self.sealer.seal(state, &topic, partition);
+            return Placement {
+                changed: true,
+                ..placement
+            };
         }
+        placement
     }
 
     /// Seals every open batch whose linger deadline is at or before `now`.
@@ -296,7 +374,7 @@ impl<A> Accumulator<A> {
 
     /// Sealed batches that may be sent now, in each partition's order and up to its free in-flight slots;
     /// each is in flight until [`Accumulator::complete`] is called for it.
-    pub fn take_dispatchable(&mut self) -> Vec<SealedBatch<A>> {
+    pub fn take_dispatchable(&mut self) -> Vec<SealedBatch<A, B>> {
         let mut out = Vec::new();
         let max = self.sealer.in_flight_max;
         while let Some((topic, partition)) = self.sealer.dispatchable.pop_front() {
@@ -364,11 +442,11 @@ impl<A> Accumulator<A> {
     }
 }
 
-fn partition_state<'a, A>(
-    topics: &'a mut HashMap<Arc<str>, HashMap<u32, PartitionState<A>>>,
+fn partition_state<'a, A, B>(
+    topics: &'a mut HashMap<Arc<str>, HashMap<u32, PartitionState<A, B>>>,
     topic: &Arc<str>,
     partition: u32,
-) -> &'a mut PartitionState<A> {
+) -> &'a mut PartitionState<A, B> {
     topics
         .entry(topic.clone())
         .or_default()
@@ -376,7 +454,7 @@ fn partition_state<'a, A>(
         .or_default()
 }
 
-fn push_record<A>(open: &mut OpenBatch<A>, record: PendingRecord<A>, size: usize) {
+fn push_record<A, B>(open: &mut OpenBatch<A, B>, record: PendingRecord<A>, size: usize) {
     let headers: Vec<(&str, &[u8])> = record
         .headers
         .iter()
@@ -404,7 +482,7 @@ struct Sealer {
 impl Sealer {
     /// Seals the open batch of `partition` of `topic` into its ready queue, and announces the partition
     /// when it has a free in-flight slot.
-    fn seal<A>(&mut self, state: &mut PartitionState<A>, topic: &Arc<str>, partition: u32) {
+    fn seal<A, B>(&mut self, state: &mut PartitionState<A, B>, topic: &Arc<str>, partition: u32) {
         let open = state.open.take().expect("sealing an open batch");
         debug_assert!(!open.acks.is_empty(), "open batches hold a record");
         state.next_capacity = open.builder.len().next_power_of_two();
@@ -413,8 +491,10 @@ impl Sealer {
             id: open.id,
             topic: topic.clone(),
             partition,
-            bytes: open.builder.finish_with(self.compression),
+            builder: open.builder,
+            compression: self.compression,
             acks: open.acks,
+            shared: open.shared,
             records_bytes: open.records_bytes,
         });
         if state.window.len() < self.in_flight_max {
@@ -438,11 +518,14 @@ mod tests {
         }
     }
 
-    fn values(batch: &SealedBatch<u32>) -> Vec<Bytes> {
-        let h = validate_records(&batch.bytes).unwrap();
-        Records::new(batch.bytes.clone(), h)
-            .map(|r| r.unwrap().value)
-            .collect()
+    fn encoded(batch: SealedBatch<u32>) -> Bytes {
+        SealedBatch::<u32>::encode(batch.builder, batch.compression, None)
+    }
+
+    fn values(batch: SealedBatch<u32>) -> Vec<Bytes> {
+        let bytes = encoded(batch);
+        let h = validate_records(&bytes).unwrap();
+        Records::new(bytes, h).map(|r| r.unwrap().value).collect()
     }
 
     #[test]
@@ -452,7 +535,7 @@ mod tests {
             record_size(Some(b"key"), b"value", &headers),
             BatchBuilder::record_size(Some(b"key"), b"value", &[("trace", b"abc")])
         );
-        let mut acc = Accumulator::new(4096, Duration::ZERO);
+        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO);
         let now = Instant::now();
         let r = PendingRecord {
             key: Some(Bytes::from_static(b"key")),
@@ -465,25 +548,48 @@ mod tests {
         acc.append("t", 0, r, now);
         acc.seal_all();
         let batch = acc.take_dispatchable().pop().unwrap();
-        assert_eq!(batch.bytes.len(), HEADER_LEN + size);
         assert_eq!(batch.records_bytes, size);
+        assert_eq!(encoded(batch).len(), HEADER_LEN + size);
+    }
+
+    #[test]
+    fn append_places_a_record_in_its_batch_and_says_when_a_batch_opened_or_sealed() {
+        let one = record_size(None, &[0; 100], &[]);
+        let mut acc = Accumulator::<u32, Arc<()>>::new(HEADER_LEN + 3 * one, Duration::ZERO);
+        let now = Instant::now();
+        let placed: Vec<Placement<Arc<()>>> = (0..4)
+            .map(|i| acc.append("t", 0, record(i, &[0; 100]), now))
+            .collect();
+        let seen: Vec<(u32, bool)> = placed.iter().map(|p| (p.index, p.changed)).collect();
+        // Opened, joined, joined and sealed (full), opened the next.
+        assert_eq!(seen, vec![(0, true), (1, false), (2, true), (0, true)]);
+        assert!(Arc::ptr_eq(&placed[0].shared, &placed[2].shared));
+        assert!(!Arc::ptr_eq(&placed[0].shared, &placed[3].shared));
+        let sent = acc.take_dispatchable();
+        assert_eq!(sent.len(), 1);
+        assert!(
+            Arc::ptr_eq(&sent[0].shared, &placed[0].shared),
+            "the batch keeps its value"
+        );
+        assert_eq!(sent[0].record_count(), 3);
     }
 
     #[test]
     fn seals_when_full_and_keeps_one_batch_in_flight_per_partition() {
         let one = record_size(None, &[0; 100], &[]);
-        let mut acc = Accumulator::new(HEADER_LEN + 2 * one, Duration::from_secs(60));
+        let mut acc = Accumulator::<u32>::new(HEADER_LEN + 2 * one, Duration::from_secs(60));
         let now = Instant::now();
         for i in 0..5 {
             acc.append("t", 0, record(i, &[i as u8; 100]), now);
         }
         // Two full batches sealed; the fifth record waits in an open batch.
-        let first = acc.take_dispatchable();
+        let mut first = acc.take_dispatchable();
         assert_eq!(first.len(), 1, "one in flight per partition");
         assert_eq!(first[0].acks, vec![0, 1]);
-        assert_eq!(values(&first[0]).len(), 2);
+        let first_id = first[0].id;
+        assert_eq!(values(first.remove(0)).len(), 2);
         assert!(acc.take_dispatchable().is_empty());
-        acc.complete("t", 0, first[0].id);
+        acc.complete("t", 0, first_id);
         let second = acc.take_dispatchable();
         assert_eq!(second[0].acks, vec![2, 3]);
         acc.complete("t", 0, second[0].id);
@@ -498,7 +604,7 @@ mod tests {
             state.open.as_ref().unwrap().builder.capacity()
         };
         let max = 256 * 1024;
-        let mut acc = Accumulator::new(max, Duration::from_secs(60));
+        let mut acc = Accumulator::<u32>::new(max, Duration::from_secs(60));
         let now = Instant::now();
         acc.append("t", 0, record(0, &[0; 1000]), now);
         assert_eq!(
@@ -522,7 +628,7 @@ mod tests {
         let open = acc.topics["t"][&0].open.as_ref().unwrap();
         assert!(open.acks.capacity() >= full, "{}", open.acks.capacity());
         acc.seal_all();
-        let mut small = Accumulator::new(max, Duration::from_secs(60));
+        let mut small = Accumulator::<u32>::new(max, Duration::from_secs(60));
         small.append("t", 0, record(0, &[0; 1000]), now);
         small.seal_all();
         small.append("t", 0, record(1, &[0; 1000]), now);
@@ -536,8 +642,8 @@ mod tests {
     #[test]
     fn an_idempotent_producer_keeps_a_window_of_batches_from_the_oldest_not_completed() {
         let one = record_size(None, &[0; 100], &[]);
-        let mut acc =
-            Accumulator::new(HEADER_LEN + one, Duration::from_secs(60)).with_in_flight_max(3);
+        let mut acc = Accumulator::<u32>::new(HEADER_LEN + one, Duration::from_secs(60))
+            .with_in_flight_max(3);
         let now = Instant::now();
         for i in 0..5 {
             acc.append("t", 0, record(i, &[i as u8; 100]), now);
@@ -573,7 +679,7 @@ mod tests {
 
     #[test]
     fn linger_seals_in_opening_order() {
-        let mut acc = Accumulator::new(1 << 20, Duration::from_millis(5));
+        let mut acc = Accumulator::<u32>::new(1 << 20, Duration::from_millis(5));
         let t0 = Instant::now();
         acc.append("t", 0, record(0, b"a"), t0);
         acc.append("t", 1, record(1, b"b"), t0 + Duration::from_millis(3));
@@ -592,7 +698,7 @@ mod tests {
     #[test]
     fn a_slow_round_trip_grows_the_next_batch_instead_of_queueing_small_ones() {
         let linger = Duration::from_millis(5);
-        let mut acc = Accumulator::new(1 << 20, linger);
+        let mut acc = Accumulator::<u32>::new(1 << 20, linger);
         let t0 = Instant::now();
         acc.append("t", 0, record(0, b"a"), t0);
         acc.expire(t0 + linger);
@@ -627,7 +733,7 @@ mod tests {
     #[test]
     fn an_idempotent_producer_sends_a_batch_that_is_not_full_only_into_an_empty_pipe() {
         let linger = Duration::ZERO;
-        let mut acc = Accumulator::new(1 << 20, linger).with_in_flight_max(5);
+        let mut acc = Accumulator::<u32>::new(1 << 20, linger).with_in_flight_max(5);
         let t0 = Instant::now();
         let mut sent = Vec::new();
         // Records trickle in while nothing comes back: the first goes at once, then the next batch grows.
@@ -655,7 +761,8 @@ mod tests {
     #[test]
     fn a_batch_that_is_not_full_waits_behind_a_full_one_sealed_in_the_same_turn() {
         let one = record_size(None, &[0; 100], &[]);
-        let mut acc = Accumulator::new(HEADER_LEN + 3 * one, Duration::ZERO).with_in_flight_max(5);
+        let mut acc =
+            Accumulator::<u32>::new(HEADER_LEN + 3 * one, Duration::ZERO).with_in_flight_max(5);
         let now = Instant::now();
         for i in 0..4 {
             acc.append("t", 0, record(i, &[0; 100]), now);
@@ -675,7 +782,7 @@ mod tests {
 
     #[test]
     fn flush_waits_only_for_batches_opened_before_it() {
-        let mut acc = Accumulator::new(1 << 20, Duration::from_secs(60));
+        let mut acc = Accumulator::<u32>::new(1 << 20, Duration::from_secs(60));
         let now = Instant::now();
         acc.append("a", 0, record(0, b"x"), now);
         acc.append("b", 0, record(1, b"y"), now);
@@ -694,7 +801,7 @@ mod tests {
 
     #[test]
     fn far_apart_timestamps_start_a_new_batch() {
-        let mut acc = Accumulator::new(1 << 20, Duration::from_secs(60));
+        let mut acc = Accumulator::<u32>::new(1 << 20, Duration::from_secs(60));
         let now = Instant::now();
         let mut late = record(1, b"late");
         late.timestamp_ms = 1_000 + i64::from(i32::MAX) + 1;
@@ -706,11 +813,9 @@ mod tests {
         acc.complete("t", 0, first.id);
         let second = acc.take_dispatchable().pop().unwrap();
         assert_eq!(second.acks, vec![1]);
-        let h = validate_records(&second.bytes).unwrap();
-        let r = Records::new(second.bytes.clone(), h)
-            .next()
-            .unwrap()
-            .unwrap();
+        let bytes = encoded(second);
+        let h = validate_records(&bytes).unwrap();
+        let r = Records::new(bytes, h).next().unwrap().unwrap();
         assert_eq!(r.timestamp_ms, 1_000 + i64::from(i32::MAX) + 1);
     }
 }

@@ -1,19 +1,49 @@
 //! [`Delivery`]: the future a [`Producer::send`](crate::Producer::send) returns, resolved when the record's
 //! batch is acknowledged (with the record's partition and offset) or has failed.
+//!
+//! A batch's records share one [`BatchOutcome`], made when the batch opens; each record's `Delivery` holds
+//! it with the record's index in the batch. Nothing is allocated or signalled per record: the producer
+//! task sets the outcome once per batch and wakes the deliveries that were polled before it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::oneshot;
+use ferry_protocol::v1::PartitionAck;
+use parking_lot::Mutex;
 
 use crate::error::ClientError;
+use crate::publish::record_offset;
 
 /// Where an acknowledged record was stored: `(partition, offset)`.
 pub type DeliveryResult = Result<(u32, u64), ClientError>;
 
-/// The producer task's end of a [`Delivery`].
-pub(crate) type DeliverySender = oneshot::Sender<DeliveryResult>;
+/// How one batch ended, shared by its records' deliveries.
+#[derive(Debug, Default)]
+pub(crate) struct BatchOutcome {
+    /// Set once, by the producer task.
+    result: OnceLock<Result<PartitionAck, ClientError>>,
+    /// Deliveries polled before the result was set, one slot each (a delivery polled again replaces its
+    /// waker): bounded by the batch's records.
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl BatchOutcome {
+    /// Records how the batch ended and wakes the deliveries waiting for it. Only the first call counts:
+    /// a batch ends once.
+    pub(crate) fn complete(&self, result: Result<PartitionAck, ClientError>) {
+        if self.result.set(result).is_err() {
+            debug_assert!(false, "a batch completed twice");
+            return;
+        }
+        // A delivery checks the result under this lock before it leaves a waker, so none is left behind.
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
 
 /// Resolves to the record's `(partition, offset)` once acknowledged, or to why it was not stored.
 /// Dropping it does not cancel the send.
@@ -25,9 +55,15 @@ pub struct Delivery {
 
 #[derive(Debug)]
 enum State {
-    /// Failed before reaching the producer task.
+    /// Failed before joining a batch.
     Failed(Option<ClientError>),
-    Waiting(oneshot::Receiver<DeliveryResult>),
+    Waiting {
+        batch: Arc<BatchOutcome>,
+        /// The record's index in its batch.
+        index: u32,
+        /// Its waker's slot in `batch.wakers`, once it left one.
+        slot: Option<usize>,
+    },
 }
 
 impl Delivery {
@@ -37,10 +73,22 @@ impl Delivery {
         }
     }
 
-    pub(crate) fn waiting(receiver: oneshot::Receiver<DeliveryResult>) -> Self {
+    pub(crate) fn waiting(batch: Arc<BatchOutcome>, index: u32) -> Self {
         Delivery {
-            state: State::Waiting(receiver),
+            state: State::Waiting {
+                batch,
+                index,
+                slot: None,
+            },
         }
+    }
+}
+
+/// A record's answer from its batch's.
+fn answer(result: &Result<PartitionAck, ClientError>, index: u32) -> DeliveryResult {
+    match result {
+        Ok(ack) => Ok((ack.partition, record_offset(ack, index))),
+        Err(err) => Err(err.clone()),
     }
 }
 
@@ -52,10 +100,81 @@ impl Future for Delivery {
             State::Failed(err) => {
                 Poll::Ready(Err(err.take().expect("Delivery polled after it resolved")))
             }
-            // A dropped sender means the producer task is gone without answering.
-            State::Waiting(receiver) => Pin::new(receiver)
-                .poll(cx)
-                .map(|answer| answer.unwrap_or(Err(ClientError::ProducerClosed))),
+            State::Waiting { batch, index, slot } => {
+                if let Some(result) = batch.result.get() {
+                    return Poll::Ready(answer(result, *index));
+                }
+                let mut wakers = batch.wakers.lock();
+                // Checked again under the lock `complete` takes after setting the result.
+                if let Some(result) = batch.result.get() {
+                    return Poll::Ready(answer(result, *index));
+                }
+                match slot {
+                    Some(i) => {
+                        if !wakers[*i].will_wake(cx.waker()) {
+                            wakers[*i] = cx.waker().clone();
+                        }
+                    }
+                    None => {
+                        *slot = Some(wakers.len());
+                        wakers.push(cx.waker().clone());
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
+        PartitionAck {
+            partition,
+            base_offset,
+            record_count,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_record_of_a_batch_gets_its_own_offset() {
+        let batch = Arc::new(BatchOutcome::default());
+        let mut deliveries: Vec<Delivery> = (0..3)
+            .map(|i| Delivery::waiting(batch.clone(), i))
+            .collect();
+        // Polled before the batch ends: each leaves a waker, and polling again keeps one slot each.
+        for d in &mut deliveries {
+            assert!(d.now_or_never_ref().is_none());
+            assert!(d.now_or_never_ref().is_none());
+        }
+        assert_eq!(batch.wakers.lock().len(), 3);
+        batch.complete(Ok(ack(4, 100, 3)));
+        assert!(batch.wakers.lock().is_empty(), "woken and gone");
+        let got: Vec<DeliveryResult> = futures::future::join_all(deliveries).await;
+        let got: Vec<(u32, u64)> = got.into_iter().map(Result::unwrap).collect();
+        assert_eq!(got, vec![(4, 100), (4, 101), (4, 102)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_record_with_its_error() {
+        let batch = Arc::new(BatchOutcome::default());
+        let waiting = tokio::spawn(Delivery::waiting(batch.clone(), 0));
+        let late = Delivery::waiting(batch.clone(), 1);
+        batch.complete(Err(ClientError::ProducerClosed));
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(ClientError::ProducerClosed)
+        ));
+        assert!(matches!(late.await, Err(ClientError::ProducerClosed)));
+    }
+
+    impl Delivery {
+        /// Polls once with a no-op waker, keeping the delivery.
+        fn now_or_never_ref(&mut self) -> Option<DeliveryResult> {
+            (&mut *self).now_or_never()
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`Producer`]: the batching publisher. A handle places each record on a partition, waits for room under
-//! the in-flight byte limit (the backpressure), and queues it for the background task
-//! ([`producer_task`](crate::producer_task)), which batches and publishes. Each send returns a
-//! [`Delivery`] that resolves when the record is acknowledged.
+//! the in-flight byte limit (the backpressure), and appends it to the partition's open batch in the
+//! accumulator it shares with the background task ([`producer_task`](crate::producer_task)), which seals
+//! and publishes batches. Each send returns a [`Delivery`] that resolves when the record is acknowledged.
 //!
 //! Ordering: records sent to one partition from one handle are stored in send order. An idempotent
 //! producer keeps up to `in_flight_per_partition_max` batches of a partition in flight; their sequence
@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::accumulator::{record_bytes_max, record_size, Accumulator, PendingRecord};
 use crate::client::Client;
-use crate::delivery::{Delivery, DeliveryResult};
+use crate::delivery::Delivery;
 use crate::error::ClientError;
 use crate::partitioner::Partitioner;
-use crate::producer_task::{Command, ProducerTask};
+use crate::producer_task::{now_ms, Command, ProducerTask, Shared};
 use crate::record::ProducerRecord;
 
 /// Default linger: how long a batch waits for more records after its first (milliseconds). None: a batch
@@ -47,9 +47,8 @@ pub const IN_FLIGHT_PER_PARTITION_MAX_DEFAULT: usize = 5;
 pub const IN_FLIGHT_PER_PARTITION_LIMIT: usize = 5;
 /// Default bound on bytes of records sent but not yet acknowledged.
 pub const IN_FLIGHT_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
-/// Commands queued between handles and the task. Backpressure is by bytes (the semaphore); this only
-/// keeps the queue itself bounded.
-const COMMAND_QUEUE_LEN: usize = 4096;
+/// Flush and close commands queued between handles and the task (records do not pass through it).
+const COMMAND_QUEUE_LEN: usize = 64;
 /// Header key limit of the batch format (a u16 length).
 const HEADER_KEY_BYTES_MAX: usize = u16::MAX as usize;
 /// Header count limit of the batch format (a u16 count).
@@ -134,6 +133,7 @@ impl ProducerConfig {
 pub struct Producer {
     client: Client,
     commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
     in_flight_bytes: Arc<Semaphore>,
     partitioner: Arc<Partitioner>,
     record_bytes_max: usize,
@@ -162,11 +162,12 @@ impl Producer {
         )
         .with_compression(config.compression)
         .with_in_flight_max(in_flight_max);
+        let shared = Arc::new(Shared::new(accumulator));
         let task = ProducerTask::new(
             client.clone(),
             config.acks,
             config.idempotence,
-            accumulator,
+            shared.clone(),
             command_queue,
             in_flight_bytes.clone(),
             finished_tx,
@@ -175,6 +176,7 @@ impl Producer {
         Ok(Producer {
             client,
             commands,
+            shared,
             in_flight_bytes,
             partitioner: Arc::new(Partitioner::default()),
             record_bytes_max: record_bytes_max(config.batch_bytes_max),
@@ -187,15 +189,12 @@ impl Producer {
     /// `(partition, offset)` once acknowledged, or to the error that stopped it.
     pub async fn send(&self, record: ProducerRecord) -> Delivery {
         match self.enqueue(record).await {
-            Ok(receiver) => Delivery::waiting(receiver),
+            Ok(delivery) => delivery,
             Err(err) => Delivery::failed(err),
         }
     }
 
-    async fn enqueue(
-        &self,
-        record: ProducerRecord,
-    ) -> Result<oneshot::Receiver<DeliveryResult>, ClientError> {
+    async fn enqueue(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
         let ProducerRecord {
             topic,
             key,
@@ -237,26 +236,28 @@ impl Producer {
             .map_err(|_| ClientError::ProducerClosed)?
             // Given back by the task, in one piece per batch, when the batch is done.
             .forget();
-        let (delivery, receiver) = oneshot::channel();
         let record = PendingRecord {
             key,
             value,
             headers,
-            // Set by the task (from `timestamp_ms` or its clock) before the record joins a batch.
-            timestamp_ms: 0,
-            ack: delivery,
+            timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
+            ack: (),
         };
-        let command = Command::Append {
-            topic,
-            partition,
-            record,
-            timestamp_ms,
+        let placement = {
+            let mut state = self.shared.state.lock();
+            if state.closed {
+                drop(state);
+                self.in_flight_bytes.add_permits(size_bytes);
+                return Err(ClientError::ProducerClosed);
+            }
+            state
+                .accumulator
+                .append_at(&topic, partition, record, std::time::Instant::now)
         };
-        if self.commands.send(command).await.is_err() {
-            self.in_flight_bytes.add_permits(size_bytes);
-            return Err(ClientError::ProducerClosed);
+        if placement.changed {
+            self.shared.changed.notify_one();
         }
-        Ok(receiver)
+        Ok(Delivery::waiting(placement.shared, placement.index))
     }
 
     /// Waits until every record sent so far (by any clone) is acknowledged or has failed. Lingering

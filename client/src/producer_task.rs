@@ -1,47 +1,73 @@
-//! The producer's background task: the I/O shell around the [`Accumulator`]. It takes commands from
-//! [`Producer`](crate::Producer) handles, seals batches on size, linger or flush, publishes them (up to the
-//! accumulator's bound in flight per partition, partitions in parallel), and resolves each record's
-//! [`Delivery`](crate::Delivery).
+//! The producer's background task: the I/O shell around the [`Accumulator`]. [`Producer`](crate::Producer)
+//! handles append records to the accumulator themselves, under the lock of [`Shared`], and wake the task
+//! when an append opened or sealed a batch; the task seals batches on linger or flush, publishes them (up
+//! to the accumulator's bound in flight per partition, partitions in parallel), and resolves each batch's
+//! [`BatchOutcome`], which its records' [`Delivery`](crate::Delivery) futures share.
 //!
-//! Work is paced on the task's own loop rather than per record: each turn takes up to
-//! [`COMMANDS_PER_TURN_MAX`] queued commands at once (`recv_many`: the channel's permits go back in one
-//! step, where a receive per command takes the channel's waiter lock per record) before dispatching, so
-//! bursts become full batches.
+//! Appending on the caller's thread (as Kafka's producer does) leaves nothing per record to queue, signal
+//! or allocate between threads: a record costs a lock its task rarely holds (it takes the lock per batch,
+//! and encodes and CRCs batches outside it) and the copy of its bytes into the batch. Flush and close
+//! still go to the task as commands.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_protocol::batch::ProducerStamp;
 use ferry_protocol::v1::{Acks, PartitionAck};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
-use crate::accumulator::{Accumulator, PendingRecord, SealedBatch};
+use crate::accumulator::{Accumulator, SealedBatch};
 use crate::client::Client;
-use crate::delivery::DeliverySender;
+use crate::delivery::BatchOutcome;
 use crate::error::ClientError;
-use crate::publish::record_offset;
 
-/// Commands taken per loop turn before batches are dispatched.
-pub const COMMANDS_PER_TURN_MAX: usize = 1024;
+/// The accumulator as handles and the task share it: each record carries nothing back (`()`), each batch
+/// its outcome.
+pub(crate) type SharedAccumulator = Accumulator<(), Arc<BatchOutcome>>;
 
-/// What a [`Producer`](crate::Producer) handle asks of the task.
+/// What handles and the task share.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<SharedState>,
+    /// Signalled by a handle whose append opened or sealed a batch.
+    pub(crate) changed: Notify,
+}
+
+pub(crate) struct SharedState {
+    pub(crate) accumulator: SharedAccumulator,
+    /// Set when the producer closes (or every handle is gone): appends are refused from then on, and what
+    /// was appended before is sealed in the same step, so nothing is left behind.
+    pub(crate) closed: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(accumulator: SharedAccumulator) -> Self {
+        Shared {
+            state: Mutex::new(SharedState {
+                accumulator,
+                closed: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+}
+
+/// What a [`Producer`](crate::Producer) handle asks of the task besides appending.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Add a record to a partition's open batch.
-    Append {
-        topic: String,
-        partition: u32,
-        record: PendingRecord<DeliverySender>,
-        /// The caller's timestamp; without one the record is stamped with the wall clock when the task
-        /// takes it (read once per turn, not once per record on the caller's thread).
-        timestamp_ms: Option<i64>,
-    },
     /// Seal everything and answer once all records sent so far are done.
     Flush(oneshot::Sender<()>),
-    /// Stop taking commands; finish what is queued, then exit.
+    /// Refuse further records; finish what was appended, then exit.
     Close,
 }
 
@@ -55,13 +81,15 @@ struct Published {
 
 /// What the task keeps of a batch while it is published.
 struct InFlight {
-    deliveries: Vec<DeliverySender>,
+    outcome: Arc<BatchOutcome>,
     records_bytes: usize,
 }
 
 enum Event {
-    /// This many commands were moved into the task's command buffer; none: every handle is gone.
-    Commands(usize),
+    /// A command; none: every handle is gone.
+    Command(Option<Command>),
+    /// A handle's append opened or sealed a batch.
+    Appended,
     Published(Published),
     LingerExpired,
     Identity(Result<(i64, i16), ClientError>),
@@ -86,10 +114,8 @@ pub(crate) struct ProducerTask {
     acks: Acks,
     /// `None` when idempotence is off.
     idempotence: Option<Idempotence>,
-    accumulator: Accumulator<DeliverySender>,
+    shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
-    /// Where `recv_many` puts a turn's commands (empty between turns).
-    command_buf: Vec<Command>,
     /// Released as batches finish; [`Producer::send`](crate::Producer::send) acquires.
     in_flight_bytes: Arc<Semaphore>,
     publishing: FuturesUnordered<BoxFuture<'static, Published>>,
@@ -106,7 +132,7 @@ impl ProducerTask {
         client: Client,
         acks: Acks,
         idempotent: bool,
-        accumulator: Accumulator<DeliverySender>,
+        shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
         in_flight_bytes: Arc<Semaphore>,
         finished: watch::Sender<()>,
@@ -115,9 +141,8 @@ impl ProducerTask {
             client,
             acks,
             idempotence: idempotent.then(Idempotence::default),
-            accumulator,
+            shared,
             commands,
-            command_buf: Vec::with_capacity(COMMANDS_PER_TURN_MAX),
             in_flight_bytes,
             publishing: FuturesUnordered::new(),
             in_flight: HashMap::new(),
@@ -133,21 +158,44 @@ impl ProducerTask {
             // Deadlines already reached are handled here, not by a timer: tokio's timer rounds up to the
             // next millisecond, which a batch with no linger (or one whose linger passed while the turn
             // ran) must not wait for.
-            if let Some(deadline) = self.accumulator.next_deadline() {
-                let now = Instant::now();
-                if deadline <= now {
-                    self.accumulator.expire(now);
+            let (batches, has_dispatchable, idle) = {
+                let mut state = self.shared.state.lock();
+                let accumulator = &mut state.accumulator;
+                if let Some(deadline) = accumulator.next_deadline() {
+                    let now = Instant::now();
+                    if deadline <= now {
+                        accumulator.expire(now);
+                    }
                 }
-            }
-            self.dispatch();
+                let may_send = self
+                    .idempotence
+                    .as_ref()
+                    .is_none_or(|idem| idem.identity.is_some());
+                let batches = if may_send {
+                    accumulator.take_dispatchable()
+                } else {
+                    Vec::new()
+                };
+                (
+                    batches,
+                    accumulator.has_dispatchable(),
+                    accumulator.is_idle(),
+                )
+            };
+            self.ask_identity(has_dispatchable);
+            self.dispatch(batches);
             self.answer_flushes();
-            if self.draining && self.accumulator.is_idle() {
+            if self.draining && idle && self.in_flight.is_empty() {
                 break;
             }
             match self.next_event().await {
-                Event::Commands(received) => self.on_commands(received),
+                Event::Command(command) => self.on_command(command),
+                // What changed is looked at on the next turn.
+                Event::Appended => {}
                 Event::Published(published) => self.on_published(published),
-                Event::LingerExpired => self.accumulator.expire(Instant::now()),
+                Event::LingerExpired => {
+                    self.shared.state.lock().accumulator.expire(Instant::now());
+                }
                 Event::Identity(result) => self.on_identity(result),
             }
         }
@@ -158,7 +206,7 @@ impl ProducerTask {
 
     async fn next_event(&mut self) -> Event {
         // A deadline in the far future stands in for "no open batch"; that branch is disabled then.
-        let deadline = self.accumulator.next_deadline();
+        let deadline = self.shared.state.lock().accumulator.next_deadline();
         let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let asking = self.idempotence.as_mut().and_then(|i| i.asking.as_mut());
         let has_asking = asking.is_some();
@@ -169,8 +217,9 @@ impl ProducerTask {
             }
         };
         tokio::select! {
-            received = self.commands.recv_many(&mut self.command_buf, COMMANDS_PER_TURN_MAX),
-                if !self.draining => Event::Commands(received),
+            command = self.commands.recv(), if !self.draining => Event::Command(command),
+            // A notification given while the task was busy is kept (one permit), so none is missed.
+            () = self.shared.changed.notified(), if !self.draining => Event::Appended,
             result = identity, if has_asking => Event::Identity(result),
             Some(published) = self.publishing.next(), if !self.publishing.is_empty() => {
                 Event::Published(published)
@@ -181,46 +230,44 @@ impl ProducerTask {
         }
     }
 
-    /// Handles the commands `recv_many` moved into the buffer (up to a bound, so publishes and timers are
-    /// not starved); none means every handle is gone.
-    fn on_commands(&mut self, received: usize) {
-        let now = Instant::now();
-        let mut wall_ms = None;
-        if received == 0 {
-            self.on_command(None, now, &mut wall_ms);
-            return;
-        }
-        let mut commands = std::mem::take(&mut self.command_buf);
-        for command in commands.drain(..) {
-            self.on_command(Some(command), now, &mut wall_ms);
-        }
-        // The buffer keeps its capacity for the next turn.
-        self.command_buf = commands;
-    }
-
-    /// `wall_ms` is this turn's wall clock, read at the first record that needs it.
-    fn on_command(&mut self, command: Option<Command>, now: Instant, wall_ms: &mut Option<i64>) {
+    fn on_command(&mut self, command: Option<Command>) {
         match command {
-            Some(Command::Append {
-                topic,
-                partition,
-                mut record,
-                timestamp_ms,
-            }) => {
-                record.timestamp_ms =
-                    timestamp_ms.unwrap_or_else(|| *wall_ms.get_or_insert_with(now_ms));
-                self.accumulator.append(&topic, partition, record, now)
-            }
             Some(Command::Flush(waiter)) => {
-                let target = self.accumulator.seal_all();
+                let target = self.shared.state.lock().accumulator.seal_all();
                 self.flush_waiters.push_back((target, waiter));
             }
-            // Queued commands are still received; `None` follows them.
-            Some(Command::Close) => self.commands.close(),
-            None => {
-                self.draining = true;
-                self.accumulator.seal_all();
+            // Later records are refused at once; queued commands are still received, and `None` follows.
+            Some(Command::Close) => {
+                self.close();
+                self.commands.close();
             }
+            None => {
+                self.close();
+                self.draining = true;
+            }
+        }
+    }
+
+    /// Refuses further appends and seals what was appended, in one step under the lock.
+    fn close(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.closed = true;
+        state.accumulator.seal_all();
+    }
+
+    /// Asks for a producer id when an idempotent producer without one has batches to send and none in
+    /// flight (a new id's batches must not overtake the old id's retries).
+    fn ask_identity(&mut self, has_dispatchable: bool) {
+        let Some(idem) = self.idempotence.as_mut() else {
+            return;
+        };
+        if idem.identity.is_none()
+            && idem.asking.is_none()
+            && self.in_flight.is_empty()
+            && has_dispatchable
+        {
+            let client = self.client.clone();
+            idem.asking = Some(Box::pin(async move { client.init_producer().await }));
         }
     }
 
@@ -237,59 +284,41 @@ impl ProducerTask {
             }
             Err(err) => {
                 tracing::debug!(%err, "no producer id");
-                for batch in self.accumulator.take_dispatchable() {
-                    for delivery in batch.acks {
-                        let _ = delivery.send(Err(err.clone()));
-                    }
+                let mut state = self.shared.state.lock();
+                let accumulator = &mut state.accumulator;
+                for batch in accumulator.take_dispatchable() {
+                    batch.shared.complete(Err(err.clone()));
                     self.in_flight_bytes.add_permits(batch.records_bytes);
-                    self.accumulator
-                        .complete(&batch.topic, batch.partition, batch.id);
+                    accumulator.complete(&batch.topic, batch.partition, batch.id);
                 }
             }
         }
     }
 
-    /// Starts publishing every batch that may go now (once the producer has an id, if idempotent).
-    fn dispatch(&mut self) {
-        if let Some(idem) = self.idempotence.as_mut() {
-            if idem.identity.is_none() {
-                let drained = self.in_flight.is_empty();
-                if drained && idem.asking.is_none() && self.accumulator.has_dispatchable() {
-                    let client = self.client.clone();
-                    idem.asking = Some(Box::pin(async move { client.init_producer().await }));
-                }
-                return;
-            }
-        }
-        for batch in self.accumulator.take_dispatchable() {
+    /// Encodes and starts publishing `batches`, taken from the accumulator in each partition's order.
+    fn dispatch(&mut self, batches: Vec<SealedBatch<(), Arc<BatchOutcome>>>) {
+        for batch in batches {
+            let record_count = batch.record_count();
             let SealedBatch {
                 id,
                 topic,
                 partition,
-                bytes,
-                acks: deliveries,
+                builder,
+                compression,
+                shared: outcome,
                 records_bytes,
+                ..
             } = batch;
-            // One delivery per record: the batch's record count, known without parsing its header.
             let known = crate::publish::Known {
-                record_count: deliveries.len() as u32,
+                record_count,
                 stamped: self.idempotence.is_some(),
             };
-            let bytes = match self.stamp(&topic, partition, bytes, known.record_count) {
-                Ok(b) => b,
-                Err(err) => {
-                    for delivery in deliveries {
-                        let _ = delivery.send(Err(err.clone()));
-                    }
-                    self.in_flight_bytes.add_permits(records_bytes);
-                    self.accumulator.complete(&topic, partition, id);
-                    continue;
-                }
-            };
+            let stamp = self.next_stamp(&topic, partition, record_count);
+            let bytes = SealedBatch::<(), Arc<BatchOutcome>>::encode(builder, compression, stamp);
             self.in_flight.insert(
                 id,
                 InFlight {
-                    deliveries,
+                    outcome,
                     records_bytes,
                 },
             );
@@ -309,31 +338,27 @@ impl ProducerTask {
         }
     }
 
-    /// Stamps an idempotent producer's id and the partition's next sequence number on a batch of `count`
-    /// records (`with_producer` checks the header it writes into: the one parse on the way out).
-    fn stamp(
+    /// An idempotent producer's id and the partition's next sequence number for a batch of `count` records
+    /// (batches are taken in each partition's order, so sequences follow it); none without idempotence.
+    fn next_stamp(
         &mut self,
         topic: &Arc<str>,
         partition: u32,
-        bytes: bytes::Bytes,
         count: u32,
-    ) -> Result<bytes::Bytes, ClientError> {
-        let Some(idem) = self.idempotence.as_mut() else {
-            return Ok(bytes);
-        };
+    ) -> Option<ProducerStamp> {
+        let idem = self.idempotence.as_mut()?;
         let (producer_id, producer_epoch) = idem.identity.expect("dispatch waits for the id");
         let seq = idem
             .sequences
             .entry((topic.clone(), partition))
             .or_insert(0);
-        let stamp = ferry_protocol::batch::ProducerStamp {
+        let stamp = ProducerStamp {
             producer_id,
             producer_epoch,
             base_sequence: *seq,
         };
         *seq = seq.wrapping_add(count as i32) & i32::MAX;
-        ferry_protocol::batch::with_producer(bytes, stamp)
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        Some(stamp)
     }
 
     fn on_published(&mut self, published: Published) {
@@ -347,34 +372,32 @@ impl ProducerTask {
             .in_flight
             .remove(&id)
             .expect("every published batch was in flight");
-        match result {
-            Ok(ack) => {
-                for (index, delivery) in in_flight.deliveries.into_iter().enumerate() {
-                    let offset = record_offset(&ack, index as u32);
-                    // The caller may have dropped its Delivery; that is allowed.
-                    let _ = delivery.send(Ok((partition, offset)));
-                }
-            }
-            Err(err) => {
-                tracing::debug!(%topic, partition, %err, "publish failed");
-                // The batch may or may not be written: later batches go under a new producer id.
-                if let Some(idem) = self.idempotence.as_mut() {
-                    idem.identity = None;
-                    idem.sequences.clear();
-                }
-                for delivery in in_flight.deliveries {
-                    let _ = delivery.send(Err(err.clone()));
-                }
+        if let Err(err) = &result {
+            tracing::debug!(%topic, partition, %err, "publish failed");
+            // The batch may or may not be written: later batches go under a new producer id.
+            if let Some(idem) = self.idempotence.as_mut() {
+                idem.identity = None;
+                idem.sequences.clear();
             }
         }
+        // The callers may have dropped their deliveries; that is allowed.
+        in_flight.outcome.complete(result);
         self.in_flight_bytes.add_permits(in_flight.records_bytes);
-        self.accumulator.complete(&topic, partition, id);
+        self.shared
+            .state
+            .lock()
+            .accumulator
+            .complete(&topic, partition, id);
     }
 
     /// Answers flushes whose batches are all done. Targets never decrease, so waiters finish in order.
     fn answer_flushes(&mut self) {
+        if self.flush_waiters.is_empty() {
+            return;
+        }
+        let state = self.shared.state.lock();
         while let Some((target, _)) = self.flush_waiters.front() {
-            if !self.accumulator.finished_below(*target) {
+            if !state.accumulator.finished_below(*target) {
                 break;
             }
             let (_, waiter) = self.flush_waiters.pop_front().expect("front exists");
@@ -384,7 +407,7 @@ impl ProducerTask {
 }
 
 /// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);

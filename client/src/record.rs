@@ -15,9 +15,8 @@ pub struct ProducerRecord {
     pub headers: Vec<(String, Bytes)>,
     /// Explicit partition; wins over the key.
     pub partition: Option<u32>,
-    /// Timestamp (milliseconds since the Unix epoch); `None` stamps the time the producer's task takes the
-    /// record from its queue into a batch (its clock read once per turn): shortly after [`Producer::send`]
-    /// returns, later when the queue is backed up.
+    /// Timestamp (milliseconds since the Unix epoch); `None` stamps the time [`Producer::send`] adds the
+    /// record to its batch (after any wait for room under the in-flight byte limit).
     ///
     /// [`Producer::send`]: crate::Producer::send
     pub timestamp_ms: Option<i64>,

@@ -12,9 +12,9 @@
 //! Exit codes: 0 success (also when stdout's reader goes away), 1 any failure, with one line
 //! `error: <message>` on stderr, 2 a usage error (from clap).
 
-/// mimalloc: `ferry bench produce` allocates each record's delivery on the caller's thread and frees it on
-/// the producer task's; glibc's allocator made that cost a lock and a consolidation pass. A client A/B
-/// (one broker, 100 B and 1 KiB) won every pair, 2-28%.
+/// mimalloc: the client allocates on one thread what another frees (batches, request buffers; until
+/// session 18 also each record's delivery), which cost glibc's allocator a lock and a consolidation pass.
+/// A client A/B (one broker, 100 B and 1 KiB) won every pair, 2-28%.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
