@@ -61,8 +61,9 @@ enum State {
         batch: Arc<BatchOutcome>,
         /// The record's index in its batch.
         index: u32,
-        /// Its waker's slot in `batch.wakers`, once it left one.
-        slot: Option<usize>,
+        /// Its slot in `batch.wakers` and a copy of the waker it left there, once it left one: polled again
+        /// with a waker that wakes the same task, it need not take the lock (the one it left is woken).
+        registered: Option<(usize, Waker)>,
     },
 }
 
@@ -78,7 +79,7 @@ impl Delivery {
             state: State::Waiting {
                 batch,
                 index,
-                slot: None,
+                registered: None,
             },
         }
     }
@@ -100,24 +101,35 @@ impl Future for Delivery {
             State::Failed(err) => {
                 Poll::Ready(Err(err.take().expect("Delivery polled after it resolved")))
             }
-            State::Waiting { batch, index, slot } => {
+            State::Waiting {
+                batch,
+                index,
+                registered,
+            } => {
                 if let Some(result) = batch.result.get() {
                     return Poll::Ready(answer(result, *index));
+                }
+                // The result is not set, so the waker left earlier is still in the list or being woken.
+                if registered
+                    .as_ref()
+                    .is_some_and(|(_, waker)| waker.will_wake(cx.waker()))
+                {
+                    return Poll::Pending;
                 }
                 let mut wakers = batch.wakers.lock();
                 // Checked again under the lock `complete` takes after setting the result.
                 if let Some(result) = batch.result.get() {
                     return Poll::Ready(answer(result, *index));
                 }
-                match slot {
-                    Some(i) => {
-                        if !wakers[*i].will_wake(cx.waker()) {
-                            wakers[*i] = cx.waker().clone();
-                        }
+                let waker = cx.waker().clone();
+                match registered {
+                    Some((i, left)) => {
+                        wakers[*i] = waker.clone();
+                        *left = waker;
                     }
                     None => {
-                        *slot = Some(wakers.len());
-                        wakers.push(cx.waker().clone());
+                        *registered = Some((wakers.len(), waker.clone()));
+                        wakers.push(waker);
                     }
                 }
                 Poll::Pending
@@ -130,6 +142,7 @@ impl Future for Delivery {
 mod tests {
     use super::*;
     use futures::FutureExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
         PartitionAck {
@@ -169,6 +182,34 @@ mod tests {
             Err(ClientError::ProducerClosed)
         ));
         assert!(matches!(late.await, Err(ClientError::ProducerClosed)));
+    }
+
+    struct CountWakes(AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_delivery_polled_by_another_task_leaves_that_task_s_waker_in_its_slot() {
+        let batch = Arc::new(BatchOutcome::default());
+        let mut delivery = Delivery::waiting(batch.clone(), 0);
+        let first = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let second = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let mut poll = |count: &Arc<CountWakes>| {
+            let waker = Waker::from(count.clone());
+            Pin::new(&mut delivery).poll(&mut Context::from_waker(&waker))
+        };
+        for count in [&first, &second, &second] {
+            assert!(poll(count).is_pending());
+        }
+        assert_eq!(batch.wakers.lock().len(), 1, "one slot per delivery");
+        batch.complete(Ok(ack(0, 7, 1)));
+        let woken = |c: &Arc<CountWakes>| c.0.load(Ordering::SeqCst);
+        assert_eq!((woken(&first), woken(&second)), (0, 1), "the latest waker");
+        assert!(matches!(poll(&second), Poll::Ready(Ok((0, 7)))));
     }
 
     impl Delivery {
