@@ -32,6 +32,7 @@
 //! - [`client`]: [`Client`]: bootstrap, metadata refresh, routing to leaders, bounded retries.
 //! - [`admin`]: topic and cluster administration on [`Client`].
 //! - [`publish`]: publishing one batch and mapping its acknowledgement to record offsets.
+//! - `publish_call`: the publish RPC with the batch sent as it is, not copied by tonic's encoder.
 //! - [`fetch`]: [`Client::fetch`], batch decoding, offset lookups ([`Client::list_offsets`]).
 //! - [`subscribe`]: [`Client::subscribe`], a resuming record stream over the `Subscribe` RPC.
 //! - [`group`]: consumer groups: joining, heartbeats, cooperative assignment, offset commits.
@@ -56,6 +57,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod producer_task;
 pub mod publish;
+mod publish_call;
 pub mod record;
 pub mod retry;
 pub mod subscribe;

@@ -3,12 +3,12 @@
 
 use bytes::Bytes;
 use ferry_protocol::batch::BatchHeader;
-use ferry_protocol::v1::publish_request::Payload;
 use ferry_protocol::v1::{Acks, PartitionAck, PublishRequest, PublishResponse};
 
 use crate::channels::ferry_client;
 use crate::client::{Client, Route};
 use crate::error::ClientError;
+use crate::publish_call::PublishFrames;
 
 impl Client {
     /// Publishes `batch` (built with [`BatchBuilder`](ferry_protocol::batch::BatchBuilder)) to `partition`
@@ -46,10 +46,12 @@ impl Client {
             topic: topic.to_owned(),
             partition: Some(partition),
             acks: acks as i32,
-            payload: Some(Payload::Batch(batch)),
+            // The batch travels beside the other fields (`publish_call`).
+            payload: None,
             // The broker's own durability deadline applies.
             timeout_ms: 0,
         };
+        let frames = PublishFrames::new(&request, batch).map_err(ClientError::from)?;
         let timeout = self.config().request_timeout();
         let route = Route::Leader { topic, partition };
         // An idempotent producer's batch may be retried whatever became of the first attempt.
@@ -60,8 +62,7 @@ impl Client {
         };
         let response = self
             .call_with(route, retry_when, timeout, |channel| {
-                let request = request.clone();
-                async move { ferry_client(channel).publish(request).await }
+                crate::publish_call::publish(channel, frames.clone())
             })
             .await?;
         check_ack(&response, partition, known.record_count)
