@@ -390,6 +390,22 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
         out
     }
 
+    /// Every sealed batch not yet sent, whatever the send windows allow, taken out as done: for a producer
+    /// that can no longer send them (its task is ending before it finished, e.g. its runtime shut down).
+    pub fn drain_unsent(&mut self) -> Vec<SealedBatch<A, B>> {
+        let mut out = Vec::new();
+        for partitions in self.topics.values_mut() {
+            for state in partitions.values_mut() {
+                out.extend(state.ready.drain(..));
+            }
+        }
+        for batch in &out {
+            self.unfinished.remove(&batch.id);
+        }
+        self.sealer.dispatchable.clear();
+        out
+    }
+
     /// Marks the in-flight batch `id` of `partition` of `topic` as done (acknowledged or failed).
     pub fn complete(&mut self, topic: &str, partition: u32, id: u64) {
         let topic = self.topic_key(topic);

@@ -45,6 +45,16 @@ impl BatchOutcome {
     }
 }
 
+impl BatchOutcome {
+    /// Fails the batch with `err` unless it already ended: for a producer task that stops before it
+    /// finished (its records can no longer be sent, and must not wait forever).
+    pub(crate) fn abandon(&self, err: ClientError) {
+        if self.result.get().is_none() {
+            self.complete(Err(err));
+        }
+    }
+}
+
 /// Resolves to the record's `(partition, offset)` once acknowledged, or to why it was not stored.
 /// Dropping it does not cancel the send.
 #[derive(Debug)]

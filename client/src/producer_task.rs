@@ -199,9 +199,8 @@ impl ProducerTask {
                 Event::Identity(result) => self.on_identity(result),
             }
         }
-        // Senders blocked on backpressure learn the producer is gone.
-        self.in_flight_bytes.close();
         tracing::debug!("producer task finished");
+        // `Drop` closes the producer to senders.
     }
 
     async fn next_event(&mut self) -> Event {
@@ -284,12 +283,19 @@ impl ProducerTask {
             }
             Err(err) => {
                 tracing::debug!(%err, "no producer id");
-                let mut state = self.shared.state.lock();
-                let accumulator = &mut state.accumulator;
-                for batch in accumulator.take_dispatchable() {
+                let failed = {
+                    let mut state = self.shared.state.lock();
+                    let accumulator = &mut state.accumulator;
+                    let batches = accumulator.take_dispatchable();
+                    for batch in &batches {
+                        accumulator.complete(&batch.topic, batch.partition, batch.id);
+                    }
+                    batches
+                };
+                // Outside the lock: a waker may run a task inline that sends.
+                for batch in failed {
                     batch.shared.complete(Err(err.clone()));
                     self.in_flight_bytes.add_permits(batch.records_bytes);
-                    accumulator.complete(&batch.topic, batch.partition, batch.id);
                 }
             }
         }
@@ -403,6 +409,29 @@ impl ProducerTask {
             let (_, waiter) = self.flush_waiters.pop_front().expect("front exists");
             let _ = waiter.send(());
         }
+    }
+}
+
+impl Drop for ProducerTask {
+    /// However the task ends: after finishing everything (nothing is left then), or dropped before that
+    /// (its runtime shut down, or it panicked), later sends are refused and every record not acknowledged
+    /// fails with [`ClientError::ProducerClosed`] instead of waiting forever, as when each record had a
+    /// channel of its own whose sender went away.
+    fn drop(&mut self) {
+        let unsent = {
+            let mut state = self.shared.state.lock();
+            state.closed = true;
+            state.accumulator.seal_all();
+            state.accumulator.drain_unsent()
+        };
+        for batch in unsent {
+            batch.shared.abandon(ClientError::ProducerClosed);
+        }
+        for (_, in_flight) in self.in_flight.drain() {
+            in_flight.outcome.abandon(ClientError::ProducerClosed);
+        }
+        // Senders blocked on backpressure learn the producer is gone.
+        self.in_flight_bytes.close();
     }
 }
 

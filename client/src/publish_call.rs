@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_protocol::limits::GRPC_MESSAGE_BYTES_MAX;
 use ferry_protocol::v1::{PublishRequest, PublishResponse};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use tonic::codec::{Codec, ProstCodec, Streaming};
@@ -101,10 +101,7 @@ impl Body for PublishBody {
         self.chunks.iter().all(Option::is_none)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        let len: usize = self.chunks.iter().flatten().map(Bytes::len).sum();
-        SizeHint::with_exact(len as u64)
-    }
+    // No size hint, as tonic's own request bodies: an exact one would add a `content-length` header.
 }
 
 /// Sends `frames` to `channel` and reads the answer as tonic's generated client does: a status in the
@@ -125,9 +122,13 @@ pub(crate) async fn publish(
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .body(tonic::body::boxed(body))
         .map_err(|e| Status::internal(format!("publish request: {e}")))?;
+    // As the generated client maps a channel that cannot take the request.
     futures::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
-        .map_err(|e| Status::from_error(e.into()))?;
+        .map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            Status::unknown(format!("Service was not ready: {e}"))
+        })?;
     let response = channel
         .call(request)
         .await
@@ -140,21 +141,38 @@ pub(crate) async fn publish(
         });
     }
     let status_code = response.status();
+    let (parts, body) = response.into_parts();
     let mut codec = ProstCodec::<PublishRequest, PublishResponse>::default();
     let mut answer = Streaming::new_response(
         codec.decoder(),
-        response.into_body(),
+        body,
         status_code,
         None,
         Some(GRPC_MESSAGE_BYTES_MAX),
     );
+    // A status read from the body or the trailers also carries the response headers' metadata, as the
+    // generated client merges them (a broker's `ferry-leader` redirect, wherever it was put).
+    let with_headers = |status: Status| with_header_metadata(status, &parts.headers);
     let message = answer
         .message()
-        .await?
+        .await
+        .map_err(with_headers)?
         .ok_or_else(|| Status::internal("Missing response message."))?;
     // A status after the message (trailers) still decides the call.
-    answer.trailers().await?;
+    answer.trailers().await.map_err(with_headers)?;
     Ok(tonic::Response::new(message))
+}
+
+/// `status` with `headers` added to its metadata, where it has no value of its own for a name.
+fn with_header_metadata(mut status: Status, headers: &http::HeaderMap) -> Status {
+    let mut merged = std::mem::take(status.metadata_mut()).into_headers();
+    for (name, value) in headers {
+        if !merged.contains_key(name) {
+            merged.insert(name.clone(), value.clone());
+        }
+    }
+    *status.metadata_mut() = tonic::metadata::MetadataMap::from_headers(merged);
+    status
 }
 
 #[cfg(test)]
@@ -206,6 +224,24 @@ mod tests {
             let decoded = PublishRequest::decode(&all[GRPC_PREFIX_LEN..]).unwrap();
             assert_eq!(decoded, request(batch), "length {len}");
         }
+    }
+
+    #[test]
+    fn a_status_keeps_its_own_metadata_and_gains_the_headers() {
+        let mut status = Status::unavailable("not the leader");
+        status
+            .metadata_mut()
+            .insert("x-own", "status".parse().unwrap());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-own", "header".parse().unwrap());
+        headers.insert("ferry-leader", "2=127.0.0.1:7400".parse().unwrap());
+        let merged = with_header_metadata(status, &headers);
+        assert_eq!(merged.code(), Code::Unavailable);
+        assert_eq!(merged.metadata().get("x-own").unwrap(), "status");
+        assert_eq!(
+            merged.metadata().get("ferry-leader").unwrap(),
+            "2=127.0.0.1:7400"
+        );
     }
 
     #[test]

@@ -39,6 +39,39 @@ fn patient() -> ClientConfig {
     }
 }
 
+/// A producer whose task is gone before it finished (here: its runtime shut down while a record lingered)
+/// fails that record and refuses later ones; nothing waits forever.
+#[test]
+fn a_producer_whose_runtime_ended_fails_its_records_instead_of_hanging() {
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (dir, broker, producer, lingering) = first.block_on(async {
+        let (dir, broker, client) = setup(1).await;
+        let config = ProducerConfig {
+            linger_ms: 60_000,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client, config).unwrap();
+        let lingering = producer.send(ProducerRecord::new("t", "a")).await;
+        (dir, broker, producer, lingering)
+    });
+    // The producer's task is dropped with the runtime, its record still in an open batch.
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let answer = within(lingering).await;
+        assert!(
+            matches!(answer, Err(ClientError::ProducerClosed)),
+            "{answer:?}"
+        );
+        let later = within(producer.send(ProducerRecord::new("t", "b"))).await;
+        assert!(matches!(
+            within(later).await,
+            Err(ClientError::ProducerClosed)
+        ));
+    });
+    drop((broker, dir));
+}
+
 /// Sends `records` and waits until all are acknowledged: `(partition, offset)` of each.
 async fn send_all(
     producer: &Producer,
