@@ -19,11 +19,11 @@
 //! batch with an id below the next one is unfinished.
 //!
 //! A batch also gets a value of the caller's type `B` when it opens (the producer's shared outcome, which
-//! every record's [`Delivery`](crate::Delivery) holds): [`Accumulator::append`] hands it back with the
+//! every record's [`Delivery`](crate::Delivery) holds): [`Accumulator::append_at`] hands it back with the
 //! record's index, so a record is tied to its batch without anything allocated per record.
 //!
-//! Sealing stops at the records: the header, CRC and compression are written by [`SealedBatch::encode`]
-//! when the batch is sent, outside the lock the producer keeps the accumulator under, and with the
+//! Sealing stops at the records: the header, CRC and compression are written (`BatchBuilder::producer`,
+//! `BatchBuilder::finish_with`) when the batch is sent, outside the lock the producer keeps the accumulator under, and with the
 //! idempotent producer's sequence number already known (one CRC pass per batch, not one at sealing and
 //! another at stamping).
 
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_protocol::batch::{BatchBuilder, Compression, ProducerStamp, HEADER_LEN};
+use ferry_protocol::batch::{BatchBuilder, Compression, HEADER_LEN};
 use ferry_protocol::limits::BATCH_RECORDS_MAX;
 // foldhash: looked up for every record, by keys the application chose (its own topic names).
 use foldhash::HashMap;
@@ -74,7 +74,7 @@ pub fn record_bytes_max(batch_bytes_max: usize) -> usize {
     batch_bytes_max.saturating_sub(HEADER_LEN)
 }
 
-/// A finished batch, ready to publish once [encoded](SealedBatch::encode).
+/// A finished batch, ready to publish once its builder writes the header (see the module docs).
 pub struct SealedBatch<A, B = ()> {
     /// Opening order; see the module docs on flush.
     pub id: u64,
@@ -99,23 +99,9 @@ impl<A, B> SealedBatch<A, B> {
     pub fn record_count(&self) -> u32 {
         self.builder.record_count()
     }
-
-    /// The batch's bytes: header (with `stamp`, an idempotent producer's id and first sequence number),
-    /// CRC and compression written over the records, which are not copied unless compressed.
-    pub fn encode(
-        builder: BatchBuilder,
-        compression: Compression,
-        stamp: Option<ProducerStamp>,
-    ) -> Bytes {
-        let mut builder = builder;
-        if let Some(stamp) = stamp {
-            builder.producer(stamp);
-        }
-        builder.finish_with(compression)
-    }
 }
 
-/// Where [`Accumulator::append`] placed a record.
+/// Where [`Accumulator::append_at`] placed a record.
 #[derive(Debug)]
 pub struct Placement<B> {
     /// The value its batch got when it opened.
@@ -243,18 +229,8 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
         self
     }
 
-    /// Adds `record` to the open batch of `partition` of `topic`, sealing batches as they fill.
-    pub fn append(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        record: PendingRecord<A>,
-        now: Instant,
-    ) -> Placement<B> {
-        self.append_at(topic, partition, record, || now)
-    }
-
-    /// [`Accumulator::append`], reading the clock (for a new batch's linger deadline) only if a batch opens.
+    /// Adds `record` to the open batch of `partition` of `topic`, sealing batches as they fill. `now` is read
+    /// (for a new batch's linger deadline) only if a batch opens.
     pub fn append_at(
         &mut self,
         topic: &str,

@@ -14,7 +14,20 @@ fn record(ack: u32, value: &[u8]) -> PendingRecord<u32> {
 }
 
 fn encoded(batch: SealedBatch<u32>) -> Bytes {
-    SealedBatch::<u32>::encode(batch.builder, batch.compression, None)
+    batch.builder.finish_with(batch.compression)
+}
+
+impl<A, B: Clone + Default> Accumulator<A, B> {
+    /// [`Accumulator::append_at`] at a clock the test holds.
+    fn append(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: PendingRecord<A>,
+        now: Instant,
+    ) -> Placement<B> {
+        self.append_at(topic, partition, record, || now)
+    }
 }
 
 fn values(batch: SealedBatch<u32>) -> Vec<Bytes> {

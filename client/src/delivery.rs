@@ -43,9 +43,7 @@ impl BatchOutcome {
             waker.wake();
         }
     }
-}
 
-impl BatchOutcome {
     /// Fails the batch with `err` unless it already ended: for a producer task that stops before it
     /// finished (its records can no longer be sent, and must not wait forever).
     pub(crate) fn abandon(&self, err: ClientError) {
@@ -151,16 +149,9 @@ impl Future for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publish::ack;
     use futures::FutureExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
-        PartitionAck {
-            partition,
-            base_offset,
-            record_count,
-        }
-    }
 
     #[tokio::test]
     async fn every_record_of_a_batch_gets_its_own_offset() {

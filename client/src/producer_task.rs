@@ -158,7 +158,8 @@ impl ProducerTask {
             // Deadlines already reached are handled here, not by a timer: tokio's timer rounds up to the
             // next millisecond, which a batch with no linger (or one whose linger passed while the turn
             // ran) must not wait for.
-            let (batches, has_dispatchable, idle) = {
+            // The next deadline is read in the same step: a handle that opens a batch later wakes the task.
+            let (batches, has_dispatchable, idle, deadline) = {
                 let mut state = self.shared.state.lock();
                 let accumulator = &mut state.accumulator;
                 if let Some(deadline) = accumulator.next_deadline() {
@@ -180,22 +181,22 @@ impl ProducerTask {
                     batches,
                     accumulator.has_dispatchable(),
                     accumulator.is_idle(),
+                    accumulator.next_deadline(),
                 )
             };
             self.ask_identity(has_dispatchable);
             self.dispatch(batches);
             self.answer_flushes();
-            if self.draining && idle && self.in_flight.is_empty() {
+            // Idle: nothing open, queued or in flight (a batch in flight is unfinished until completed).
+            if self.draining && idle {
                 break;
             }
-            match self.next_event().await {
+            match self.next_event(deadline).await {
                 Event::Command(command) => self.on_command(command),
-                // What changed is looked at on the next turn.
-                Event::Appended => {}
+                // What changed (a batch opened or sealed, a linger deadline passed) is looked at on the next
+                // turn.
+                Event::Appended | Event::LingerExpired => {}
                 Event::Published(published) => self.on_published(published),
-                Event::LingerExpired => {
-                    self.shared.state.lock().accumulator.expire(Instant::now());
-                }
                 Event::Identity(result) => self.on_identity(result),
             }
         }
@@ -203,9 +204,9 @@ impl ProducerTask {
         // `Drop` closes the producer to senders.
     }
 
-    async fn next_event(&mut self) -> Event {
+    /// The next thing to handle; `deadline` is the earliest linger deadline, if a batch is open.
+    async fn next_event(&mut self, deadline: Option<Instant>) -> Event {
         // A deadline in the far future stands in for "no open batch"; that branch is disabled then.
-        let deadline = self.shared.state.lock().accumulator.next_deadline();
         let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let asking = self.idempotence.as_mut().and_then(|i| i.asking.as_mut());
         let has_asking = asking.is_some();
@@ -319,8 +320,13 @@ impl ProducerTask {
                 record_count,
                 stamped: self.idempotence.is_some(),
             };
-            let stamp = self.next_stamp(&topic, partition, record_count);
-            let bytes = SealedBatch::<(), Arc<BatchOutcome>>::encode(builder, compression, stamp);
+            // Header (with the stamp) and CRC in one pass over the records, which are not copied unless
+            // compressed.
+            let mut builder = builder;
+            if let Some(stamp) = self.next_stamp(&topic, partition, record_count) {
+                builder.producer(stamp);
+            }
+            let bytes = builder.finish_with(compression);
             self.in_flight.insert(
                 id,
                 InFlight {

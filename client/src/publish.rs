@@ -42,7 +42,7 @@ impl Client {
         batch: Bytes,
         known: Known,
     ) -> Result<PartitionAck, ClientError> {
-        let request = PublishRequest {
+        let fields = PublishRequest {
             topic: topic.to_owned(),
             partition: Some(partition),
             acks: acks as i32,
@@ -51,7 +51,7 @@ impl Client {
             // The broker's own durability deadline applies.
             timeout_ms: 0,
         };
-        let frames = PublishFrames::new(&request, batch).map_err(ClientError::from)?;
+        let frames = PublishFrames::new(fields, batch).map_err(ClientError::from)?;
         let timeout = self.config().request_timeout();
         let route = Route::Leader { topic, partition };
         // An idempotent producer's batch may be retried whatever became of the first attempt.
@@ -129,16 +129,18 @@ pub fn record_offset(ack: &PartitionAck, index: u32) -> u64 {
 }
 
 #[cfg(test)]
+/// The acknowledgement of `record_count` records stored from `base_offset` in `partition`.
+pub(crate) fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
+    PartitionAck {
+        partition,
+        base_offset,
+        record_count,
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
-        PartitionAck {
-            partition,
-            base_offset,
-            record_count,
-        }
-    }
 
     #[test]
     fn offsets_count_up_from_the_base() {

@@ -45,13 +45,10 @@ pub(crate) struct PublishFrames {
 }
 
 impl PublishFrames {
-    /// `request` (whose payload is ignored) carrying `batch`. Refused, as tonic's encoder refuses it, when
-    /// the message exceeds the gRPC message limit.
-    pub(crate) fn new(request: &PublishRequest, batch: Bytes) -> Result<Self, Status> {
-        let fields = PublishRequest {
-            payload: None,
-            ..request.clone()
-        };
+    /// `fields` (every field of the request but the payload, which must be empty) carrying `batch`. Refused,
+    /// as tonic's encoder refuses it, when the message exceeds the gRPC message limit.
+    pub(crate) fn new(fields: PublishRequest, batch: Bytes) -> Result<Self, Status> {
+        debug_assert!(fields.payload.is_none(), "the batch is the payload");
         let batch_len = batch.len() as u64;
         let message_len = fields.encoded_len()
             + prost::encoding::key_len(BATCH_FIELD)
@@ -191,6 +188,14 @@ mod tests {
         }
     }
 
+    /// The request without its payload, as `PublishFrames::new` takes it.
+    fn fields() -> PublishRequest {
+        PublishRequest {
+            payload: None,
+            ..request(Bytes::new())
+        }
+    }
+
     /// What goes on the wire, as one buffer.
     async fn wire(frames: PublishFrames) -> (Vec<Bytes>, Bytes) {
         let mut body = PublishBody {
@@ -209,7 +214,7 @@ mod tests {
     async fn the_frames_are_one_grpc_message_decoding_to_the_same_request() {
         for len in [0usize, 1, 127, 128, 300_000] {
             let batch = Bytes::from(vec![0xAB; len]);
-            let frames = PublishFrames::new(&request(Bytes::new()), batch.clone()).unwrap();
+            let frames = PublishFrames::new(fields(), batch.clone()).unwrap();
             let (chunks, all) = wire(frames).await;
             assert_eq!(chunks.len(), 2);
             assert_eq!(
@@ -247,7 +252,7 @@ mod tests {
     #[test]
     fn a_message_over_the_grpc_limit_is_refused() {
         let batch = Bytes::from(vec![0; GRPC_MESSAGE_BYTES_MAX]);
-        let err = PublishFrames::new(&request(Bytes::new()), batch).unwrap_err();
+        let err = PublishFrames::new(fields(), batch).unwrap_err();
         assert_eq!(err.code(), Code::OutOfRange);
     }
 }
