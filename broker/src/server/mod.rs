@@ -10,6 +10,7 @@ pub mod groups;
 pub mod http;
 pub mod limits;
 pub mod peer;
+pub mod publish_route;
 pub mod status;
 pub mod via;
 pub mod views;
@@ -83,13 +84,16 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     let tls = broker.config.tls.clone();
     let via = via::Via::new(name);
-    let client = v1::ferry_server::FerryServer::new(client::ClientService::new(
+    let frame_bytes_max = publish_route::frame_bytes_max(broker.config.batch_bytes_max);
+    let handler = Arc::new(client::ClientService::new(
         broker.clone(),
         via.clone(),
         auth.clone(),
-    ))
-    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    ));
+    let generated = v1::ferry_server::FerryServer::from_arc(handler.clone())
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let client = publish_route::PublishRoute::new(handler, generated);
     let health = grpc_health(broker.clone(), cancel.clone());
     let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker, via, auth))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
@@ -103,6 +107,8 @@ pub async fn serve_grpc(
         // HTTP/2's default 64 KiB windows would stall every large batch on window updates.
         .initial_stream_window_size(Some(GRPC_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW_BYTES))
+        // A whole batch in one DATA frame: Publish then uses it where it landed (publish_route).
+        .max_frame_size(Some(frame_bytes_max))
         .tcp_nodelay(true)
         .add_service(client)
         .add_service(admin)

@@ -20,6 +20,10 @@ use crate::tls::Tls;
 /// HTTP/2 windows of the peer port (bytes): room for whole Raft appends.
 const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Largest HTTP/2 frame payload a peer may send (bytes): a replication message of a few batches travels in
+/// a handful of frames, where HTTP/2's default 16 KiB made a frame (parsed, flow-controlled, appended to
+/// tonic's buffer) of every 16 KiB.
+const FRAME_BYTES_MAX: u32 = 1024 * 1024;
 /// Most concurrent streams per peer connection (a broker keeps one Raft stream open per peer, plus a few
 /// forwarded commands).
 const STREAMS_PER_CONNECTION_MAX: u32 = 64;
@@ -318,6 +322,7 @@ pub async fn serve_peer(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(FRAME_BYTES_MAX))
         .add_service(svc)
         .serve_with_incoming_shutdown(
             super::conn::incoming(
