@@ -52,7 +52,7 @@ impl<U: Message + Default> Decoder for FerryDecoder<U> {
 }
 
 /// One `U` from `buf`, or `INVALID_ARGUMENT` naming the message type and prost's reason.
-pub fn decode_message<U: Message + Default>(buf: impl bytes::Buf) -> Result<U, Status> {
+fn decode_message<U: Message + Default>(buf: impl bytes::Buf) -> Result<U, Status> {
     U::decode(buf).map_err(|e| {
         let name = std::any::type_name::<U>()
             .rsplit("::")

@@ -10,7 +10,6 @@ pub mod groups;
 pub mod http;
 pub mod limits;
 pub mod peer;
-pub mod publish_route;
 pub mod status;
 pub mod via;
 pub mod views;
@@ -27,6 +26,18 @@ use crate::broker::Broker;
 const GRPC_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// HTTP/2 flow-control window of one connection (bytes): several partitions' batches in flight.
 const GRPC_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// HTTP/2's default frame payload limit, the least a listener may advertise (bytes).
+const HTTP2_FRAME_BYTES_MIN: u32 = 16 * 1024;
+/// The largest frame payload HTTP/2 allows (bytes).
+const HTTP2_FRAME_BYTES_MAX: u32 = (1 << 24) - 1;
+
+/// The HTTP/2 frame size the client listener takes for batches of up to `batch_bytes_max`: a whole batch in
+/// one DATA frame. At HTTP/2's default 16 KiB a 1 MiB batch was 64 frames, each parsed, flow-controlled,
+/// appended to tonic's buffer and written by the client on its own.
+fn client_frame_bytes_max(batch_bytes_max: u32) -> u32 {
+    batch_bytes_max.clamp(HTTP2_FRAME_BYTES_MIN, HTTP2_FRAME_BYTES_MAX)
+}
+
 /// Most concurrent HTTP/2 streams per client connection.
 const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Most requests one client connection has being processed at once (others wait in its stream queue).
@@ -83,17 +94,15 @@ pub async fn serve_grpc(
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let tls = broker.config.tls.clone();
+    let frame_bytes_max = client_frame_bytes_max(broker.config.batch_bytes_max);
     let via = via::Via::new(name);
-    let frame_bytes_max = publish_route::frame_bytes_max(broker.config.batch_bytes_max);
-    let handler = Arc::new(client::ClientService::new(
+    let client = v1::ferry_server::FerryServer::new(client::ClientService::new(
         broker.clone(),
         via.clone(),
         auth.clone(),
-    ));
-    let generated = v1::ferry_server::FerryServer::from_arc(handler.clone())
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let client = publish_route::PublishRoute::new(handler, generated);
+    ))
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let health = grpc_health(broker.clone(), cancel.clone());
     let admin = v1::admin_server::AdminServer::new(admin::AdminService::new(broker, via, auth))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
@@ -107,7 +116,6 @@ pub async fn serve_grpc(
         // HTTP/2's default 64 KiB windows would stall every large batch on window updates.
         .initial_stream_window_size(Some(GRPC_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW_BYTES))
-        // A whole batch in one DATA frame: Publish then uses it where it landed (publish_route).
         .max_frame_size(Some(frame_bytes_max))
         .tcp_nodelay(true)
         .add_service(client)
@@ -123,4 +131,24 @@ pub async fn serve_grpc(
             cancel.cancelled_owned(),
         )
         .await
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::client_frame_bytes_max;
+
+    #[test]
+    fn a_whole_batch_fits_one_frame_within_http2s_bounds() {
+        assert_eq!(client_frame_bytes_max(1 << 20), 1 << 20);
+        assert_eq!(
+            client_frame_bytes_max(100),
+            16 * 1024,
+            "never below HTTP/2's default"
+        );
+        assert_eq!(
+            client_frame_bytes_max(u32::MAX),
+            (1 << 24) - 1,
+            "never above HTTP/2's largest"
+        );
+    }
 }
