@@ -23,9 +23,9 @@
 //! record's index, so a record is tied to its batch without anything allocated per record.
 //!
 //! Sealing stops at the records: the header, CRC and compression are written (`BatchBuilder::producer`,
-//! `BatchBuilder::finish_with`) when the batch is sent, outside the lock the producer keeps the accumulator under, and with the
-//! idempotent producer's sequence number already known (one CRC pass per batch, not one at sealing and
-//! another at stamping).
+//! `BatchBuilder::finish_with`) when the batch is sent, outside the lock the producer keeps the accumulator
+//! under, and with the idempotent producer's sequence number already known (one CRC pass per batch, not one
+//! at sealing and another at stamping).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;

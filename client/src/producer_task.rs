@@ -310,7 +310,7 @@ impl ProducerTask {
                 id,
                 topic,
                 partition,
-                builder,
+                mut builder,
                 compression,
                 shared: outcome,
                 records_bytes,
@@ -322,7 +322,6 @@ impl ProducerTask {
             };
             // Header (with the stamp) and CRC in one pass over the records, which are not copied unless
             // compressed.
-            let mut builder = builder;
             if let Some(stamp) = self.next_stamp(&topic, partition, record_count) {
                 builder.producer(stamp);
             }

@@ -128,8 +128,8 @@ pub fn record_offset(ack: &PartitionAck, index: u32) -> u64 {
     ack.base_offset + u64::from(index)
 }
 
-#[cfg(test)]
 /// The acknowledgement of `record_count` records stored from `base_offset` in `partition`.
+#[cfg(test)]
 pub(crate) fn ack(partition: u32, base_offset: u64, record_count: u32) -> PartitionAck {
     PartitionAck {
         partition,
