@@ -31,7 +31,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_protocol::batch::{BatchBuilder, Compression, HEADER_LEN};
 use ferry_protocol::limits::BATCH_RECORDS_MAX;
 // foldhash: looked up for every record, by keys the application chose (its own topic names).
@@ -68,6 +68,15 @@ pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[(String, Bytes)]
 
 /// Bytes reserved for a partition's first batch, and the least reserved for any (a batch grows past it).
 const BATCH_CAPACITY_MIN: usize = 16 * 1024;
+
+/// Buffers of finished batches kept for the next batches to be built in. A buffer's pages, once mapped, are
+/// reused rather than freed and mapped afresh: freeing a batch-sized buffer hands its pages back to the
+/// kernel (mimalloc and glibc both do for allocations this large), which then zeroes new ones for the next
+/// batch, most of the client's CPU at 1 KiB records (docs/benchmarks.md, session 20). Kafka's producer pools
+/// its batch buffers for the same reason. Steady sending takes a buffer for each one handed back, so a few
+/// cover it; more are kept only after a burst, and at most this many: a producer holds at most this many
+/// times `batch_bytes_max` bytes it is not using.
+const SPARE_BUFFERS_MAX: usize = 8;
 
 /// Largest record (bytes, as [`record_size`] counts) that fits in a batch of `batch_bytes_max` bytes.
 pub fn record_bytes_max(batch_bytes_max: usize) -> usize {
@@ -191,6 +200,8 @@ pub struct Accumulator<A, B = ()> {
     /// Ids of batches opened and not yet completed.
     unfinished: BTreeSet<u64>,
     next_batch_id: u64,
+    /// Emptied buffers of finished batches, for new batches to be built in (at most `SPARE_BUFFERS_MAX`).
+    spare: Vec<BytesMut>,
 }
 
 impl<A, B: Clone + Default> Accumulator<A, B> {
@@ -213,6 +224,7 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
             },
             unfinished: BTreeSet::new(),
             next_batch_id: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -266,7 +278,11 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
                 .min(self.batch_bytes_max);
             state.open = Some(OpenBatch {
                 id,
-                builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
+                builder: BatchBuilder::with_buffer(
+                    record.timestamp_ms,
+                    self.spare.pop().unwrap_or_default(),
+                    capacity,
+                ),
                 base_timestamp_ms: record.timestamp_ms,
                 acks: Vec::with_capacity(state.next_records),
                 shared: B::default(),
@@ -406,6 +422,19 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
         }
         let removed = self.unfinished.remove(&id);
         assert!(removed, "batch {id} completed twice");
+    }
+
+    /// Takes back the bytes of a finished batch, to build a later batch in, if nothing else still holds
+    /// them (a request still being written, or a caller's copy) and fewer than `SPARE_BUFFERS_MAX` are
+    /// kept; otherwise they are dropped.
+    pub fn recycle(&mut self, batch: Bytes) {
+        if self.spare.len() >= SPARE_BUFFERS_MAX {
+            return;
+        }
+        if let Ok(mut buf) = batch.try_into_mut() {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// Whether every batch opened before `target` (from [`Accumulator::seal_all`]) is done.

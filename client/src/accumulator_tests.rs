@@ -326,3 +326,36 @@ fn far_apart_timestamps_start_a_new_batch() {
     let r = Records::new(bytes, h).next().unwrap().unwrap();
     assert_eq!(r.timestamp_ms, 1_000 + i64::from(i32::MAX) + 1);
 }
+
+#[test]
+fn a_finished_batch_buffer_is_built_in_again_unless_something_still_holds_it() {
+    let mut acc = Accumulator::<u32>::new(64 * 1024, Duration::from_secs(60));
+    let now = Instant::now();
+    let send = |acc: &mut Accumulator<u32>, i: u32| {
+        acc.append("t", 0, record(i, &[7; 100]), now);
+        acc.seal_all();
+        let batch = acc.take_dispatchable().pop().expect("sealed");
+        let id = batch.id;
+        acc.complete("t", 0, id);
+        encoded(batch)
+    };
+    let first = send(&mut acc, 0);
+    let ptr = first.as_ptr();
+    acc.recycle(first);
+    let second = send(&mut acc, 1);
+    assert_eq!(second.as_ptr(), ptr, "built in the first batch's buffer");
+    assert_eq!(validate_records(&second).unwrap().record_count, 1);
+    // A buffer someone still reads (a request being written, say) is not reused.
+    let held = second.clone();
+    let before = held.to_vec();
+    acc.recycle(second);
+    assert!(acc.spare.is_empty());
+    let third = send(&mut acc, 2);
+    assert_ne!(third.as_ptr(), ptr);
+    assert_eq!(&held[..], &before[..], "untouched");
+    // At most SPARE_BUFFERS_MAX are kept.
+    for i in 0..SPARE_BUFFERS_MAX + 3 {
+        acc.recycle(Bytes::from(vec![i as u8; 100]));
+    }
+    assert_eq!(acc.spare.len(), SPARE_BUFFERS_MAX);
+}

@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use ferry_protocol::batch::ProducerStamp;
 use ferry_protocol::v1::{Acks, PartitionAck};
 use futures::future::BoxFuture;
@@ -83,6 +84,9 @@ struct Published {
 struct InFlight {
     outcome: Arc<BatchOutcome>,
     records_bytes: usize,
+    /// The batch as sent (a reference, not a copy): once the publish is done, its buffer goes back to the
+    /// accumulator for a later batch ([`Accumulator::recycle`](crate::accumulator::Accumulator::recycle)).
+    batch: Bytes,
 }
 
 enum Event {
@@ -331,6 +335,7 @@ impl ProducerTask {
                 InFlight {
                     outcome,
                     records_bytes,
+                    batch: bytes.clone(),
                 },
             );
             let client = self.client.clone();
@@ -394,11 +399,9 @@ impl ProducerTask {
         // The callers may have dropped their deliveries; that is allowed.
         in_flight.outcome.complete(result);
         self.in_flight_bytes.add_permits(in_flight.records_bytes);
-        self.shared
-            .state
-            .lock()
-            .accumulator
-            .complete(&topic, partition, id);
+        let mut state = self.shared.state.lock();
+        state.accumulator.complete(&topic, partition, id);
+        state.accumulator.recycle(in_flight.batch);
     }
 
     /// Answers flushes whose batches are all done. Targets never decrease, so waiters finish in order.

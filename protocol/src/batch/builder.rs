@@ -39,7 +39,15 @@ impl BatchBuilder {
 
     /// Like [`BatchBuilder::new`], reserving `bytes` up front.
     pub fn with_capacity(base_timestamp: i64, bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(bytes.max(HEADER_LEN));
+        Self::with_buffer(base_timestamp, BytesMut::new(), bytes)
+    }
+
+    /// Like [`BatchBuilder::with_capacity`], building into `buf` (emptied first; it grows to `bytes` if
+    /// smaller). A producer hands back the buffer of a batch it is done with, so a busy partition's
+    /// batches reuse memory already mapped instead of pages the kernel must zero afresh.
+    pub fn with_buffer(base_timestamp: i64, mut buf: BytesMut, bytes: usize) -> Self {
+        buf.clear();
+        buf.reserve(bytes.max(HEADER_LEN));
         buf.put_bytes(0, HEADER_LEN);
         BatchBuilder {
             buf,

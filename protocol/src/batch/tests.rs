@@ -223,3 +223,21 @@ fn length_and_crc_errors() {
         Err(BatchError::CrcMismatch { .. })
     ));
 }
+
+#[test]
+fn a_batch_built_in_a_used_buffer_is_the_batch_built_in_a_fresh_one() {
+    let mut first = BatchBuilder::new(3);
+    first.push(3, Some(b"old key"), &[0xAB; 300], &[("h", b"old")]);
+    let used = first.finish().try_into_mut().expect("the only owner");
+    let (ptr, cap) = (used.as_ptr(), used.capacity());
+    let mut reused = BatchBuilder::with_buffer(9, used, 64);
+    let mut fresh = BatchBuilder::new(9);
+    for b in [&mut reused, &mut fresh] {
+        b.push(10, None, b"new", &[]);
+    }
+    let reused = reused.finish();
+    // The same memory, and nothing of the old batch in the new one.
+    assert_eq!((reused.as_ptr(), reused.len() <= cap), (ptr, true));
+    assert_eq!(reused, fresh.finish());
+    assert_eq!(validate_records(&reused).unwrap().record_count, 1);
+}
