@@ -74,9 +74,9 @@ const BATCH_CAPACITY_MIN: usize = 16 * 1024;
 /// kernel (mimalloc and glibc both do for allocations this large), which then zeroes new ones for the next
 /// batch, most of the client's CPU at 1 KiB records (docs/benchmarks.md, session 20). Kafka's producer pools
 /// its batch buffers for the same reason. Steady sending takes a buffer for each one handed back, so a few
-/// cover it; more are kept only after a burst, and at most this many: a producer holds at most this many
-/// times `batch_bytes_max` bytes it is not using.
-const SPARE_BUFFERS_MAX: usize = 8;
+/// cover it; more are kept only after a burst. Bytes of capacity kept: eight batches at the default
+/// `batch_bytes_max`, fewer of larger ones, so a producer holds at most this much memory it is not using.
+const SPARE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Largest record (bytes, as [`record_size`] counts) that fits in a batch of `batch_bytes_max` bytes.
 pub fn record_bytes_max(batch_bytes_max: usize) -> usize {
@@ -200,8 +200,8 @@ pub struct Accumulator<A, B = ()> {
     /// Ids of batches opened and not yet completed.
     unfinished: BTreeSet<u64>,
     next_batch_id: u64,
-    /// Emptied buffers of finished batches, for new batches to be built in (at most `SPARE_BUFFERS_MAX`).
-    spare: Vec<BytesMut>,
+    /// Emptied buffers of finished batches, for new batches to be built in.
+    spare: Spare,
 }
 
 impl<A, B: Clone + Default> Accumulator<A, B> {
@@ -224,7 +224,7 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
             },
             unfinished: BTreeSet::new(),
             next_batch_id: 0,
-            spare: Vec::new(),
+            spare: Spare::default(),
         }
     }
 
@@ -280,7 +280,7 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
                 id,
                 builder: BatchBuilder::with_buffer(
                     record.timestamp_ms,
-                    self.spare.pop().unwrap_or_default(),
+                    self.spare.take(),
                     capacity,
                 ),
                 base_timestamp_ms: record.timestamp_ms,
@@ -425,15 +425,11 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
     }
 
     /// Takes back the bytes of a finished batch, to build a later batch in, if nothing else still holds
-    /// them (a request still being written, or a caller's copy) and fewer than `SPARE_BUFFERS_MAX` are
-    /// kept; otherwise they are dropped.
+    /// them (a request still being written, or a caller's copy) and they fit in `SPARE_BYTES_MAX` with
+    /// the buffers already kept; otherwise they are dropped.
     pub fn recycle(&mut self, batch: Bytes) {
-        if self.spare.len() >= SPARE_BUFFERS_MAX {
-            return;
-        }
-        if let Ok(mut buf) = batch.try_into_mut() {
-            buf.clear();
-            self.spare.push(buf);
+        if let Ok(buf) = batch.try_into_mut() {
+            self.spare.keep(buf);
         }
     }
 
@@ -489,6 +485,31 @@ fn push_record<A, B>(open: &mut OpenBatch<A, B>, record: PendingRecord<A>, size:
     );
     open.acks.push(record.ack);
     open.records_bytes += size;
+}
+
+/// Emptied buffers of finished batches and their capacity in bytes, at most `SPARE_BYTES_MAX`.
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<BytesMut>,
+    bytes: usize,
+}
+
+impl Spare {
+    /// Keeps `buf`, emptied, if it fits; drops it otherwise.
+    fn keep(&mut self, mut buf: BytesMut) {
+        if self.bytes + buf.capacity() <= SPARE_BYTES_MAX {
+            buf.clear();
+            self.bytes += buf.capacity();
+            self.buffers.push(buf);
+        }
+    }
+
+    /// The most recently kept buffer, or a new empty one.
+    fn take(&mut self) -> BytesMut {
+        let buf = self.buffers.pop().unwrap_or_default();
+        self.bytes -= buf.capacity();
+        buf
+    }
 }
 
 /// Where sealed batches go: the queue of partitions that may have a batch to send (checked, and duplicates

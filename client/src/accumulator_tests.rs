@@ -349,13 +349,30 @@ fn a_finished_batch_buffer_is_built_in_again_unless_something_still_holds_it() {
     let held = second.clone();
     let before = held.to_vec();
     acc.recycle(second);
-    assert!(acc.spare.is_empty());
+    assert!(acc.spare.buffers.is_empty());
     let third = send(&mut acc, 2);
     assert_ne!(third.as_ptr(), ptr);
     assert_eq!(&held[..], &before[..], "untouched");
-    // At most SPARE_BUFFERS_MAX are kept.
-    for i in 0..SPARE_BUFFERS_MAX + 3 {
-        acc.recycle(Bytes::from(vec![i as u8; 100]));
+    // At most SPARE_BYTES_MAX of capacity is kept, and the count follows what is taken.
+    let kept = |acc: &Accumulator<u32>| {
+        let sum = acc
+            .spare
+            .buffers
+            .iter()
+            .map(BytesMut::capacity)
+            .sum::<usize>();
+        assert_eq!(acc.spare.bytes, sum, "the count follows the buffers");
+        sum
+    };
+    let quarter = SPARE_BYTES_MAX / 4;
+    for i in 0..6 {
+        acc.recycle(Bytes::from(vec![i as u8; quarter]));
     }
-    assert_eq!(acc.spare.len(), SPARE_BUFFERS_MAX);
+    assert_eq!((acc.spare.buffers.len(), kept(&acc)), (4, SPARE_BYTES_MAX));
+    send(&mut acc, 3);
+    assert_eq!(
+        (acc.spare.buffers.len(), kept(&acc)),
+        (3, 3 * quarter),
+        "the next batch took one"
+    );
 }
