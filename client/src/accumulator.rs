@@ -70,12 +70,13 @@ pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[(String, Bytes)]
 const BATCH_CAPACITY_MIN: usize = 16 * 1024;
 
 /// Buffers of finished batches kept for the next batches to be built in. A buffer's pages, once mapped, are
-/// reused rather than freed and mapped afresh: freeing a batch-sized buffer hands its pages back to the
-/// kernel (mimalloc and glibc both do for allocations this large), which then zeroes new ones for the next
-/// batch, most of the client's CPU at 1 KiB records (docs/benchmarks.md, session 20). Kafka's producer pools
-/// its batch buffers for the same reason. Steady sending takes a buffer for each one handed back, so a few
-/// cover it; more are kept only after a burst. Bytes of capacity kept: eight batches at the default
-/// `batch_bytes_max`, fewer of larger ones, so a producer holds at most this much memory it is not using.
+/// reused rather than freed and mapped afresh: an allocator may hand a freed batch-sized buffer's pages back
+/// to the kernel (mimalloc, the CLI's, does), which then zeroes new ones for the next batch, most of the
+/// client's CPU at 1 KiB records (docs/benchmarks.md, session 20). Kafka's producer pools its batch buffers
+/// for the same reason. Steady sending takes a buffer for each one handed back, so a few cover it; more are
+/// kept only after a burst, and what a burst allocated beyond this is freed. Bytes of capacity kept: eight
+/// batches at the default `batch_bytes_max`, fewer of larger ones and none over 8 MiB, so a producer holds
+/// at most this much memory it is not using.
 const SPARE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Largest record (bytes, as [`record_size`] counts) that fits in a batch of `batch_bytes_max` bytes.
@@ -424,13 +425,11 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
         assert!(removed, "batch {id} completed twice");
     }
 
-    /// Takes back the bytes of a finished batch, to build a later batch in, if nothing else still holds
-    /// them (a request still being written, or a caller's copy) and they fit in `SPARE_BYTES_MAX` with
-    /// the buffers already kept; otherwise they are dropped.
-    pub fn recycle(&mut self, batch: Bytes) {
-        if let Ok(buf) = batch.try_into_mut() {
-            self.spare.keep(buf);
-        }
+    /// Keeps the buffer of a finished batch, to build a later batch in, if it fits in `SPARE_BYTES_MAX`
+    /// with the buffers already kept; otherwise hands it back, for the caller to free once it no longer
+    /// holds the lock the accumulator is shared under.
+    pub fn recycle(&mut self, buf: BytesMut) -> Option<BytesMut> {
+        self.spare.keep(buf)
     }
 
     /// Whether every batch opened before `target` (from [`Accumulator::seal_all`]) is done.
@@ -495,16 +494,19 @@ struct Spare {
 }
 
 impl Spare {
-    /// Keeps `buf`, emptied, if it fits; drops it otherwise.
-    fn keep(&mut self, mut buf: BytesMut) {
-        if self.bytes + buf.capacity() <= SPARE_BYTES_MAX {
-            buf.clear();
-            self.bytes += buf.capacity();
-            self.buffers.push(buf);
+    /// Keeps `buf`, emptied, if it fits; hands it back otherwise.
+    fn keep(&mut self, mut buf: BytesMut) -> Option<BytesMut> {
+        if self.bytes + buf.capacity() > SPARE_BYTES_MAX {
+            return Some(buf);
         }
+        buf.clear();
+        self.bytes += buf.capacity();
+        self.buffers.push(buf);
+        None
     }
 
-    /// The most recently kept buffer, or a new empty one.
+    /// The most recently kept buffer, or a new empty one. One too small for the batch it is taken for is
+    /// replaced there ([`BatchBuilder::with_buffer`]), so what is kept follows the sizes batches reach.
     fn take(&mut self) -> BytesMut {
         let buf = self.buffers.pop().unwrap_or_default();
         self.bytes -= buf.capacity();

@@ -328,7 +328,7 @@ fn far_apart_timestamps_start_a_new_batch() {
 }
 
 #[test]
-fn a_finished_batch_buffer_is_built_in_again_unless_something_still_holds_it() {
+fn a_finished_batch_buffer_is_built_in_again_and_what_is_kept_is_bounded() {
     let mut acc = Accumulator::<u32>::new(64 * 1024, Duration::from_secs(60));
     let now = Instant::now();
     let send = |acc: &mut Accumulator<u32>, i: u32| {
@@ -339,21 +339,6 @@ fn a_finished_batch_buffer_is_built_in_again_unless_something_still_holds_it() {
         acc.complete("t", 0, id);
         encoded(batch)
     };
-    let first = send(&mut acc, 0);
-    let ptr = first.as_ptr();
-    acc.recycle(first);
-    let second = send(&mut acc, 1);
-    assert_eq!(second.as_ptr(), ptr, "built in the first batch's buffer");
-    assert_eq!(validate_records(&second).unwrap().record_count, 1);
-    // A buffer someone still reads (a request being written, say) is not reused.
-    let held = second.clone();
-    let before = held.to_vec();
-    acc.recycle(second);
-    assert!(acc.spare.buffers.is_empty());
-    let third = send(&mut acc, 2);
-    assert_ne!(third.as_ptr(), ptr);
-    assert_eq!(&held[..], &before[..], "untouched");
-    // At most SPARE_BYTES_MAX of capacity is kept, and the count follows what is taken.
     let kept = |acc: &Accumulator<u32>| {
         let sum = acc
             .spare
@@ -362,17 +347,34 @@ fn a_finished_batch_buffer_is_built_in_again_unless_something_still_holds_it() {
             .map(BytesMut::capacity)
             .sum::<usize>();
         assert_eq!(acc.spare.bytes, sum, "the count follows the buffers");
-        sum
+        (acc.spare.buffers.len(), sum)
     };
+    let first = send(&mut acc, 0).try_into_mut().expect("the only owner");
+    assert_eq!(first.capacity(), BATCH_CAPACITY_MIN);
+    // A buffer of a capacity no new one would get, with stale bytes in it.
+    let mut odd = BytesMut::with_capacity(BATCH_CAPACITY_MIN + 4321);
+    odd.extend_from_slice(&[0xEE; 5000]);
+    let ptr = odd.as_ptr();
+    assert!(acc.recycle(odd).is_none());
+    assert_eq!(kept(&acc), (1, BATCH_CAPACITY_MIN + 4321));
+    let second = send(&mut acc, 1);
+    assert_eq!(kept(&acc), (0, 0), "the next batch took it");
+    assert_eq!(second.as_ptr(), ptr, "and was built in it");
+    let values: Vec<Bytes> = Records::new(second.clone(), validate_records(&second).unwrap())
+        .map(|r| r.unwrap().value)
+        .collect();
+    assert_eq!(values, vec![Bytes::from_static(&[7; 100])], "nothing stale");
+    // A buffer too small for the batch it is taken for is replaced, not grown.
+    assert!(acc.recycle(BytesMut::with_capacity(100)).is_none());
+    let third = send(&mut acc, 2);
+    assert_eq!(kept(&acc), (0, 0));
+    assert_eq!(validate_records(&third).unwrap().record_count, 1);
+    // At most SPARE_BYTES_MAX of capacity is kept; the rest is handed back.
     let quarter = SPARE_BYTES_MAX / 4;
-    for i in 0..6 {
-        acc.recycle(Bytes::from(vec![i as u8; quarter]));
-    }
-    assert_eq!((acc.spare.buffers.len(), kept(&acc)), (4, SPARE_BYTES_MAX));
-    send(&mut acc, 3);
-    assert_eq!(
-        (acc.spare.buffers.len(), kept(&acc)),
-        (3, 3 * quarter),
-        "the next batch took one"
-    );
+    let handed_back = (0..6)
+        .filter_map(|_| acc.recycle(BytesMut::with_capacity(quarter)))
+        .count();
+    assert_eq!(handed_back, 2);
+    assert_eq!(kept(&acc), (4, SPARE_BYTES_MAX));
+    drop(first);
 }

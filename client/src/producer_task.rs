@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_protocol::batch::ProducerStamp;
 use ferry_protocol::v1::{Acks, PartitionAck};
 use futures::future::BoxFuture;
@@ -84,9 +84,12 @@ struct Published {
 struct InFlight {
     outcome: Arc<BatchOutcome>,
     records_bytes: usize,
-    /// The batch as sent (a reference, not a copy): once the publish is done, its buffer goes back to the
-    /// accumulator for a later batch ([`Accumulator::recycle`](crate::accumulator::Accumulator::recycle)).
-    batch: Bytes,
+    /// The batch as sent (a reference, not a copy), if it was sent in the buffer it was built in: once the
+    /// publish is done and nothing else holds it, that buffer goes back to the accumulator for a later batch
+    /// ([`Accumulator::recycle`](crate::accumulator::Accumulator::recycle)). Not a compressed batch's:
+    /// its buffer is the size of the compressed bytes, too small for the next batch (the one it was built
+    /// in goes back when it is sent).
+    reusable: Option<Bytes>,
 }
 
 enum Event {
@@ -308,6 +311,8 @@ impl ProducerTask {
 
     /// Encodes and starts publishing `batches`, taken from the accumulator in each partition's order.
     fn dispatch(&mut self, batches: Vec<SealedBatch<(), Arc<BatchOutcome>>>) {
+        // Buffers compressed batches were built in, for later batches.
+        let mut spare = Vec::new();
         for batch in batches {
             let record_count = batch.record_count();
             let SealedBatch {
@@ -329,13 +334,20 @@ impl ProducerTask {
             if let Some(stamp) = self.next_stamp(&topic, partition, record_count) {
                 builder.producer(stamp);
             }
-            let bytes = builder.finish_with(compression);
+            let (bytes, built_in) = builder.finish_compressed(compression);
+            let reusable = match built_in {
+                Some(buf) => {
+                    spare.push(buf);
+                    None
+                }
+                None => Some(bytes.clone()),
+            };
             self.in_flight.insert(
                 id,
                 InFlight {
                     outcome,
                     records_bytes,
-                    batch: bytes.clone(),
+                    reusable,
                 },
             );
             let client = self.client.clone();
@@ -352,6 +364,20 @@ impl ProducerTask {
                 }
             }));
         }
+        if !spare.is_empty() {
+            self.recycle(spare);
+        }
+    }
+
+    /// Hands `buffers` to the accumulator for later batches; frees those it does not keep after the lock.
+    fn recycle(&self, buffers: Vec<BytesMut>) {
+        let mut state = self.shared.state.lock();
+        let rejected: Vec<BytesMut> = buffers
+            .into_iter()
+            .filter_map(|buf| state.accumulator.recycle(buf))
+            .collect();
+        drop(state);
+        drop(rejected);
     }
 
     /// An idempotent producer's id and the partition's next sequence number for a batch of `count` records
@@ -399,9 +425,13 @@ impl ProducerTask {
         // The callers may have dropped their deliveries; that is allowed.
         in_flight.outcome.complete(result);
         self.in_flight_bytes.add_permits(in_flight.records_bytes);
+        // Taken back (if nothing else holds it) before the lock; freed, if not kept, after it.
+        let reusable = in_flight.reusable.and_then(|b| b.try_into_mut().ok());
         let mut state = self.shared.state.lock();
         state.accumulator.complete(&topic, partition, id);
-        state.accumulator.recycle(in_flight.batch);
+        let rejected = reusable.and_then(|buf| state.accumulator.recycle(buf));
+        drop(state);
+        drop(rejected);
     }
 
     /// Answers flushes whose batches are all done. Targets never decrease, so waiters finish in order.

@@ -42,12 +42,16 @@ impl BatchBuilder {
         Self::with_buffer(base_timestamp, BytesMut::new(), bytes)
     }
 
-    /// Like [`BatchBuilder::with_capacity`], building into `buf` (emptied first; it grows to `bytes` if
-    /// smaller). A producer hands back the buffer of a batch it is done with, so a busy partition's
+    /// Like [`BatchBuilder::with_capacity`], building into `buf` (emptied first) when it has room for
+    /// `bytes`; a smaller one is dropped for a new buffer of `bytes` (not grown: growing would copy its old
+    /// contents and might double it). A producer hands back the buffers of batches it is done with, so its
     /// batches reuse memory already mapped instead of pages the kernel must zero afresh.
     pub fn with_buffer(base_timestamp: i64, mut buf: BytesMut, bytes: usize) -> Self {
+        let bytes = bytes.max(HEADER_LEN);
         buf.clear();
-        buf.reserve(bytes.max(HEADER_LEN));
+        if buf.capacity() < bytes {
+            buf = BytesMut::with_capacity(bytes);
+        }
         buf.put_bytes(0, HEADER_LEN);
         BatchBuilder {
             buf,
@@ -137,13 +141,19 @@ impl BatchBuilder {
     /// Like [`BatchBuilder::finish`], compressing the records with `compression` when that makes the batch
     /// smaller (otherwise it stays uncompressed).
     pub fn finish_with(self, compression: Compression) -> Bytes {
+        self.finish_compressed(compression).0
+    }
+
+    /// Like [`BatchBuilder::finish_with`], also handing back the buffer the records were built in when the
+    /// batch was compressed into another one (for the next batch to be built in).
+    pub fn finish_compressed(self, compression: Compression) -> (Bytes, Option<BytesMut>) {
         if compression == Compression::None || self.buf.len() <= HEADER_LEN {
-            return self.finish();
+            return (self.finish(), None);
         }
         let body = &self.buf[HEADER_LEN..];
         let packed = lz4_flex::block::compress(body);
         if packed.len() + 4 >= body.len() {
-            return self.finish();
+            return (self.finish(), None);
         }
         let mut buf = BytesMut::with_capacity(HEADER_LEN + 4 + packed.len());
         buf.extend_from_slice(&[0u8; HEADER_LEN]);
@@ -157,7 +167,7 @@ impl BatchBuilder {
             self.max_timestamp,
             self.producer,
         );
-        buf.freeze()
+        (buf.freeze(), Some(self.buf))
     }
 
     /// Writes the header and CRC; the batch is done.
