@@ -65,9 +65,9 @@ run_r1() {
 import json, sys
 n, p100, p1k, t0, t1, c0, c1, sync, hz, k0, k1 = sys.argv[1:]
 p100, p1k, sync = json.loads(p100), json.loads(p1k), json.loads(sync)
-cpu_us = (float(c1) - float(c0)) / float(hz) / 2e6 * 1e6
+cpu_us = (float(c1) - float(c0)) / float(hz) / p100['messages'] * 1e6
 (u0, s0), (u1, s1) = ([int(x) for x in k.split(",")] for k in (k0, k1))
-per_k = lambda ticks: ticks / float(hz) / 4e5 * 1e6
+per_k = lambda ticks: ticks / float(hz) / p1k['messages'] * 1e6
 print(f"{n}: 100B {p100['messages_per_sec']/1e3:.0f}k msg/s cpu/msg {cpu_us:.2f}us"
       f" | 1KiB {p1k['mb_per_sec']:.0f} MiB/s cpu/msg user {per_k(u1 - u0):.2f} system {per_k(s1 - s0):.2f}us"
       f" | consume {2e6/(float(t1)-float(t0))/1e6:.2f}M msg/s"

@@ -425,11 +425,14 @@ impl<A, B: Clone + Default> Accumulator<A, B> {
         assert!(removed, "batch {id} completed twice");
     }
 
-    /// Keeps the buffer of a finished batch, to build a later batch in, if it fits in `SPARE_BYTES_MAX`
-    /// with the buffers already kept; otherwise hands it back, for the caller to free once it no longer
-    /// holds the lock the accumulator is shared under.
-    pub fn recycle(&mut self, buf: BytesMut) -> Option<BytesMut> {
-        self.spare.keep(buf)
+    /// Keeps buffers of finished batches, to build later batches in, as far as they fit in
+    /// `SPARE_BYTES_MAX` with the buffers already kept; hands back the rest, for the caller to free once it
+    /// no longer holds the lock the accumulator is shared under.
+    pub fn recycle(&mut self, buffers: impl IntoIterator<Item = BytesMut>) -> Vec<BytesMut> {
+        buffers
+            .into_iter()
+            .filter_map(|buf| self.spare.keep(buf))
+            .collect()
     }
 
     /// Whether every batch opened before `target` (from [`Accumulator::seal_all`]) is done.

@@ -355,7 +355,7 @@ fn a_finished_batch_buffer_is_built_in_again_and_what_is_kept_is_bounded() {
     let mut odd = BytesMut::with_capacity(BATCH_CAPACITY_MIN + 4321);
     odd.extend_from_slice(&[0xEE; 5000]);
     let ptr = odd.as_ptr();
-    assert!(acc.recycle(odd).is_none());
+    assert!(acc.recycle([odd]).is_empty());
     assert_eq!(kept(&acc), (1, BATCH_CAPACITY_MIN + 4321));
     let second = send(&mut acc, 1);
     assert_eq!(kept(&acc), (0, 0), "the next batch took it");
@@ -365,15 +365,15 @@ fn a_finished_batch_buffer_is_built_in_again_and_what_is_kept_is_bounded() {
         .collect();
     assert_eq!(values, vec![Bytes::from_static(&[7; 100])], "nothing stale");
     // A buffer too small for the batch it is taken for is replaced, not grown.
-    assert!(acc.recycle(BytesMut::with_capacity(100)).is_none());
+    assert!(acc.recycle([BytesMut::with_capacity(100)]).is_empty());
     let third = send(&mut acc, 2);
     assert_eq!(kept(&acc), (0, 0));
     assert_eq!(validate_records(&third).unwrap().record_count, 1);
     // At most SPARE_BYTES_MAX of capacity is kept; the rest is handed back.
     let quarter = SPARE_BYTES_MAX / 4;
-    let handed_back = (0..6)
-        .filter_map(|_| acc.recycle(BytesMut::with_capacity(quarter)))
-        .count();
+    let handed_back = acc
+        .recycle((0..6).map(|_| BytesMut::with_capacity(quarter)))
+        .len();
     assert_eq!(handed_back, 2);
     assert_eq!(kept(&acc), (4, SPARE_BYTES_MAX));
     drop(first);

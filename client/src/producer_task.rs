@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_protocol::batch::ProducerStamp;
 use ferry_protocol::v1::{Acks, PartitionAck};
 use futures::future::BoxFuture;
@@ -365,19 +365,10 @@ impl ProducerTask {
             }));
         }
         if !spare.is_empty() {
-            self.recycle(spare);
+            // The guard goes at the end of the statement: what is not kept is freed after the lock.
+            let rejected = self.shared.state.lock().accumulator.recycle(spare);
+            drop(rejected);
         }
-    }
-
-    /// Hands `buffers` to the accumulator for later batches; frees those it does not keep after the lock.
-    fn recycle(&self, buffers: Vec<BytesMut>) {
-        let mut state = self.shared.state.lock();
-        let rejected: Vec<BytesMut> = buffers
-            .into_iter()
-            .filter_map(|buf| state.accumulator.recycle(buf))
-            .collect();
-        drop(state);
-        drop(rejected);
     }
 
     /// An idempotent producer's id and the partition's next sequence number for a batch of `count` records
@@ -429,7 +420,7 @@ impl ProducerTask {
         let reusable = in_flight.reusable.and_then(|b| b.try_into_mut().ok());
         let mut state = self.shared.state.lock();
         state.accumulator.complete(&topic, partition, id);
-        let rejected = reusable.and_then(|buf| state.accumulator.recycle(buf));
+        let rejected = state.accumulator.recycle(reusable);
         drop(state);
         drop(rejected);
     }

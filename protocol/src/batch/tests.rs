@@ -42,16 +42,7 @@ fn lz4_batches_round_trip_and_damage_is_caught() {
     ));
     // Incompressible records stay uncompressed.
     let mut r = BatchBuilder::new(0);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..512)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
-    r.push(0, None, &noise, &[]);
+    r.push(0, None, &noise(512), &[]);
     assert_eq!(
         BatchHeader::parse(&r.finish_with(Compression::Lz4))
             .unwrap()
@@ -260,18 +251,25 @@ fn a_compressed_batch_hands_back_the_buffer_it_was_built_in() {
     assert_eq!(validate_records(&packed).unwrap().record_count, 100);
     assert!(spare.expect("compressed").capacity() >= 64 * 1024);
     // Bytes LZ4 cannot shrink: the batch goes as built, in its own buffer.
+    let mut b = BatchBuilder::new(1);
+    b.push(1, None, &noise(400), &[]);
+    let (plain, spare) = b.finish_compressed(Compression::Lz4);
+    assert!(spare.is_none(), "not smaller: sent as built");
+    assert_eq!(
+        BatchHeader::parse(&plain).unwrap().attributes & ATTR_COMPRESSION_MASK,
+        0
+    );
+}
+
+/// `len` bytes LZ4 cannot shrink (xorshift64).
+fn noise(len: usize) -> Vec<u8> {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..400)
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            (x >> 32) as u8
         })
-        .collect();
-    let mut b = BatchBuilder::new(1);
-    b.push(1, None, &noise, &[]);
-    let (plain, spare) = b.finish_compressed(Compression::Lz4);
-    assert!(spare.is_none(), "not smaller: sent as built");
-    assert_eq!(BatchHeader::parse(&plain).unwrap().attributes & 0b111, 0);
+        .collect()
 }
