@@ -394,6 +394,27 @@ async fn run_case(case: Case) -> String {
     c.publish(90).await; // about 90 KiB: the 64 KiB first segment is sealed
     let leader = c.leader().await;
     let victim = (leader + 1) % 3; // a follower
+                                   // A quorum acknowledged every batch, which need not include this follower: wait until it holds all of
+                                   // them, or the damage below may aim past what it has written (a follower lagging under load left its
+                                   // first segment unsealed and its index empty).
+    let last = |i: usize| {
+        c.nodes[i]
+            .broker()
+            .partition(TOPIC, 0)
+            .unwrap()
+            .last_raft_index()
+    };
+    let deadline = Instant::now() + CASE_DEADLINE;
+    while last(victim) < last(leader) {
+        assert!(
+            Instant::now() < deadline,
+            "follower {} stays at raft index {} of {}",
+            c.nodes[victim].id,
+            last(victim),
+            last(leader)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = c.nodes[victim]
         .broker()
         .partition(TOPIC, 0)
