@@ -43,6 +43,8 @@ pub struct BrokerConfig {
     /// A broker not among the initial voters asks the controller to add it (what `ferry cluster
     /// add-broker` does) until it is a member: a StatefulSet scale-up joins on its own.
     pub auto_join: bool,
+    /// Segment logs are written with direct I/O (`ferry_storage::DirectDisk`).
+    pub direct_io: bool,
     /// Named client listeners besides the main one: name → bind address.
     pub listeners: BTreeMap<String, SocketAddr>,
     /// Named listeners' advertised host:port (filled once they are bound): what a client that came in
@@ -119,6 +121,7 @@ impl BrokerConfig {
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             auto_join: false,
+            direct_io: false,
             listeners: BTreeMap::new(),
             listener_advertise: BTreeMap::new(),
             tls: None,

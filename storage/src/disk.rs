@@ -25,6 +25,12 @@ use memmap2::{Mmap, MmapOptions};
 pub trait Disk: Send + Sync + fmt::Debug + 'static {
     /// Opens `path` for reading and writing, creating it if `create`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>>;
+    /// Opens a segment's log file: appended to at its end, read back with positioned reads, never mapped.
+    /// A disk may write these with direct I/O ([`crate::direct`]); by default they are opened like any
+    /// other file.
+    fn open_log(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+        self.open(path, create)
+    }
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Atomically renames a file.
@@ -188,6 +194,9 @@ type PendingRename = (PathBuf, PathBuf, Option<Vec<u8>>);
 pub struct Faults {
     /// Every fsync fails with EIO.
     pub fail_fsync: AtomicBool,
+    /// Every fsync fails with ENOSPC: a direct-I/O log writes its staged bytes at the fsync, so a full
+    /// disk shows there.
+    pub fsync_no_space: AtomicBool,
     /// Each fsync first waits a spread of times below this many milliseconds (0: none): a slow, uneven disk,
     /// so that replicas fall out of step and a power cut finds some of them one fsync behind the others.
     pub fsync_delay_max_ms: AtomicU64,
@@ -197,6 +206,8 @@ pub struct Faults {
     pub torn_write_bytes: AtomicU64,
     /// Number of fsyncs done (for assertions on group commit).
     pub fsyncs: AtomicU64,
+    /// Log files are written with direct I/O, as [`crate::DirectDisk`] writes them.
+    pub direct_logs: AtomicBool,
     /// Byte ranges of files that read back as EIO (a latent sector error).
     unreadable: Mutex<Vec<(PathBuf, std::ops::Range<u64>)>>,
     /// Renames not yet made durable by a directory fsync: (directory, target, what the target held before,
@@ -218,10 +229,12 @@ impl Faults {
     pub fn new() -> Arc<Self> {
         Arc::new(Faults {
             fail_fsync: AtomicBool::new(false),
+            fsync_no_space: AtomicBool::new(false),
             fsync_delay_max_ms: AtomicU64::new(0),
             space_left_bytes: AtomicU64::new(u64::MAX),
             torn_write_bytes: AtomicU64::new(u64::MAX),
             fsyncs: AtomicU64::new(0),
+            direct_logs: AtomicBool::new(false),
             written: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(Vec::new()),
             renames: Mutex::new(Vec::new()),
@@ -367,11 +380,15 @@ struct FaultyFile {
     path: PathBuf,
 }
 
-impl Disk for FaultyDisk {
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+impl FaultyDisk {
+    fn open_file(&self, path: &Path, create: bool, log: bool) -> io::Result<Arc<dyn DiskFile>> {
         let new = create && !path.exists();
         let _on = self.faults.on()?;
-        let inner = OsDisk.open(path, create)?;
+        let inner = if log && self.faults.direct_logs.load(Ordering::Relaxed) {
+            crate::DirectDisk.open_log(path, create)?
+        } else {
+            OsDisk.open(path, create)?
+        };
         if new {
             self.faults.note_created(path);
         } else {
@@ -389,6 +406,15 @@ impl Disk for FaultyDisk {
             faults: self.faults.clone(),
             path: path.to_owned(),
         }))
+    }
+}
+
+impl Disk for FaultyDisk {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+        self.open_file(path, create, false)
+    }
+    fn open_log(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+        self.open_file(path, create, true)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let _on = self.faults.on()?;
@@ -503,6 +529,9 @@ impl DiskFile for FaultyFile {
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if self.faults.fsync_no_space.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.inner.sync_data()?;
         self.faults.note_sync(&self.path, self.inner.len()?);

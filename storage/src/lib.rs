@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod clock;
+pub mod direct;
 pub mod disk;
 pub mod durable;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod reader;
 pub mod segment;
 
 pub use clock::{ManualClock, SystemClock, WallClock};
+pub use direct::DirectDisk;
 pub use disk::{Disk, DiskFile, Faults, FaultyDisk, OsDisk};
 pub use error::StorageError;
 pub use log::{Append, LogConfig, PartitionLog};

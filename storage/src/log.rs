@@ -649,6 +649,7 @@ impl PartitionLog {
     /// open needs no scan.
     pub fn close(&mut self) -> Result<(), StorageError> {
         let a = self.active_mut();
+        a.fit_file()?;
         a.file()
             .sync_data()
             .map_err(|e| StorageError::io(a.log_path(), e))?;

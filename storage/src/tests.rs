@@ -12,7 +12,7 @@ use super::log::{Append, LogConfig, PartitionLog};
 use super::segment::SegmentLimits;
 use super::StorageError;
 
-fn small_config() -> LogConfig {
+pub(crate) fn small_config() -> LogConfig {
     LogConfig {
         limits: SegmentLimits {
             segment_bytes: 8 * 1024,
@@ -25,7 +25,7 @@ fn small_config() -> LogConfig {
     }
 }
 
-fn make_batch(first: u64, n: u64, ts: i64) -> Bytes {
+pub(crate) fn make_batch(first: u64, n: u64, ts: i64) -> Bytes {
     let mut b = BatchBuilder::new(ts);
     for i in first..first + n {
         b.push(
@@ -39,7 +39,7 @@ fn make_batch(first: u64, n: u64, ts: i64) -> Bytes {
 }
 
 /// Appends `batches` batches of `per` records with consecutive Raft indexes, like the Raft driver does.
-fn fill(log: &mut PartitionLog, batches: u64, per: u64) {
+pub(crate) fn fill(log: &mut PartitionLog, batches: u64, per: u64) {
     for _ in 0..batches {
         let offset = log.next_offset();
         let idx = log.last_raft_index() + 1;
@@ -55,7 +55,7 @@ fn fill(log: &mut PartitionLog, batches: u64, per: u64) {
 }
 
 /// Appends `batches` batches like [`fill`] but fsyncs nothing: what a crash finds past the watermark.
-fn fill_unsynced(log: &mut PartitionLog, batches: u64, per: u64) {
+pub(crate) fn fill_unsynced(log: &mut PartitionLog, batches: u64, per: u64) {
     for _ in 0..batches {
         let offset = log.next_offset();
         let idx = log.last_raft_index() + 1;
@@ -66,7 +66,7 @@ fn fill_unsynced(log: &mut PartitionLog, batches: u64, per: u64) {
     }
 }
 
-fn values(log: &PartitionLog, from: u64) -> Vec<String> {
+pub(crate) fn values(log: &PartitionLog, from: u64) -> Vec<String> {
     let mut out = Vec::new();
     let mut offset = from;
     loop {
@@ -91,7 +91,7 @@ fn open(dir: &std::path::Path) -> Result<PartitionLog, StorageError> {
     open_with(Arc::new(OsDisk), dir).map(|(l, _)| l)
 }
 
-fn open_with(
+pub(crate) fn open_with(
     disk: Arc<dyn Disk>,
     dir: &std::path::Path,
 ) -> Result<(PartitionLog, super::Recovery), StorageError> {

@@ -29,8 +29,16 @@ pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
 /// [`start_cluster`] with every broker on a fault-injecting disk whose power SIGUSR1 cuts (`FERRY_FAULT_DISK`,
 /// the journal at [`power_cut_journal`]) and whose fsyncs wait up to 20 ms first (`FERRY_FAULT_FSYNC_DELAY_MS`).
 pub fn start_cluster_on_faulty_disks(dirs: &[tempfile::TempDir]) -> Vec<Ferryd> {
+    start_cluster_on_faulty_disks_with_flags(dirs, &[])
+}
+
+/// [`start_cluster_on_faulty_disks`] with `extra` flags for every broker.
+pub fn start_cluster_on_faulty_disks_with_flags(
+    dirs: &[tempfile::TempDir],
+    extra: &[&str],
+) -> Vec<Ferryd> {
     for _ in 0..5 {
-        if let Some(nodes) = try_start_cluster_with(dirs, true) {
+        if let Some(nodes) = try_start_cluster_with_flags(dirs, true, extra) {
             return nodes;
         }
     }

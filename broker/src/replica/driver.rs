@@ -37,8 +37,9 @@ pub struct Wiring {
     pub liveness: Arc<super::Liveness>,
 }
 
-/// fsyncs `file` on the blocking pool.
-async fn sync(file: Arc<dyn DiskFile>) -> Result<(), String> {
+/// fsyncs `file` on the blocking pool. A full disk is told apart: with direct I/O the fsync is where
+/// appended bytes are written (storage/src/direct), so it is where the disk is found full.
+async fn sync(file: Arc<dyn DiskFile>) -> Result<(), Fatal> {
     let synced = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let r = file.sync_data();
@@ -48,8 +49,11 @@ async fn sync(file: Arc<dyn DiskFile>) -> Result<(), String> {
     .await;
     match synced {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("fsync failed, replica fenced: {e}")),
-        Err(e) => Err(format!("fsync task failed: {e}")),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOSPC) => Err(Fatal::DiskFull(format!(
+            "disk full writing the log, replica fenced: {e}"
+        ))),
+        Ok(Err(e)) => Err(Fatal::Other(format!("fsync failed, replica fenced: {e}"))),
+        Err(e) => Err(Fatal::Other(format!("fsync task failed: {e}"))),
     }
 }
 

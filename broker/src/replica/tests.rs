@@ -177,6 +177,33 @@ async fn full_disk_refuses_without_acknowledging() {
 }
 
 #[tokio::test]
+async fn a_disk_found_full_at_the_fsync_refuses_as_a_full_disk() {
+    // With direct I/O the log's bytes are written at the fsync: ENOSPC comes from there, and publishers
+    // must see a full disk (RESOURCE_EXHAUSTED), not a generic failure.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    faults.direct_logs.store(true, Ordering::SeqCst);
+    let (r, task, _cancel) = start(
+        Arc::new(FaultyDisk {
+            faults: faults.clone(),
+        }),
+        dir.path(),
+    );
+    wait_leader(&r).await;
+    publish(&r, 0, Durability::Quorum).await.unwrap();
+    faults.fsync_no_space.store(true, Ordering::SeqCst);
+    let err = publish(&r, 1, Durability::Quorum).await.unwrap_err();
+    assert!(matches!(err, ReplicaError::DiskFull(_)), "{err}");
+    task.await.unwrap();
+    let (r, task, cancel) = start(Arc::new(crate::storage::DirectDisk), dir.path());
+    wait_leader(&r).await;
+    publish(&r, 2, Durability::Quorum).await.unwrap();
+    assert_eq!(read_all(&r), vec!["v0", "v2"]);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
 async fn interval_policy_fsyncs_on_its_timer_not_per_batch() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();

@@ -133,6 +133,11 @@ fn a_bad_setting_fails_on_one_line_naming_the_key() {
         ("segment_bytes = \"2GiB\"\n", &[], "segment_bytes"),
         ("retention_ms = \"soon\"\n", &[], "retention_ms"),
         ("fsync = \"sometimes\"\n", &[], "fsync"),
+        (
+            "direct_io = true\nfsync = \"interval:1s\"\n",
+            &[],
+            "direct_io",
+        ),
         ("listen = \"0.0.0.0:7400\"\n", &[], "advertise"),
         ("advertise = \"0.0.0.0\"\n", &[], "advertise"),
         ("peers = \"1=nohost\"\n", &[], "peers"),

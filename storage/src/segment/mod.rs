@@ -190,7 +190,7 @@ impl Segment {
     ) -> Result<Self, StorageError> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let io = |e| StorageError::io(&log_path, e);
-        let file = disk.open(&log_path, true).map_err(io)?;
+        let file = disk.open_log(&log_path, true).map_err(io)?;
         file.set_len(0).map_err(io)?;
         let cap = limits.index_capacity();
         let index = OffsetIndex::open(disk, &index_path, 0, cap)
@@ -471,8 +471,18 @@ impl Segment {
         self.time_index.sync().map_err(io)
     }
 
-    /// Makes the segment read-only: log fsynced, indexes trimmed and fsynced.
+    /// Cuts the file to its batches: a file written with direct I/O ends in zero padding to a whole block
+    /// (`direct`), which recovery would take for damage in a sealed segment and must not find after a
+    /// clean shutdown. Durable with the next `sync_data`.
+    pub fn fit_file(&self) -> Result<(), StorageError> {
+        self.file
+            .set_len(u64::from(self.len))
+            .map_err(|e| StorageError::io(&self.log_path, e))
+    }
+
+    /// Makes the segment read-only: log cut to its batches and fsynced, indexes trimmed and fsynced.
     pub fn seal(&mut self) -> Result<(), StorageError> {
+        self.fit_file()?;
         self.file
             .sync_data()
             .map_err(|e| StorageError::io(&self.log_path, e))?;
@@ -525,7 +535,7 @@ pub fn delete_files(disk: &dyn Disk, dir: &Path, base_offset: u64) -> Result<(),
 /// The last Raft index of the intact batches at the start of a segment file that is not opened as part of
 /// the log (evidence of how far the log reached, after damage before it): scans until the first bad batch.
 pub fn last_intact_raft_index(disk: &dyn Disk, path: &Path) -> Option<u64> {
-    let file = disk.open(path, false).ok()?;
+    let file = disk.open_log(path, false).ok()?;
     let file_len = file.len().ok()?;
     let mut reader = ChunkReader::new(file.as_ref(), file_len);
     let (mut pos, mut last) = (0u64, None);

@@ -29,7 +29,7 @@ impl Segment {
     ) -> Result<(Self, Opened), StorageError> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let io = |e| StorageError::io(&log_path, e);
-        let file = disk.open(&log_path, false).map_err(io)?;
+        let file = disk.open_log(&log_path, false).map_err(io)?;
         let file_len = file.len().map_err(io)?;
         let idx_entries = |p: &Path| {
             disk.open(p, true)

@@ -416,15 +416,15 @@ impl<R> ReplicaCore<R> {
 
     /// The outcome of the fsync asked for by the last [`Action::Sync`], at `now`. A failure is fatal: after a
     /// failed fsync the kernel may have dropped the dirty pages, so what the file holds is unknown.
-    pub fn synced(&mut self, outcome: Result<(), String>, now: Instant) {
+    pub fn synced(&mut self, outcome: Result<(), Fatal>, now: Instant) {
         self.now = now;
         let waiting = self
             .waiting
             .take()
             .expect("an fsync outcome without an fsync asked for");
-        if let Err(why) = outcome {
+        if let Err(fatal) = outcome {
             self.storage.write().note_fsync_failed();
-            self.fence(Fatal::Other(why));
+            self.fence(fatal);
             return;
         }
         let done = match waiting {

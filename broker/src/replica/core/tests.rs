@@ -215,7 +215,7 @@ impl Cluster {
             if outcome.is_ok() {
                 file.sync_data().unwrap();
             }
-            n.core.synced(outcome, now);
+            n.core.synced(outcome.map_err(Fatal::Other), now);
         }
         self.settle(id);
         self.deliver();
