@@ -452,7 +452,7 @@ fn peer_advertise_unspecified(a: &str) -> bool {
 /// The disk the broker runs on: the real one; in a fault-injection build with `FERRY_FAULT_DISK=JOURNAL`,
 /// a [`FaultyDisk`](ferry_broker::storage::FaultyDisk) that tracks what each fsync made durable, and on
 /// SIGUSR1 cuts the power: it stops every disk change, writes what a power cut loses to JOURNAL, and exits
-/// at once with status 86 (the test applies the journal, `ferry_storage::disk::apply_power_cut`, before
+/// at once with status 86 (the test applies the journal, `ferry_storage::faulty::apply_power_cut`, before
 /// starting the broker again). `FERRY_FAULT_FSYNC_DELAY_MS=N` makes each of its fsyncs first wait up to N ms.
 /// With `direct_io`, segment logs are written with direct I/O (either way).
 fn disk(direct_io: bool) -> Arc<dyn ferry_broker::storage::Disk> {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_protocol::batch::{self, BatchBuilder, Records};
 
-use super::disk::{Disk, Faults, FaultyDisk, OsDisk};
+use super::disk::{Disk, OsDisk};
+use super::faulty::{Faults, FaultyDisk};
 use super::log::{Append, LogConfig, PartitionLog};
 use super::segment::SegmentLimits;
 use super::StorageError;

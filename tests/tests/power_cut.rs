@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_broker::storage::disk::apply_power_cut;
+use ferry_broker::storage::faulty::apply_power_cut;
 use ferry_tests::cluster::{
     leaders, power_cut_journal, publish_once, start_cluster_on_faulty_disks_with_flags,
     try_read_all,

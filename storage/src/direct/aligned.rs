@@ -4,7 +4,9 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
-use super::BLOCK_BYTES;
+/// Alignment of direct writes (bytes): the largest logical block size of common devices, and a multiple
+/// of 512, so right for 512-byte devices too.
+pub const BLOCK_BYTES: usize = 4096;
 
 /// A zeroed buffer of a whole number of blocks, aligned to a block.
 pub(super) struct AlignedBuf {

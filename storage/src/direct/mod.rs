@@ -41,9 +41,7 @@ use parking_lot::Mutex;
 use self::aligned::AlignedBuf;
 use super::disk::{Disk, DiskFile, OsDisk};
 
-/// Alignment of direct writes (bytes): the largest logical block size of common devices, and a multiple
-/// of 512, so right for 512-byte devices too.
-pub const BLOCK_BYTES: usize = 4096;
+pub use self::aligned::BLOCK_BYTES;
 
 /// First size of a staging buffer (bytes): an idle partition's file holds no more than this.
 const STAGE_MIN_BYTES: usize = 64 * 1024;

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{DirectDisk, DirectFile, BLOCK_BYTES, FLUSH_BYTES};
-use crate::disk::{Disk, DiskFile, Faults, FaultyDisk};
+use crate::disk::{Disk, DiskFile};
+use crate::faulty::{Faults, FaultyDisk};
 use crate::tests::{fill, fill_unsynced, make_batch, open_with, values};
 use crate::Append;
 use ferry_protocol::batch;
