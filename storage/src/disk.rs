@@ -81,6 +81,16 @@ pub fn create_dir_durable(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens `path` for reading and writing (never truncated), creating it if `create`.
+pub(crate) fn open_read_write(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
 /// The operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsDisk;
@@ -92,13 +102,9 @@ struct OsFile {
 
 impl Disk for OsDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
-        Ok(Arc::new(OsFile { file }))
+        Ok(Arc::new(OsFile {
+            file: open_read_write(path, create)?,
+        }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)

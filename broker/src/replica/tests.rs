@@ -151,10 +151,14 @@ async fn failed_fsync_fences_and_never_acknowledges() {
     assert!(r.fetch(0, 100).is_err(), "a fenced replica serves nothing");
 }
 
-#[tokio::test]
-async fn full_disk_refuses_without_acknowledging() {
+/// A replica on a disk that fills up once `fill` runs: the publish after it is refused as a full disk, the
+/// replica stops, and after a restart on `then` (with room again) exactly the acknowledged data is there.
+async fn full_disk_refuses_without_acknowledging_on(
+    faults: Arc<Faults>,
+    fill: impl FnOnce(&Faults),
+    then: Arc<dyn Disk>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::new();
     let (r, task, _cancel) = start(
         Arc::new(FaultyDisk {
             faults: faults.clone(),
@@ -163,12 +167,11 @@ async fn full_disk_refuses_without_acknowledging() {
     );
     wait_leader(&r).await;
     publish(&r, 0, Durability::Quorum).await.unwrap();
-    faults.space_left_bytes.store(10, Ordering::SeqCst);
+    fill(&faults);
     let err = publish(&r, 1, Durability::Quorum).await.unwrap_err();
     assert!(matches!(err, ReplicaError::DiskFull(_)), "{err}");
     task.await.unwrap();
-    // After a restart with room again, exactly the acknowledged data is there.
-    let (r, task, cancel) = start(Arc::new(OsDisk), dir.path());
+    let (r, task, cancel) = start(then, dir.path());
     wait_leader(&r).await;
     publish(&r, 2, Durability::Quorum).await.unwrap();
     assert_eq!(read_all(&r), vec!["v0", "v2"]);
@@ -177,30 +180,27 @@ async fn full_disk_refuses_without_acknowledging() {
 }
 
 #[tokio::test]
+async fn full_disk_refuses_without_acknowledging() {
+    full_disk_refuses_without_acknowledging_on(
+        Faults::new(),
+        |f| f.space_left_bytes.store(10, Ordering::SeqCst),
+        Arc::new(OsDisk),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_disk_found_full_at_the_fsync_refuses_as_a_full_disk() {
     // With direct I/O the log's bytes are written at the fsync: ENOSPC comes from there, and publishers
     // must see a full disk (RESOURCE_EXHAUSTED), not a generic failure.
-    let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
     faults.direct_logs.store(true, Ordering::SeqCst);
-    let (r, task, _cancel) = start(
-        Arc::new(FaultyDisk {
-            faults: faults.clone(),
-        }),
-        dir.path(),
-    );
-    wait_leader(&r).await;
-    publish(&r, 0, Durability::Quorum).await.unwrap();
-    faults.fsync_no_space.store(true, Ordering::SeqCst);
-    let err = publish(&r, 1, Durability::Quorum).await.unwrap_err();
-    assert!(matches!(err, ReplicaError::DiskFull(_)), "{err}");
-    task.await.unwrap();
-    let (r, task, cancel) = start(Arc::new(crate::storage::DirectDisk), dir.path());
-    wait_leader(&r).await;
-    publish(&r, 2, Durability::Quorum).await.unwrap();
-    assert_eq!(read_all(&r), vec!["v0", "v2"]);
-    cancel.cancel();
-    task.await.unwrap();
+    full_disk_refuses_without_acknowledging_on(
+        faults,
+        |f| f.fsync_no_space.store(true, Ordering::SeqCst),
+        Arc::new(crate::storage::DirectDisk),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ use memmap2::Mmap;
 use parking_lot::Mutex;
 
 use self::aligned::AlignedBuf;
-use super::disk::{Disk, DiskFile, OsDisk};
+use super::disk::{open_read_write, Disk, DiskFile, OsDisk};
 
 pub use self::aligned::BLOCK_BYTES;
 
@@ -139,12 +139,7 @@ impl DirectFile {
     /// Opens `path` for direct writes. Fails with EINVAL where the file system does not support direct
     /// I/O (tmpfs); [`DirectDisk`] then uses buffered I/O.
     pub fn open(path: &Path, create: bool) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
+        let file = open_read_write(path, create)?;
         let direct = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
