@@ -363,8 +363,10 @@ impl DiskFile for FaultyFile {
         if self.faults.fsync_no_space.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
+        // What the fsync covers is what was written before it: bytes appended while it runs are not.
+        let len = self.inner.len()?;
         self.inner.sync_data()?;
-        self.faults.note_sync(&self.path, self.inner.len()?);
+        self.faults.note_sync(&self.path, len);
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {

@@ -16,7 +16,8 @@
 //!
 //! On disk the file is longer than its data by less than one block of zeros: [`DiskFile::len`] answers
 //! the data's length, and [`DiskFile::set_len`] (sealing a segment and a clean close call it) cuts the
-//! padding. After a crash, the padding lies past the durable watermark and recovery cuts it as it cuts a
+//! padding. Dropping a file does no I/O: a replica restarted after a fence may have reopened the same file
+//! while the old instance is still held somewhere, and the old one must not write or cut it. After a crash, the padding lies past the durable watermark and recovery cuts it as it cuts a
 //! torn write. Rewriting the last partial block rewrites bytes already fsynced with the same values, so a
 //! write torn inside that block leaves them as they were, as a page-cache write-back of that page would.
 //!
@@ -47,7 +48,9 @@ pub use self::aligned::BLOCK_BYTES;
 const STAGE_MIN_BYTES: usize = 64 * 1024;
 
 /// Staged bytes past which the appender writes them itself instead of leaving them to the next fsync
-/// (bytes): bounds what a file holds in memory.
+/// (bytes): bounds what a file holds in memory. A file being written holds two buffers (one staging, one
+/// being written), each at most about this plus one append, like the Raft tail cache beside it; a file
+/// that goes quiet shrinks back to [`STAGE_MIN_BYTES`] at its next small fsync, and a sealed one holds none.
 pub const FLUSH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest buffer kept for reuse after its write (bytes); larger ones (one huge append) are freed.
@@ -104,12 +107,19 @@ impl State {
             .map_or(staged, |w| w.start.min(staged))
     }
 
-    fn take_buf(&mut self, len: usize) -> AlignedBuf {
+    /// A buffer of at least `need` bytes for rounds of about `used` bytes: the spare if it is worth keeping.
+    fn take_buf(&mut self, need: usize, used: usize) -> AlignedBuf {
         match self.spare.take() {
-            Some(b) if b.len() >= len => b,
-            _ => AlignedBuf::new(len.max(STAGE_MIN_BYTES)),
+            Some(b) if b.len() >= need && worth_keeping(b.len(), used) => b,
+            _ => AlignedBuf::new(need.max(STAGE_MIN_BYTES)),
         }
     }
+}
+
+/// Whether a buffer of `cap` bytes is worth keeping for rounds of `used` bytes: at most four times that (a
+/// file that went quiet gives back what a burst made its buffers grow to), and at most [`SPARE_MAX_BYTES`].
+fn worth_keeping(cap: usize, used: usize) -> bool {
+    cap <= SPARE_MAX_BYTES && cap <= used.saturating_mul(4).max(STAGE_MIN_BYTES)
 }
 
 fn failed() -> io::Error {
@@ -170,7 +180,7 @@ impl DirectFile {
                 // partial block back to write it again with what follows.
                 let start = st.len - st.len % BLOCK_BYTES as u64;
                 let fill = (st.len - start) as usize;
-                let mut buf = st.take_buf(fill + total);
+                let mut buf = st.take_buf(fill + total, fill + total);
                 if fill > 0 {
                     self.file
                         .read_exact_at(&mut buf.as_mut_slice()[..fill], start)?;
@@ -178,8 +188,15 @@ impl DirectFile {
                 Staged { buf, start, fill }
             }
         };
-        if staged.fill + total > staged.buf.len() {
-            let mut bigger = AlignedBuf::new((staged.fill + total).next_power_of_two());
+        let need = staged.fill + total;
+        if need > staged.buf.len() {
+            let mut bigger = match st.spare.take() {
+                Some(b) if b.len() >= need => b,
+                other => {
+                    st.spare = other;
+                    AlignedBuf::new(need.next_power_of_two())
+                }
+            };
             bigger.as_mut_slice()[..staged.fill]
                 .copy_from_slice(&staged.buf.as_slice()[..staged.fill]);
             staged.buf = bigger;
@@ -210,10 +227,10 @@ impl DirectFile {
         }
         // The next staging starts with a copy of the last partial block.
         let tail = staged.fill % BLOCK_BYTES;
-        let mut next = st.take_buf(STAGE_MIN_BYTES);
+        let padded = staged.fill.next_multiple_of(BLOCK_BYTES);
+        let mut next = st.take_buf(tail, padded);
         next.as_mut_slice()[..tail]
             .copy_from_slice(&staged.buf.as_slice()[staged.fill - tail..staged.fill]);
-        let padded = staged.fill.next_multiple_of(BLOCK_BYTES);
         staged.buf.as_mut_slice()[staged.fill..padded].fill(0);
         st.staged = Some(Staged {
             buf: next,
@@ -225,15 +242,16 @@ impl DirectFile {
         drop(st);
         let written = self.write_blocks(&writing.buf.as_slice()[..padded], writing.start);
         let mut st = self.state.lock();
-        st.writing = None;
         if let Err(e) = written {
+            // Readers keep reading these bytes from memory: the disk may hold any part of them.
             st.failed = true;
             return Err(e);
         }
+        st.writing = None;
         st.file_len = st.file_len.max(writing.start + padded as u64);
         st.written = writing.end();
         if let Ok(done) = Arc::try_unwrap(writing) {
-            if done.buf.len() <= SPARE_MAX_BYTES {
+            if worth_keeping(done.buf.len(), padded) {
                 st.spare = Some(done.buf);
             }
         }
@@ -275,7 +293,9 @@ impl DirectFile {
     fn flush_all(&self) -> io::Result<()> {
         self.flush()?;
         let mut st = self.state.lock();
-        st.staged = None;
+        if st.staged.as_ref().is_some_and(|s| s.end() <= st.written) {
+            st.staged = None;
+        }
         st.spare = None;
         Ok(())
     }
@@ -379,19 +399,6 @@ impl DiskFile for DirectFile {
             io::ErrorKind::Unsupported,
             "a log file is read with positioned reads, never mapped",
         ))
-    }
-}
-
-impl Drop for DirectFile {
-    fn drop(&mut self) {
-        // A file closed without a crash keeps what was staged and no padding (best effort: recovery cuts
-        // an unsynced tail and padding anyway).
-        if self.flush_all().is_ok() {
-            let st = self.state.get_mut();
-            if st.file_len > st.len {
-                let _ = self.file.set_len(st.len);
-            }
-        }
     }
 }
 

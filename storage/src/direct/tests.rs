@@ -113,11 +113,37 @@ fn every_read_matches_what_was_appended_wherever_the_bytes_are() {
         }
         check_reads(&f, &model, &mut rng);
     }
+    // As sealing a segment and a clean close do.
+    f.set_len(model.len() as u64).unwrap();
     drop(f);
     assert!(
         std::fs::read(&path).unwrap() == model,
-        "a file closed without a crash holds the data, staged bytes included, and no padding"
+        "a cut to the data's length writes what was staged and leaves no padding"
     );
+}
+
+#[test]
+fn dropping_a_file_leaves_the_file_alone() {
+    // A replica restarted after a fence reopens its log while the old instance may still be held (a
+    // reader, the supervisor): the old one's drop must neither write its staged bytes nor cut the file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.log");
+    let old = DirectFile::open(&path, true).unwrap();
+    old.write_all_vectored_at(&[IoSlice::new(&[1u8; 100])], 0)
+        .unwrap();
+    old.sync_data().unwrap();
+    old.write_all_vectored_at(&[IoSlice::new(&[9u8; 50])], 100)
+        .unwrap();
+    let new = DirectFile::open(&path, false).unwrap();
+    new.set_len(100).unwrap();
+    new.write_all_vectored_at(&[IoSlice::new(&[2u8; 5000])], 100)
+        .unwrap();
+    new.sync_data().unwrap();
+    drop(old);
+    let mut want = vec![1u8; 100];
+    want.extend_from_slice(&[2u8; 5000]);
+    new.set_len(5100).unwrap();
+    assert!(std::fs::read(&path).unwrap() == want);
 }
 
 #[test]
