@@ -257,6 +257,10 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "ferry-broker", "-p", "ferry-cli"], cwd=ROOT,
                        check=True)
     bin_dir = ROOT / "target" / "release"
+    # Brokers inherit the environment: FERRY_DIRECT_IO=true races them with direct I/O (docs/configuration.md).
+    direct_io = os.environ.get("FERRY_DIRECT_IO", "false").lower() in ("true", "1", "yes")
+    if direct_io:
+        log("ferry brokers write their logs with direct I/O (FERRY_DIRECT_IO)")
     can_drop = fresh_page_cache()  # also the first case's drop
     work = tempfile.mkdtemp(prefix="ferry-race-", dir=os.environ.get("RACE_DIR"))
     try:
@@ -294,7 +298,8 @@ def main():
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cores": os.cpu_count(), "disk_seq_write_mb_per_s": disk},
-        "durability": {"ferry": "fsync before every acknowledgement, ACKS_ALL (defaults)",
+        "durability": {"ferry": "fsync before every acknowledgement, ACKS_ALL (defaults)"
+                       + ("; direct I/O (FERRY_DIRECT_IO)" if direct_io else ""),
                        "nats": "JetStream file storage defaults: no fsync before the acknowledgement"},
         "reps": a.reps, "scale": a.scale,
         "page_cache": ("dropped before each (cluster, size) case on both sides" if can_drop
