@@ -91,7 +91,13 @@ fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
         .expect("fallocate");
     assert!(status.success(), "fallocate -l {fill}");
     let big: String = (0..4_000).map(|i| format!("{i:0>700}\n")).collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Each publish fails in a second or two, but one now and then waits out the client's request
+    // timeout while the replicas restart on the full disk (seen once in 5-15 runs, on c35fae3 too;
+    // cause not found yet: issue 13's note, session 21). The bound is what a client can take: three
+    // produces, each one request timeout and its retries at most. A broker that hangs past it, or
+    // dies, still fails the test.
+    let request_timeout = Duration::from_millis(ferry_client::config::REQUEST_TIMEOUT_MS_DEFAULT);
+    let deadline = Instant::now() + 3 * (request_timeout + Duration::from_secs(10));
     for _ in 0..3 {
         let _ = run_ferry(&broker.addr, &["produce", "t"], Some(big.as_bytes()));
         assert!(
