@@ -91,11 +91,12 @@ fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
         .expect("fallocate");
     assert!(status.success(), "fallocate -l {fill}");
     let big: String = (0..4_000).map(|i| format!("{i:0>700}\n")).collect();
-    // Each publish fails in a second or two, but one now and then waits out the client's request
-    // timeout while the replicas restart on the full disk (seen once in 5-15 runs, on c35fae3 too;
-    // cause not found yet: issue 13's note, session 21). The bound is what a client can take: three
-    // produces, each one request timeout and its retries at most. A broker that hangs past it, or
-    // dies, still fails the test.
+    // Each publish fails in a second or two, but one now and then takes the client's whole request
+    // timeout while the replicas restart on the full disk (seen once in 5-15 runs, on c35fae3 too).
+    // The likely cause, read from the code: the client retries a batch refused as a sequence gap
+    // after the batch before it failed for good (docs/design.md, "Not yet"). The bound is what a
+    // client can take: three produces, each at most one request timeout plus its retries. A broker
+    // that hangs past that, or dies, still fails the test.
     let request_timeout = Duration::from_millis(ferry_client::config::REQUEST_TIMEOUT_MS_DEFAULT);
     let deadline = Instant::now() + 3 * (request_timeout + Duration::from_secs(10));
     for _ in 0..3 {
