@@ -81,8 +81,6 @@ struct State {
     /// Length of the data (bytes); the file on disk may be longer by its padding, or shorter by what is
     /// staged.
     len: u64,
-    /// Length of the file on disk, padding included (bytes).
-    file_len: u64,
     /// Bytes of data whose write completed (or that were on disk when the file was opened).
     written: u64,
     /// Appended bytes not yet handed to a write, after a copy of the last partial block before them. None
@@ -160,7 +158,6 @@ impl DirectFile {
             direct,
             state: Mutex::new(State {
                 len,
-                file_len: len,
                 written: len,
                 staged: None,
                 writing: None,
@@ -248,7 +245,6 @@ impl DirectFile {
             return Err(e);
         }
         st.writing = None;
-        st.file_len = st.file_len.max(writing.start + padded as u64);
         st.written = writing.end();
         if let Ok(done) = Arc::try_unwrap(writing) {
             if worth_keeping(done.buf.len(), padded) {
@@ -330,7 +326,6 @@ impl DiskFile for DirectFile {
         }
         let mut st = self.state.lock();
         st.len = st.len.max(at);
-        st.file_len = st.file_len.max(at);
         st.written = st.len;
         Ok(())
     }
@@ -385,7 +380,6 @@ impl DiskFile for DirectFile {
         self.file.set_len(len)?;
         let mut st = self.state.lock();
         st.len = len;
-        st.file_len = len;
         st.written = len;
         Ok(())
     }

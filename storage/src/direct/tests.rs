@@ -8,6 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::{DirectDisk, DirectFile, BLOCK_BYTES, FLUSH_BYTES};
 use crate::disk::{Disk, DiskFile};
 use crate::faulty::{Faults, FaultyDisk};
@@ -15,29 +18,16 @@ use crate::tests::{fill, fill_unsynced, make_batch, open_with, values};
 use crate::Append;
 use ferry_protocol::batch;
 
-/// A deterministic pseudo-random sequence (no random source in tests: a failure replays).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n.max(1)
-    }
-}
-
 /// The byte at position `pos` of a file the concurrent test writes.
 fn pattern(pos: u64) -> u8 {
     (pos.wrapping_mul(31) % 251) as u8
 }
 
-fn check_reads(f: &DirectFile, model: &[u8], rng: &mut Lcg) {
+fn check_reads(f: &DirectFile, model: &[u8], rng: &mut StdRng) {
     assert_eq!(f.len().unwrap(), model.len() as u64);
     for _ in 0..3 {
-        let start = rng.below(model.len() as u64 + 1) as usize;
-        let n = rng.below((model.len() - start) as u64 + 1) as usize;
+        let start = rng.gen_range(0..model.len() as u64 + 1) as usize;
+        let n = rng.gen_range(0..(model.len() - start) as u64 + 1) as usize;
         let mut buf = vec![0u8; n];
         f.read_exact_at(&mut buf, start as u64).unwrap();
         assert!(buf == model[start..start + n], "bytes {start}..+{n} differ");
@@ -55,15 +45,15 @@ fn every_read_matches_what_was_appended_wherever_the_bytes_are() {
     let path = dir.path().join("a.log");
     let f = DirectFile::open(&path, true).expect("this test's file system supports O_DIRECT");
     let mut model: Vec<u8> = Vec::new();
-    let mut rng = Lcg(7);
+    let mut rng = StdRng::seed_from_u64(7);
     for op in 0..1500u64 {
         let big = op % 500 == 250;
-        match if big { 19 } else { rng.below(19) } {
+        match if big { 19 } else { rng.gen_range(0..19) } {
             // Mostly appends, of every size up to a few blocks, through several buffers.
             0..=13 => {
-                let n = rng.below(3 * BLOCK_BYTES as u64) as usize + 1;
-                let data: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
-                let cut = rng.below(n as u64) as usize;
+                let n = rng.gen_range(0..3 * BLOCK_BYTES as u64) as usize + 1;
+                let data: Vec<u8> = (0..n).map(|_| rng.gen_range(0..256) as u8).collect();
+                let cut = rng.gen_range(0..n as u64) as usize;
                 let at = model.len() as u64;
                 f.write_all_vectored_at(
                     &[IoSlice::new(&data[..cut]), IoSlice::new(&data[cut..])],
@@ -89,7 +79,7 @@ fn every_read_matches_what_was_appended_wherever_the_bytes_are() {
             }
             18 => {
                 // Raft replaces an uncommitted tail: cut, then appends go on from there.
-                let to = rng.below(model.len() as u64 + 1);
+                let to = rng.gen_range(0..model.len() as u64 + 1);
                 f.set_len(to).unwrap();
                 model.truncate(to as usize);
                 assert_eq!(
@@ -154,10 +144,10 @@ fn reads_running_beside_appends_and_fsyncs_see_the_bytes_appended() {
     let writer = {
         let (f, done) = (f.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut rng = Lcg(3);
+            let mut rng = StdRng::seed_from_u64(3);
             let mut len = 0u64;
             for i in 0..3000 {
-                let n = rng.below(9000) + 1;
+                let n = rng.gen_range(0..9000) + 1;
                 let data: Vec<u8> = (len..len + n).map(pattern).collect();
                 f.write_all_vectored_at(&[IoSlice::new(&data)], len)
                     .unwrap();
@@ -169,12 +159,12 @@ fn reads_running_beside_appends_and_fsyncs_see_the_bytes_appended() {
             done.store(true, Ordering::SeqCst);
         })
     };
-    let mut rng = Lcg(11);
+    let mut rng = StdRng::seed_from_u64(11);
     let mut reads = 0u64;
     while !done.load(Ordering::SeqCst) || reads < 1000 {
         let len = f.len().unwrap();
-        let start = rng.below(len + 1);
-        let n = rng.below((len - start).min(64 * 1024) + 1);
+        let start = rng.gen_range(0..len + 1);
+        let n = rng.gen_range(0..(len - start).min(64 * 1024) + 1);
         let mut buf = vec![0u8; n as usize];
         f.read_exact_at(&mut buf, start).unwrap();
         for (k, b) in buf.iter().enumerate() {
